@@ -1,0 +1,115 @@
+//! Assembling a PC's initramfs: the init, the modules its profile needs
+//! (closed over dependencies), the filtered module index, the per-PC
+//! config and the few nodes the kernel needs before devtmpfs, as a
+//! reproducible newc archive compressed with gzip.
+//!
+//! Reproducible: entries are sorted, times and owners zeroed, the gzip
+//! header carries no time or name, so the same inputs give the same bytes.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use bootvault_common::modules::Index;
+
+use crate::cpio::{self, Entry, Format, Kind};
+use crate::kernel::Kernel;
+
+/// What went into an image, for the size report.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub init_bytes: u64,
+    pub modules: Vec<String>,
+    pub module_bytes: u64,
+    pub missing: Vec<String>,
+    pub cpio_bytes: u64,
+    pub compressed_bytes: u64,
+}
+
+fn file(path: &str, mode: u32, data: Vec<u8>) -> Entry {
+    Entry {
+        path: path.to_owned(),
+        mode,
+        kind: Kind::File(data),
+    }
+}
+
+fn dir(path: &str) -> Entry {
+    Entry {
+        path: path.to_owned(),
+        mode: 0o755,
+        kind: Kind::Dir,
+    }
+}
+
+/// The archive entries (uncompressed) and what they hold.
+pub fn entries(
+    init: &[u8],
+    kernel: &Kernel,
+    index: &Index,
+    wanted: &[String],
+    config_text: &str,
+) -> Result<(Vec<Entry>, Report)> {
+    let mut report = Report {
+        init_bytes: init.len() as u64,
+        ..Report::default()
+    };
+    let mut out = vec![
+        file("init", 0o755, init.to_vec()),
+        file("etc/bootvault.conf", 0o644, config_text.as_bytes().to_vec()),
+        Entry {
+            path: "dev/console".into(),
+            mode: 0o600,
+            kind: Kind::CharDev { major: 5, minor: 1 },
+        },
+        Entry {
+            path: "dev/null".into(),
+            mode: 0o666,
+            kind: Kind::CharDev { major: 1, minor: 3 },
+        },
+    ];
+    for d in ["proc", "sys", "run", "tmp", "root"] {
+        out.push(dir(d));
+    }
+    let (set, missing) = index.closure(wanted.iter().map(String::as_str));
+    report.missing = missing;
+    let shipped = index.restrict(&set);
+    let base = format!("lib/modules/{}", kernel.release);
+    for (name, m) in &shipped.modules {
+        let src = kernel.modules.join(&m.path);
+        let data = fs::read(&src).with_context(|| format!("reading module {}", src.display()))?;
+        report.module_bytes += data.len() as u64;
+        report.modules.push(name.clone());
+        out.push(file(&format!("{base}/{}", m.path), 0o644, data));
+    }
+    out.push(file(
+        &format!("{base}/modules.dep"),
+        0o644,
+        shipped.dep_text().into_bytes(),
+    ));
+    out.push(file(
+        &format!("{base}/modules.alias"),
+        0o644,
+        shipped.alias_text().into_bytes(),
+    ));
+    Ok((out, report))
+}
+
+/// Writes the gzip-compressed archive to `dest`.
+pub fn write(entries: Vec<Entry>, dest: &Path, report: &mut Report) -> Result<()> {
+    let mut raw = Vec::new();
+    report.cpio_bytes = cpio::write_archive(entries, Format::NewcCrc, &mut raw)
+        .context("writing the cpio archive")?;
+    let mut gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .operating_system(3)
+        .write(Vec::new(), flate2::Compression::best());
+    gz.write_all(&raw)?;
+    let bytes = gz.finish()?;
+    report.compressed_bytes = bytes.len() as u64;
+    let tmp = dest.with_extension("partial");
+    fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, dest).with_context(|| format!("renaming to {}", dest.display()))?;
+    Ok(())
+}

@@ -1,0 +1,280 @@
+//! `bootvault`: the host command line.
+//!
+//! * `bootvault kernel fetch|show` — the stock kernel in the local cache.
+//! * `bootvault build PC ...` — one PC's kernel, initramfs and command line.
+//! * `bootvault inspect INITRD` — what an initramfs holds.
+//! * `bootvault serve` — the server.
+
+mod cpio;
+mod initramfs;
+mod kernel;
+mod pc;
+mod profile;
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use bootvault_common::units::human_bytes;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "bootvault",
+    version,
+    about = "Bare-metal disk imaging: build boot images, run the server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The stock kernel (Debian's linux-image-amd64) in the local cache.
+    Kernel {
+        #[command(subcommand)]
+        cmd: KernelCmd,
+    },
+    /// Build one PC's boot files: kernel, initramfs, kernel command line.
+    Build(BuildArgs),
+    /// List what an initramfs holds (and verify its checksums).
+    Inspect { initrd: PathBuf },
+    /// Run the server.
+    Serve {
+        /// Address to listen on (port 0 picks a free port and prints it).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Data directory.
+        #[arg(long, default_value = "bootvault-data")]
+        data: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum KernelCmd {
+    /// Download and unpack the current linux-image-amd64 (idempotent).
+    Fetch {
+        /// Meta package whose dependency names the kernel.
+        #[arg(long, default_value = "linux-image-amd64")]
+        package: String,
+    },
+    /// Show the cached kernel.
+    Show,
+}
+
+#[derive(clap::Args)]
+struct BuildArgs {
+    /// PC name (or give it in --pc-file).
+    name: Option<String>,
+    /// PC description (TOML).
+    #[arg(long)]
+    pc_file: Option<PathBuf>,
+    /// Server URL, e.g. http://10.0.2.2:8080.
+    #[arg(long)]
+    server: Option<String>,
+    /// Built-in module profile (qemu, pc).
+    #[arg(long)]
+    profile: Option<String>,
+    /// Module profile file instead of a built-in one.
+    #[arg(long, conflicts_with = "profile")]
+    profile_file: Option<PathBuf>,
+    /// Kernel console (repeatable; the last one is the init's).
+    #[arg(long = "console")]
+    consoles: Vec<String>,
+    /// Extra kernel parameters.
+    #[arg(long)]
+    append: Option<String>,
+    /// Per-PC setting KEY=VALUE (repeatable), e.g. --set ip=10.0.0.5/24.
+    #[arg(long = "set")]
+    set: Vec<String>,
+    /// Your own kernel image (with --modules).
+    #[arg(long, requires = "modules")]
+    kernel: Option<PathBuf>,
+    /// Your own module tree, lib/modules/RELEASE (with --kernel).
+    #[arg(long, requires = "kernel")]
+    modules: Option<PathBuf>,
+    /// The init binary (default: the one built next to this program).
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Output directory (default out/NAME).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("bootvault: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Kernel {
+            cmd: KernelCmd::Fetch { package },
+        } => {
+            let k = kernel::fetch(&package)?;
+            print_kernel(&k);
+            Ok(())
+        }
+        Cmd::Kernel {
+            cmd: KernelCmd::Show,
+        } => {
+            let k =
+                kernel::cached().context("no kernel in the cache; run `bootvault kernel fetch`")?;
+            print_kernel(&k);
+            Ok(())
+        }
+        Cmd::Build(args) => build(args),
+        Cmd::Inspect { initrd } => inspect(&initrd),
+        Cmd::Serve { listen, data } => {
+            bootvault_server::serve(bootvault_server::Options { listen, data })
+        }
+    }
+}
+
+fn print_kernel(k: &kernel::Kernel) {
+    println!("release {}", k.release);
+    println!("kernel  {}", k.image.display());
+    println!("modules {}", k.modules.display());
+}
+
+/// The init built by `make init`, next to this program in the target dir.
+fn default_init() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("BOOTVAULT_INIT") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().context("locating this program")?;
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("locating the target directory")?;
+    for p in [
+        target.join("x86_64-unknown-linux-musl/init/init"),
+        target.join("x86_64-unknown-linux-gnu/init/init"),
+    ] {
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!(
+        "no init binary found next to {} (run `make init`, or pass --init)",
+        exe.display()
+    )
+}
+
+fn build(a: BuildArgs) -> Result<()> {
+    let file_text = match &a.pc_file {
+        Some(p) => Some((
+            p.display().to_string(),
+            fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let pc = pc::Pc::from_parts(
+        file_text.as_ref().map(|(p, t)| (p.as_str(), t.as_str())),
+        &pc::Overrides {
+            name: a.name.as_deref(),
+            server: a.server.as_deref(),
+            profile: a.profile.as_deref(),
+            consoles: &a.consoles,
+            append: a.append.as_deref(),
+            set: &a.set,
+        },
+    )?;
+    let profile_text = match &a.profile_file {
+        Some(p) => fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        None => profile::builtin(&pc.profile)
+            .with_context(|| format!("no built-in profile {:?} (have qemu, pc)", pc.profile))?
+            .to_owned(),
+    };
+    let wanted = profile::resolve(&profile_text)?;
+    let k = match (&a.kernel, &a.modules) {
+        (Some(img), Some(m)) => kernel::user_kernel(img, m)?,
+        _ => kernel::cached().context(
+            "no kernel in the cache; run `bootvault kernel fetch` or pass --kernel/--modules",
+        )?,
+    };
+    let index = kernel::index(&k.modules)?;
+    let init_path = match a.init {
+        Some(p) => p,
+        None => default_init()?,
+    };
+    let init =
+        fs::read(&init_path).with_context(|| format!("reading init {}", init_path.display()))?;
+    let out = a
+        .out
+        .unwrap_or_else(|| PathBuf::from("out").join(&pc.config.pc));
+    fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+
+    let (entries, mut report) =
+        initramfs::entries(&init, &k, &index, &wanted, &pc.config.to_file())?;
+    initramfs::write(entries, &out.join("initrd.img"), &mut report)?;
+    let kernel_bytes = fs::copy(&k.image, out.join("vmlinuz"))
+        .with_context(|| format!("copying {}", k.image.display()))?;
+    let cmdline = pc.cmdline();
+    fs::write(out.join("cmdline"), format!("{cmdline}\n"))?;
+
+    println!("built PC {} in {}", pc.config.pc, out.display());
+    println!(
+        "  kernel     {} ({})  {}",
+        human_bytes(kernel_bytes),
+        k.release,
+        out.join("vmlinuz").display()
+    );
+    println!(
+        "  initramfs  {} gzip, {} cpio  {}",
+        human_bytes(report.compressed_bytes),
+        human_bytes(report.cpio_bytes),
+        out.join("initrd.img").display()
+    );
+    println!("  init       {}", human_bytes(report.init_bytes));
+    println!(
+        "  modules    {} ({}, profile {}): {}",
+        report.modules.len(),
+        human_bytes(report.module_bytes),
+        a.profile_file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or(pc.profile.clone()),
+        report.modules.join(" ")
+    );
+    if !report.missing.is_empty() {
+        println!(
+            "  not in this kernel (built in, or absent): {}",
+            report.missing.join(" ")
+        );
+    }
+    println!("  cmdline    {cmdline}");
+    Ok(())
+}
+
+fn inspect(path: &Path) -> Result<()> {
+    let raw = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let data = if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut d = Vec::new();
+        flate2::read::GzDecoder::new(raw.as_slice())
+            .read_to_end(&mut d)
+            .with_context(|| format!("decompressing {}", path.display()))?;
+        d
+    } else {
+        raw
+    };
+    let entries =
+        cpio::read_archive(&data).with_context(|| format!("reading {}", path.display()))?;
+    for e in &entries {
+        let (kind, size) = match &e.kind {
+            cpio::Kind::Dir => ("d", 0),
+            cpio::Kind::File(d) => ("f", d.len()),
+            cpio::Kind::Symlink(t) => ("l", t.len()),
+            cpio::Kind::CharDev { .. } => ("c", 0),
+            cpio::Kind::BlockDev { .. } => ("b", 0),
+        };
+        println!("{kind} {:o} {:>10} {}", e.mode, size, e.path);
+    }
+    println!("{} entries, checksums ok", entries.len());
+    Ok(())
+}

@@ -1,0 +1,514 @@
+//! The per-PC configuration: what the builder embeds in the initramfs
+//! (`/etc/bootvault.conf`) and what the kernel command line can override
+//! (`bootvault.KEY=VALUE`).
+//!
+//! Both sources share one key set and one value parser, so a setting means
+//! the same wherever it is written. Layering: built-in defaults, then the
+//! file, then the command line (the boot loader has the last word).
+//! Unknown keys outside the `bootvault.` namespace are none of our business;
+//! unknown `bootvault.*` keys are reported as warnings; a known key with a
+//! bad value is an error naming the key, the value and the source.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use crate::cmdline;
+
+/// Where the PC gets its address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IpConfig {
+    Dhcp,
+    Static { addr: Ipv4Addr, prefix: u8 },
+}
+
+/// What PID 1 does when it has finished, or has failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    Poweroff,
+    Reboot,
+    /// A prompt on the console with a few commands (retry, disks, reboot…).
+    Rescue,
+}
+
+/// What the PC does after boot. Backup and restore arrive with the image
+/// engine; `probe` reaches the server and lists the disks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Probe,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// PC name: hostname, and how the server knows this PC.
+    pub pc: String,
+    /// Base URL of the bootvault server, e.g. `http://10.0.2.2:8080`.
+    pub server: Option<String>,
+    /// Network interface to use; `None` = first Ethernet with carrier.
+    pub iface: Option<String>,
+    pub ip: IpConfig,
+    pub gateway: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+    pub action: Action,
+    /// What to do when the action succeeded.
+    pub finish: Finish,
+    /// What to do after a fatal error (after `error_wait` seconds).
+    pub on_error: Finish,
+    /// Seconds the error stays on the console (Enter opens the rescue
+    /// prompt) before `on_error` is carried out.
+    pub error_wait: u32,
+    pub dhcp_timeout: u32,
+    /// Seconds to wait for a link with carrier.
+    pub link_timeout: u32,
+    /// Seconds coldplug keeps looking for new devices.
+    pub coldplug_timeout: u32,
+    pub verbose: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            pc: "bootvault".into(),
+            server: None,
+            iface: None,
+            ip: IpConfig::Dhcp,
+            gateway: None,
+            dns: Vec::new(),
+            action: Action::Probe,
+            finish: Finish::Poweroff,
+            on_error: Finish::Poweroff,
+            error_wait: 60,
+            dhcp_timeout: 30,
+            link_timeout: 10,
+            coldplug_timeout: 10,
+            verbose: false,
+        }
+    }
+}
+
+/// Where a setting came from, for error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    File,
+    Cmdline,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Source::File => "config file",
+            Source::Cmdline => "kernel command line",
+        })
+    }
+}
+
+/// A problem with one setting. `fatal` problems mean the PC must not act on
+/// the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub source: Source,
+    pub line: Option<usize>,
+    pub message: String,
+    pub fatal: bool,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(n) => write!(f, "{} line {}: {}", self.source, n, self.message),
+            None => write!(f, "{}: {}", self.source, self.message),
+        }
+    }
+}
+
+/// The keys, in the order the builder writes them.
+pub const KEYS: &[&str] = &[
+    "pc",
+    "server",
+    "iface",
+    "ip",
+    "gateway",
+    "dns",
+    "action",
+    "finish",
+    "on_error",
+    "error_wait",
+    "dhcp_timeout",
+    "link_timeout",
+    "coldplug_timeout",
+    "verbose",
+];
+
+/// Prefix of our keys on the kernel command line.
+pub const CMDLINE_PREFIX: &str = "bootvault.";
+
+fn parse_finish(v: &str) -> Result<Finish, String> {
+    match v {
+        "poweroff" => Ok(Finish::Poweroff),
+        "reboot" => Ok(Finish::Reboot),
+        "rescue" => Ok(Finish::Rescue),
+        _ => Err("expected poweroff, reboot or rescue".into()),
+    }
+}
+
+fn finish_str(f: Finish) -> &'static str {
+    match f {
+        Finish::Poweroff => "poweroff",
+        Finish::Reboot => "reboot",
+        Finish::Rescue => "rescue",
+    }
+}
+
+fn parse_seconds(v: &str) -> Result<u32, String> {
+    match v.parse::<u32>() {
+        Ok(n) if n <= 86_400 => Ok(n),
+        _ => Err("expected a number of seconds (0-86400)".into()),
+    }
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v {
+        "1" | "yes" | "true" | "on" => Ok(true),
+        "0" | "no" | "false" | "off" => Ok(false),
+        _ => Err("expected yes or no".into()),
+    }
+}
+
+fn parse_ipv4(v: &str) -> Result<Ipv4Addr, String> {
+    v.parse()
+        .map_err(|_| "expected an IPv4 address like 192.168.1.10".into())
+}
+
+/// `dhcp` or `ADDR/PREFIX`.
+pub fn parse_ip(v: &str) -> Result<IpConfig, String> {
+    if v == "dhcp" {
+        return Ok(IpConfig::Dhcp);
+    }
+    let (a, p) = v
+        .split_once('/')
+        .ok_or("expected dhcp or ADDR/PREFIX like 192.168.1.10/24")?;
+    let addr = parse_ipv4(a)?;
+    let prefix = match p.parse::<u8>() {
+        Ok(n) if (1..=32).contains(&n) => n,
+        _ => return Err("prefix length must be 1-32".into()),
+    };
+    Ok(IpConfig::Static { addr, prefix })
+}
+
+fn valid_pc_name(v: &str) -> Result<String, String> {
+    let ok = !v.is_empty()
+        && v.len() <= 63
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && !v.starts_with('-');
+    if ok {
+        Ok(v.to_owned())
+    } else {
+        Err("PC name must be 1-63 letters, digits, '-', '_' or '.'".into())
+    }
+}
+
+fn valid_server(v: &str) -> Result<Option<String>, String> {
+    if v.is_empty() {
+        return Ok(None);
+    }
+    if !v.starts_with("http://") {
+        return Err("server must be an http:// URL".into());
+    }
+    Ok(Some(v.trim_end_matches('/').to_owned()))
+}
+
+impl Config {
+    /// Applies one setting. Returns `Err(message)` for a bad value and
+    /// `Ok(false)` for a key we do not know.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<bool, String> {
+        let bad = |e: String| format!("{key}={value:?}: {e}");
+        match key {
+            "pc" => self.pc = valid_pc_name(value).map_err(bad)?,
+            "server" => self.server = valid_server(value).map_err(bad)?,
+            "iface" => self.iface = (!value.is_empty()).then(|| value.to_owned()),
+            "ip" => self.ip = parse_ip(value).map_err(bad)?,
+            "gateway" => {
+                self.gateway = if value.is_empty() {
+                    None
+                } else {
+                    Some(parse_ipv4(value).map_err(bad)?)
+                }
+            }
+            "dns" => {
+                self.dns = value
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(parse_ipv4)
+                    .collect::<Result<_, _>>()
+                    .map_err(bad)?
+            }
+            "action" => {
+                self.action = match value {
+                    "probe" => Action::Probe,
+                    _ => return Err(bad("expected probe".into())),
+                }
+            }
+            "finish" => self.finish = parse_finish(value).map_err(bad)?,
+            "on_error" => self.on_error = parse_finish(value).map_err(bad)?,
+            "error_wait" => self.error_wait = parse_seconds(value).map_err(bad)?,
+            "dhcp_timeout" => self.dhcp_timeout = parse_seconds(value).map_err(bad)?,
+            "link_timeout" => self.link_timeout = parse_seconds(value).map_err(bad)?,
+            "coldplug_timeout" => self.coldplug_timeout = parse_seconds(value).map_err(bad)?,
+            "verbose" => self.verbose = parse_bool(value).map_err(bad)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// The value of `key` as the file and command line write it.
+    pub fn get(&self, key: &str) -> Option<String> {
+        let secs = |n: u32| Some(n.to_string());
+        match key {
+            "pc" => Some(self.pc.clone()),
+            "server" => Some(self.server.clone().unwrap_or_default()),
+            "iface" => Some(self.iface.clone().unwrap_or_default()),
+            "ip" => Some(match &self.ip {
+                IpConfig::Dhcp => "dhcp".into(),
+                IpConfig::Static { addr, prefix } => format!("{addr}/{prefix}"),
+            }),
+            "gateway" => Some(self.gateway.map(|g| g.to_string()).unwrap_or_default()),
+            "dns" => Some(
+                self.dns
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            "action" => Some(
+                match self.action {
+                    Action::Probe => "probe",
+                }
+                .into(),
+            ),
+            "finish" => Some(finish_str(self.finish).into()),
+            "on_error" => Some(finish_str(self.on_error).into()),
+            "error_wait" => secs(self.error_wait),
+            "dhcp_timeout" => secs(self.dhcp_timeout),
+            "link_timeout" => secs(self.link_timeout),
+            "coldplug_timeout" => secs(self.coldplug_timeout),
+            "verbose" => Some(if self.verbose { "yes" } else { "no" }.into()),
+            _ => None,
+        }
+    }
+
+    /// Applies a config file (`key = value` lines, `#` comments, values
+    /// optionally in double quotes).
+    pub fn apply_file(&mut self, text: &str, problems: &mut Vec<Problem>) {
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let problem = |message: String, fatal: bool| Problem {
+                source: Source::File,
+                line: Some(i + 1),
+                message,
+                fatal,
+            };
+            let Some((k, v)) = line.split_once('=') else {
+                problems.push(problem(format!("expected key = value, got {line:?}"), true));
+                continue;
+            };
+            let (k, v) = (k.trim(), unquote(v.trim()));
+            match self.set(k, v) {
+                Ok(true) => {}
+                Ok(false) => problems.push(problem(format!("unknown key {k:?} ignored"), false)),
+                Err(e) => problems.push(problem(e, true)),
+            }
+        }
+    }
+
+    /// Applies the `bootvault.*` parameters of a kernel command line.
+    pub fn apply_cmdline(&mut self, line: &str, problems: &mut Vec<Problem>) {
+        for p in cmdline::parse(line) {
+            let Some(key) = p.key.strip_prefix(CMDLINE_PREFIX) else {
+                continue;
+            };
+            let problem = |message: String, fatal: bool| Problem {
+                source: Source::Cmdline,
+                line: None,
+                message,
+                fatal,
+            };
+            let Some(value) = p.value.as_deref() else {
+                problems.push(problem(
+                    format!(
+                        "{}{key} needs a value ({}{key}=...)",
+                        CMDLINE_PREFIX, CMDLINE_PREFIX
+                    ),
+                    true,
+                ));
+                continue;
+            };
+            match self.set(key, value) {
+                Ok(true) => {}
+                Ok(false) => problems.push(problem(
+                    format!("unknown key {CMDLINE_PREFIX}{key} ignored"),
+                    false,
+                )),
+                Err(e) => problems.push(problem(format!("{CMDLINE_PREFIX}{e}"), true)),
+            }
+        }
+    }
+
+    /// Defaults, then the file, then the command line.
+    pub fn load(file: Option<&str>, cmdline: &str) -> (Config, Vec<Problem>) {
+        let mut config = Config::default();
+        let mut problems = Vec::new();
+        if let Some(text) = file {
+            config.apply_file(text, &mut problems);
+        }
+        config.apply_cmdline(cmdline, &mut problems);
+        (config, problems)
+    }
+
+    /// The file form, every key written, in a fixed order (reproducible).
+    pub fn to_file(&self) -> String {
+        let mut out =
+            String::from("# bootvault per-PC configuration, written by `bootvault build`.\n");
+        for key in KEYS {
+            if let Some(v) = self.get(key) {
+                out.push_str(&format!("{key} = \"{v}\"\n"));
+            }
+        }
+        out
+    }
+
+    /// The command-line form of a few keys (those given), for the boot
+    /// loader entry. Values that cannot be quoted are skipped.
+    pub fn to_cmdline(&self, keys: &[&str]) -> String {
+        keys.iter()
+            .filter_map(|k| {
+                let v = self.get(k)?;
+                Some(format!("{CMDLINE_PREFIX}{k}={}", cmdline::quote(&v)?))
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+fn unquote(v: &str) -> &str {
+    v.strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .unwrap_or(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_file_then_cmdline() {
+        let file = "# comment\npc = \"lab-3\"\nserver = http://10.0.2.2:8080/\nip = dhcp\n";
+        let (c, p) = Config::load(Some(file), "quiet bootvault.pc=lab-4 bootvault.verbose=1");
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(c.pc, "lab-4");
+        assert_eq!(c.server.as_deref(), Some("http://10.0.2.2:8080"));
+        assert!(c.verbose);
+        assert_eq!(c.finish, Finish::Poweroff);
+    }
+
+    #[test]
+    fn static_address() {
+        let (c, p) = Config::load(
+            None,
+            "bootvault.ip=192.168.7.20/24 bootvault.gateway=192.168.7.1 bootvault.dns=1.1.1.1,9.9.9.9",
+        );
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(
+            c.ip,
+            IpConfig::Static {
+                addr: Ipv4Addr::new(192, 168, 7, 20),
+                prefix: 24
+            }
+        );
+        assert_eq!(c.gateway, Some(Ipv4Addr::new(192, 168, 7, 1)));
+        assert_eq!(c.dns.len(), 2);
+    }
+
+    #[test]
+    fn problems_are_reported_with_their_source() {
+        let table: &[(&str, &str, bool)] = &[
+            (
+                "bootvault.ip=10.0.0.1",
+                "bootvault.ip=\"10.0.0.1\": expected dhcp or ADDR/PREFIX",
+                true,
+            ),
+            (
+                "bootvault.ip=10.0.0.1/33",
+                "prefix length must be 1-32",
+                true,
+            ),
+            ("bootvault.pc=bad/name", "PC name must be", true),
+            (
+                "bootvault.finish=explode",
+                "expected poweroff, reboot or rescue",
+                true,
+            ),
+            (
+                "bootvault.dhcp_timeout=soon",
+                "expected a number of seconds",
+                true,
+            ),
+            (
+                "bootvault.server=ftp://x",
+                "server must be an http:// URL",
+                true,
+            ),
+            ("bootvault.pc", "bootvault.pc needs a value", true),
+            (
+                "bootvault.colour=blue",
+                "unknown key bootvault.colour ignored",
+                false,
+            ),
+        ];
+        for (line, want, fatal) in table {
+            let (_, p) = Config::load(None, line);
+            assert_eq!(p.len(), 1, "{line}: {p:?}");
+            assert!(p[0].message.contains(want), "{line}: {}", p[0]);
+            assert_eq!(p[0].fatal, *fatal, "{line}");
+            assert_eq!(p[0].source, Source::Cmdline);
+        }
+        // Keys of others are not ours to judge.
+        let (_, p) = Config::load(None, "root=/dev/sda1 colour=blue ip=dhcp");
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn file_problems_name_the_line() {
+        let (_, p) = Config::load(Some("pc = a\n\nnonsense\nip = x\n"), "");
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[0].line, Some(3));
+        assert!(p[0]
+            .to_string()
+            .starts_with("config file line 3: expected key = value"));
+        assert_eq!(p[1].line, Some(4));
+    }
+
+    #[test]
+    fn file_round_trip() {
+        let mut c = Config::default();
+        c.pc = "pc-1".into();
+        c.server = Some("http://10.0.2.2:9000".into());
+        c.ip = IpConfig::Static {
+            addr: Ipv4Addr::new(10, 1, 2, 3),
+            prefix: 16,
+        };
+        c.dns = vec![Ipv4Addr::new(10, 1, 0, 1)];
+        c.finish = Finish::Rescue;
+        c.verbose = true;
+        let (back, p) = Config::load(Some(&c.to_file()), "");
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(back, c);
+        // And through the command line.
+        let line = c.to_cmdline(KEYS);
+        let (back, p) = Config::load(None, &line);
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(back, c);
+    }
+}

@@ -1,0 +1,12 @@
+//! Pure formats shared by every part of bootvault.
+//!
+//! Nothing in this crate opens a file or makes a syscall: each module takes
+//! bytes or `&str` and returns values, so the init (PID 1), the host builder
+//! and the server all parse the same way and every parser is table-tested.
+
+pub mod cmdline;
+pub mod config;
+pub mod modules;
+pub mod partition;
+pub mod units;
+pub mod wire;

@@ -1,0 +1,397 @@
+//! The life of PID 1: early mounts, configuration, coldplug, network,
+//! disks, server, then finish (power off, reboot or rescue prompt).
+//!
+//! PID 1 must never die by accident (the kernel panics when it does): every
+//! step returns a `Result`, fatal errors go through [`on_error`] (one line
+//! naming what failed, a chance to open the rescue prompt on the console,
+//! then the configured policy), and a panic hook powers off cleanly should
+//! a bug slip through anyway.
+
+use std::fs;
+use std::io::{self, BufRead, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use bootvault_common::config::{Config, Finish, CMDLINE_PREFIX};
+use bootvault_common::modules::Index;
+
+use crate::{coldplug, disks, early, net, server, sys};
+
+/// Path of the per-PC configuration the builder embeds.
+pub const CONFIG_PATH: &str = "/etc/bootvault.conf";
+
+/// Prints one console line. Console write errors are ignored: there is
+/// nobody to tell, and `println!` would panic.
+pub fn say(msg: impl std::fmt::Display) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "bootvault: {msg}");
+    let _ = out.flush();
+}
+
+fn say_block(text: &str) {
+    let mut out = io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+// What the panic hook does, set once the configuration is known.
+static PANIC_POLICY: AtomicU8 = AtomicU8::new(0); // 0 poweroff, 1 reboot
+static PANIC_WAIT: AtomicU32 = AtomicU32::new(10);
+
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        say(format!("internal error: {info}"));
+        let wait = PANIC_WAIT.load(Ordering::Relaxed).min(60);
+        let reboot = PANIC_POLICY.load(Ordering::Relaxed) == 1;
+        say(format!(
+            "{} in {wait} s",
+            if reboot { "rebooting" } else { "powering off" }
+        ));
+        std::thread::sleep(Duration::from_secs(u64::from(wait)));
+        early::unmount_all();
+        let e = sys::reboot(!reboot);
+        say(e);
+    }));
+}
+
+pub fn kernel_release() -> String {
+    // SAFETY: utsname is plain old data filled by uname(2).
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: u is a valid utsname to fill.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return String::new();
+    }
+    let bytes: Vec<u8> = u
+        .release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Loads the configuration from a root (the file) and a command line.
+pub fn load_config(root: &Path, cmdline: &str) -> (Config, Vec<String>, bool) {
+    let file_path = root.join(CONFIG_PATH.trim_start_matches('/'));
+    let file = fs::read_to_string(&file_path).ok();
+    let mut notes = Vec::new();
+    if file.is_none() {
+        notes.push(format!(
+            "no {} in the image; using defaults and the kernel command line",
+            CONFIG_PATH
+        ));
+    }
+    let (config, problems) = Config::load(file.as_deref(), cmdline);
+    let fatal = problems.iter().any(|p| p.fatal);
+    notes.extend(problems.iter().map(|p| {
+        format!(
+            "{}{p}",
+            if p.fatal {
+                "config error: "
+            } else {
+                "config warning: "
+            }
+        )
+    }));
+    (config, notes, fatal)
+}
+
+/// Entry point when running as PID 1. Never returns.
+pub fn main() -> ! {
+    install_panic_hook();
+    let mount_problems = early::mount_all();
+    if let Err(e) = sys::attach_console("/dev/console") {
+        // Keep going with whatever descriptors the kernel gave us.
+        say(format!("console: {e}"));
+    }
+    say(format!(
+        "init {} starting on Linux {}",
+        env!("CARGO_PKG_VERSION"),
+        kernel_release()
+    ));
+    for p in mount_problems {
+        say(format!("warning: {p}"));
+    }
+    // Orphans re-parent to PID 1; reap them so they do not pile up.
+    std::thread::spawn(|| loop {
+        sys::reap_children();
+        std::thread::sleep(Duration::from_secs(1));
+    });
+
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let (config, notes, fatal) = load_config(Path::new("/"), &cmdline);
+    for n in &notes {
+        say(n);
+    }
+    PANIC_POLICY.store(
+        u8::from(config.on_error == Finish::Reboot),
+        Ordering::Relaxed,
+    );
+    PANIC_WAIT.store(config.error_wait, Ordering::Relaxed);
+    if let Err(e) = sys::sethostname(&config.pc) {
+        say(format!("warning: {e}"));
+    }
+    say(format!("this is PC {}", config.pc));
+
+    let mut state = State::default();
+    loop {
+        let result = if fatal {
+            Err(format!("bad configuration (see above); fix {CONFIG_PATH} or the {CMDLINE_PREFIX}* kernel parameters"))
+        } else {
+            run(&config, &mut state)
+        };
+        match result {
+            Ok(()) => {
+                say("done");
+                if finish(&config, config.finish, &mut state) == Next::Retry {
+                    continue;
+                }
+            }
+            Err(e) => {
+                if on_error(&config, &e, &mut state) == Next::Retry {
+                    continue;
+                }
+            }
+        }
+    }
+}
+
+/// What PID 1 found out along the way, kept for the rescue prompt.
+#[derive(Default)]
+struct State {
+    modules_loaded: bool,
+    lease: Option<net::Lease>,
+}
+
+fn run(config: &Config, state: &mut State) -> Result<(), String> {
+    if !state.modules_loaded {
+        load_modules(config);
+        state.modules_loaded = true;
+    }
+    if state.lease.is_none() {
+        let lease = net::bring_up(Path::new("/"), config, &mut |m| say(format!("net: {m}")))
+            .map_err(|e| format!("network: {e}"))?;
+        say(format!("net: {lease}"));
+        state.lease = Some(lease);
+    }
+    let disks = disks::probe(Path::new("/"));
+    say(format!("disks: {} found", disks.len()));
+    say_block(&disks::render(&disks));
+
+    let Some(base) = &config.server else {
+        return Err(format!(
+            "no server configured (set server in {CONFIG_PATH} or {CMDLINE_PREFIX}server=)"
+        ));
+    };
+    let client = server::Client::new(base, &config.pc, state.lease.as_ref());
+    let answer = client
+        .hello(Duration::from_secs(30), &mut |m| {
+            say(format!("server: {m}"))
+        })
+        .map_err(|e| format!("server: {e}"))?;
+    say(format!("server: {} answered: {answer}", client.base()));
+    Ok(())
+}
+
+struct KernelLoader;
+
+impl coldplug::Loader for KernelLoader {
+    fn load(&mut self, _name: &str, path: &Path) -> Result<(), String> {
+        sys::finit_module(path).map_err(|e| e.to_string())
+    }
+}
+
+fn load_modules(config: &Config) {
+    let release = kernel_release();
+    let dir = Path::new("/lib/modules").join(&release);
+    let read = |f: &str| fs::read_to_string(dir.join(f));
+    let index = match (read("modules.dep"), read("modules.alias")) {
+        (Ok(dep), Ok(alias)) => match Index::parse(&dep, &alias) {
+            Ok(i) => i,
+            Err(e) => {
+                say(format!("modules: {}: {e}", dir.display()));
+                return;
+            }
+        },
+        _ => {
+            say(format!(
+                "modules: none for kernel {release} in the image ({} missing); relying on built-in drivers",
+                dir.display()
+            ));
+            return;
+        }
+    };
+    let start = Instant::now();
+    let opts = coldplug::Options {
+        modules_dir: dir,
+        timeout: Duration::from_secs(u64::from(config.coldplug_timeout)),
+        quiet: Duration::from_millis(1500),
+    };
+    let report = coldplug::coldplug(Path::new("/"), &index, &opts, &mut KernelLoader);
+    say(format!(
+        "modules: loaded {} in {:.2} s ({} rounds): {}",
+        report.loaded.len(),
+        start.elapsed().as_secs_f64(),
+        report.rounds,
+        report.loaded.join(" ")
+    ));
+    for (m, e) in &report.failed {
+        say(format!("modules: failed to load {m}: {e}"));
+    }
+    if !report.missing.is_empty() {
+        say(format!(
+            "modules: wanted but not in the image: {}",
+            report.missing.join(" ")
+        ));
+    }
+    if report.timed_out {
+        say(format!(
+            "modules: still finding devices after {} s; going on",
+            config.coldplug_timeout
+        ));
+    }
+    say(format!(
+        "modules: {} devices have no driver",
+        report.unbound.len()
+    ));
+    if config.verbose {
+        for (dev, alias) in &report.unbound {
+            say(format!("  no driver: {dev} {alias}"));
+        }
+    }
+}
+
+#[derive(PartialEq, Eq)]
+enum Next {
+    Retry,
+}
+
+fn finish_name(f: Finish) -> &'static str {
+    match f {
+        Finish::Poweroff => "powering off",
+        Finish::Reboot => "rebooting",
+        Finish::Rescue => "opening the rescue prompt",
+    }
+}
+
+/// Carries out `what`. Returns only when the rescue prompt asks to retry.
+fn finish(config: &Config, what: Finish, state: &mut State) -> Next {
+    say(finish_name(what));
+    match what {
+        Finish::Rescue => rescue(config, state),
+        Finish::Poweroff | Finish::Reboot => {
+            early::unmount_all();
+            let e = sys::reboot(what == Finish::Poweroff);
+            say(format!("{e}; opening the rescue prompt"));
+            rescue(config, state)
+        }
+    }
+}
+
+fn on_error(config: &Config, err: &str, state: &mut State) -> Next {
+    say(format!("error: {err}"));
+    if config.on_error == Finish::Rescue {
+        return finish(config, Finish::Rescue, state);
+    }
+    say(format!(
+        "press Enter within {} s for a rescue prompt; otherwise {}",
+        config.error_wait,
+        finish_name(config.on_error)
+    ));
+    if sys::wait_readable(
+        0,
+        (config.error_wait.saturating_mul(1000)).min(i32::MAX as u32) as i32,
+    ) {
+        let mut line = String::new();
+        let _ = io::stdin().lock().read_line(&mut line);
+        return finish(config, Finish::Rescue, state);
+    }
+    finish(config, config.on_error, state)
+}
+
+const RESCUE_HELP: &str =
+    "commands: retry, disks, net, modules, config, cmdline, dmesg, reboot, poweroff, help\n";
+
+/// A small prompt on the console for when things went wrong.
+fn rescue(config: &Config, state: &mut State) -> Next {
+    say_block(RESCUE_HELP);
+    let stdin = io::stdin();
+    loop {
+        say_block("rescue> ");
+        let mut line = String::new();
+        match stdin.lock().read_line(&mut line) {
+            Ok(0) | Err(_) => {
+                // No console input at all: nobody can answer; do not spin.
+                say("no console input; powering off in 30 s");
+                std::thread::sleep(Duration::from_secs(30));
+                early::unmount_all();
+                let e = sys::reboot(true);
+                say(e);
+                std::thread::sleep(Duration::from_secs(3600));
+                continue;
+            }
+            Ok(_) => {}
+        }
+        match line.trim() {
+            "" => {}
+            "help" | "?" => say_block(RESCUE_HELP),
+            "retry" => return Next::Retry,
+            "disks" => say_block(&disks::render(&disks::probe(Path::new("/")))),
+            "net" => match &state.lease {
+                Some(l) => say(l),
+                None => {
+                    let links = net::links(Path::new("/"));
+                    say(format!("no address yet; {} Ethernet links", links.len()));
+                    for l in links {
+                        say(format!(
+                            "  {} carrier={}",
+                            l.name,
+                            net::has_carrier(Path::new("/"), &l.name)
+                        ));
+                    }
+                }
+            },
+            "modules" => say_block(&fs::read_to_string("/proc/modules").unwrap_or_default()),
+            "config" => say_block(&config.to_file()),
+            "cmdline" => say_block(&fs::read_to_string("/proc/cmdline").unwrap_or_default()),
+            "dmesg" => say_block(&dmesg_tail(40)),
+            "reboot" => {
+                finish(config, Finish::Reboot, state);
+            }
+            "poweroff" => {
+                finish(config, Finish::Poweroff, state);
+            }
+            other => say(format!("unknown command {other:?}; type help")),
+        }
+    }
+}
+
+/// The last `n` kernel log lines, read non-blockingly from /dev/kmsg.
+fn dmesg_tail(n: usize) -> String {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(f) = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/kmsg")
+    else {
+        return "cannot open /dev/kmsg\n".into();
+    };
+    let mut lines = std::collections::VecDeque::new();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        use std::io::Read;
+        match (&f).read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => {
+                let rec = String::from_utf8_lossy(&buf[..k]);
+                let msg = rec.split_once(';').map(|(_, m)| m).unwrap_or(&rec);
+                lines.push_back(msg.lines().next().unwrap_or("").to_owned());
+                if lines.len() > n {
+                    lines.pop_front();
+                }
+            }
+        }
+    }
+    lines.into_iter().map(|l| l + "\n").collect()
+}

@@ -1,0 +1,454 @@
+//! Harness for end-to-end tests: the real server, real boot files built by
+//! the real builder, QEMU booting them, and expectations on the serial
+//! console and on what the server saw.
+//!
+//! Artefacts are found through environment variables the Makefile sets
+//! (`BOOTVAULT_BIN`, `BOOTVAULT_INIT`); without them, the workspace's
+//! `target/` is searched. QEMU runs under TCG unless `BOOTVAULT_KVM=1`.
+//! Every test starts its own server on 127.0.0.1 (port 0) and the guest
+//! reaches it through user-mode networking's host alias 10.0.2.2; no
+//! traffic leaves the machine.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub type Result<T> = std::result::Result<T, String>;
+
+/// The workspace root (this crate lives in `qemu-tests/`).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_default()
+}
+
+pub fn bootvault_bin() -> PathBuf {
+    std::env::var_os("BOOTVAULT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/release/bootvault"))
+}
+
+pub fn init_bin() -> PathBuf {
+    std::env::var_os("BOOTVAULT_INIT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/x86_64-unknown-linux-musl/init/init"))
+}
+
+/// A scratch directory under `target/qemu-tests/NAME`, emptied first and
+/// kept afterwards for post-mortems.
+pub fn scratch(name: &str) -> PathBuf {
+    let d = workspace().join("target/qemu-tests").join(name);
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d).expect("creating a scratch directory");
+    d
+}
+
+/// Runs a command to completion; error with its stderr on failure.
+pub fn run(cmd: &mut Command) -> Result<String> {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().map_err(|e| format!("{shown}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{shown} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Lines from a child's output, collected by a thread, with a full log.
+pub struct Lines {
+    rx: Receiver<String>,
+    pub log: Arc<Mutex<Vec<String>>>,
+    start: Instant,
+}
+
+impl Lines {
+    fn spawn(
+        reader: impl std::io::Read + Send + 'static,
+        echo: Option<&'static str>,
+        log_file: Option<PathBuf>,
+    ) -> Lines {
+        let (tx, rx) = channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            let mut file = log_file.and_then(|p| fs::File::create(p).ok());
+            // Console output may not be valid UTF-8 (escape codes): lossy.
+            let mut r = BufReader::new(reader);
+            let mut buf = Vec::new();
+            while let Ok(n) = r.read_until(b'\n', &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let line = String::from_utf8_lossy(&buf).trim_end().to_owned();
+                buf.clear();
+                if let Some(tag) = echo {
+                    eprintln!("{tag} {line}");
+                }
+                if let Some(f) = file.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(f, "{line}");
+                }
+                if let Ok(mut l) = log2.lock() {
+                    l.push(line.clone());
+                }
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines {
+            rx,
+            log,
+            start: Instant::now(),
+        }
+    }
+
+    /// Waits for a line containing `needle`; returns it and the time since
+    /// the process started.
+    pub fn expect(&self, needle: &str, timeout: Duration) -> Result<(String, Duration)> {
+        self.expect_fn(needle, timeout, |l| l.contains(needle))
+    }
+
+    pub fn expect_fn(
+        &self,
+        what: &str,
+        timeout: Duration,
+        f: impl Fn(&str) -> bool,
+    ) -> Result<(String, Duration)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) if f(&line) => return Ok((line, self.start.elapsed())),
+                Ok(_) => {}
+                Err(_) => {
+                    return Err(format!(
+                        "no line with {what:?} within {} s; last lines:\n{}",
+                        timeout.as_secs(),
+                        self.tail(30)
+                    ))
+                }
+            }
+        }
+    }
+
+    pub fn tail(&self, n: usize) -> String {
+        let l = self.log.lock().map(|l| l.clone()).unwrap_or_default();
+        l[l.len().saturating_sub(n)..].join("\n")
+    }
+
+    pub fn all(&self) -> Vec<String> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+/// A running `bootvault serve` on 127.0.0.1 with its own data directory.
+pub struct Server {
+    child: Child,
+    pub url: String,
+    pub port: u16,
+    pub data: PathBuf,
+    pub out: Lines,
+}
+
+impl Server {
+    pub fn start(dir: &Path) -> Result<Server> {
+        let data = dir.join("server-data");
+        let mut child = Command::new(bootvault_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(&data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", bootvault_bin().display()))?;
+        let stdout = child.stdout.take().ok_or("no server stdout")?;
+        let out = Lines::spawn(stdout, None, Some(dir.join("server.log")));
+        let (line, _) = out.expect("listening on http://127.0.0.1:", Duration::from_secs(20))?;
+        let port: u16 = line
+            .split("127.0.0.1:")
+            .nth(1)
+            .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| format!("no port in {line:?}"))?;
+        Ok(Server {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            data,
+            out,
+        })
+    }
+
+    /// The URL the guest uses: user-mode networking's alias for the host.
+    pub fn guest_url(&self) -> String {
+        format!("http://10.0.2.2:{}", self.port)
+    }
+
+    pub fn events(&self) -> String {
+        fs::read_to_string(self.data.join("events.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Builds one PC's boot files with the real builder.
+pub fn build_pc(
+    out: &Path,
+    name: &str,
+    server_url: &str,
+    profile: &str,
+    extra: &[&str],
+) -> Result<String> {
+    let mut cmd = Command::new(bootvault_bin());
+    cmd.args([
+        "build",
+        name,
+        "--server",
+        server_url,
+        "--profile",
+        profile,
+        "--console",
+        "ttyS0,115200",
+    ])
+    .arg("--init")
+    .arg(init_bin())
+    .arg("--out")
+    .arg(out)
+    .args(["--set", "error_wait=5", "--set", "dhcp_timeout=60"])
+    .args(extra);
+    run(&mut cmd)
+}
+
+/// Which NIC and disk controller the virtual PC has.
+#[derive(Clone, Copy, Debug)]
+pub enum Hardware {
+    /// virtio-net + virtio-blk on the q35 machine.
+    Virtio,
+    /// e1000 + a SATA disk on q35's AHCI controller.
+    E1000Ahci,
+}
+
+pub struct Guest {
+    pub boot: PathBuf,
+    pub disks: Vec<(PathBuf, String)>,
+    pub memory_mib: u32,
+    pub hardware: Hardware,
+    pub mac: String,
+    pub cmdline_extra: String,
+}
+
+impl Guest {
+    pub fn new(boot: &Path) -> Guest {
+        Guest {
+            boot: boot.to_owned(),
+            disks: Vec::new(),
+            memory_mib: 256,
+            hardware: Hardware::Virtio,
+            mac: "52:54:00:b0:07:01".into(),
+            cmdline_extra: String::new(),
+        }
+    }
+
+    /// Adds a raw disk image with a serial number.
+    pub fn disk(mut self, path: &Path, serial: &str) -> Guest {
+        self.disks.push((path.to_owned(), serial.to_owned()));
+        self
+    }
+
+    pub fn hardware(mut self, h: Hardware) -> Guest {
+        self.hardware = h;
+        self
+    }
+
+    pub fn memory(mut self, mib: u32) -> Guest {
+        self.memory_mib = mib;
+        self
+    }
+
+    pub fn append(mut self, extra: &str) -> Guest {
+        self.cmdline_extra = extra.to_owned();
+        self
+    }
+
+    pub fn command(&self) -> Result<Command> {
+        let cmdline = fs::read_to_string(self.boot.join("cmdline"))
+            .map_err(|e| format!("reading {}/cmdline: {e}", self.boot.display()))?;
+        let cmdline = format!("{} {}", cmdline.trim(), self.cmdline_extra)
+            .trim()
+            .to_owned();
+        let mut c = Command::new("qemu-system-x86_64");
+        c.args([
+            "-machine",
+            "q35",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+        ]);
+        if std::env::var("BOOTVAULT_KVM").is_ok_and(|v| v == "1") {
+            c.args(["-accel", "kvm", "-cpu", "host"]);
+        } else {
+            c.args(["-accel", "tcg"]);
+        }
+        c.args(["-m", &self.memory_mib.to_string(), "-smp", "2"]);
+        c.arg("-kernel").arg(self.boot.join("vmlinuz"));
+        c.arg("-initrd").arg(self.boot.join("initrd.img"));
+        c.args(["-append", &cmdline]);
+        // User-mode networking: DHCP from QEMU, host reachable as 10.0.2.2.
+        let nic = match self.hardware {
+            Hardware::Virtio => "virtio-net-pci",
+            Hardware::E1000Ahci => "e1000",
+        };
+        c.args([
+            "-netdev",
+            "user,id=n0",
+            "-device",
+            &format!("{nic},netdev=n0,mac={}", self.mac),
+        ]);
+        for (i, (path, serial)) in self.disks.iter().enumerate() {
+            c.args([
+                "-drive",
+                &format!("file={},format=raw,if=none,id=d{i}", path.display()),
+            ]);
+            match self.hardware {
+                Hardware::Virtio => c.args([
+                    "-device",
+                    &format!("virtio-blk-pci,drive=d{i},serial={serial}"),
+                ]),
+                Hardware::E1000Ahci => c.args([
+                    "-device",
+                    &format!("ide-hd,drive=d{i},bus=ide.{i},serial={serial}"),
+                ]),
+            };
+        }
+        Ok(c)
+    }
+
+    /// Boots the guest; console lines come through the returned handle.
+    pub fn boot(&self, log_file: &Path) -> Result<Running> {
+        let mut cmd = self.command()?;
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting qemu-system-x86_64: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no qemu stdout")?;
+        let stderr = child.stderr.take().ok_or("no qemu stderr")?;
+        let echo = std::env::var("BOOTVAULT_ECHO").is_ok().then_some("guest|");
+        let console = Lines::spawn(stdout, echo, Some(log_file.to_owned()));
+        let _stderr = Lines::spawn(stderr, Some("qemu-stderr|"), None);
+        Ok(Running { child, console })
+    }
+}
+
+pub struct Running {
+    child: Child,
+    pub console: Lines,
+}
+
+impl Running {
+    /// Waits for QEMU to exit (the guest powered off); returns the time
+    /// since start.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Duration> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) if status.success() => return Ok(self.console.start.elapsed()),
+                Ok(Some(status)) => {
+                    return Err(format!(
+                        "qemu exited with {status}; last lines:\n{}",
+                        self.console.tail(30)
+                    ))
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Ok(None) => {
+                    return Err(format!(
+                        "guest still running after {} s; last lines:\n{}",
+                        timeout.as_secs(),
+                        self.console.tail(30)
+                    ))
+                }
+                Err(e) => return Err(format!("waiting for qemu: {e}")),
+            }
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Generous bounds: TCG is slow, and CI machines are busy.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Creates a raw disk image of `mib` MiB partitioned by an `sfdisk` script.
+pub fn make_disk(path: &Path, mib: u64, sfdisk_script: &str) -> Result<()> {
+    let f = fs::File::create(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+    f.set_len(mib * 1024 * 1024)
+        .map_err(|e| format!("sizing {}: {e}", path.display()))?;
+    drop(f);
+    let mut child = Command::new("sfdisk")
+        .arg("--no-reread")
+        .arg("--no-tell-kernel")
+        .arg("-q")
+        .arg(path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting sfdisk: {e}"))?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().ok_or("no sfdisk stdin")?;
+        stdin
+            .write_all(sfdisk_script.as_bytes())
+            .map_err(|e| format!("writing to sfdisk: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("sfdisk: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "sfdisk {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+/// The GPT layout used by the tests and the demo: 256 MiB disk.
+pub const GPT_LAYOUT: &str = "label: gpt\nunit: sectors\n\
+    start=2048, size=65536, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=\"esp\"\n\
+    start=67584, size=131072, type=0FC63DAF-8483-4772-8E79-3D69D8E47DE4, name=\"root\"\n\
+    start=198656, size=262144, type=EBD0A0A2-B9E5-4433-87C0-68B6B72699C7, name=\"data\"\n";
+
+/// The MBR layout: 64 MiB disk, two primaries, an extended with two logicals.
+pub const MBR_LAYOUT: &str = "label: dos\nunit: sectors\n\
+    start=2048, size=20480, type=c, bootable\n\
+    start=22528, size=40960, type=83\n\
+    start=63488, size=61440, type=5\n\
+    start=65536, size=20480, type=83\n\
+    start=88064, size=30720, type=82\n";
