@@ -92,37 +92,15 @@ pub enum CpioError {
     /// The name is not NUL-terminated, holds a NUL, or is not UTF-8.
     BadName { offset: u64, problem: &'static str },
     /// The input ends inside the header, name or data that starts at `offset`.
-    Truncated {
-        offset: u64,
-        what: String,
-        needed: u64,
-        available: u64,
-    },
+    Truncated { offset: u64, what: String, needed: u64, available: u64 },
     /// A 070702 regular file whose data does not sum to its c_check.
-    ChecksumMismatch {
-        offset: u64,
-        path: String,
-        stored: u32,
-        computed: u32,
-    },
+    ChecksumMismatch { offset: u64, path: String, stored: u32, computed: u32 },
     /// A file type this module does not model (fifo, socket, ...).
-    UnsupportedType {
-        offset: u64,
-        path: String,
-        mode: u32,
-    },
+    UnsupportedType { offset: u64, path: String, mode: u32 },
     /// A directory or device node with a non-zero c_filesize.
-    UnexpectedData {
-        offset: u64,
-        path: String,
-        size: u32,
-    },
+    UnexpectedData { offset: u64, path: String, size: u32 },
     /// A symlink target that is empty, too long, holds a NUL or is not UTF-8.
-    BadSymlink {
-        offset: u64,
-        path: String,
-        problem: &'static str,
-    },
+    BadSymlink { offset: u64, path: String, problem: &'static str },
     /// The input ends at an entry boundary before the TRAILER!!! entry.
     MissingTrailer { offset: u64 },
 }
@@ -136,62 +114,35 @@ impl fmt::Display for CpioError {
                 found.escape_ascii()
             ),
             CpioError::BadField { offset, field } => {
-                write!(
-                    f,
-                    "bad header field {field} at offset {offset}: not 8 hex digits"
-                )
+                write!(f, "bad header field {field} at offset {offset}: not 8 hex digits")
             }
-            CpioError::BadNameSize { offset, size } => write!(
-                f,
-                "bad name size {size} at offset {offset}: must be 1 to {MAX_NAME}, NUL included"
-            ),
+            CpioError::BadNameSize { offset, size } => {
+                write!(f, "bad name size {size} at offset {offset}: must be 1 to {MAX_NAME}, NUL included")
+            }
             CpioError::BadName { offset, problem } => {
                 write!(f, "bad name at offset {offset}: {problem}")
             }
-            CpioError::Truncated {
-                offset,
-                what,
-                needed,
-                available,
-            } => write!(
-                f,
-                "truncated {what} at offset {offset}: {needed} bytes declared, {available} left"
-            ),
-            CpioError::ChecksumMismatch {
-                offset,
-                path,
-                stored,
-                computed,
-            } => write!(
+            CpioError::Truncated { offset, what, needed, available } => {
+                write!(f, "truncated {what} at offset {offset}: {needed} bytes declared, {available} left")
+            }
+            CpioError::ChecksumMismatch { offset, path, stored, computed } => write!(
                 f,
                 "checksum mismatch for {path} at offset {offset}: \
                  header says {stored:08X}, data sums to {computed:08X}"
             ),
-            CpioError::UnsupportedType { offset, path, mode } => write!(
-                f,
-                "unsupported file type {:06o} for {path} at offset {offset}",
-                mode & S_IFMT
-            ),
+            CpioError::UnsupportedType { offset, path, mode } => {
+                write!(f, "unsupported file type {:06o} for {path} at offset {offset}", mode & S_IFMT)
+            }
             CpioError::UnexpectedData { offset, path, size } => write!(
                 f,
                 "unexpected data for {path} at offset {offset}: \
                  a directory or device with {size} bytes"
             ),
-            CpioError::BadSymlink {
-                offset,
-                path,
-                problem,
-            } => {
-                write!(
-                    f,
-                    "bad symlink target for {path} at offset {offset}: {problem}"
-                )
+            CpioError::BadSymlink { offset, path, problem } => {
+                write!(f, "bad symlink target for {path} at offset {offset}: {problem}")
             }
             CpioError::MissingTrailer { offset } => {
-                write!(
-                    f,
-                    "archive ends at offset {offset} without the {TRAILER} entry"
-                )
+                write!(f, "archive ends at offset {offset} without the {TRAILER} entry")
             }
         }
     }
@@ -283,15 +234,11 @@ impl Header {
 
 /// The sum of the data bytes, as GNU cpio and the kernel compute c_check.
 fn checksum(data: &[u8]) -> u32 {
-    data.iter()
-        .fold(0u32, |sum, &b| sum.wrapping_add(u32::from(b)))
+    data.iter().fold(0u32, |sum, &b| sum.wrapping_add(u32::from(b)))
 }
 
 fn invalid(path: &str, problem: impl fmt::Display) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidInput,
-        format!("cpio entry {path:?}: {problem}"),
-    )
+    io::Error::new(io::ErrorKind::InvalidInput, format!("cpio entry {path:?}: {problem}"))
 }
 
 /// Refuses what the kernel would misread or what would make the archive
@@ -303,22 +250,14 @@ fn check_entry(e: &Entry) -> io::Result<()> {
         return Err(invalid(path, "empty path"));
     }
     if path.starts_with('/') {
-        return Err(invalid(
-            path,
-            "absolute path (paths are relative to the archive root)",
-        ));
+        return Err(invalid(path, "absolute path (paths are relative to the archive root)"));
     }
     if path.contains('\0') {
         return Err(invalid(path, "path contains a NUL byte"));
     }
     for component in path.split('/') {
         match component {
-            "" => {
-                return Err(invalid(
-                    path,
-                    "empty path component (doubled or trailing '/')",
-                ))
-            }
+            "" => return Err(invalid(path, "empty path component (doubled or trailing '/')")),
             "." => return Err(invalid(path, "path contains a '.' component")),
             ".." => return Err(invalid(path, "path contains a '..' component")),
             _ => {}
@@ -328,33 +267,20 @@ fn check_entry(e: &Entry) -> io::Result<()> {
         return Err(invalid(path, "this name marks the end of an archive"));
     }
     if path.len() + 1 > MAX_NAME {
-        return Err(invalid(
-            path,
-            format_args!("path longer than {} bytes", MAX_NAME - 1),
-        ));
+        return Err(invalid(path, format_args!("path longer than {} bytes", MAX_NAME - 1)));
     }
     if e.mode & !PERM_BITS != 0 {
-        return Err(invalid(
-            path,
-            format_args!("mode {:o} has bits beyond the permission bits 7777", e.mode),
-        ));
+        return Err(invalid(path, format_args!("mode {:o} has bits beyond the permission bits 7777", e.mode)));
     }
     match &e.kind {
-        Kind::File(data) if u32::try_from(data.len()).is_err() => Err(invalid(
-            path,
-            format_args!(
-                "{} bytes is too large for newc (4 GiB - 1 at most)",
-                data.len()
-            ),
-        )),
-        Kind::Symlink(target) if target.is_empty() => Err(invalid(path, "empty symlink target")),
-        Kind::Symlink(target) if target.contains('\0') => {
-            Err(invalid(path, "symlink target contains a NUL byte"))
+        Kind::File(data) if u32::try_from(data.len()).is_err() => {
+            Err(invalid(path, format_args!("{} bytes is too large for newc (4 GiB - 1 at most)", data.len())))
         }
-        Kind::Symlink(target) if target.len() > MAX_NAME => Err(invalid(
-            path,
-            format_args!("symlink target longer than {MAX_NAME} bytes"),
-        )),
+        Kind::Symlink(target) if target.is_empty() => Err(invalid(path, "empty symlink target")),
+        Kind::Symlink(target) if target.contains('\0') => Err(invalid(path, "symlink target contains a NUL byte")),
+        Kind::Symlink(target) if target.len() > MAX_NAME => {
+            Err(invalid(path, format_args!("symlink target longer than {MAX_NAME} bytes")))
+        }
         _ => Ok(()),
     }
 }
@@ -379,25 +305,14 @@ pub fn normalize(entries: Vec<Entry>) -> io::Result<Vec<Entry>> {
         for (slash, _) in path.match_indices('/') {
             let parent = &path[..slash];
             match by_path.get(parent) {
-                Some(Entry {
-                    kind: Kind::Dir, ..
-                }) => {}
-                Some(_) => {
-                    return Err(invalid(
-                        path,
-                        format_args!("parent {parent:?} is not a directory"),
-                    ))
-                }
+                Some(Entry { kind: Kind::Dir, .. }) => {}
+                Some(_) => return Err(invalid(path, format_args!("parent {parent:?} is not a directory"))),
                 None => missing.push(parent.to_owned()),
             }
         }
     }
     for path in missing {
-        by_path.entry(path.clone()).or_insert(Entry {
-            path,
-            mode: 0o755,
-            kind: Kind::Dir,
-        });
+        by_path.entry(path.clone()).or_insert(Entry { path, mode: 0o755, kind: Kind::Dir });
     }
     // A byte-order sort puts every path after its own prefixes, so parents
     // come before children.
@@ -425,13 +340,7 @@ impl<W: Write> Counted<W> {
     }
 
     /// Header, name + NUL padded to 4, data padded to 4.
-    fn entry(
-        &mut self,
-        magic: &[u8; 6],
-        header: &Header,
-        name: &str,
-        data: &[u8],
-    ) -> io::Result<()> {
+    fn entry(&mut self, magic: &[u8; 6], header: &Header, name: &str, data: &[u8]) -> io::Result<()> {
         self.put(&header.encode(magic))?;
         self.put(name.as_bytes())?;
         self.put(&[0])?;
@@ -454,15 +363,10 @@ pub fn write_archive<W: Write>(entries: Vec<Entry>, format: Format, out: W) -> i
         Format::Newc => MAGIC_NEWC,
         Format::NewcCrc => MAGIC_NEWC_CRC,
     };
-    let mut out = Counted {
-        inner: out,
-        written: 0,
-    };
+    let mut out = Counted { inner: out, written: 0 };
     let mut ino: u32 = 0;
     for e in &entries {
-        ino = ino
-            .checked_add(1)
-            .ok_or_else(|| invalid(&e.path, "more entries than newc has inode numbers"))?;
+        ino = ino.checked_add(1).ok_or_else(|| invalid(&e.path, "more entries than newc has inode numbers"))?;
         let (file_type, nlink, data, rdev): (u32, u32, &[u8], (u32, u32)) = match &e.kind {
             Kind::Dir => (S_IFDIR, 2, &[], (0, 0)),
             Kind::File(data) => (S_IFREG, 1, data, (0, 0)),
@@ -476,8 +380,7 @@ pub fn write_archive<W: Write>(entries: Vec<Entry>, format: Format, out: W) -> i
         };
         // normalize() bounded both lengths, so these cannot fail.
         let filesize = u32::try_from(data.len()).map_err(|_| invalid(&e.path, "data too large"))?;
-        let namesize =
-            u32::try_from(e.path.len() + 1).map_err(|_| invalid(&e.path, "path too long"))?;
+        let namesize = u32::try_from(e.path.len() + 1).map_err(|_| invalid(&e.path, "path too long"))?;
         let header = Header {
             ino,
             mode: file_type | e.mode,
@@ -491,11 +394,7 @@ pub fn write_archive<W: Write>(entries: Vec<Entry>, format: Format, out: W) -> i
         };
         out.entry(magic, &header, &e.path, data)?;
     }
-    let trailer = Header {
-        nlink: 1,
-        namesize: (TRAILER.len() + 1) as u32,
-        ..Header::default()
-    };
+    let trailer = Header { nlink: 1, namesize: (TRAILER.len() + 1) as u32, ..Header::default() };
     out.entry(magic, &trailer, TRAILER, &[])?;
     out.pad_to(BLOCK)?;
     out.inner.flush()?;
@@ -548,9 +447,7 @@ pub fn read_archive(bytes: &[u8]) -> Result<Vec<Entry>, CpioError> {
         let start = offset;
         let rest = bytes.get(start..).unwrap_or_default();
         if rest.is_empty() {
-            return Err(CpioError::MissingTrailer {
-                offset: start as u64,
-            });
+            return Err(CpioError::MissingTrailer { offset: start as u64 });
         }
         // The magic first, so that a short file of the wrong kind (gzip, say)
         // is named as such rather than as a truncated header.
@@ -562,37 +459,26 @@ pub fn read_archive(bytes: &[u8]) -> Result<Vec<Entry>, CpioError> {
         } else if MAGIC_NEWC.starts_with(magic) || MAGIC_NEWC_CRC.starts_with(magic) {
             return Err(truncated(bytes, start, "header".into(), HEADER_LEN));
         } else {
-            return Err(CpioError::BadMagic {
-                offset: start as u64,
-                found: magic.to_vec(),
-            });
+            return Err(CpioError::BadMagic { offset: start as u64, found: magic.to_vec() });
         };
-        let raw = slice_at(bytes, start, HEADER_LEN)
-            .ok_or_else(|| truncated(bytes, start, "header".into(), HEADER_LEN))?;
+        let raw =
+            slice_at(bytes, start, HEADER_LEN).ok_or_else(|| truncated(bytes, start, "header".into(), HEADER_LEN))?;
         let mut fields = [0u32; 13];
         for (i, field) in fields.iter_mut().enumerate() {
             let at = 6 + 8 * i;
-            *field = parse_hex8(&raw[at..at + 8]).ok_or(CpioError::BadField {
-                offset: (start + at) as u64,
-                field: FIELD_NAMES[i],
-            })?;
+            *field = parse_hex8(&raw[at..at + 8])
+                .ok_or(CpioError::BadField { offset: (start + at) as u64, field: FIELD_NAMES[i] })?;
         }
         let h = Header::from_fields(fields);
 
         let name_offset = start + HEADER_LEN;
         let namesize = h.namesize as usize;
         if namesize == 0 || namesize > MAX_NAME {
-            return Err(CpioError::BadNameSize {
-                offset: (start + 6 + 8 * 11) as u64,
-                size: h.namesize,
-            });
+            return Err(CpioError::BadNameSize { offset: (start + 6 + 8 * 11) as u64, size: h.namesize });
         }
         let name = slice_at(bytes, name_offset, namesize)
             .ok_or_else(|| truncated(bytes, name_offset, "name".into(), namesize))?;
-        let bad_name = |problem| CpioError::BadName {
-            offset: name_offset as u64,
-            problem,
-        };
+        let bad_name = |problem| CpioError::BadName { offset: name_offset as u64, problem };
         let (name, nul) = name.split_at(namesize - 1);
         if nul != [0] {
             return Err(bad_name("not NUL-terminated"));
@@ -624,18 +510,10 @@ pub fn read_archive(bytes: &[u8]) -> Result<Vec<Entry>, CpioError> {
             if h.filesize == 0 {
                 Ok(kind)
             } else {
-                Err(CpioError::UnexpectedData {
-                    offset: at,
-                    path: name.to_owned(),
-                    size: h.filesize,
-                })
+                Err(CpioError::UnexpectedData { offset: at, path: name.to_owned(), size: h.filesize })
             }
         };
-        let bad_symlink = |problem| CpioError::BadSymlink {
-            offset: at,
-            path: name.to_owned(),
-            problem,
-        };
+        let bad_symlink = |problem| CpioError::BadSymlink { offset: at, path: name.to_owned(), problem };
         let kind = match h.mode & S_IFMT {
             S_IFDIR => no_data(Kind::Dir)?,
             S_IFREG => {
@@ -651,10 +529,7 @@ pub fn read_archive(bytes: &[u8]) -> Result<Vec<Entry>, CpioError> {
                     }
                 }
                 if h.nlink > 1 {
-                    links
-                        .entry((h.devmajor, h.devminor, h.ino))
-                        .or_default()
-                        .push(entries.len());
+                    links.entry((h.devmajor, h.devminor, h.ino)).or_default().push(entries.len());
                 }
                 Kind::File(data.to_vec())
             }
@@ -671,27 +546,11 @@ pub fn read_archive(bytes: &[u8]) -> Result<Vec<Entry>, CpioError> {
                 }
                 Kind::Symlink(target.to_owned())
             }
-            S_IFCHR => no_data(Kind::CharDev {
-                major: h.rdevmajor,
-                minor: h.rdevminor,
-            })?,
-            S_IFBLK => no_data(Kind::BlockDev {
-                major: h.rdevmajor,
-                minor: h.rdevminor,
-            })?,
-            _ => {
-                return Err(CpioError::UnsupportedType {
-                    offset: at,
-                    path: name.to_owned(),
-                    mode: h.mode,
-                })
-            }
+            S_IFCHR => no_data(Kind::CharDev { major: h.rdevmajor, minor: h.rdevminor })?,
+            S_IFBLK => no_data(Kind::BlockDev { major: h.rdevmajor, minor: h.rdevminor })?,
+            _ => return Err(CpioError::UnsupportedType { offset: at, path: name.to_owned(), mode: h.mode }),
         };
-        entries.push(Entry {
-            path: name.to_owned(),
-            mode: h.mode & PERM_BITS,
-            kind,
-        });
+        entries.push(Entry { path: name.to_owned(), mode: h.mode & PERM_BITS, kind });
     }
     share_hard_link_data(&mut entries, links);
     Ok(entries)
@@ -701,20 +560,13 @@ pub fn read_archive(bytes: &[u8]) -> Result<Vec<Entry>, CpioError> {
 /// stored on one of them (the last with any, as the kernel's writes leave it).
 fn share_hard_link_data(entries: &mut [Entry], links: BTreeMap<(u32, u32, u32), Vec<usize>>) {
     for group in links.values().filter(|g| g.len() > 1) {
-        let data = group
-            .iter()
-            .rev()
-            .find_map(|&i| match entries.get(i).map(|e| &e.kind) {
-                Some(Kind::File(d)) if !d.is_empty() => Some(d.clone()),
-                _ => None,
-            });
+        let data = group.iter().rev().find_map(|&i| match entries.get(i).map(|e| &e.kind) {
+            Some(Kind::File(d)) if !d.is_empty() => Some(d.clone()),
+            _ => None,
+        });
         let Some(data) = data else { continue };
         for &i in group {
-            if let Some(Entry {
-                kind: Kind::File(d),
-                ..
-            }) = entries.get_mut(i)
-            {
+            if let Some(Entry { kind: Kind::File(d), .. }) = entries.get_mut(i) {
                 d.clone_from(&data);
             }
         }
@@ -731,27 +583,15 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn file(path: &str, mode: u32, data: &[u8]) -> Entry {
-        Entry {
-            path: path.into(),
-            mode,
-            kind: Kind::File(data.to_vec()),
-        }
+        Entry { path: path.into(), mode, kind: Kind::File(data.to_vec()) }
     }
 
     fn dir(path: &str, mode: u32) -> Entry {
-        Entry {
-            path: path.into(),
-            mode,
-            kind: Kind::Dir,
-        }
+        Entry { path: path.into(), mode, kind: Kind::Dir }
     }
 
     fn symlink(path: &str, target: &str) -> Entry {
-        Entry {
-            path: path.into(),
-            mode: 0o777,
-            kind: Kind::Symlink(target.into()),
-        }
+        Entry { path: path.into(), mode: 0o777, kind: Kind::Symlink(target.into()) }
     }
 
     fn write(entries: Vec<Entry>, format: Format) -> Vec<u8> {
@@ -765,34 +605,15 @@ mod tests {
     fn sample() -> Vec<Entry> {
         vec![
             file("init", 0o755, b"\x7fELF pretend"),
-            file(
-                "lib/modules/6.1.0/kernel/drivers/net/e1000e.ko",
-                0o644,
-                &[0xff; 1000],
-            ),
-            file(
-                "lib/modules/6.1.0/modules.dep",
-                0o644,
-                b"kernel/drivers/net/e1000e.ko:\n",
-            ),
+            file("lib/modules/6.1.0/kernel/drivers/net/e1000e.ko", 0o644, &[0xff; 1000]),
+            file("lib/modules/6.1.0/modules.dep", 0o644, b"kernel/drivers/net/e1000e.ko:\n"),
             file("etc/empty", 0o600, b""),
             file("etc/odd", 0o4755, b"x"),
             dir("proc", 0o555),
             dir("tmp", 0o1777),
             symlink("bin/sh", "../init"),
-            Entry {
-                path: "dev/console".into(),
-                mode: 0o600,
-                kind: Kind::CharDev { major: 5, minor: 1 },
-            },
-            Entry {
-                path: "dev/vda".into(),
-                mode: 0o660,
-                kind: Kind::BlockDev {
-                    major: 254,
-                    minor: 0x12345,
-                },
-            },
+            Entry { path: "dev/console".into(), mode: 0o600, kind: Kind::CharDev { major: 5, minor: 1 } },
+            Entry { path: "dev/vda".into(), mode: 0o660, kind: Kind::BlockDev { major: 254, minor: 0x12345 } },
         ]
     }
 
@@ -832,12 +653,8 @@ mod tests {
 
     #[test]
     fn normalize_sorts_and_adds_parents_before_children() {
-        let got = normalize(vec![
-            file("a-b", 0o644, b""),
-            file("a/b/c", 0o644, b""),
-            dir("a", 0o700),
-        ])
-        .expect("normalize");
+        let got =
+            normalize(vec![file("a-b", 0o644, b""), file("a/b/c", 0o644, b""), dir("a", 0o700)]).expect("normalize");
         let paths: Vec<&str> = got.iter().map(|e| e.path.as_str()).collect();
         // '-' sorts before '/', and a prefix before everything that extends it.
         assert_eq!(paths, ["a", "a-b", "a/b", "a/b/c"]);
@@ -854,11 +671,7 @@ mod tests {
         rotated.rotate_left(3);
         assert_eq!(write(reversed, Format::NewcCrc), first);
         assert_eq!(write(rotated, Format::NewcCrc), first);
-        assert_eq!(
-            write(sample_expected(), Format::NewcCrc),
-            first,
-            "explicit parents change nothing"
-        );
+        assert_eq!(write(sample_expected(), Format::NewcCrc), first, "explicit parents change nothing");
         assert_eq!(first.len() % 512, 0);
     }
 
@@ -878,11 +691,7 @@ mod tests {
             let nlink = field(4);
             let is_dir = field(1) & S_IFMT == S_IFDIR;
             assert_eq!(nlink, if is_dir { 2 } else { 1 });
-            assert_eq!(
-                [field(2), field(3), field(5), field(7), field(8)],
-                [0; 5],
-                "uid gid mtime dev"
-            );
+            assert_eq!([field(2), field(3), field(5), field(7), field(8)], [0; 5], "uid gid mtime dev");
             inos.push(field(0));
             let data = align4(offset + HEADER_LEN + namesize).expect("align");
             offset = align4(data + field(6) as usize).expect("align");
@@ -926,10 +735,7 @@ mod tests {
         expected.resize(512, 0);
 
         let got = write(entries.clone(), Format::Newc);
-        assert_eq!(
-            String::from_utf8_lossy(&got),
-            String::from_utf8_lossy(&expected)
-        );
+        assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&expected));
         assert_eq!(got, expected);
 
         // 070702: same but the magic, and a/b's check is 'h' + 'i' + '\n'
@@ -955,21 +761,12 @@ mod tests {
             (vec![dir("a/", 0o755)], "empty path component"),
             (vec![file("a\0b", 0o644, b"")], "NUL"),
             (vec![file("TRAILER!!!", 0o644, b"")], "end of an archive"),
-            (
-                vec![file(&"x".repeat(MAX_NAME), 0o644, b"")],
-                "longer than 4095",
-            ),
+            (vec![file(&"x".repeat(MAX_NAME), 0o644, b"")], "longer than 4095"),
             (vec![file("f", 0o100644, b"")], "mode 100644"),
             (vec![symlink("l", "")], "empty symlink target"),
             (vec![symlink("l", "a\0b")], "NUL"),
-            (
-                vec![file("x/y", 0o644, b"1"), file("x/y", 0o644, b"2")],
-                "duplicate path",
-            ),
-            (
-                vec![file("x", 0o644, b""), file("x/y", 0o644, b"")],
-                "parent \"x\" is not a directory",
-            ),
+            (vec![file("x/y", 0o644, b"1"), file("x/y", 0o644, b"2")], "duplicate path"),
+            (vec![file("x", 0o644, b""), file("x/y", 0o644, b"")], "parent \"x\" is not a directory"),
         ];
         for (entries, problem) in cases {
             let shown = format!("{:?}", entries.last().map(|e| &e.path));
@@ -982,10 +779,7 @@ mod tests {
             assert!(out.is_empty(), "nothing written before the error");
         }
         // The longest name the kernel takes is still fine.
-        write(
-            vec![file(&"x".repeat(MAX_NAME - 1), 0o644, b"")],
-            Format::Newc,
-        );
+        write(vec![file(&"x".repeat(MAX_NAME - 1), 0o644, b"")], Format::Newc);
     }
 
     /// One raw entry, for archives the writer would never produce.
@@ -999,11 +793,7 @@ mod tests {
     }
 
     fn raw_trailer() -> Vec<u8> {
-        let h = Header {
-            nlink: 1,
-            namesize: 11,
-            ..Header::default()
-        };
+        let h = Header { nlink: 1, namesize: 11, ..Header::default() };
         raw_entry(MAGIC_NEWC, h, b"TRAILER!!!\0", b"")
     }
 
@@ -1018,10 +808,7 @@ mod tests {
     fn flipped_data_byte_fails_the_checksum_naming_the_path() {
         let entries = vec![file("lib/x.ko", 0o644, b"module bytes")];
         let mut bytes = write(entries.clone(), Format::NewcCrc);
-        let at = bytes
-            .windows(12)
-            .position(|w| w == b"module bytes")
-            .expect("data");
+        let at = bytes.windows(12).position(|w| w == b"module bytes").expect("data");
         bytes[at] ^= 0x01;
         let err = read_archive(&bytes).expect_err("corrupt");
         // Entries: "lib" at 0 (110 + 4 = 114 -> 116), "lib/x.ko" at 116.
@@ -1035,10 +822,7 @@ mod tests {
             }
         );
         let msg = err.to_string();
-        assert!(
-            msg.starts_with("checksum mismatch for lib/x.ko at offset 116:"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("checksum mismatch for lib/x.ko at offset 116:"), "{msg}");
 
         // The same flip in a 070701 archive goes unnoticed: it has no checksum.
         let mut plain = write(entries, Format::Newc);
@@ -1050,49 +834,23 @@ mod tests {
     #[test]
     fn truncation_anywhere_before_the_trailer_names_an_offset() {
         let bytes = write(sample(), Format::NewcCrc);
-        let trailer_start = bytes
-            .windows(10)
-            .position(|w| w == b"TRAILER!!!")
-            .expect("trailer")
-            - HEADER_LEN;
+        let trailer_start = bytes.windows(10).position(|w| w == b"TRAILER!!!").expect("trailer") - HEADER_LEN;
         let trailer_end = trailer_start + HEADER_LEN + 11;
         for cut in 0..trailer_end {
             let msg = message(&bytes[..cut]);
-            assert!(
-                msg.contains(" at offset ") || msg.starts_with("archive ends at offset"),
-                "{cut}: {msg}"
-            );
+            assert!(msg.contains(" at offset ") || msg.starts_with("archive ends at offset"), "{cut}: {msg}");
         }
         // Only the zero padding after the trailer may go.
         for cut in trailer_end..=bytes.len() {
-            assert_eq!(
-                read_archive(&bytes[..cut]),
-                Ok(sample_expected()),
-                "cut at {cut}"
-            );
+            assert_eq!(read_archive(&bytes[..cut]), Ok(sample_expected()), "cut at {cut}");
         }
-        assert_eq!(
-            message(b""),
-            "archive ends at offset 0 without the TRAILER!!! entry"
-        );
+        assert_eq!(message(b""), "archive ends at offset 0 without the TRAILER!!! entry");
         let tiny = write(vec![file("a", 0o644, b"hello")], Format::Newc);
         // "a" at 0: header 110 + name 2 = 112; data at 112.
-        assert_eq!(
-            message(&tiny[..114]),
-            "truncated data for a at offset 112: 5 bytes declared, 2 left"
-        );
-        assert_eq!(
-            message(&tiny[..50]),
-            "truncated header at offset 0: 110 bytes declared, 50 left"
-        );
-        assert_eq!(
-            message(&tiny[..111]),
-            "truncated name at offset 110: 2 bytes declared, 1 left"
-        );
-        assert_eq!(
-            message(&tiny[..120]),
-            "archive ends at offset 120 without the TRAILER!!! entry"
-        );
+        assert_eq!(message(&tiny[..114]), "truncated data for a at offset 112: 5 bytes declared, 2 left");
+        assert_eq!(message(&tiny[..50]), "truncated header at offset 0: 110 bytes declared, 50 left");
+        assert_eq!(message(&tiny[..111]), "truncated name at offset 110: 2 bytes declared, 1 left");
+        assert_eq!(message(&tiny[..120]), "archive ends at offset 120 without the TRAILER!!! entry");
     }
 
     #[test]
@@ -1100,93 +858,55 @@ mod tests {
         let mut bytes = write(vec![file("a", 0o644, b"hello")], Format::Newc);
         // The trailer starts at 112 + 8 = 120.
         bytes[120..126].copy_from_slice(b"070707");
-        assert_eq!(
-            message(&bytes),
-            "bad magic at offset 120: \"070707\" is not a newc cpio header (070701 or 070702)"
-        );
+        assert_eq!(message(&bytes), "bad magic at offset 120: \"070707\" is not a newc cpio header (070701 or 070702)");
         // A gzip header too short to be a cpio header is still named by its magic.
         let gzip = message(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\x03");
-        assert!(
-            gzip.starts_with(r#"bad magic at offset 0: "\x1f\x8b\x08\x00\x00\x00" is not"#),
-            "{gzip}"
-        );
+        assert!(gzip.starts_with(r#"bad magic at offset 0: "\x1f\x8b\x08\x00\x00\x00" is not"#), "{gzip}");
     }
 
     #[test]
     fn reader_refuses_malformed_headers() {
-        let ok = Header {
-            ino: 1,
-            mode: S_IFREG | 0o644,
-            nlink: 1,
-            namesize: 2,
-            ..Header::default()
-        };
+        let ok = Header { ino: 1, mode: S_IFREG | 0o644, nlink: 1, namesize: 2, ..Header::default() };
         let with_trailer = |entry: Vec<u8>| [entry, raw_trailer()].concat();
 
         let mut bad_hex = raw_entry(MAGIC_NEWC, ok, b"a\0", b"");
         bad_hex[6 + 8 * 6 + 3] = b'g';
-        assert_eq!(
-            message(&with_trailer(bad_hex)),
-            "bad header field c_filesize at offset 54: not 8 hex digits"
-        );
+        assert_eq!(message(&with_trailer(bad_hex)), "bad header field c_filesize at offset 54: not 8 hex digits");
         let mut signed = raw_entry(MAGIC_NEWC, ok, b"a\0", b"");
         signed[6 + 8 * 6..6 + 8 * 7].copy_from_slice(b"+0000001");
         assert!(message(&with_trailer(signed)).starts_with("bad header field c_filesize"));
 
-        let long = Header {
-            namesize: 4097,
-            ..ok
-        };
+        let long = Header { namesize: 4097, ..ok };
         let name = [b"x".repeat(4096), vec![0]].concat();
         assert_eq!(
             message(&with_trailer(raw_entry(MAGIC_NEWC, long, &name, b""))),
             "bad name size 4097 at offset 94: must be 1 to 4096, NUL included"
         );
         let empty = Header { namesize: 0, ..ok };
-        assert!(
-            message(&with_trailer(raw_entry(MAGIC_NEWC, empty, b"", b"")))
-                .starts_with("bad name size 0")
-        );
+        assert!(message(&with_trailer(raw_entry(MAGIC_NEWC, empty, b"", b""))).starts_with("bad name size 0"));
         assert_eq!(
             message(&with_trailer(raw_entry(MAGIC_NEWC, ok, b"ab", b""))),
             "bad name at offset 110: not NUL-terminated"
         );
-        assert!(
-            message(&with_trailer(raw_entry(MAGIC_NEWC, ok, b"\xff\0", b"")))
-                .ends_with("not UTF-8")
-        );
+        assert!(message(&with_trailer(raw_entry(MAGIC_NEWC, ok, b"\xff\0", b""))).ends_with("not UTF-8"));
 
         // A declared size far beyond the input is refused before any allocation.
-        let huge = Header {
-            filesize: u32::MAX,
-            ..ok
-        };
+        let huge = Header { filesize: u32::MAX, ..ok };
         assert_eq!(
             message(&with_trailer(raw_entry(MAGIC_NEWC, huge, b"a\0", b""))),
             "truncated data for a at offset 112: 4294967295 bytes declared, 124 left"
         );
 
-        let fifo = Header {
-            mode: 0o010_644,
-            ..ok
-        };
+        let fifo = Header { mode: 0o010_644, ..ok };
         assert_eq!(
             message(&with_trailer(raw_entry(MAGIC_NEWC, fifo, b"a\0", b""))),
             "unsupported file type 010000 for a at offset 0"
         );
-        let fat_dir = Header {
-            mode: S_IFDIR | 0o755,
-            filesize: 1,
-            ..ok
-        };
+        let fat_dir = Header { mode: S_IFDIR | 0o755, filesize: 1, ..ok };
         assert!(
-            message(&with_trailer(raw_entry(MAGIC_NEWC, fat_dir, b"a\0", b"x")))
-                .starts_with("unexpected data for a")
+            message(&with_trailer(raw_entry(MAGIC_NEWC, fat_dir, b"a\0", b"x"))).starts_with("unexpected data for a")
         );
-        let link = Header {
-            mode: S_IFLNK | 0o777,
-            ..ok
-        };
+        let link = Header { mode: S_IFLNK | 0o777, ..ok };
         assert_eq!(
             message(&with_trailer(raw_entry(MAGIC_NEWC, link, b"a\0", b""))),
             "bad symlink target for a at offset 0: empty"
@@ -1207,20 +927,11 @@ mod tests {
             };
             raw_entry(MAGIC_NEWC_CRC, h, name, data)
         };
-        let bytes = [
-            link(7, b"one\0", b""),
-            link(8, b"other\0", b""),
-            link(7, b"two\0", b"shared"),
-            raw_trailer(),
-        ]
-        .concat();
+        let bytes =
+            [link(7, b"one\0", b""), link(8, b"other\0", b""), link(7, b"two\0", b"shared"), raw_trailer()].concat();
         assert_eq!(
             read_archive(&bytes),
-            Ok(vec![
-                file("one", 0o644, b"shared"),
-                file("other", 0o644, b""),
-                file("two", 0o644, b"shared")
-            ])
+            Ok(vec![file("one", 0o644, b"shared"), file("other", 0o644, b""), file("two", 0o644, b"shared")])
         );
     }
 
@@ -1282,12 +993,8 @@ mod tests {
                 }
                 // Rewrite a header digit with another hex digit (sizes, modes).
                 2 => {
-                    let entry_starts: Vec<usize> = input
-                        .windows(5)
-                        .enumerate()
-                        .filter(|(_, w)| *w == b"07070")
-                        .map(|(i, _)| i)
-                        .collect();
+                    let entry_starts: Vec<usize> =
+                        input.windows(5).enumerate().filter(|(_, w)| *w == b"07070").map(|(i, _)| i).collect();
                     let start = entry_starts[rng.below(entry_starts.len())];
                     let at = start + 6 + rng.below(104);
                     if at < input.len() {
@@ -1330,8 +1037,7 @@ mod tests {
         fn new(tag: &str) -> TempDir {
             static NEXT: AtomicUsize = AtomicUsize::new(0);
             let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let path = std::env::temp_dir()
-                .join(format!("bootvault-cpio-{tag}-{}-{n}", std::process::id()));
+            let path = std::env::temp_dir().join(format!("bootvault-cpio-{tag}-{}-{n}", std::process::id()));
             let _ = fs::remove_dir_all(&path);
             fs::create_dir_all(&path).expect("create temp dir");
             TempDir(path)
@@ -1356,9 +1062,7 @@ mod tests {
 
     fn is_root() -> bool {
         // /proc/self belongs to the process's effective uid.
-        fs::metadata("/proc/self")
-            .map(|m| m.uid() == 0)
-            .unwrap_or(false)
+        fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
     }
 
     fn cpio(args: &[&str], dir: &Path, stdin: &[u8]) -> Output {
@@ -1378,18 +1082,11 @@ mod tests {
     }
 
     fn assert_success(what: &str, out: &Output) {
-        assert!(
-            out.status.success(),
-            "{what}: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{what}: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     }
 
     fn interop_entries(with_devices: bool) -> Vec<Entry> {
-        let big: Vec<u8> = (0..100 * 1024u32)
-            .map(|i| (i * 7 + i / 251) as u8)
-            .collect();
+        let big: Vec<u8> = (0..100 * 1024u32).map(|i| (i * 7 + i / 251) as u8).collect();
         let mut entries = vec![
             dir("etc", 0o750),
             file("etc/bootvault.conf", 0o640, b"server = 10.0.0.1\n"),
@@ -1399,11 +1096,7 @@ mod tests {
             symlink("sbin/init", "../init"),
         ];
         if with_devices {
-            entries.push(Entry {
-                path: "dev/null".into(),
-                mode: 0o666,
-                kind: Kind::CharDev { major: 1, minor: 3 },
-            });
+            entries.push(Entry { path: "dev/null".into(), mode: 0o666, kind: Kind::CharDev { major: 1, minor: 3 } });
         }
         entries
     }
@@ -1422,54 +1115,25 @@ mod tests {
         // cpio -t lists exactly our paths, in our order.
         let listed = cpio(&["-t", "--quiet", "-F", crc], &tmp.0, b"");
         assert_success("cpio -t", &listed);
-        let expected: Vec<String> = normalize(entries.clone())
-            .expect("normalize")
-            .into_iter()
-            .map(|e| e.path)
-            .collect();
-        let got: Vec<String> = String::from_utf8_lossy(&listed.stdout)
-            .lines()
-            .map(str::to_owned)
-            .collect();
+        let expected: Vec<String> =
+            normalize(entries.clone()).expect("normalize").into_iter().map(|e| e.path).collect();
+        let got: Vec<String> = String::from_utf8_lossy(&listed.stdout).lines().map(str::to_owned).collect();
         assert_eq!(got, expected);
 
         // GNU cpio agrees with our checksums...
-        let verified = cpio(
-            &["-i", "--only-verify-crc", "--quiet", "-F", crc],
-            &tmp.0,
-            b"",
-        );
+        let verified = cpio(&["-i", "--only-verify-crc", "--quiet", "-F", crc], &tmp.0, b"");
         assert_success("cpio -i --only-verify-crc", &verified);
-        assert!(
-            verified.stderr.is_empty(),
-            "{}",
-            String::from_utf8_lossy(&verified.stderr)
-        );
+        assert!(verified.stderr.is_empty(), "{}", String::from_utf8_lossy(&verified.stderr));
         // ...and would notice a wrong one.
         let mut corrupt = fs::read(&crc_path).expect("read archive");
-        let at = corrupt
-            .windows(6)
-            .position(|w| w == b"server")
-            .expect("data");
+        let at = corrupt.windows(6).position(|w| w == b"server").expect("data");
         corrupt[at] ^= 0x20;
         let bad_path = tmp.0.join("bad.cpio");
         fs::write(&bad_path, &corrupt).expect("write corrupt");
-        let rejected = cpio(
-            &[
-                "-i",
-                "--only-verify-crc",
-                "--quiet",
-                "-F",
-                bad_path.to_str().expect("utf-8"),
-            ],
-            &tmp.0,
-            b"",
-        );
+        let rejected =
+            cpio(&["-i", "--only-verify-crc", "--quiet", "-F", bad_path.to_str().expect("utf-8")], &tmp.0, b"");
         let stderr = String::from_utf8_lossy(&rejected.stderr);
-        assert!(
-            stderr.contains("etc/bootvault.conf: checksum error"),
-            "{stderr}"
-        );
+        assert!(stderr.contains("etc/bootvault.conf: checksum error"), "{stderr}");
 
         // Extraction gives back the contents, modes and link target. Making
         // device nodes needs root; without it the archive leaves them out.
@@ -1480,16 +1144,11 @@ mod tests {
         let out_dir = tmp.0.join("root");
         fs::create_dir(&out_dir).expect("mkdir");
         let archive = write(interop_entries(root), Format::Newc);
-        let extracted = cpio(
-            &["-idm", "--no-absolute-filenames", "--quiet"],
-            &out_dir,
-            &archive,
-        );
+        let extracted = cpio(&["-idm", "--no-absolute-filenames", "--quiet"], &out_dir, &archive);
         assert_success("cpio -idm", &extracted);
         for e in normalize(interop_entries(root)).expect("normalize") {
             let path = out_dir.join(&e.path);
-            let meta =
-                fs::symlink_metadata(&path).unwrap_or_else(|err| panic!("{}: {err}", e.path));
+            let meta = fs::symlink_metadata(&path).unwrap_or_else(|err| panic!("{}: {err}", e.path));
             match &e.kind {
                 Kind::File(data) => {
                     assert_eq!(&fs::read(&path).expect("read"), data, "{}", e.path);
@@ -1524,12 +1183,7 @@ mod tests {
         fs::write(src.join("big"), &big).expect("write");
         fs::hard_link(src.join("d/file"), src.join("d/hardlink")).expect("hard link");
         std::os::unix::fs::symlink("d/file", src.join("link")).expect("symlink");
-        for (path, mode) in [
-            ("d", 0o750),
-            ("d/file", 0o640),
-            ("d/empty", 0o600),
-            ("big", 0o755),
-        ] {
+        for (path, mode) in [("d", 0o750), ("d/file", 0o640), ("d/empty", 0o600), ("big", 0o755)] {
             fs::set_permissions(src.join(path), fs::Permissions::from_mode(mode)).expect("chmod");
         }
         let names = "d\nd/file\nd/empty\nd/hardlink\nbig\nlink\n";
@@ -1543,18 +1197,8 @@ mod tests {
         ];
         for (format, magic) in [("newc", b"070701"), ("crc", b"070702")] {
             let out = tmp.0.join(format!("{format}.cpio"));
-            let made = cpio(
-                &[
-                    "-o",
-                    "-H",
-                    format,
-                    "--quiet",
-                    "-F",
-                    out.to_str().expect("utf-8"),
-                ],
-                src,
-                names.as_bytes(),
-            );
+            let made =
+                cpio(&["-o", "-H", format, "--quiet", "-F", out.to_str().expect("utf-8")], src, names.as_bytes());
             assert_success("cpio -o", &made);
             let bytes = fs::read(&out).expect("read archive");
             assert_eq!(&bytes[..6], magic);
@@ -1562,17 +1206,10 @@ mod tests {
             // GNU cpio holds back a hard link's earlier names until its last
             // one, so the archive order is not the input order.
             got.sort_by(|a, b| a.path.cmp(&b.path));
-            let paths =
-                |entries: &[Entry]| entries.iter().map(|e| e.path.clone()).collect::<Vec<_>>();
+            let paths = |entries: &[Entry]| entries.iter().map(|e| e.path.clone()).collect::<Vec<_>>();
             assert_eq!(paths(&got), paths(&expected), "format {format}");
             for (g, e) in got.iter().zip(&expected) {
-                assert!(
-                    g == e,
-                    "format {format}: {} differs: mode {:o} vs {:o}",
-                    e.path,
-                    g.mode,
-                    e.mode
-                );
+                assert!(g == e, "format {format}: {} differs: mode {:o} vs {:o}", e.path, g.mode, e.mode);
             }
         }
     }

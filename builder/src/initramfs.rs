@@ -28,19 +28,11 @@ pub struct Report {
 }
 
 fn file(path: &str, mode: u32, data: Vec<u8>) -> Entry {
-    Entry {
-        path: path.to_owned(),
-        mode,
-        kind: Kind::File(data),
-    }
+    Entry { path: path.to_owned(), mode, kind: Kind::File(data) }
 }
 
 fn dir(path: &str) -> Entry {
-    Entry {
-        path: path.to_owned(),
-        mode: 0o755,
-        kind: Kind::Dir,
-    }
+    Entry { path: path.to_owned(), mode: 0o755, kind: Kind::Dir }
 }
 
 /// The archive entries (uncompressed) and what they hold.
@@ -51,23 +43,12 @@ pub fn entries(
     wanted: &[String],
     config_text: &str,
 ) -> Result<(Vec<Entry>, Report)> {
-    let mut report = Report {
-        init_bytes: init.len() as u64,
-        ..Report::default()
-    };
+    let mut report = Report { init_bytes: init.len() as u64, ..Report::default() };
     let mut out = vec![
         file("init", 0o755, init.to_vec()),
         file("etc/bootvault.conf", 0o644, config_text.as_bytes().to_vec()),
-        Entry {
-            path: "dev/console".into(),
-            mode: 0o600,
-            kind: Kind::CharDev { major: 5, minor: 1 },
-        },
-        Entry {
-            path: "dev/null".into(),
-            mode: 0o666,
-            kind: Kind::CharDev { major: 1, minor: 3 },
-        },
+        Entry { path: "dev/console".into(), mode: 0o600, kind: Kind::CharDev { major: 5, minor: 1 } },
+        Entry { path: "dev/null".into(), mode: 0o666, kind: Kind::CharDev { major: 1, minor: 3 } },
     ];
     for d in ["proc", "sys", "run", "tmp", "root"] {
         out.push(dir(d));
@@ -83,28 +64,16 @@ pub fn entries(
         report.modules.push(name.clone());
         out.push(file(&format!("{base}/{}", m.path), 0o644, data));
     }
-    out.push(file(
-        &format!("{base}/modules.dep"),
-        0o644,
-        shipped.dep_text().into_bytes(),
-    ));
-    out.push(file(
-        &format!("{base}/modules.alias"),
-        0o644,
-        shipped.alias_text().into_bytes(),
-    ));
+    out.push(file(&format!("{base}/modules.dep"), 0o644, shipped.dep_text().into_bytes()));
+    out.push(file(&format!("{base}/modules.alias"), 0o644, shipped.alias_text().into_bytes()));
     Ok((out, report))
 }
 
 /// Writes the gzip-compressed archive to `dest`.
 pub fn write(entries: Vec<Entry>, dest: &Path, report: &mut Report) -> Result<()> {
     let mut raw = Vec::new();
-    report.cpio_bytes = cpio::write_archive(entries, Format::NewcCrc, &mut raw)
-        .context("writing the cpio archive")?;
-    let mut gz = flate2::GzBuilder::new()
-        .mtime(0)
-        .operating_system(3)
-        .write(Vec::new(), flate2::Compression::best());
+    report.cpio_bytes = cpio::write_archive(entries, Format::NewcCrc, &mut raw).context("writing the cpio archive")?;
+    let mut gz = flate2::GzBuilder::new().mtime(0).operating_system(3).write(Vec::new(), flate2::Compression::best());
     gz.write_all(&raw)?;
     let bytes = gz.finish()?;
     report.compressed_bytes = bytes.len() as u64;

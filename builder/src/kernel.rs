@@ -26,9 +26,7 @@ pub fn cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("BOOTVAULT_CACHE") {
         return PathBuf::from(d);
     }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/root"));
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
     home.join(".cache/bootvault")
 }
 
@@ -36,11 +34,7 @@ fn run(cmd: &mut Command) -> Result<String> {
     let shown = format!("{cmd:?}");
     let out = cmd.output().with_context(|| format!("running {shown}"))?;
     if !out.status.success() {
-        bail!(
-            "{shown} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{shown} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -51,34 +45,26 @@ pub fn parse_depends(text: &str) -> Option<String> {
     text.lines()
         .filter_map(|l| l.trim().strip_prefix("Depends:"))
         .map(str::trim)
-        .find(|p| {
-            p.starts_with("linux-image-") && p.as_bytes().get(12).is_some_and(u8::is_ascii_digit)
-        })
+        .find(|p| p.starts_with("linux-image-") && p.as_bytes().get(12).is_some_and(u8::is_ascii_digit))
         .map(str::to_owned)
 }
 
 /// Downloads and unpacks the stock kernel package (idempotent: a complete
 /// unpacked tree is reused without touching the network).
 pub fn fetch(meta: &str) -> Result<Kernel> {
-    let deps = run(Command::new("apt-cache").args(["depends", meta])).context(
-        "asking apt which kernel package to use (is this Debian with apt? run `apt-get update`)",
-    )?;
-    let package = parse_depends(&deps)
-        .with_context(|| format!("{meta} depends on no linux-image-VERSION package"))?;
+    let deps = run(Command::new("apt-cache").args(["depends", meta]))
+        .context("asking apt which kernel package to use (is this Debian with apt? run `apt-get update`)")?;
+    let package = parse_depends(&deps).with_context(|| format!("{meta} depends on no linux-image-VERSION package"))?;
     let root = cache_dir().join("kernels").join(&package);
     if root.join(".complete").exists() {
         return locate_in(&root);
     }
-    let tmp = cache_dir()
-        .join("kernels")
-        .join(format!(".{package}.partial"));
+    let tmp = cache_dir().join("kernels").join(format!(".{package}.partial"));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     eprintln!("fetching {package} with apt-get download");
-    run(Command::new("apt-get")
-        .current_dir(&tmp)
-        .args(["download", "-q", &package]))
-    .with_context(|| format!("downloading {package} (try `apt-get update` first)"))?;
+    run(Command::new("apt-get").current_dir(&tmp).args(["download", "-q", &package]))
+        .with_context(|| format!("downloading {package} (try `apt-get update` first)"))?;
     let deb = fs::read_dir(&tmp)?
         .flatten()
         .map(|e| e.path())
@@ -94,8 +80,7 @@ pub fn fetch(meta: &str) -> Result<Kernel> {
     fs::write(k.modules.join("modules.alias"), index.alias_text())?;
     fs::write(unpacked.join(".complete"), format!("{package}\n"))?;
     let _ = fs::remove_dir_all(&root);
-    fs::rename(&unpacked, &root)
-        .with_context(|| format!("moving the kernel into {}", root.display()))?;
+    fs::rename(&unpacked, &root).with_context(|| format!("moving the kernel into {}", root.display()))?;
     let _ = fs::remove_dir_all(&tmp);
     locate_in(&root)
 }
@@ -107,11 +92,7 @@ pub fn locate_in(root: &Path) -> Result<Kernel> {
         .with_context(|| format!("reading {}", boot.display()))?
         .flatten()
         .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("vmlinuz-"))
-        })
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-")))
         .with_context(|| format!("no vmlinuz-* in {}", boot.display()))?;
     let release = image
         .file_name()
@@ -121,17 +102,9 @@ pub fn locate_in(root: &Path) -> Result<Kernel> {
         .to_owned();
     let modules = root.join("lib/modules").join(&release);
     if !modules.is_dir() {
-        bail!(
-            "no module tree {} for kernel {}",
-            modules.display(),
-            image.display()
-        );
+        bail!("no module tree {} for kernel {}", modules.display(), image.display());
     }
-    Ok(Kernel {
-        image,
-        modules,
-        release,
-    })
+    Ok(Kernel { image, modules, release })
 }
 
 /// A user's own kernel: the image, and the module tree whose directory
@@ -148,22 +121,14 @@ pub fn user_kernel(image: &Path, modules: &Path) -> Result<Kernel> {
     if !modules.is_dir() {
         bail!("module directory {} not found", modules.display());
     }
-    Ok(Kernel {
-        image: image.to_owned(),
-        modules: modules.to_owned(),
-        release,
-    })
+    Ok(Kernel { image: image.to_owned(), modules: modules.to_owned(), release })
 }
 
 /// The latest fetched kernel in the cache, if any.
 pub fn cached() -> Option<Kernel> {
     let dir = cache_dir().join("kernels");
-    let mut trees: Vec<PathBuf> = fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.join(".complete").exists())
-        .collect();
+    let mut trees: Vec<PathBuf> =
+        fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).filter(|p| p.join(".complete").exists()).collect();
     trees.sort();
     locate_in(trees.last()?).ok()
 }
@@ -174,9 +139,7 @@ pub fn index(modules_dir: &Path) -> Result<Index> {
     let dep = fs::read_to_string(modules_dir.join("modules.dep"));
     let alias = fs::read_to_string(modules_dir.join("modules.alias"));
     match (dep, alias) {
-        (Ok(d), Ok(a)) => {
-            Index::parse(&d, &a).with_context(|| format!("in {}", modules_dir.display()))
-        }
+        (Ok(d), Ok(a)) => Index::parse(&d, &a).with_context(|| format!("in {}", modules_dir.display())),
         _ => scan_modules(modules_dir),
     }
 }
@@ -186,17 +149,13 @@ pub fn scan_modules(dir: &Path) -> Result<Index> {
     let mut found = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d)
-            .with_context(|| format!("reading {}", d.display()))?
-            .flatten()
-        {
+        for e in fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))?.flatten() {
             let p = e.path();
             let ft = e.file_type()?;
             if ft.is_dir() {
                 stack.push(p);
-            } else if p.to_str().is_some_and(|s| {
-                s.ends_with(".ko") || s.ends_with(".ko.xz") || s.ends_with(".ko.zst")
-            }) {
+            } else if p.to_str().is_some_and(|s| s.ends_with(".ko") || s.ends_with(".ko.xz") || s.ends_with(".ko.zst"))
+            {
                 found.push(p);
             }
         }
@@ -206,16 +165,10 @@ pub fn scan_modules(dir: &Path) -> Result<Index> {
     for p in &found {
         let bytes = fs::read(p).with_context(|| format!("reading {}", p.display()))?;
         let info = modules::modinfo(&bytes).with_context(|| format!("module {}", p.display()))?;
-        let rel = p
-            .strip_prefix(dir)
-            .unwrap_or(p)
-            .to_string_lossy()
-            .into_owned();
+        let rel = p.strip_prefix(dir).unwrap_or(p).to_string_lossy().into_owned();
         infos.push((rel, info));
     }
-    Ok(Index::from_modinfo(
-        infos.iter().map(|(p, i)| (p.clone(), i.as_slice())),
-    ))
+    Ok(Index::from_modinfo(infos.iter().map(|(p, i)| (p.clone(), i.as_slice()))))
 }
 
 #[cfg(test)]
@@ -225,14 +178,8 @@ mod tests {
     #[test]
     fn depends_line() {
         let text = "linux-image-amd64\n  Depends: linux-image-6.1.0-56-amd64\n";
-        assert_eq!(
-            parse_depends(text).as_deref(),
-            Some("linux-image-6.1.0-56-amd64")
-        );
-        assert_eq!(
-            parse_depends("linux-image-amd64\n  Depends: linux-image-amd64-signed\n"),
-            None
-        );
+        assert_eq!(parse_depends(text).as_deref(), Some("linux-image-6.1.0-56-amd64"));
+        assert_eq!(parse_depends("linux-image-amd64\n  Depends: linux-image-amd64-signed\n"), None);
         assert_eq!(parse_depends(""), None);
     }
 }

@@ -20,11 +20,7 @@ use bootvault_common::units::human_bytes;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "bootvault",
-    version,
-    about = "Bare-metal disk imaging: build boot images, run the server"
-)]
+#[command(name = "bootvault", version, about = "Bare-metal disk imaging: build boot images, run the server")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -113,26 +109,19 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Kernel {
-            cmd: KernelCmd::Fetch { package },
-        } => {
+        Cmd::Kernel { cmd: KernelCmd::Fetch { package } } => {
             let k = kernel::fetch(&package)?;
             print_kernel(&k);
             Ok(())
         }
-        Cmd::Kernel {
-            cmd: KernelCmd::Show,
-        } => {
-            let k =
-                kernel::cached().context("no kernel in the cache; run `bootvault kernel fetch`")?;
+        Cmd::Kernel { cmd: KernelCmd::Show } => {
+            let k = kernel::cached().context("no kernel in the cache; run `bootvault kernel fetch`")?;
             print_kernel(&k);
             Ok(())
         }
         Cmd::Build(args) => build(args),
         Cmd::Inspect { initrd } => inspect(&initrd),
-        Cmd::Serve { listen, data } => {
-            bootvault_server::serve(bootvault_server::Options { listen, data })
-        }
+        Cmd::Serve { listen, data } => bootvault_server::serve(bootvault_server::Options { listen, data }),
     }
 }
 
@@ -148,30 +137,20 @@ fn default_init() -> Result<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe().context("locating this program")?;
-    let target = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("locating the target directory")?;
-    for p in [
-        target.join("x86_64-unknown-linux-musl/init/init"),
-        target.join("x86_64-unknown-linux-gnu/init/init"),
-    ] {
+    let target = exe.parent().and_then(Path::parent).context("locating the target directory")?;
+    for p in [target.join("x86_64-unknown-linux-musl/init/init"), target.join("x86_64-unknown-linux-gnu/init/init")] {
         if p.is_file() {
             return Ok(p);
         }
     }
-    bail!(
-        "no init binary found next to {} (run `make init`, or pass --init)",
-        exe.display()
-    )
+    bail!("no init binary found next to {} (run `make init`, or pass --init)", exe.display())
 }
 
 fn build(a: BuildArgs) -> Result<()> {
     let file_text = match &a.pc_file {
-        Some(p) => Some((
-            p.display().to_string(),
-            fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
-        )),
+        Some(p) => {
+            Some((p.display().to_string(), fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?))
+        }
         None => None,
     };
     let pc = pc::Pc::from_parts(
@@ -194,37 +173,27 @@ fn build(a: BuildArgs) -> Result<()> {
     let wanted = profile::resolve(&profile_text)?;
     let k = match (&a.kernel, &a.modules) {
         (Some(img), Some(m)) => kernel::user_kernel(img, m)?,
-        _ => kernel::cached().context(
-            "no kernel in the cache; run `bootvault kernel fetch` or pass --kernel/--modules",
-        )?,
+        _ => kernel::cached()
+            .context("no kernel in the cache; run `bootvault kernel fetch` or pass --kernel/--modules")?,
     };
     let index = kernel::index(&k.modules)?;
     let init_path = match a.init {
         Some(p) => p,
         None => default_init()?,
     };
-    let init =
-        fs::read(&init_path).with_context(|| format!("reading init {}", init_path.display()))?;
-    let out = a
-        .out
-        .unwrap_or_else(|| PathBuf::from("out").join(&pc.config.pc));
+    let init = fs::read(&init_path).with_context(|| format!("reading init {}", init_path.display()))?;
+    let out = a.out.unwrap_or_else(|| PathBuf::from("out").join(&pc.config.pc));
     fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
 
-    let (entries, mut report) =
-        initramfs::entries(&init, &k, &index, &wanted, &pc.config.to_file())?;
+    let (entries, mut report) = initramfs::entries(&init, &k, &index, &wanted, &pc.config.to_file())?;
     initramfs::write(entries, &out.join("initrd.img"), &mut report)?;
-    let kernel_bytes = fs::copy(&k.image, out.join("vmlinuz"))
-        .with_context(|| format!("copying {}", k.image.display()))?;
+    let kernel_bytes =
+        fs::copy(&k.image, out.join("vmlinuz")).with_context(|| format!("copying {}", k.image.display()))?;
     let cmdline = pc.cmdline();
     fs::write(out.join("cmdline"), format!("{cmdline}\n"))?;
 
     println!("built PC {} in {}", pc.config.pc, out.display());
-    println!(
-        "  kernel     {} ({})  {}",
-        human_bytes(kernel_bytes),
-        k.release,
-        out.join("vmlinuz").display()
-    );
+    println!("  kernel     {} ({})  {}", human_bytes(kernel_bytes), k.release, out.join("vmlinuz").display());
     println!(
         "  initramfs  {} gzip, {} cpio  {}",
         human_bytes(report.compressed_bytes),
@@ -236,17 +205,11 @@ fn build(a: BuildArgs) -> Result<()> {
         "  modules    {} ({}, profile {}): {}",
         report.modules.len(),
         human_bytes(report.module_bytes),
-        a.profile_file
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or(pc.profile.clone()),
+        a.profile_file.as_ref().map(|p| p.display().to_string()).unwrap_or(pc.profile.clone()),
         report.modules.join(" ")
     );
     if !report.missing.is_empty() {
-        println!(
-            "  not in this kernel (built in, or absent): {}",
-            report.missing.join(" ")
-        );
+        println!("  not in this kernel (built in, or absent): {}", report.missing.join(" "));
     }
     println!("  cmdline    {cmdline}");
     Ok(())
@@ -263,8 +226,7 @@ fn inspect(path: &Path) -> Result<()> {
     } else {
         raw
     };
-    let entries =
-        cpio::read_archive(&data).with_context(|| format!("reading {}", path.display()))?;
+    let entries = cpio::read_archive(&data).with_context(|| format!("reading {}", path.display()))?;
     for e in &entries {
         let (kind, size) = match &e.kind {
             cpio::Kind::Dir => ("d", 0),

@@ -58,9 +58,7 @@ pub struct Overrides<'a> {
 impl Pc {
     pub fn from_parts(file: Option<(&str, &str)>, o: &Overrides<'_>) -> Result<Pc> {
         let f: PcFile = match file {
-            Some((path, text)) => {
-                toml::from_str(text).with_context(|| format!("reading PC file {path}"))?
-            }
+            Some((path, text)) => toml::from_str(text).with_context(|| format!("reading PC file {path}"))?,
             None => PcFile::default(),
         };
         let mut config = Config::default();
@@ -71,11 +69,7 @@ impl Pc {
                 Err(e) => bail!("{e}"),
             }
         };
-        let name = o
-            .name
-            .map(str::to_owned)
-            .or(f.pc)
-            .context("the PC needs a name")?;
+        let name = o.name.map(str::to_owned).or(f.pc).context("the PC needs a name")?;
         set("pc", &name)?;
         if let Some(s) = o.server.map(str::to_owned).or(f.server) {
             set("server", &s)?;
@@ -84,24 +78,17 @@ impl Pc {
             set(k, v)?;
         }
         for kv in o.set {
-            let (k, v) = kv
-                .split_once('=')
-                .with_context(|| format!("--set {kv}: expected KEY=VALUE"))?;
+            let (k, v) = kv.split_once('=').with_context(|| format!("--set {kv}: expected KEY=VALUE"))?;
             set(k, v)?;
         }
         let consoles = if !o.consoles.is_empty() {
             o.consoles.to_vec()
         } else {
-            f.console
-                .unwrap_or_else(|| DEFAULT_CONSOLES.iter().map(|s| s.to_string()).collect())
+            f.console.unwrap_or_else(|| DEFAULT_CONSOLES.iter().map(|s| s.to_string()).collect())
         };
         Ok(Pc {
             config,
-            profile: o
-                .profile
-                .map(str::to_owned)
-                .or(f.profile)
-                .unwrap_or_else(|| "pc".into()),
+            profile: o.profile.map(str::to_owned).or(f.profile).unwrap_or_else(|| "pc".into()),
             consoles,
             append: o.append.map(str::to_owned).or(f.append).unwrap_or_default(),
         })
@@ -111,11 +98,7 @@ impl Pc {
     /// is short and shows in the boot loader); everything else is in the
     /// embedded config file.
     pub fn cmdline(&self) -> String {
-        let mut parts: Vec<String> = self
-            .consoles
-            .iter()
-            .map(|c| format!("console={c}"))
-            .collect();
+        let mut parts: Vec<String> = self.consoles.iter().map(|c| format!("console={c}")).collect();
         parts.push("quiet".into());
         parts.push("panic=10".into());
         parts.push(self.config.to_cmdline(&["pc"]));
@@ -131,50 +114,25 @@ mod tests {
     use super::*;
 
     fn none() -> Overrides<'static> {
-        Overrides {
-            name: None,
-            server: None,
-            profile: None,
-            consoles: &[],
-            append: None,
-            set: &[],
-        }
+        Overrides { name: None, server: None, profile: None, consoles: &[], append: None, set: &[] }
     }
 
     #[test]
     fn file_and_flags() {
         let text = "pc = \"lab-3\"\nserver = \"http://10.0.2.2:8080\"\nprofile = \"qemu\"\n[config]\nip = \"10.1.1.5/24\"\nfinish = \"reboot\"\n";
         let set = vec!["verbose=yes".to_string()];
-        let pc = Pc::from_parts(
-            Some(("pc.toml", text)),
-            &Overrides {
-                set: &set,
-                ..none()
-            },
-        )
-        .expect("valid");
+        let pc = Pc::from_parts(Some(("pc.toml", text)), &Overrides { set: &set, ..none() }).expect("valid");
         assert_eq!(pc.config.pc, "lab-3");
         assert_eq!(pc.profile, "qemu");
         assert!(pc.config.verbose);
         assert_eq!(pc.config.get("ip").as_deref(), Some("10.1.1.5/24"));
-        assert_eq!(
-            pc.cmdline(),
-            "console=ttyS0,115200 console=tty0 quiet panic=10 bootvault.pc=lab-3"
-        );
+        assert_eq!(pc.cmdline(), "console=ttyS0,115200 console=tty0 quiet panic=10 bootvault.pc=lab-3");
     }
 
     #[test]
     fn bad_settings_fail_the_build() {
         let bad = vec!["ip=nonsense".to_string()];
-        let e = Pc::from_parts(
-            None,
-            &Overrides {
-                name: Some("x"),
-                set: &bad,
-                ..none()
-            },
-        )
-        .unwrap_err();
+        let e = Pc::from_parts(None, &Overrides { name: Some("x"), set: &bad, ..none() }).unwrap_err();
         assert!(e.to_string().contains("ip=\"nonsense\""), "{e}");
         let e = Pc::from_parts(Some(("f", "pc = \"a\"\ncolour = 1\n")), &none()).unwrap_err();
         assert!(format!("{e:#}").contains("colour"), "{e:#}");

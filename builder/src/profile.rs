@@ -8,14 +8,8 @@ use anyhow::{bail, Context, Result};
 
 /// The built-in profiles, by name.
 pub const BUILTIN: &[(&str, &str)] = &[
-    (
-        "qemu",
-        include_str!("../../kernel-config/profiles/qemu.modules"),
-    ),
-    (
-        "pc",
-        include_str!("../../kernel-config/profiles/pc.modules"),
-    ),
+    ("qemu", include_str!("../../kernel-config/profiles/qemu.modules")),
+    ("pc", include_str!("../../kernel-config/profiles/pc.modules")),
 ];
 
 pub fn builtin(name: &str) -> Option<&'static str> {
@@ -41,18 +35,14 @@ fn resolve_into(text: &str, out: &mut Vec<String>, stack: &mut Vec<String>) -> R
             if stack.iter().any(|s| s == name) {
                 bail!("profile line {}: @include {name} loops", n + 1);
             }
-            let inc = builtin(name)
-                .with_context(|| format!("profile line {}: no built-in profile {name:?}", n + 1))?;
+            let inc = builtin(name).with_context(|| format!("profile line {}: no built-in profile {name:?}", n + 1))?;
             stack.push(name.to_owned());
             resolve_into(inc, out, stack)?;
             stack.pop();
             continue;
         }
         if line.contains(char::is_whitespace) || line.contains('/') {
-            bail!(
-                "profile line {}: expected one module name, got {line:?}",
-                n + 1
-            );
+            bail!("profile line {}: expected one module name, got {line:?}", n + 1);
         }
         let name = bootvault_common::modules::normalize(line);
         if !out.contains(&name) {
@@ -80,14 +70,8 @@ mod tests {
 
     #[test]
     fn errors_name_the_line() {
-        assert!(resolve("a\nb c\n")
-            .unwrap_err()
-            .to_string()
-            .contains("line 2"));
-        assert!(resolve("@include nosuch")
-            .unwrap_err()
-            .to_string()
-            .contains("nosuch"));
+        assert!(resolve("a\nb c\n").unwrap_err().to_string().contains("line 2"));
+        assert!(resolve("@include nosuch").unwrap_err().to_string().contains("nosuch"));
         assert!(resolve("x/y.ko").is_err());
     }
 }

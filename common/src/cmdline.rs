@@ -31,18 +31,11 @@ fn bare(input: &str) -> IResult<&str, &str> {
 }
 
 fn word(input: &str) -> IResult<&str, String> {
-    many1(alt((quoted, bare)))
-        .map(|pieces: Vec<&str>| pieces.concat())
-        .parse(input)
+    many1(alt((quoted, bare))).map(|pieces: Vec<&str>| pieces.concat()).parse(input)
 }
 
 fn line(input: &str) -> IResult<&str, Vec<String>> {
-    delimited(
-        multispace0,
-        separated_list0(multispace1, word),
-        terminated(multispace0, eof),
-    )
-    .parse(input)
+    delimited(multispace0, separated_list0(multispace1, word), terminated(multispace0, eof)).parse(input)
 }
 
 /// Splits a kernel command line into parameters. Never fails: anything the
@@ -57,14 +50,8 @@ pub fn parse(cmdline: &str) -> Vec<Param> {
         .into_iter()
         .filter(|w| !w.is_empty())
         .map(|w| match w.split_once('=') {
-            Some((k, v)) => Param {
-                key: k.to_owned(),
-                value: Some(v.to_owned()),
-            },
-            None => Param {
-                key: w,
-                value: None,
-            },
+            Some((k, v)) => Param { key: k.to_owned(), value: Some(v.to_owned()) },
+            None => Param { key: w, value: None },
         })
         .collect()
 }
@@ -86,10 +73,7 @@ mod tests {
     use super::*;
 
     fn kv(k: &str, v: Option<&str>) -> Param {
-        Param {
-            key: k.into(),
-            value: v.map(Into::into),
-        }
+        Param { key: k.into(), value: v.map(Into::into) }
     }
 
     #[test]
@@ -98,25 +82,13 @@ mod tests {
             ("", vec![]),
             ("   \n", vec![]),
             ("quiet", vec![kv("quiet", None)]),
-            (
-                "console=ttyS0 quiet\n",
-                vec![kv("console", Some("ttyS0")), kv("quiet", None)],
-            ),
-            (
-                r#"bootvault.pc="lab pc 3" ro"#,
-                vec![kv("bootvault.pc", Some("lab pc 3")), kv("ro", None)],
-            ),
-            (
-                r#""bootvault.pc=lab pc 3" ro"#,
-                vec![kv("bootvault.pc", Some("lab pc 3")), kv("ro", None)],
-            ),
+            ("console=ttyS0 quiet\n", vec![kv("console", Some("ttyS0")), kv("quiet", None)]),
+            (r#"bootvault.pc="lab pc 3" ro"#, vec![kv("bootvault.pc", Some("lab pc 3")), kv("ro", None)]),
+            (r#""bootvault.pc=lab pc 3" ro"#, vec![kv("bootvault.pc", Some("lab pc 3")), kv("ro", None)]),
             ("a=b=c", vec![kv("a", Some("b=c"))]),
             ("a=", vec![kv("a", Some(""))]),
             (r#"a="""#, vec![kv("a", Some(""))]),
-            (
-                r#"a="unterminated x y"#,
-                vec![kv("a", Some("unterminated x y"))],
-            ),
+            (r#"a="unterminated x y"#, vec![kv("a", Some("unterminated x y"))]),
             ("  a\t\tb  ", vec![kv("a", None), kv("b", None)]),
             ("-- x=1", vec![kv("--", None), kv("x", Some("1"))]),
         ];

@@ -174,8 +174,7 @@ fn parse_bool(v: &str) -> Result<bool, String> {
 }
 
 fn parse_ipv4(v: &str) -> Result<Ipv4Addr, String> {
-    v.parse()
-        .map_err(|_| "expected an IPv4 address like 192.168.1.10".into())
+    v.parse().map_err(|_| "expected an IPv4 address like 192.168.1.10".into())
 }
 
 /// `dhcp` or `ADDR/PREFIX`.
@@ -183,9 +182,7 @@ pub fn parse_ip(v: &str) -> Result<IpConfig, String> {
     if v == "dhcp" {
         return Ok(IpConfig::Dhcp);
     }
-    let (a, p) = v
-        .split_once('/')
-        .ok_or("expected dhcp or ADDR/PREFIX like 192.168.1.10/24")?;
+    let (a, p) = v.split_once('/').ok_or("expected dhcp or ADDR/PREFIX like 192.168.1.10/24")?;
     let addr = parse_ipv4(a)?;
     let prefix = match p.parse::<u8>() {
         Ok(n) if (1..=32).contains(&n) => n,
@@ -197,8 +194,7 @@ pub fn parse_ip(v: &str) -> Result<IpConfig, String> {
 fn valid_pc_name(v: &str) -> Result<String, String> {
     let ok = !v.is_empty()
         && v.len() <= 63
-        && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
         && !v.starts_with('-');
     if ok {
         Ok(v.to_owned())
@@ -227,20 +223,10 @@ impl Config {
             "server" => self.server = valid_server(value).map_err(bad)?,
             "iface" => self.iface = (!value.is_empty()).then(|| value.to_owned()),
             "ip" => self.ip = parse_ip(value).map_err(bad)?,
-            "gateway" => {
-                self.gateway = if value.is_empty() {
-                    None
-                } else {
-                    Some(parse_ipv4(value).map_err(bad)?)
-                }
-            }
+            "gateway" => self.gateway = if value.is_empty() { None } else { Some(parse_ipv4(value).map_err(bad)?) },
             "dns" => {
-                self.dns = value
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(parse_ipv4)
-                    .collect::<Result<_, _>>()
-                    .map_err(bad)?
+                self.dns =
+                    value.split(',').filter(|s| !s.is_empty()).map(parse_ipv4).collect::<Result<_, _>>().map_err(bad)?
             }
             "action" => {
                 self.action = match value {
@@ -272,13 +258,7 @@ impl Config {
                 IpConfig::Static { addr, prefix } => format!("{addr}/{prefix}"),
             }),
             "gateway" => Some(self.gateway.map(|g| g.to_string()).unwrap_or_default()),
-            "dns" => Some(
-                self.dns
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ),
+            "dns" => Some(self.dns.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")),
             "action" => Some(
                 match self.action {
                     Action::Probe => "probe",
@@ -304,12 +284,8 @@ impl Config {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let problem = |message: String, fatal: bool| Problem {
-                source: Source::File,
-                line: Some(i + 1),
-                message,
-                fatal,
-            };
+            let problem =
+                |message: String, fatal: bool| Problem { source: Source::File, line: Some(i + 1), message, fatal };
             let Some((k, v)) = line.split_once('=') else {
                 problems.push(problem(format!("expected key = value, got {line:?}"), true));
                 continue;
@@ -329,28 +305,18 @@ impl Config {
             let Some(key) = p.key.strip_prefix(CMDLINE_PREFIX) else {
                 continue;
             };
-            let problem = |message: String, fatal: bool| Problem {
-                source: Source::Cmdline,
-                line: None,
-                message,
-                fatal,
-            };
+            let problem =
+                |message: String, fatal: bool| Problem { source: Source::Cmdline, line: None, message, fatal };
             let Some(value) = p.value.as_deref() else {
                 problems.push(problem(
-                    format!(
-                        "{}{key} needs a value ({}{key}=...)",
-                        CMDLINE_PREFIX, CMDLINE_PREFIX
-                    ),
+                    format!("{}{key} needs a value ({}{key}=...)", CMDLINE_PREFIX, CMDLINE_PREFIX),
                     true,
                 ));
                 continue;
             };
             match self.set(key, value) {
                 Ok(true) => {}
-                Ok(false) => problems.push(problem(
-                    format!("unknown key {CMDLINE_PREFIX}{key} ignored"),
-                    false,
-                )),
+                Ok(false) => problems.push(problem(format!("unknown key {CMDLINE_PREFIX}{key} ignored"), false)),
                 Err(e) => problems.push(problem(format!("{CMDLINE_PREFIX}{e}"), true)),
             }
         }
@@ -369,8 +335,7 @@ impl Config {
 
     /// The file form, every key written, in a fixed order (reproducible).
     pub fn to_file(&self) -> String {
-        let mut out =
-            String::from("# bootvault per-PC configuration, written by `bootvault build`.\n");
+        let mut out = String::from("# bootvault per-PC configuration, written by `bootvault build`.\n");
         for key in KEYS {
             if let Some(v) = self.get(key) {
                 out.push_str(&format!("{key} = \"{v}\"\n"));
@@ -393,9 +358,7 @@ impl Config {
 }
 
 fn unquote(v: &str) -> &str {
-    v.strip_prefix('"')
-        .and_then(|s| s.strip_suffix('"'))
-        .unwrap_or(v)
+    v.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(v)
 }
 
 #[cfg(test)]
@@ -420,13 +383,7 @@ mod tests {
             "bootvault.ip=192.168.7.20/24 bootvault.gateway=192.168.7.1 bootvault.dns=1.1.1.1,9.9.9.9",
         );
         assert!(p.is_empty(), "{p:?}");
-        assert_eq!(
-            c.ip,
-            IpConfig::Static {
-                addr: Ipv4Addr::new(192, 168, 7, 20),
-                prefix: 24
-            }
-        );
+        assert_eq!(c.ip, IpConfig::Static { addr: Ipv4Addr::new(192, 168, 7, 20), prefix: 24 });
         assert_eq!(c.gateway, Some(Ipv4Addr::new(192, 168, 7, 1)));
         assert_eq!(c.dns.len(), 2);
     }
@@ -434,38 +391,14 @@ mod tests {
     #[test]
     fn problems_are_reported_with_their_source() {
         let table: &[(&str, &str, bool)] = &[
-            (
-                "bootvault.ip=10.0.0.1",
-                "bootvault.ip=\"10.0.0.1\": expected dhcp or ADDR/PREFIX",
-                true,
-            ),
-            (
-                "bootvault.ip=10.0.0.1/33",
-                "prefix length must be 1-32",
-                true,
-            ),
+            ("bootvault.ip=10.0.0.1", "bootvault.ip=\"10.0.0.1\": expected dhcp or ADDR/PREFIX", true),
+            ("bootvault.ip=10.0.0.1/33", "prefix length must be 1-32", true),
             ("bootvault.pc=bad/name", "PC name must be", true),
-            (
-                "bootvault.finish=explode",
-                "expected poweroff, reboot or rescue",
-                true,
-            ),
-            (
-                "bootvault.dhcp_timeout=soon",
-                "expected a number of seconds",
-                true,
-            ),
-            (
-                "bootvault.server=ftp://x",
-                "server must be an http:// URL",
-                true,
-            ),
+            ("bootvault.finish=explode", "expected poweroff, reboot or rescue", true),
+            ("bootvault.dhcp_timeout=soon", "expected a number of seconds", true),
+            ("bootvault.server=ftp://x", "server must be an http:// URL", true),
             ("bootvault.pc", "bootvault.pc needs a value", true),
-            (
-                "bootvault.colour=blue",
-                "unknown key bootvault.colour ignored",
-                false,
-            ),
+            ("bootvault.colour=blue", "unknown key bootvault.colour ignored", false),
         ];
         for (line, want, fatal) in table {
             let (_, p) = Config::load(None, line);
@@ -484,9 +417,7 @@ mod tests {
         let (_, p) = Config::load(Some("pc = a\n\nnonsense\nip = x\n"), "");
         assert_eq!(p.len(), 2);
         assert_eq!(p[0].line, Some(3));
-        assert!(p[0]
-            .to_string()
-            .starts_with("config file line 3: expected key = value"));
+        assert!(p[0].to_string().starts_with("config file line 3: expected key = value"));
         assert_eq!(p[1].line, Some(4));
     }
 
@@ -495,10 +426,7 @@ mod tests {
         let mut c = Config::default();
         c.pc = "pc-1".into();
         c.server = Some("http://10.0.2.2:9000".into());
-        c.ip = IpConfig::Static {
-            addr: Ipv4Addr::new(10, 1, 2, 3),
-            prefix: 16,
-        };
+        c.ip = IpConfig::Static { addr: Ipv4Addr::new(10, 1, 2, 3), prefix: 16 };
         c.dns = vec![Ipv4Addr::new(10, 1, 0, 1)];
         c.finish = Finish::Rescue;
         c.verbose = true;

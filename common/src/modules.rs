@@ -44,9 +44,7 @@ fn u64_at(b: &[u8], off: u64) -> Option<u64> {
 /// Only 64-bit little-endian ELF (x86_64 modules) is understood.
 pub fn modinfo(elf: &[u8]) -> Result<Vec<(String, String)>, ModuleError> {
     if elf.get(..4) != Some(b"\x7fELF") {
-        if elf.starts_with(&[0xFD, b'7', b'z', b'X', b'Z'])
-            || elf.starts_with(&[0x28, 0xB5, 0x2F, 0xFD])
-        {
+        if elf.starts_with(&[0xFD, b'7', b'z', b'X', b'Z']) || elf.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]) {
             return err("compressed module (.ko.xz/.ko.zst): unpack the modules first");
         }
         return err("not an ELF file");
@@ -74,24 +72,18 @@ pub fn modinfo(elf: &[u8]) -> Result<Vec<(String, String)>, ModuleError> {
         let end = start.checked_add(usize::try_from(size).ok()?)?;
         elf.get(start..end)
     };
-    let (_, stroff, strsize) =
-        section(shstrndx).ok_or_else(|| ModuleError("bad ELF section string table".into()))?;
-    let strtab = bytes_of(stroff, strsize)
-        .ok_or_else(|| ModuleError("bad ELF section string table".into()))?;
+    let (_, stroff, strsize) = section(shstrndx).ok_or_else(|| ModuleError("bad ELF section string table".into()))?;
+    let strtab = bytes_of(stroff, strsize).ok_or_else(|| ModuleError("bad ELF section string table".into()))?;
     for i in 0..shnum {
         let Some((name, off, size)) = section(i) else {
             return err(format!("truncated ELF section header {i}"));
         };
-        let name = usize::try_from(name)
-            .ok()
-            .and_then(|n| strtab.get(n..))
-            .unwrap_or_default();
+        let name = usize::try_from(name).ok().and_then(|n| strtab.get(n..)).unwrap_or_default();
         let name = name.split(|&b| b == 0).next().unwrap_or_default();
         if name != b".modinfo" {
             continue;
         }
-        let data =
-            bytes_of(off, size).ok_or_else(|| ModuleError("truncated .modinfo section".into()))?;
+        let data = bytes_of(off, size).ok_or_else(|| ModuleError("truncated .modinfo section".into()))?;
         return Ok(data
             .split(|&b| b == 0)
             .filter_map(|s| {
@@ -206,9 +198,7 @@ impl Index {
     /// Builds the index from each module's path and modinfo pairs (the
     /// builder's depmod). Soft dependencies (`softdep=pre: x`) are treated
     /// as hard ones, so e.g. a crc implementation is loaded first.
-    pub fn from_modinfo<'a>(
-        mods: impl IntoIterator<Item = (String, &'a [(String, String)])>,
-    ) -> Index {
+    pub fn from_modinfo<'a>(mods: impl IntoIterator<Item = (String, &'a [(String, String)])>) -> Index {
         let mut index = Index::default();
         for (path, info) in mods {
             let name = info
@@ -219,14 +209,8 @@ impl Index {
             let mut depends = Vec::new();
             for (k, v) in info {
                 match k.as_str() {
-                    "depends" => {
-                        depends.extend(v.split(',').filter(|s| !s.is_empty()).map(normalize))
-                    }
-                    "softdep" => depends.extend(
-                        v.split_whitespace()
-                            .filter(|w| !w.ends_with(':'))
-                            .map(normalize),
-                    ),
+                    "depends" => depends.extend(v.split(',').filter(|s| !s.is_empty()).map(normalize)),
+                    "softdep" => depends.extend(v.split_whitespace().filter(|w| !w.ends_with(':')).map(normalize)),
                     "alias" => index.aliases.push((v.clone(), name.clone())),
                     _ => {}
                 }
@@ -251,24 +235,15 @@ impl Index {
             // depmod lists the deepest dependency last and modprobe loads
             // from the end of the list: keep that order.
             let depends = deps.split_whitespace().rev().map(name_from_path).collect();
-            index
-                .modules
-                .insert(name_from_path(&path), Module { path, depends });
+            index.modules.insert(name_from_path(&path), Module { path, depends });
         }
         for (n, line) in alias.lines().enumerate() {
             let mut words = line.split_whitespace();
             match (words.next(), words.next(), words.next()) {
                 (None, ..) => {}
                 (Some(w), ..) if w.starts_with('#') => {}
-                (Some("alias"), Some(pattern), Some(name)) => {
-                    index.aliases.push((pattern.to_owned(), normalize(name)))
-                }
-                _ => {
-                    return err(format!(
-                        "modules.alias line {}: expected 'alias PATTERN MODULE'",
-                        n + 1
-                    ))
-                }
+                (Some("alias"), Some(pattern), Some(name)) => index.aliases.push((pattern.to_owned(), normalize(name))),
+                _ => return err(format!("modules.alias line {}: expected 'alias PATTERN MODULE'", n + 1)),
             }
         }
         Ok(index)
@@ -294,11 +269,7 @@ impl Index {
 
     /// `modules.alias` text, sorted for reproducibility.
     pub fn alias_text(&self) -> String {
-        let mut lines: Vec<String> = self
-            .aliases
-            .iter()
-            .map(|(p, n)| format!("alias {p} {n}\n"))
-            .collect();
+        let mut lines: Vec<String> = self.aliases.iter().map(|(p, n)| format!("alias {p} {n}\n")).collect();
         lines.sort();
         lines.dedup();
         lines.concat()
@@ -337,10 +308,7 @@ impl Index {
 
     /// The closure of `names` over dependencies: the set the image ships.
     /// Returns the names the index does not know, too.
-    pub fn closure<'a>(
-        &self,
-        names: impl IntoIterator<Item = &'a str>,
-    ) -> (BTreeSet<String>, Vec<String>) {
+    pub fn closure<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> (BTreeSet<String>, Vec<String>) {
         let mut set = BTreeSet::new();
         let mut missing = Vec::new();
         for name in names {
@@ -364,12 +332,7 @@ impl Index {
                 .filter(|(n, _)| keep.contains(*n))
                 .map(|(n, m)| (n.clone(), m.clone()))
                 .collect(),
-            aliases: self
-                .aliases
-                .iter()
-                .filter(|(_, n)| keep.contains(n))
-                .cloned()
-                .collect(),
+            aliases: self.aliases.iter().filter(|(_, n)| keep.contains(n)).cloned().collect(),
         }
     }
 }
@@ -381,16 +344,8 @@ mod tests {
     #[test]
     fn glob_table() {
         let cases = [
-            (
-                "pci:v00001AF4d00001000sv*sd*bc*sc*i*",
-                "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00",
-                true,
-            ),
-            (
-                "pci:v00001AF4d00001000sv*sd*bc*sc*i*",
-                "pci:v00001AF4d00001001sv00001AF4sd00000001bc02sc00i00",
-                false,
-            ),
+            ("pci:v00001AF4d00001000sv*sd*bc*sc*i*", "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00", true),
+            ("pci:v00001AF4d00001000sv*sd*bc*sc*i*", "pci:v00001AF4d00001001sv00001AF4sd00000001bc02sc00i00", false),
             ("virtio:d00000001v*", "virtio:d00000001v00001AF4", true),
             ("virtio:d00000002v*", "virtio:d00000001v00001AF4", false),
             ("scsi:t-0x00*", "scsi:t-0x00", true),
@@ -432,14 +387,9 @@ mod tests {
     #[test]
     fn dep_alias_parse_and_order() {
         let i = sample();
-        assert_eq!(
-            i.lookup("pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01"),
-            vec!["ahci"]
-        );
+        assert_eq!(i.lookup("pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01"), vec!["ahci"]);
         assert_eq!(i.lookup("scsi:t-0x00"), vec!["sd_mod"]);
-        assert!(i
-            .lookup("pci:v00008086d0000100Esv00001AF4sd00001100bc02sc00i00")
-            .is_empty());
+        assert!(i.lookup("pci:v00008086d0000100Esv00001AF4sd00001100bc02sc00i00").is_empty());
         let order = i.load_order("ahci");
         assert_eq!(order.last().map(String::as_str), Some("ahci"));
         assert_eq!(order[0], "scsi_mod");
@@ -447,13 +397,7 @@ mod tests {
         assert!(pos("libata") < pos("libahci"));
         // dep_text / alias_text round-trip through parse.
         let again = Index::parse(&i.dep_text(), &i.alias_text()).expect("round trip");
-        assert_eq!(
-            again.modules,
-            i.modules
-                .iter()
-                .map(|(n, m)| (n.clone(), m.clone()))
-                .collect()
-        );
+        assert_eq!(again.modules, i.modules.iter().map(|(n, m)| (n.clone(), m.clone())).collect());
         assert_eq!(again.load_order("ahci"), order);
     }
 
@@ -461,17 +405,12 @@ mod tests {
     fn closure_and_restrict() {
         let i = sample();
         let (set, missing) = i.closure(["sd_mod", "nosuch"]);
-        assert_eq!(
-            set.into_iter().collect::<Vec<_>>(),
-            vec!["scsi_mod", "sd_mod"]
-        );
+        assert_eq!(set.into_iter().collect::<Vec<_>>(), vec!["scsi_mod", "sd_mod"]);
         assert_eq!(missing, vec!["nosuch"]);
         let (set, _) = i.closure(["sd_mod"]);
         let r = i.restrict(&set);
         assert_eq!(r.aliases.len(), 2);
-        assert!(r
-            .lookup("pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01")
-            .is_empty());
+        assert!(r.lookup("pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01").is_empty());
     }
 
     #[test]
@@ -482,14 +421,8 @@ mod tests {
 
     #[test]
     fn bad_files_name_the_line() {
-        assert_eq!(
-            Index::parse("nonsense\n", "").unwrap_err().0,
-            "modules.dep line 1: expected 'path: deps'"
-        );
-        assert!(Index::parse("", "alias onlyone\n")
-            .unwrap_err()
-            .0
-            .contains("line 1"));
+        assert_eq!(Index::parse("nonsense\n", "").unwrap_err().0, "modules.dep line 1: expected 'path: deps'");
+        assert!(Index::parse("", "alias onlyone\n").unwrap_err().0.contains("line 1"));
     }
 
     /// A minimal ELF64 with a section string table and a .modinfo section.
@@ -511,11 +444,7 @@ mod tests {
             s[0x20..0x28].copy_from_slice(&size.to_le_bytes());
             s
         };
-        let sections = [
-            sh(0, 0, 0),
-            sh(1, shstr_off, shstr.len() as u64),
-            sh(11, info_off, modinfo.len() as u64),
-        ];
+        let sections = [sh(0, 0, 0), sh(1, shstr_off, shstr.len() as u64), sh(11, info_off, modinfo.len() as u64)];
         for s in sections {
             elf.extend_from_slice(&s);
         }
@@ -531,16 +460,10 @@ mod tests {
         let elf = tiny_module(b"license=GPL\0alias=virtio:d00000001v*\0depends=virtio,virtio_ring\0softdep=pre: crc32c\0name=virtio_net\0\0");
         let info = modinfo(&elf).expect("parses");
         assert_eq!(info.len(), 5);
-        let index = Index::from_modinfo([(
-            "kernel/drivers/net/virtio_net.ko".to_string(),
-            info.as_slice(),
-        )]);
+        let index = Index::from_modinfo([("kernel/drivers/net/virtio_net.ko".to_string(), info.as_slice())]);
         let m = &index.modules["virtio_net"];
         assert_eq!(m.depends, vec!["virtio", "virtio_ring", "crc32c"]);
-        assert_eq!(
-            index.lookup("virtio:d00000001v00001AF4"),
-            vec!["virtio_net"]
-        );
+        assert_eq!(index.lookup("virtio:d00000001v00001AF4"), vec!["virtio_net"]);
         assert!(modinfo(b"\x7fELF").is_err());
         assert!(modinfo(b"\xFD7zXZ\0").unwrap_err().0.contains("compressed"));
         // Truncations never panic.

@@ -17,10 +17,7 @@ pub fn human_bytes(n: u64) -> String {
 
 /// Six bytes as `52:54:00:12:34:56`.
 pub fn mac_string(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// Parses `52:54:00:12:34:56` (case-insensitive, `-` also accepted).
@@ -57,21 +54,9 @@ mod tests {
 
     #[test]
     fn macs() {
-        assert_eq!(
-            parse_mac("52:54:00:AB:cd:0f"),
-            Some([0x52, 0x54, 0, 0xab, 0xcd, 0x0f])
-        );
-        assert_eq!(
-            mac_string([0x52, 0x54, 0, 0xab, 0xcd, 0x0f]),
-            "52:54:00:ab:cd:0f"
-        );
-        for bad in [
-            "",
-            "52:54:00:ab:cd",
-            "52:54:00:ab:cd:0f:00",
-            "5:54:00:ab:cd:0f",
-            "zz:54:00:ab:cd:0f",
-        ] {
+        assert_eq!(parse_mac("52:54:00:AB:cd:0f"), Some([0x52, 0x54, 0, 0xab, 0xcd, 0x0f]));
+        assert_eq!(mac_string([0x52, 0x54, 0, 0xab, 0xcd, 0x0f]), "52:54:00:ab:cd:0f");
+        for bad in ["", "52:54:00:ab:cd", "52:54:00:ab:cd:0f:00", "5:54:00:ab:cd:0f", "zz:54:00:ab:cd:0f"] {
             assert_eq!(parse_mac(bad), None, "{bad}");
         }
     }

@@ -148,17 +148,12 @@ mod tests {
                 "virtio_pci" => {
                     let v = pci.join("virtio0");
                     fs::create_dir_all(&v).map_err(|e| e.to_string())?;
-                    fs::write(v.join("modalias"), "virtio:d00000001v00001AF4\n")
+                    fs::write(v.join("modalias"), "virtio:d00000001v00001AF4\n").map_err(|e| e.to_string())?;
+                    std::os::unix::fs::symlink("../../../bus/pci/drivers/virtio-pci", pci.join("driver"))
                         .map_err(|e| e.to_string())?;
-                    std::os::unix::fs::symlink(
-                        "../../../bus/pci/drivers/virtio-pci",
-                        pci.join("driver"),
-                    )
-                    .map_err(|e| e.to_string())?;
                 }
                 "virtio_net" => {
-                    std::os::unix::fs::symlink("x", pci.join("virtio0/driver"))
-                        .map_err(|e| e.to_string())?;
+                    std::os::unix::fs::symlink("x", pci.join("virtio0/driver")).map_err(|e| e.to_string())?;
                 }
                 _ => {}
             }
@@ -172,25 +167,15 @@ mod tests {
         let root = tmp.path();
         let pci = root.join("sys/devices/pci0000:00/0000:00:03.0");
         fs::create_dir_all(&pci).expect("mkdir");
-        fs::write(
-            pci.join("modalias"),
-            "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00\n",
-        )
-        .expect("write");
+        fs::write(pci.join("modalias"), "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00\n").expect("write");
         let other = root.join("sys/devices/platform/pcspkr");
         fs::create_dir_all(&other).expect("mkdir");
         fs::write(other.join("modalias"), "platform:pcspkr\n").expect("write");
         // A symlink loop must not hang the walk.
-        std::os::unix::fs::symlink("../..", root.join("sys/devices/platform/loop"))
-            .expect("symlink");
+        std::os::unix::fs::symlink("../..", root.join("sys/devices/platform/loop")).expect("symlink");
 
         let mods = root.join("lib/modules/6.1.0");
-        for f in [
-            "virtio.ko",
-            "virtio_ring.ko",
-            "virtio_pci.ko",
-            "virtio_net.ko",
-        ] {
+        for f in ["virtio.ko", "virtio_ring.ko", "virtio_pci.ko", "virtio_net.ko"] {
             fs::create_dir_all(&mods).expect("mkdir");
             fs::write(mods.join(f), b"").expect("write");
         }
@@ -199,31 +184,15 @@ mod tests {
             "alias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci\nalias virtio:d00000001v* virtio_net\n",
         )
         .expect("index");
-        let mut kernel = FakeKernel {
-            root,
-            loaded: vec![],
-        };
-        let opts = Options {
-            modules_dir: mods,
-            timeout: Duration::from_secs(5),
-            quiet: Duration::from_millis(200),
-        };
+        let mut kernel = FakeKernel { root, loaded: vec![] };
+        let opts = Options { modules_dir: mods, timeout: Duration::from_secs(5), quiet: Duration::from_millis(200) };
         let report = coldplug(root, &index, &opts, &mut kernel);
-        assert_eq!(
-            report.loaded,
-            vec!["virtio", "virtio_ring", "virtio_pci", "virtio_net"]
-        );
+        assert_eq!(report.loaded, vec!["virtio", "virtio_ring", "virtio_pci", "virtio_net"]);
         assert_eq!(report.missing, vec!["net_failover"]);
         assert!(report.failed.is_empty());
         assert!(!report.timed_out);
         assert!(report.rounds >= 2);
-        assert_eq!(
-            report.unbound,
-            vec![(
-                "/sys/devices/platform/pcspkr".to_string(),
-                "platform:pcspkr".to_string()
-            )]
-        );
+        assert_eq!(report.unbound, vec![("/sys/devices/platform/pcspkr".to_string(), "platform:pcspkr".to_string())]);
     }
 
     #[test]
@@ -233,12 +202,8 @@ mod tests {
         let dev = root.join("sys/devices/pci0000:00/0000:00:02.0");
         fs::create_dir_all(&dev).expect("mkdir");
         fs::write(dev.join("modalias"), "pci:v00008086d0000100Esv0bc02\n").expect("write");
-        let index =
-            Index::parse("e1000.ko:\n", "alias pci:v00008086d0000100Esv* e1000\n").expect("index");
-        let mut kernel = FakeKernel {
-            root,
-            loaded: vec![],
-        };
+        let index = Index::parse("e1000.ko:\n", "alias pci:v00008086d0000100Esv* e1000\n").expect("index");
+        let mut kernel = FakeKernel { root, loaded: vec![] };
         let opts = Options {
             modules_dir: root.join("lib/modules/x"),
             timeout: Duration::from_secs(2),
@@ -247,10 +212,6 @@ mod tests {
         let report = coldplug(root, &index, &opts, &mut kernel);
         assert!(report.loaded.is_empty());
         assert_eq!(report.failed.len(), 1);
-        assert!(
-            report.failed[0].1.contains("e1000.ko"),
-            "{:?}",
-            report.failed
-        );
+        assert!(report.failed[0].1.contains("e1000.ko"), "{:?}", report.failed);
     }
 }

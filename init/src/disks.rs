@@ -27,9 +27,7 @@ pub struct Disk {
 
 /// Devices that are not disks of the PC.
 fn skipped(name: &str) -> bool {
-    ["loop", "ram", "zram", "nbd", "fd"]
-        .iter()
-        .any(|p| name.starts_with(p))
+    ["loop", "ram", "zram", "nbd", "fd"].iter().any(|p| name.starts_with(p))
 }
 
 fn read_trim(path: &Path) -> Option<String> {
@@ -38,16 +36,33 @@ fn read_trim(path: &Path) -> Option<String> {
     (!s.is_empty()).then(|| s.to_owned())
 }
 
+/// The disk's serial number: virtio and NVMe have a `serial` file; SCSI
+/// and ATA disks carry it in VPD page 0x80 (4-byte header, then ASCII);
+/// the `wwid` is the last resort.
+fn serial(sys: &Path) -> Option<String> {
+    let clean = |s: &str| {
+        let words: Vec<&str> = s.split_whitespace().collect();
+        (!words.is_empty()).then(|| words.join(" "))
+    };
+    read_trim(&sys.join("serial"))
+        .or_else(|| read_trim(&sys.join("device/serial")))
+        .and_then(|s| clean(&s))
+        .or_else(|| {
+            let page = fs::read(sys.join("device/vpd_pg80")).ok()?;
+            let len = usize::from(*page.get(3)?);
+            let text = page.get(4..4 + len).or_else(|| page.get(4..))?;
+            clean(&String::from_utf8_lossy(text).replace('\0', " "))
+        })
+        .or_else(|| read_trim(&sys.join("device/wwid")).and_then(|s| clean(&s)))
+}
+
 /// All disks under `ROOT/sys/block`, sorted by name.
 pub fn probe(root: &Path) -> Vec<Disk> {
     let Ok(entries) = fs::read_dir(root.join("sys/block")) else {
         return Vec::new();
     };
-    let mut names: Vec<String> = entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-        .filter(|n| !skipped(n))
-        .collect();
+    let mut names: Vec<String> =
+        entries.flatten().filter_map(|e| e.file_name().to_str().map(str::to_owned)).filter(|n| !skipped(n)).collect();
     names.sort();
     names.iter().map(|n| probe_one(root, n)).collect()
 }
@@ -60,15 +75,8 @@ pub fn probe_one(root: &Path, name: &str) -> Disk {
     let logical = num("queue/logical_block_size").unwrap_or(512) as u32;
     let physical = num("queue/physical_block_size").unwrap_or(u64::from(logical)) as u32;
     let model = read_trim(&sys.join("device/model")).unwrap_or_else(|| "-".into());
-    let serial = ["serial", "device/serial", "device/wwid"]
-        .iter()
-        .find_map(|f| read_trim(&sys.join(f)))
-        .unwrap_or_else(|| "-".into());
-    let table = if bytes == 0 {
-        Ok(None)
-    } else {
-        read_table(&root.join("dev").join(name), logical, bytes)
-    };
+    let serial = serial(&sys).unwrap_or_else(|| "-".into());
+    let table = if bytes == 0 { Ok(None) } else { read_table(&root.join("dev").join(name), logical, bytes) };
     Disk {
         name: name.into(),
         bytes,
@@ -83,16 +91,11 @@ pub fn probe_one(root: &Path, name: &str) -> Disk {
 }
 
 /// Reads and parses the partition table of a device or image file.
-pub fn read_table(
-    dev: &Path,
-    sector_size: u32,
-    bytes: u64,
-) -> Result<Option<PartitionTable>, String> {
+pub fn read_table(dev: &Path, sector_size: u32, bytes: u64) -> Result<Option<PartitionTable>, String> {
     let f = File::open(dev).map_err(|e| format!("opening {}: {e}", dev.display()))?;
     let mut read = |offset: u64, len: usize| -> Result<Vec<u8>, String> {
         let mut buf = vec![0u8; len];
-        f.read_exact_at(&mut buf, offset)
-            .map_err(|e| format!("reading {} at {offset}: {e}", dev.display()))?;
+        f.read_exact_at(&mut buf, offset).map_err(|e| format!("reading {} at {offset}: {e}", dev.display()))?;
         Ok(buf)
     };
     partition::parse(&mut read, sector_size, bytes).map_err(|e| format!("{}: {e}", dev.display()))
@@ -127,11 +130,7 @@ pub fn render(disks: &[Disk]) -> String {
                     TableKind::Mbr => "mbr",
                     TableKind::Gpt => "gpt",
                 };
-                out.push_str(&format!(
-                    "  table {kind} id {} ({} partitions)\n",
-                    t.disk_id,
-                    t.partitions.len()
-                ));
+                out.push_str(&format!("  table {kind} id {} ({} partitions)\n", t.disk_id, t.partitions.len()));
                 for p in &t.partitions {
                     let bytes = p.sectors.saturating_mul(u64::from(t.sector_size));
                     let part = partition_name(&d.name, p.number);
@@ -142,11 +141,7 @@ pub fn render(disks: &[Disk]) -> String {
                         human_bytes(bytes),
                         bytes,
                         p.type_name,
-                        if p.name.is_empty() {
-                            String::new()
-                        } else {
-                            format!("{:?} ", p.name)
-                        },
+                        if p.name.is_empty() { String::new() } else { format!("{:?} ", p.name) },
                         if p.bootable { "boot" } else { "" }
                     ));
                 }
@@ -200,11 +195,10 @@ mod tests {
             ],
         );
         disk(root, "loop0", &[("size", "100")]);
-        disk(
-            root,
-            "vda",
-            &[("size", "8"), ("serial", "bv-1"), ("queue/rotational", "0")],
-        );
+        disk(root, "vda", &[("size", "8"), ("serial", "bv-1"), ("queue/rotational", "0")]);
+        // An ATA disk: the serial is in VPD page 0x80.
+        disk(root, "sdb", &[("size", "8"), ("device/wwid", "t10.ATA     QEMU HARDDISK    X")]);
+        fs::write(root.join("sys/block/sdb/device/vpd_pg80"), b"\x00\x80\x00\x0cBVMBR0002   ").expect("write");
         // vda's device node: an MBR with one partition.
         fs::create_dir_all(root.join("dev")).expect("mkdir");
         let mut img = vec![0u8; 4096];
@@ -217,20 +211,15 @@ mod tests {
 
         let disks = probe(root);
         let names: Vec<&str> = disks.iter().map(|d| d.name.as_str()).collect();
-        assert_eq!(names, vec!["sda", "vda"]);
+        assert_eq!(names, vec!["sda", "sdb", "vda"]);
         let sda = &disks[0];
-        assert_eq!(
-            (sda.bytes, sda.logical, sda.physical),
-            (1_048_576, 512, 4096)
-        );
-        assert_eq!(
-            (sda.model.as_str(), sda.serial.as_str()),
-            ("QEMU HARDDISK", "SN123")
-        );
+        assert_eq!((sda.bytes, sda.logical, sda.physical), (1_048_576, 512, 4096));
+        assert_eq!((sda.model.as_str(), sda.serial.as_str()), ("QEMU HARDDISK", "SN123"));
         assert!(sda.rotational && !sda.removable);
         // No device node: an error naming the path, not a panic.
         assert!(sda.table.as_ref().unwrap_err().contains("dev/sda"));
-        let vda = &disks[1];
+        assert_eq!(disks[1].serial, "BVMBR0002");
+        let vda = &disks[2];
         assert_eq!(vda.serial, "bv-1");
         let t = vda.table.as_ref().expect("read").as_ref().expect("table");
         assert_eq!(t.partitions.len(), 1);

@@ -18,27 +18,9 @@ const NODEV: libc::c_ulong = libc::MS_NODEV;
 const NOEXEC: libc::c_ulong = libc::MS_NOEXEC;
 
 pub const MOUNTS: &[Mount] = &[
-    Mount {
-        source: "proc",
-        target: "/proc",
-        fstype: "proc",
-        flags: NOSUID | NODEV | NOEXEC,
-        data: "",
-    },
-    Mount {
-        source: "sysfs",
-        target: "/sys",
-        fstype: "sysfs",
-        flags: NOSUID | NODEV | NOEXEC,
-        data: "",
-    },
-    Mount {
-        source: "devtmpfs",
-        target: "/dev",
-        fstype: "devtmpfs",
-        flags: NOSUID,
-        data: "mode=0755",
-    },
+    Mount { source: "proc", target: "/proc", fstype: "proc", flags: NOSUID | NODEV | NOEXEC, data: "" },
+    Mount { source: "sysfs", target: "/sys", fstype: "sysfs", flags: NOSUID | NODEV | NOEXEC, data: "" },
+    Mount { source: "devtmpfs", target: "/dev", fstype: "devtmpfs", flags: NOSUID, data: "mode=0755" },
     Mount {
         source: "devpts",
         target: "/dev/pts",
@@ -46,20 +28,8 @@ pub const MOUNTS: &[Mount] = &[
         flags: NOSUID | NOEXEC,
         data: "mode=0620,ptmxmode=0666",
     },
-    Mount {
-        source: "tmpfs",
-        target: "/run",
-        fstype: "tmpfs",
-        flags: NOSUID | NODEV,
-        data: "mode=0755",
-    },
-    Mount {
-        source: "tmpfs",
-        target: "/tmp",
-        fstype: "tmpfs",
-        flags: NOSUID | NODEV,
-        data: "mode=1777",
-    },
+    Mount { source: "tmpfs", target: "/run", fstype: "tmpfs", flags: NOSUID | NODEV, data: "mode=0755" },
+    Mount { source: "tmpfs", target: "/tmp", fstype: "tmpfs", flags: NOSUID | NODEV, data: "mode=1777" },
 ];
 
 /// Creates each mount point and mounts it. Returns the problems; a missing

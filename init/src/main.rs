@@ -83,9 +83,7 @@ fn cli(args: &[String]) -> Result<ExitCode, String> {
         }
         "cmdline" => {
             let file = match take_opt(&mut rest, "--file")? {
-                Some(p) => {
-                    Some(std::fs::read_to_string(&p).map_err(|e| format!("reading {p}: {e}"))?)
-                }
+                Some(p) => Some(std::fs::read_to_string(&p).map_err(|e| format!("reading {p}: {e}"))?),
                 None => None,
             };
             let line = rest.join(" ");
@@ -94,11 +92,7 @@ fn cli(args: &[String]) -> Result<ExitCode, String> {
             for p in &problems {
                 eprintln!("{}: {p}", if p.fatal { "error" } else { "warning" });
             }
-            Ok(if problems.iter().any(|p| p.fatal) {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            })
+            Ok(if problems.iter().any(|p| p.fatal) { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
         "partitions" => {
             let ss: u32 = take_opt(&mut rest, "--sector-size")?
@@ -118,26 +112,19 @@ fn cli(args: &[String]) -> Result<ExitCode, String> {
         }
         "coldplug" => {
             let root = PathBuf::from(take_opt(&mut rest, "--root")?.unwrap_or_else(|| "/".into()));
-            let dir = PathBuf::from(
-                take_opt(&mut rest, "--modules")?.ok_or("coldplug needs --modules DIR")?,
-            );
+            let dir = PathBuf::from(take_opt(&mut rest, "--modules")?.ok_or("coldplug needs --modules DIR")?);
             let read = |f: &str| {
-                std::fs::read_to_string(dir.join(f))
-                    .map_err(|e| format!("reading {}: {e}", dir.join(f).display()))
+                std::fs::read_to_string(dir.join(f)).map_err(|e| format!("reading {}: {e}", dir.join(f).display()))
             };
-            let index = Index::parse(&read("modules.dep")?, &read("modules.alias")?)
-                .map_err(|e| e.to_string())?;
+            let index = Index::parse(&read("modules.dep")?, &read("modules.alias")?).map_err(|e| e.to_string())?;
             struct DryRun;
             impl coldplug::Loader for DryRun {
                 fn load(&mut self, _: &str, _: &Path) -> Result<(), String> {
                     Ok(())
                 }
             }
-            let opts = coldplug::Options {
-                modules_dir: dir.clone(),
-                timeout: Duration::from_secs(1),
-                quiet: Duration::ZERO,
-            };
+            let opts =
+                coldplug::Options { modules_dir: dir.clone(), timeout: Duration::from_secs(1), quiet: Duration::ZERO };
             let report = coldplug::coldplug(&root, &index, &opts, &mut DryRun);
             println!("would load: {}", report.loaded.join(" "));
             if !report.missing.is_empty() {
@@ -152,8 +139,6 @@ fn cli(args: &[String]) -> Result<ExitCode, String> {
 /// Size of an image file or block device (BLKGETSIZE64 for devices).
 fn device_size(path: &Path) -> Result<u64, String> {
     use std::io::{Seek, SeekFrom};
-    let mut f =
-        std::fs::File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
-    f.seek(SeekFrom::End(0))
-        .map_err(|e| format!("sizing {}: {e}", path.display()))
+    let mut f = std::fs::File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+    f.seek(SeekFrom::End(0)).map_err(|e| format!("sizing {}: {e}", path.display()))
 }

@@ -59,9 +59,7 @@ pub fn links(root: &Path) -> Vec<Link> {
 
 /// Whether the link reports carrier (only readable while it is up).
 pub fn has_carrier(root: &Path, name: &str) -> bool {
-    fs::read_to_string(root.join("sys/class/net").join(name).join("carrier"))
-        .map(|s| s.trim() == "1")
-        .unwrap_or(false)
+    fs::read_to_string(root.join("sys/class/net").join(name).join("carrier")).map(|s| s.trim() == "1").unwrap_or(false)
 }
 
 /// The address configuration the PC ended up with.
@@ -99,11 +97,7 @@ impl std::fmt::Display for Lease {
 }
 
 /// Brings the network up as the config says. `log` receives progress lines.
-pub fn bring_up(
-    root: &Path,
-    config: &Config,
-    log: &mut dyn FnMut(String),
-) -> Result<Lease, String> {
+pub fn bring_up(root: &Path, config: &Config, log: &mut dyn FnMut(String)) -> Result<Lease, String> {
     let start = StdInstant::now();
     let all = links(root);
     if all.is_empty() {
@@ -114,10 +108,7 @@ pub fn bring_up(
             let found: Vec<Link> = all.iter().filter(|l| &l.name == want).cloned().collect();
             if found.is_empty() {
                 let names: Vec<&str> = all.iter().map(|l| l.name.as_str()).collect();
-                return Err(format!(
-                    "interface {want} not found (have {})",
-                    names.join(", ")
-                ));
+                return Err(format!("interface {want} not found (have {})", names.join(", ")));
             }
             found
         }
@@ -143,18 +134,10 @@ pub fn bring_up(
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    log(format!(
-        "link {} ({}) has carrier",
-        link.name,
-        mac_string(link.mac)
-    ));
+    log(format!("link {} ({}) has carrier", link.name, mac_string(link.mac)));
 
     let mut lease = match &config.ip {
-        IpConfig::Dhcp => dhcp(
-            &link,
-            Duration::from_secs(u64::from(config.dhcp_timeout)),
-            log,
-        )?,
+        IpConfig::Dhcp => dhcp(&link, Duration::from_secs(u64::from(config.dhcp_timeout)), log)?,
         IpConfig::Static { addr, prefix } => Lease {
             link: link.clone(),
             addr: *addr,
@@ -187,11 +170,7 @@ pub fn configure_kernel(root: &Path, lease: &Lease) -> Result<(), String> {
         sys::add_default_route(name, gw).map_err(|e| e.to_string())?;
     }
     let resolv = root.join("etc/resolv.conf");
-    let text: String = lease
-        .dns
-        .iter()
-        .map(|d| format!("nameserver {d}\n"))
-        .collect();
+    let text: String = lease.dns.iter().map(|d| format!("nameserver {d}\n")).collect();
     fs::create_dir_all(root.join("etc"))
         .and_then(|()| fs::write(&resolv, text))
         .map_err(|e| format!("writing {}: {e}", resolv.display()))
@@ -211,13 +190,7 @@ const FRAME: usize = 1514;
 
 impl PacketDevice {
     pub fn new(sock: PacketSocket) -> Self {
-        PacketDevice {
-            sock,
-            rx: vec![0; FRAME + 4],
-            tx: vec![0; FRAME],
-            errors: 0,
-            last_error: None,
-        }
+        PacketDevice { sock, rx: vec![0; FRAME + 4], tx: vec![0; FRAME], errors: 0, last_error: None }
     }
 }
 
@@ -256,12 +229,7 @@ impl Device for PacketDevice {
         match self.sock.recv(&mut self.rx) {
             Ok(Some(n)) => Some((
                 Rx(&self.rx[..n.min(self.rx.len())]),
-                Tx {
-                    sock: &self.sock,
-                    buf: &mut self.tx,
-                    errors: &mut self.errors,
-                    last_error: &mut self.last_error,
-                },
+                Tx { sock: &self.sock, buf: &mut self.tx, errors: &mut self.errors, last_error: &mut self.last_error },
             )),
             Ok(None) => None,
             Err(e) => {
@@ -273,12 +241,7 @@ impl Device for PacketDevice {
     }
 
     fn transmit(&mut self, _: Instant) -> Option<Tx<'_>> {
-        Some(Tx {
-            sock: &self.sock,
-            buf: &mut self.tx,
-            errors: &mut self.errors,
-            last_error: &mut self.last_error,
-        })
+        Some(Tx { sock: &self.sock, buf: &mut self.tx, errors: &mut self.errors, last_error: &mut self.last_error })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
@@ -298,21 +261,10 @@ pub fn dhcp(link: &Link, timeout: Duration, log: &mut dyn FnMut(String)) -> Resu
     let mut device = PacketDevice::new(sock);
     let mut iface_config = IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress(link.mac)));
     // The seed picks DHCP transaction ids: differ per PC and per boot.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
     iface_config.random_seed = nanos
-        ^ u64::from_le_bytes([
-            link.mac[0],
-            link.mac[1],
-            link.mac[2],
-            link.mac[3],
-            link.mac[4],
-            link.mac[5],
-            0,
-            0,
-        ]);
+        ^ u64::from_le_bytes([link.mac[0], link.mac[1], link.mac[2], link.mac[3], link.mac[4], link.mac[5], 0, 0]);
     let now = || Instant::from_micros(start.elapsed().as_micros() as i64);
     let mut iface = Interface::new(iface_config, &mut device, now());
     let mut sockets = SocketSet::new(Vec::new());
@@ -321,8 +273,7 @@ pub fn dhcp(link: &Link, timeout: Duration, log: &mut dyn FnMut(String)) -> Resu
     loop {
         let ts = now();
         iface.poll(ts, &mut device, &mut sockets);
-        if let Some(dhcpv4::Event::Configured(c)) = sockets.get_mut::<dhcpv4::Socket>(handle).poll()
-        {
+        if let Some(dhcpv4::Event::Configured(c)) = sockets.get_mut::<dhcpv4::Socket>(handle).poll() {
             return Ok(Lease {
                 link: link.clone(),
                 addr: c.address.address(),

@@ -44,10 +44,7 @@ fn install_panic_hook() {
         say(format!("internal error: {info}"));
         let wait = PANIC_WAIT.load(Ordering::Relaxed).min(60);
         let reboot = PANIC_POLICY.load(Ordering::Relaxed) == 1;
-        say(format!(
-            "{} in {wait} s",
-            if reboot { "rebooting" } else { "powering off" }
-        ));
+        say(format!("{} in {wait} s", if reboot { "rebooting" } else { "powering off" }));
         std::thread::sleep(Duration::from_secs(u64::from(wait)));
         early::unmount_all();
         let e = sys::reboot(!reboot);
@@ -62,12 +59,7 @@ pub fn kernel_release() -> String {
     if unsafe { libc::uname(&mut u) } != 0 {
         return String::new();
     }
-    let bytes: Vec<u8> = u
-        .release
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
-        .collect();
+    let bytes: Vec<u8> = u.release.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
@@ -77,23 +69,12 @@ pub fn load_config(root: &Path, cmdline: &str) -> (Config, Vec<String>, bool) {
     let file = fs::read_to_string(&file_path).ok();
     let mut notes = Vec::new();
     if file.is_none() {
-        notes.push(format!(
-            "no {} in the image; using defaults and the kernel command line",
-            CONFIG_PATH
-        ));
+        notes.push(format!("no {} in the image; using defaults and the kernel command line", CONFIG_PATH));
     }
     let (config, problems) = Config::load(file.as_deref(), cmdline);
     let fatal = problems.iter().any(|p| p.fatal);
-    notes.extend(problems.iter().map(|p| {
-        format!(
-            "{}{p}",
-            if p.fatal {
-                "config error: "
-            } else {
-                "config warning: "
-            }
-        )
-    }));
+    notes
+        .extend(problems.iter().map(|p| format!("{}{p}", if p.fatal { "config error: " } else { "config warning: " })));
     (config, notes, fatal)
 }
 
@@ -105,11 +86,7 @@ pub fn main() -> ! {
         // Keep going with whatever descriptors the kernel gave us.
         say(format!("console: {e}"));
     }
-    say(format!(
-        "init {} starting on Linux {}",
-        env!("CARGO_PKG_VERSION"),
-        kernel_release()
-    ));
+    say(format!("init {} starting on Linux {}", env!("CARGO_PKG_VERSION"), kernel_release()));
     for p in mount_problems {
         say(format!("warning: {p}"));
     }
@@ -124,10 +101,7 @@ pub fn main() -> ! {
     for n in &notes {
         say(n);
     }
-    PANIC_POLICY.store(
-        u8::from(config.on_error == Finish::Reboot),
-        Ordering::Relaxed,
-    );
+    PANIC_POLICY.store(u8::from(config.on_error == Finish::Reboot), Ordering::Relaxed);
     PANIC_WAIT.store(config.error_wait, Ordering::Relaxed);
     if let Err(e) = sys::sethostname(&config.pc) {
         say(format!("warning: {e}"));
@@ -180,15 +154,11 @@ fn run(config: &Config, state: &mut State) -> Result<(), String> {
     say_block(&disks::render(&disks));
 
     let Some(base) = &config.server else {
-        return Err(format!(
-            "no server configured (set server in {CONFIG_PATH} or {CMDLINE_PREFIX}server=)"
-        ));
+        return Err(format!("no server configured (set server in {CONFIG_PATH} or {CMDLINE_PREFIX}server=)"));
     };
     let client = server::Client::new(base, &config.pc, state.lease.as_ref());
     let answer = client
-        .hello(Duration::from_secs(30), &mut |m| {
-            say(format!("server: {m}"))
-        })
+        .hello(Duration::from_secs(30), &mut |m| say(format!("server: {m}")))
         .map_err(|e| format!("server: {e}"))?;
     say(format!("server: {} answered: {answer}", client.base()));
     Ok(())
@@ -240,21 +210,12 @@ fn load_modules(config: &Config) {
         say(format!("modules: failed to load {m}: {e}"));
     }
     if !report.missing.is_empty() {
-        say(format!(
-            "modules: wanted but not in the image: {}",
-            report.missing.join(" ")
-        ));
+        say(format!("modules: wanted but not in the image: {}", report.missing.join(" ")));
     }
     if report.timed_out {
-        say(format!(
-            "modules: still finding devices after {} s; going on",
-            config.coldplug_timeout
-        ));
+        say(format!("modules: still finding devices after {} s; going on", config.coldplug_timeout));
     }
-    say(format!(
-        "modules: {} devices have no driver",
-        report.unbound.len()
-    ));
+    say(format!("modules: {} devices have no driver", report.unbound.len()));
     if config.verbose {
         for (dev, alias) in &report.unbound {
             say(format!("  no driver: {dev} {alias}"));
@@ -299,10 +260,7 @@ fn on_error(config: &Config, err: &str, state: &mut State) -> Next {
         config.error_wait,
         finish_name(config.on_error)
     ));
-    if sys::wait_readable(
-        0,
-        (config.error_wait.saturating_mul(1000)).min(i32::MAX as u32) as i32,
-    ) {
+    if sys::wait_readable(0, (config.error_wait.saturating_mul(1000)).min(i32::MAX as u32) as i32) {
         let mut line = String::new();
         let _ = io::stdin().lock().read_line(&mut line);
         return finish(config, Finish::Rescue, state);
@@ -310,8 +268,7 @@ fn on_error(config: &Config, err: &str, state: &mut State) -> Next {
     finish(config, config.on_error, state)
 }
 
-const RESCUE_HELP: &str =
-    "commands: retry, disks, net, modules, config, cmdline, dmesg, reboot, poweroff, help\n";
+const RESCUE_HELP: &str = "commands: retry, disks, net, modules, config, cmdline, dmesg, reboot, poweroff, help\n";
 
 /// A small prompt on the console for when things went wrong.
 fn rescue(config: &Config, state: &mut State) -> Next {
@@ -344,11 +301,7 @@ fn rescue(config: &Config, state: &mut State) -> Next {
                     let links = net::links(Path::new("/"));
                     say(format!("no address yet; {} Ethernet links", links.len()));
                     for l in links {
-                        say(format!(
-                            "  {} carrier={}",
-                            l.name,
-                            net::has_carrier(Path::new("/"), &l.name)
-                        ));
+                        say(format!("  {} carrier={}", l.name, net::has_carrier(Path::new("/"), &l.name)));
                     }
                 }
             },
@@ -370,11 +323,7 @@ fn rescue(config: &Config, state: &mut State) -> Next {
 /// The last `n` kernel log lines, read non-blockingly from /dev/kmsg.
 fn dmesg_tail(n: usize) -> String {
     use std::os::unix::fs::OpenOptionsExt;
-    let Ok(f) = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open("/dev/kmsg")
-    else {
+    let Ok(f) = fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open("/dev/kmsg") else {
         return "cannot open /dev/kmsg\n".into();
     };
     let mut lines = std::collections::VecDeque::new();

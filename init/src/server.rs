@@ -30,12 +30,8 @@ impl Client {
             agent,
             base: base.trim_end_matches('/').to_owned(),
             pc: pc.to_owned(),
-            mac: lease
-                .map(|l| mac_string(l.link.mac))
-                .unwrap_or_else(|| "-".into()),
-            addr: lease
-                .map(|l| l.addr.to_string())
-                .unwrap_or_else(|| "-".into()),
+            mac: lease.map(|l| mac_string(l.link.mac)).unwrap_or_else(|| "-".into()),
+            addr: lease.map(|l| l.addr.to_string()).unwrap_or_else(|| "-".into()),
         }
     }
 
@@ -68,21 +64,10 @@ impl Client {
         loop {
             attempt += 1;
             match self.get_text(wire::HELLO) {
-                Ok(text) if text.starts_with(wire::HELLO_PREFIX) => {
-                    return Ok(text.trim().to_owned())
-                }
+                Ok(text) if text.starts_with(wire::HELLO_PREFIX) => return Ok(text.trim().to_owned()),
                 Ok(text) => {
-                    let first = text
-                        .lines()
-                        .next()
-                        .unwrap_or("")
-                        .chars()
-                        .take(80)
-                        .collect::<String>();
-                    return Err(format!(
-                        "{} is not a bootvault server (it answered {first:?})",
-                        self.base
-                    ));
+                    let first = text.lines().next().unwrap_or("").chars().take(80).collect::<String>();
+                    return Err(format!("{} is not a bootvault server (it answered {first:?})", self.base));
                 }
                 Err(e) if start.elapsed() + Duration::from_secs(2) < patience => {
                     log(format!("attempt {attempt}: {e}; retrying"));

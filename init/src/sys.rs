@@ -33,11 +33,7 @@ pub type Result<T> = std::result::Result<T, SysError>;
 
 fn check(rc: libc::c_int, op: &'static str, what: impl fmt::Display) -> Result<libc::c_int> {
     if rc < 0 {
-        Err(SysError {
-            op,
-            what: what.to_string(),
-            err: io::Error::last_os_error(),
-        })
+        Err(SysError { op, what: what.to_string(), err: io::Error::last_os_error() })
     } else {
         Ok(rc)
     }
@@ -52,20 +48,9 @@ fn cstr(op: &'static str, s: &str) -> Result<CString> {
 }
 
 /// mount(2). `EBUSY` (already mounted there) counts as success.
-pub fn mount(
-    source: &str,
-    target: &str,
-    fstype: &str,
-    flags: libc::c_ulong,
-    data: &str,
-) -> Result<()> {
+pub fn mount(source: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) -> Result<()> {
     let what = format!("{fstype} on {target}");
-    let (s, t, f, d) = (
-        cstr("mount", source)?,
-        cstr("mount", target)?,
-        cstr("mount", fstype)?,
-        cstr("mount", data)?,
-    );
+    let (s, t, f, d) = (cstr("mount", source)?, cstr("mount", target)?, cstr("mount", fstype)?, cstr("mount", data)?);
     // SAFETY: all pointers are valid NUL-terminated strings for the call.
     let rc = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), flags, d.as_ptr().cast()) };
     match check(rc, "mount", what) {
@@ -78,23 +63,14 @@ pub fn mount(
 pub fn umount_lazy(target: &str) -> Result<()> {
     let t = cstr("umount", target)?;
     // SAFETY: valid NUL-terminated path.
-    check(
-        unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) },
-        "umount",
-        target,
-    )
-    .map(|_| ())
+    check(unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) }, "umount", target).map(|_| ())
 }
 
 /// Loads a kernel module from a file. `EEXIST` (already loaded, or built
 /// in) counts as success.
 pub fn finit_module(path: &Path) -> Result<()> {
     let what = path.display().to_string();
-    let file = File::open(path).map_err(|err| SysError {
-        op: "opening module",
-        what: what.clone(),
-        err,
-    })?;
+    let file = File::open(path).map_err(|err| SysError { op: "opening module", what: what.clone(), err })?;
     let params = c"";
     // SAFETY: fd is open for the duration of the call; params is a valid C string.
     let rc = unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), params.as_ptr(), 0) };
@@ -117,20 +93,12 @@ pub fn sync() {
 
 /// Power off or reboot. Only returns on failure.
 pub fn reboot(poweroff: bool) -> SysError {
-    let cmd = if poweroff {
-        libc::LINUX_REBOOT_CMD_POWER_OFF
-    } else {
-        libc::LINUX_REBOOT_CMD_RESTART
-    };
+    let cmd = if poweroff { libc::LINUX_REBOOT_CMD_POWER_OFF } else { libc::LINUX_REBOOT_CMD_RESTART };
     // SAFETY: reboot(2) with a valid command.
     let rc = unsafe { libc::reboot(cmd) };
     match check(rc, "reboot", if poweroff { "power off" } else { "restart" }) {
         Err(e) => e,
-        Ok(_) => SysError {
-            op: "reboot",
-            what: "returned".into(),
-            err: io::Error::other("reboot returned"),
-        },
+        Ok(_) => SysError { op: "reboot", what: "returned".into(), err: io::Error::other("reboot returned") },
     }
 }
 
@@ -138,11 +106,7 @@ pub fn reboot(poweroff: bool) -> SysError {
 pub fn attach_console(path: &str) -> Result<()> {
     let p = cstr("open", path)?;
     // SAFETY: valid path; the fd is checked.
-    let fd = check(
-        unsafe { libc::open(p.as_ptr(), libc::O_RDWR | libc::O_NOCTTY) },
-        "open",
-        path,
-    )?;
+    let fd = check(unsafe { libc::open(p.as_ptr(), libc::O_RDWR | libc::O_NOCTTY) }, "open", path)?;
     for target in 0..3 {
         // SAFETY: fd is a valid open descriptor.
         check(unsafe { libc::dup2(fd, target) }, "dup2", path)?;
@@ -157,11 +121,7 @@ pub fn attach_console(path: &str) -> Result<()> {
 /// Waits up to `timeout_ms` for `fd` to be readable. Interrupted waits
 /// count as "not readable".
 pub fn wait_readable(fd: RawFd, timeout_ms: i32) -> bool {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
     // SAFETY: one valid pollfd.
     let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
     rc > 0 && pfd.revents & libc::POLLIN != 0
@@ -186,22 +146,15 @@ pub fn reap_children() -> usize {
 
 fn inet_socket() -> Result<OwnedFd> {
     // SAFETY: plain socket(2); the result is checked and owned.
-    let fd = check(
-        unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) },
-        "socket",
-        "AF_INET",
-    )?;
+    let fd =
+        check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) }, "socket", "AF_INET")?;
     // SAFETY: fd was just created and is not owned elsewhere.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn ifreq(name: &str) -> Result<libc::ifreq> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {
-        return Err(SysError {
-            op: "interface",
-            what: name.into(),
-            err: io::Error::from(io::ErrorKind::InvalidInput),
-        });
+        return Err(SysError { op: "interface", what: name.into(), err: io::Error::from(io::ErrorKind::InvalidInput) });
     }
     // SAFETY: ifreq is plain old data; all-zero is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
@@ -215,51 +168,26 @@ fn sockaddr_in(addr: Ipv4Addr) -> libc::sockaddr {
     let sin = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(addr.octets()),
-        },
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(addr.octets()) },
         sin_zero: [0; 8],
     };
     // SAFETY: sockaddr_in and sockaddr have the same size on Linux.
     unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
 }
 
-fn ioctl(
-    fd: &OwnedFd,
-    req: libc::c_ulong,
-    arg: *mut libc::c_void,
-    op: &'static str,
-    what: &str,
-) -> Result<()> {
+fn ioctl(fd: &OwnedFd, req: libc::c_ulong, arg: *mut libc::c_void, op: &'static str, what: &str) -> Result<()> {
     // SAFETY: `arg` points at the structure `req` expects, owned by the caller.
-    check(
-        unsafe { libc::ioctl(fd.as_raw_fd(), req as _, arg) },
-        op,
-        what,
-    )
-    .map(|_| ())
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), req as _, arg) }, op, what).map(|_| ())
 }
 
 /// Sets IFF_UP on an interface.
 pub fn link_up(name: &str) -> Result<()> {
     let s = inet_socket()?;
     let mut req = ifreq(name)?;
-    ioctl(
-        &s,
-        libc::SIOCGIFFLAGS,
-        (&mut req as *mut libc::ifreq).cast(),
-        "SIOCGIFFLAGS",
-        name,
-    )?;
+    ioctl(&s, libc::SIOCGIFFLAGS, (&mut req as *mut libc::ifreq).cast(), "SIOCGIFFLAGS", name)?;
     // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
     unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
-    ioctl(
-        &s,
-        libc::SIOCSIFFLAGS,
-        (&mut req as *mut libc::ifreq).cast(),
-        "SIOCSIFFLAGS",
-        name,
-    )
+    ioctl(&s, libc::SIOCSIFFLAGS, (&mut req as *mut libc::ifreq).cast(), "SIOCSIFFLAGS", name)
 }
 
 /// Gives an interface an address and netmask.
@@ -267,22 +195,10 @@ pub fn set_address(name: &str, addr: Ipv4Addr, prefix: u8) -> Result<()> {
     let s = inet_socket()?;
     let mut req = ifreq(name)?;
     req.ifr_ifru.ifru_addr = sockaddr_in(addr);
-    ioctl(
-        &s,
-        libc::SIOCSIFADDR,
-        (&mut req as *mut libc::ifreq).cast(),
-        "SIOCSIFADDR",
-        name,
-    )?;
+    ioctl(&s, libc::SIOCSIFADDR, (&mut req as *mut libc::ifreq).cast(), "SIOCSIFADDR", name)?;
     let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
     req.ifr_ifru.ifru_netmask = sockaddr_in(Ipv4Addr::from(mask));
-    ioctl(
-        &s,
-        libc::SIOCSIFNETMASK,
-        (&mut req as *mut libc::ifreq).cast(),
-        "SIOCSIFNETMASK",
-        name,
-    )
+    ioctl(&s, libc::SIOCSIFNETMASK, (&mut req as *mut libc::ifreq).cast(), "SIOCSIFNETMASK", name)
 }
 
 /// Linux `struct rtentry` (not in libc for glibc targets).
@@ -324,13 +240,7 @@ pub fn add_default_route(dev: &str, gateway: Ipv4Addr) -> Result<()> {
         rt_irtt: 0,
     };
     let what = format!("default via {gateway} dev {dev}");
-    match ioctl(
-        &s,
-        libc::SIOCADDRT,
-        (&mut rt as *mut RtEntry).cast(),
-        "SIOCADDRT",
-        &what,
-    ) {
+    match ioctl(&s, libc::SIOCADDRT, (&mut rt as *mut RtEntry).cast(), "SIOCADDRT", &what) {
         Err(e) if e.err.raw_os_error() == Some(libc::EEXIST) => Ok(()),
         r => r,
     }
@@ -376,10 +286,7 @@ impl PacketSocket {
             )
         };
         check(rc, "bind AF_PACKET", name)?;
-        Ok(PacketSocket {
-            fd,
-            name: name.into(),
-        })
+        Ok(PacketSocket { fd, name: name.into() })
     }
 
     pub fn name(&self) -> &str {

@@ -21,16 +21,11 @@ pub type Result<T> = std::result::Result<T, String>;
 
 /// The workspace root (this crate lives in `qemu-tests/`).
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_owned)
-        .unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_owned).unwrap_or_default()
 }
 
 pub fn bootvault_bin() -> PathBuf {
-    std::env::var_os("BOOTVAULT_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/release/bootvault"))
+    std::env::var_os("BOOTVAULT_BIN").map(PathBuf::from).unwrap_or_else(|| workspace().join("target/release/bootvault"))
 }
 
 pub fn init_bin() -> PathBuf {
@@ -105,11 +100,7 @@ impl Lines {
                 }
             }
         });
-        Lines {
-            rx,
-            log,
-            start: Instant::now(),
-        }
+        Lines { rx, log, start: Instant::now() }
     }
 
     /// Waits for a line containing `needle`; returns it and the time since
@@ -118,12 +109,7 @@ impl Lines {
         self.expect_fn(needle, timeout, |l| l.contains(needle))
     }
 
-    pub fn expect_fn(
-        &self,
-        what: &str,
-        timeout: Duration,
-        f: impl Fn(&str) -> bool,
-    ) -> Result<(String, Duration)> {
+    pub fn expect_fn(&self, what: &str, timeout: Duration, f: impl Fn(&str) -> bool) -> Result<(String, Duration)> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -179,13 +165,7 @@ impl Server {
             .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
             .and_then(|p| p.parse().ok())
             .ok_or_else(|| format!("no port in {line:?}"))?;
-        Ok(Server {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            port,
-            data,
-            out,
-        })
+        Ok(Server { child, url: format!("http://127.0.0.1:{port}"), port, data, out })
     }
 
     /// The URL the guest uses: user-mode networking's alias for the host.
@@ -206,30 +186,15 @@ impl Drop for Server {
 }
 
 /// Builds one PC's boot files with the real builder.
-pub fn build_pc(
-    out: &Path,
-    name: &str,
-    server_url: &str,
-    profile: &str,
-    extra: &[&str],
-) -> Result<String> {
+pub fn build_pc(out: &Path, name: &str, server_url: &str, profile: &str, extra: &[&str]) -> Result<String> {
     let mut cmd = Command::new(bootvault_bin());
-    cmd.args([
-        "build",
-        name,
-        "--server",
-        server_url,
-        "--profile",
-        profile,
-        "--console",
-        "ttyS0,115200",
-    ])
-    .arg("--init")
-    .arg(init_bin())
-    .arg("--out")
-    .arg(out)
-    .args(["--set", "error_wait=5", "--set", "dhcp_timeout=60"])
-    .args(extra);
+    cmd.args(["build", name, "--server", server_url, "--profile", profile, "--console", "ttyS0,115200"])
+        .arg("--init")
+        .arg(init_bin())
+        .arg("--out")
+        .arg(out)
+        .args(["--set", "error_wait=5", "--set", "dhcp_timeout=60"])
+        .args(extra);
     run(&mut cmd)
 }
 
@@ -287,20 +252,9 @@ impl Guest {
     pub fn command(&self) -> Result<Command> {
         let cmdline = fs::read_to_string(self.boot.join("cmdline"))
             .map_err(|e| format!("reading {}/cmdline: {e}", self.boot.display()))?;
-        let cmdline = format!("{} {}", cmdline.trim(), self.cmdline_extra)
-            .trim()
-            .to_owned();
+        let cmdline = format!("{} {}", cmdline.trim(), self.cmdline_extra).trim().to_owned();
         let mut c = Command::new("qemu-system-x86_64");
-        c.args([
-            "-machine",
-            "q35",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-serial",
-            "stdio",
-            "-no-reboot",
-        ]);
+        c.args(["-machine", "q35", "-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot"]);
         if std::env::var("BOOTVAULT_KVM").is_ok_and(|v| v == "1") {
             c.args(["-accel", "kvm", "-cpu", "host"]);
         } else {
@@ -315,26 +269,12 @@ impl Guest {
             Hardware::Virtio => "virtio-net-pci",
             Hardware::E1000Ahci => "e1000",
         };
-        c.args([
-            "-netdev",
-            "user,id=n0",
-            "-device",
-            &format!("{nic},netdev=n0,mac={}", self.mac),
-        ]);
+        c.args(["-netdev", "user,id=n0", "-device", &format!("{nic},netdev=n0,mac={}", self.mac)]);
         for (i, (path, serial)) in self.disks.iter().enumerate() {
-            c.args([
-                "-drive",
-                &format!("file={},format=raw,if=none,id=d{i}", path.display()),
-            ]);
+            c.args(["-drive", &format!("file={},format=raw,if=none,id=d{i}", path.display())]);
             match self.hardware {
-                Hardware::Virtio => c.args([
-                    "-device",
-                    &format!("virtio-blk-pci,drive=d{i},serial={serial}"),
-                ]),
-                Hardware::E1000Ahci => c.args([
-                    "-device",
-                    &format!("ide-hd,drive=d{i},bus=ide.{i},serial={serial}"),
-                ]),
+                Hardware::Virtio => c.args(["-device", &format!("virtio-blk-pci,drive=d{i},serial={serial}")]),
+                Hardware::E1000Ahci => c.args(["-device", &format!("ide-hd,drive=d{i},bus=ide.{i},serial={serial}")]),
             };
         }
         Ok(c)
@@ -372,14 +312,9 @@ impl Running {
             match self.child.try_wait() {
                 Ok(Some(status)) if status.success() => return Ok(self.console.start.elapsed()),
                 Ok(Some(status)) => {
-                    return Err(format!(
-                        "qemu exited with {status}; last lines:\n{}",
-                        self.console.tail(30)
-                    ))
+                    return Err(format!("qemu exited with {status}; last lines:\n{}", self.console.tail(30)))
                 }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(100))
-                }
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
                 Ok(None) => {
                     return Err(format!(
                         "guest still running after {} s; last lines:\n{}",
@@ -406,8 +341,7 @@ pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 /// Creates a raw disk image of `mib` MiB partitioned by an `sfdisk` script.
 pub fn make_disk(path: &Path, mib: u64, sfdisk_script: &str) -> Result<()> {
     let f = fs::File::create(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
-    f.set_len(mib * 1024 * 1024)
-        .map_err(|e| format!("sizing {}: {e}", path.display()))?;
+    f.set_len(mib * 1024 * 1024).map_err(|e| format!("sizing {}: {e}", path.display()))?;
     drop(f);
     let mut child = Command::new("sfdisk")
         .arg("--no-reread")
@@ -422,19 +356,11 @@ pub fn make_disk(path: &Path, mib: u64, sfdisk_script: &str) -> Result<()> {
     {
         use std::io::Write;
         let mut stdin = child.stdin.take().ok_or("no sfdisk stdin")?;
-        stdin
-            .write_all(sfdisk_script.as_bytes())
-            .map_err(|e| format!("writing to sfdisk: {e}"))?;
+        stdin.write_all(sfdisk_script.as_bytes()).map_err(|e| format!("writing to sfdisk: {e}"))?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("sfdisk: {e}"))?;
+    let out = child.wait_with_output().map_err(|e| format!("sfdisk: {e}"))?;
     if !out.status.success() {
-        return Err(format!(
-            "sfdisk {}: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr)
-        ));
+        return Err(format!("sfdisk {}: {}", path.display(), String::from_utf8_lossy(&out.stderr)));
     }
     Ok(())
 }
@@ -442,7 +368,7 @@ pub fn make_disk(path: &Path, mib: u64, sfdisk_script: &str) -> Result<()> {
 /// The GPT layout used by the tests and the demo: 256 MiB disk.
 pub const GPT_LAYOUT: &str = "label: gpt\nunit: sectors\n\
     start=2048, size=65536, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=\"esp\"\n\
-    start=67584, size=131072, type=0FC63DAF-8483-4772-8E79-3D69D8E47DE4, name=\"root\"\n\
+    start=67584, size=131072, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=\"root\"\n\
     start=198656, size=262144, type=EBD0A0A2-B9E5-4433-87C0-68B6B72699C7, name=\"data\"\n";
 
 /// The MBR layout: 64 MiB disk, two primaries, an extended with two logicals.

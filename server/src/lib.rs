@@ -33,10 +33,7 @@ struct Shared {
 
 /// Starts the server and runs until Ctrl-C / SIGTERM.
 pub fn serve(opts: Options) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     rt.block_on(run(opts))
 }
 
@@ -46,26 +43,17 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         .with_context(|| format!("creating data directory {}", opts.data.display()))?;
     let events_path = opts.data.join("events.log");
     let events = open_append(&events_path).await?;
-    let shared = Arc::new(Shared {
-        events: Mutex::new(events),
-    });
-    let listener = tokio::net::TcpListener::bind(opts.listen)
-        .await
-        .with_context(|| format!("binding {}", opts.listen))?;
+    let shared = Arc::new(Shared { events: Mutex::new(events) });
+    let listener =
+        tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("binding {}", opts.listen))?;
     let local = listener.local_addr().context("reading the bound address")?;
     // Tests and the Makefile parse this line for the port.
-    println!(
-        "bootvault server listening on http://{local} (data {})",
-        opts.data.display()
-    );
+    println!("bootvault server listening on http://{local} (data {})", opts.data.display());
     let app = router(shared);
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .context("serving HTTP")?;
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
     println!("bootvault server stopped");
     Ok(())
 }
@@ -80,9 +68,7 @@ async fn open_append(path: &Path) -> anyhow::Result<tokio::fs::File> {
 }
 
 fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route(wire::HELLO, get(hello))
-        .with_state(shared)
+    Router::new().route(wire::HELLO, get(hello)).with_state(shared)
 }
 
 async fn shutdown_signal() {
@@ -104,15 +90,8 @@ async fn shutdown_signal() {
 
 /// A header value fit for a one-line log: printable ASCII without spaces.
 fn header(headers: &HeaderMap, name: &str) -> String {
-    let v = headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-");
-    let clean: String = v
-        .chars()
-        .filter(|c| c.is_ascii_graphic())
-        .take(64)
-        .collect();
+    let v = headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("-");
+    let clean: String = v.chars().filter(|c| c.is_ascii_graphic()).take(64).collect();
     if clean.is_empty() {
         "-".into()
     } else {
@@ -128,10 +107,7 @@ async fn hello(
     let pc = header(&headers, wire::PC_HEADER);
     let mac = header(&headers, wire::MAC_HEADER);
     let addr = header(&headers, wire::ADDR_HEADER);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let line = format!("{now} hello pc={pc} mac={mac} addr={addr} peer={peer}\n");
     print!("{line}");
     let mut f = shared.events.lock().await;
@@ -142,17 +118,7 @@ async fn hello(
     .await
     {
         eprintln!("writing events.log: {e}");
-        return (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "event log write failed\n".into(),
-        );
+        return (StatusCode::INTERNAL_SERVER_ERROR, "event log write failed\n".into());
     }
-    (
-        StatusCode::OK,
-        format!(
-            "{} {}: hello {pc}, seen at {addr}\n",
-            wire::HELLO_PREFIX,
-            env!("CARGO_PKG_VERSION")
-        ),
-    )
+    (StatusCode::OK, format!("{} {}: hello {pc}, seen at {addr}\n", wire::HELLO_PREFIX, env!("CARGO_PKG_VERSION")))
 }

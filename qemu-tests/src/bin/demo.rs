@@ -17,22 +17,13 @@ fn demo() -> Result<()> {
     let server = Server::start(&dir)?;
     println!("== server {} (data {})", server.url, server.data.display());
     let boot = dir.join("boot");
-    print!(
-        "{}",
-        build_pc(&boot, "demo-pc", &server.guest_url(), "qemu", &[])?
-    );
+    print!("{}", build_pc(&boot, "demo-pc", &server.guest_url(), "qemu", &[])?);
     let disk = dir.join("disk.img");
     make_disk(&disk, 256, GPT_LAYOUT)?;
-    println!(
-        "== booting demo-pc under QEMU ({}), disk {}",
-        accel(),
-        disk.display()
-    );
+    println!("== booting demo-pc under QEMU ({}), disk {}", accel(), disk.display());
     std::env::set_var("BOOTVAULT_ECHO", "1");
-    let mut vm = Guest::new(&boot)
-        .disk(&disk, "DEMO0001")
-        .boot(&dir.join("console.log"))?;
-    let (_, lease) = vm.console.expect("bootvault: net: ", BOOT_TIMEOUT)?;
+    let mut vm = Guest::new(&boot).disk(&disk, "DEMO0001").boot(&dir.join("console.log"))?;
+    let (_, lease) = vm.console.expect(" leased ", BOOT_TIMEOUT)?;
     let (answer, reached) = vm.console.expect("answered:", BOOT_TIMEOUT)?;
     vm.console.expect("reboot: Power down", BOOT_TIMEOUT)?;
     let off = vm.wait_exit(Duration::from_secs(30))?;
@@ -41,15 +32,8 @@ fn demo() -> Result<()> {
         return Err(format!("the server did not log demo-pc:\n{events}"));
     }
     println!("== summary");
-    println!(
-        "  DHCP lease      {:>6.1} s after QEMU start",
-        lease.as_secs_f64()
-    );
-    println!(
-        "  server reached  {:>6.1} s: {}",
-        reached.as_secs_f64(),
-        answer.trim_start_matches("bootvault: ")
-    );
+    println!("  DHCP lease      {:>6.1} s after QEMU start", lease.as_secs_f64());
+    println!("  server reached  {:>6.1} s: {}", reached.as_secs_f64(), answer.trim_start_matches("bootvault: "));
     println!("  powered off     {:>6.1} s", off.as_secs_f64());
     println!("  server log      {}", events.trim());
     println!("  console log     {}", dir.join("console.log").display());
