@@ -10,7 +10,7 @@ APT_PACKAGES := qemu-system-x86 cpio fdisk gzip
 export BOOTVAULT_BIN := $(CURDIR)/$(BIN)
 export BOOTVAULT_INIT := $(CURDIR)/$(INIT)
 
-.PHONY: all deps build init kernel demo test unit test-qemu fmt clippy size clean
+.PHONY: all deps build init kernel demo test unit test-qemu bench fuzz fmt clippy size clean
 
 all: build
 
@@ -47,6 +47,27 @@ test-qemu: build kernel
 	$(CARGO) test --release -p bootvault-qemu-tests -- --test-threads=1 --nocapture
 
 test: unit test-qemu
+
+# Measurements (not tests): boot times and smallest RAM. See BENCHMARKS.md.
+bench: build kernel
+	@mkdir -p target/bench
+	target/release/bench-boot | tee target/bench/boot.md
+
+# Coverage-guided fuzzing of every parser with libFuzzer, on stable Rust
+# (cargo-fuzz's instrumentation flags, without the nightly-only sanitizer).
+FUZZ_SECONDS ?= 30
+FUZZ_TARGETS := cmdline config modules partition cpio_read
+FUZZ_FLAGS := -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
+  -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
+  -Cllvm-args=-sanitizer-coverage-trace-compares -Cdebug-assertions -Coverflow-checks
+fuzz:
+	cd fuzz && RUSTFLAGS="$(FUZZ_FLAGS)" $(CARGO) build --release --target x86_64-unknown-linux-gnu
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/corpus/$$t; echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
+	  if ! fuzz/target/x86_64-unknown-linux-gnu/release/$$t fuzz/corpus/$$t -max_total_time=$(FUZZ_SECONDS) \
+	       -print_final_stats=1 > fuzz/$$t.log 2>&1; then tail -30 fuzz/$$t.log; exit 1; fi; \
+	  grep -E "^stat::number_of_executed_units" fuzz/$$t.log; \
+	done
 
 fmt:
 	$(CARGO) fmt --all

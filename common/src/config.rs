@@ -61,6 +61,8 @@ pub struct Config {
     pub link_timeout: u32,
     /// Seconds coldplug keeps looking for new devices.
     pub coldplug_timeout: u32,
+    /// Seconds to keep trying to reach the server.
+    pub server_timeout: u32,
     pub verbose: bool,
 }
 
@@ -80,6 +82,7 @@ impl Default for Config {
             dhcp_timeout: 30,
             link_timeout: 10,
             coldplug_timeout: 10,
+            server_timeout: 30,
             verbose: false,
         }
     }
@@ -135,6 +138,7 @@ pub const KEYS: &[&str] = &[
     "dhcp_timeout",
     "link_timeout",
     "coldplug_timeout",
+    "server_timeout",
     "verbose",
 ];
 
@@ -240,6 +244,7 @@ impl Config {
             "dhcp_timeout" => self.dhcp_timeout = parse_seconds(value).map_err(bad)?,
             "link_timeout" => self.link_timeout = parse_seconds(value).map_err(bad)?,
             "coldplug_timeout" => self.coldplug_timeout = parse_seconds(value).map_err(bad)?,
+            "server_timeout" => self.server_timeout = parse_seconds(value).map_err(bad)?,
             "verbose" => self.verbose = parse_bool(value).map_err(bad)?,
             _ => return Ok(false),
         }
@@ -271,6 +276,7 @@ impl Config {
             "dhcp_timeout" => secs(self.dhcp_timeout),
             "link_timeout" => secs(self.link_timeout),
             "coldplug_timeout" => secs(self.coldplug_timeout),
+            "server_timeout" => secs(self.server_timeout),
             "verbose" => Some(if self.verbose { "yes" } else { "no" }.into()),
             _ => None,
         }

@@ -125,6 +125,24 @@ pub fn coldplug(root: &Path, index: &Index, opts: &Options, loader: &mut dyn Loa
     report
 }
 
+/// How PID 1 reports devices without a driver: the ones on buses where a
+/// missing driver usually means a missing NIC or disk (PCI, USB, virtio)
+/// one per line, the rest (ACPI, platform, ...) counted per bus.
+pub fn summarize_unbound(unbound: &[(String, String)]) -> (Vec<String>, String) {
+    let mut listed = Vec::new();
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for (dev, alias) in unbound {
+        let bus = alias.split(':').next().unwrap_or("?");
+        if matches!(bus, "pci" | "usb" | "virtio") {
+            listed.push(format!("{dev} {alias}"));
+        } else {
+            *counts.entry(bus).or_default() += 1;
+        }
+    }
+    let rest: Vec<String> = counts.iter().map(|(bus, n)| format!("{bus} {n}")).collect();
+    (listed, rest.join(", "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +211,19 @@ mod tests {
         assert!(!report.timed_out);
         assert!(report.rounds >= 2);
         assert_eq!(report.unbound, vec![("/sys/devices/platform/pcspkr".to_string(), "platform:pcspkr".to_string())]);
+    }
+
+    #[test]
+    fn unbound_summary_lists_what_matters() {
+        let unbound = vec![
+            ("/sys/devices/pci0000:00/0000:00:1f.3".to_string(), "pci:v00008086d00002930sv1bc0Csc05i00".to_string()),
+            ("/sys/devices/platform/pcspkr".to_string(), "platform:pcspkr".to_string()),
+            ("/sys/devices/LNXSYSTM:00".to_string(), "acpi:LNXSYSTM:".to_string()),
+            ("/sys/devices/LNXSYSTM:01".to_string(), "acpi:LNXPWRBN:".to_string()),
+        ];
+        let (listed, rest) = summarize_unbound(&unbound);
+        assert_eq!(listed, vec!["/sys/devices/pci0000:00/0000:00:1f.3 pci:v00008086d00002930sv1bc0Csc05i00"]);
+        assert_eq!(rest, "acpi 2, platform 1");
     }
 
     #[test]

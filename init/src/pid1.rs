@@ -158,7 +158,7 @@ fn run(config: &Config, state: &mut State) -> Result<(), String> {
     };
     let client = server::Client::new(base, &config.pc, state.lease.as_ref());
     let answer = client
-        .hello(Duration::from_secs(30), &mut |m| say(format!("server: {m}")))
+        .hello(Duration::from_secs(u64::from(config.server_timeout)), &mut |m| say(format!("server: {m}")))
         .map_err(|e| format!("server: {e}"))?;
     say(format!("server: {} answered: {answer}", client.base()));
     Ok(())
@@ -215,9 +215,17 @@ fn load_modules(config: &Config) {
     if report.timed_out {
         say(format!("modules: still finding devices after {} s; going on", config.coldplug_timeout));
     }
-    say(format!("modules: {} devices have no driver", report.unbound.len()));
+    let (listed, rest) = coldplug::summarize_unbound(&report.unbound);
+    say(format!(
+        "modules: {} devices have no driver{}",
+        report.unbound.len(),
+        if rest.is_empty() { String::new() } else { format!(" (by bus: {rest}; listed below: pci, usb, virtio)") }
+    ));
+    for line in &listed {
+        say(format!("  no driver: {line}"));
+    }
     if config.verbose {
-        for (dev, alias) in &report.unbound {
+        for (dev, alias) in report.unbound.iter().filter(|(d, a)| !listed.contains(&format!("{d} {a}"))) {
             say(format!("  no driver: {dev} {alias}"));
         }
     }

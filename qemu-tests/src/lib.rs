@@ -213,6 +213,8 @@ pub struct Guest {
     pub memory_mib: u32,
     pub hardware: Hardware,
     pub mac: String,
+    /// MACs of further NICs (same model, each on its own user network).
+    pub extra_macs: Vec<String>,
     pub cmdline_extra: String,
 }
 
@@ -224,6 +226,7 @@ impl Guest {
             memory_mib: 256,
             hardware: Hardware::Virtio,
             mac: "52:54:00:b0:07:01".into(),
+            extra_macs: Vec::new(),
             cmdline_extra: String::new(),
         }
     }
@@ -241,6 +244,12 @@ impl Guest {
 
     pub fn memory(mut self, mib: u32) -> Guest {
         self.memory_mib = mib;
+        self
+    }
+
+    /// Adds a NIC after the first one.
+    pub fn nic(mut self, mac: &str) -> Guest {
+        self.extra_macs.push(mac.to_owned());
         self
     }
 
@@ -269,7 +278,9 @@ impl Guest {
             Hardware::Virtio => "virtio-net-pci",
             Hardware::E1000Ahci => "e1000",
         };
-        c.args(["-netdev", "user,id=n0", "-device", &format!("{nic},netdev=n0,mac={}", self.mac)]);
+        for (i, mac) in std::iter::once(&self.mac).chain(&self.extra_macs).enumerate() {
+            c.args(["-netdev", &format!("user,id=n{i}"), "-device", &format!("{nic},netdev=n{i},mac={mac}")]);
+        }
         for (i, (path, serial)) in self.disks.iter().enumerate() {
             c.args(["-drive", &format!("file={},format=raw,if=none,id=d{i}", path.display())]);
             match self.hardware {
@@ -284,7 +295,7 @@ impl Guest {
     pub fn boot(&self, log_file: &Path) -> Result<Running> {
         let mut cmd = self.command()?;
         let mut child = cmd
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -304,6 +315,14 @@ pub struct Running {
 }
 
 impl Running {
+    /// Types a line on the guest's serial console.
+    pub fn send(&mut self, line: &str) -> Result<()> {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().ok_or("no qemu stdin")?;
+        stdin.write_all(format!("{line}\n").as_bytes()).map_err(|e| format!("typing {line:?}: {e}"))?;
+        stdin.flush().map_err(|e| format!("typing {line:?}: {e}"))
+    }
+
     /// Waits for QEMU to exit (the guest powered off); returns the time
     /// since start.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<Duration> {

@@ -163,3 +163,61 @@ fn initramfs_is_reproducible_and_valid_cpio() {
     build_pc(&c, "other", "http://10.0.2.2:1", "qemu", &[]).expect("build c");
     assert!(fs::read(a.join("initrd.img")).ok() != fs::read(c.join("initrd.img")).ok());
 }
+
+/// Two NICs, the config names the second, with a static address: the PC
+/// uses exactly that interface and address, and the server sees them.
+#[test]
+fn static_address_on_the_named_interface() {
+    let dir = scratch("static");
+    let server = Server::start(&dir).expect("server starts");
+    let boot = dir.join("boot");
+    build_pc(
+        &boot,
+        "static-pc",
+        &server.guest_url(),
+        "qemu",
+        &["--set", "iface=eth1", "--set", "ip=10.0.2.15/24", "--set", "gateway=10.0.2.2", "--set", "dns=10.0.2.3"],
+    )
+    .expect("build");
+    let guest = Guest::new(&boot).nic("52:54:00:b0:07:02");
+    let mut vm = guest.boot(&dir.join("console.log")).expect("boots");
+    let (line, _) = vm.console.expect(" static ", BOOT_TIMEOUT).expect("static address");
+    assert!(line.contains("eth1 (52:54:00:b0:07:02) static 10.0.2.15/24 router 10.0.2.2 dns 10.0.2.3"), "{line}");
+    vm.console.expect("answered:", BOOT_TIMEOUT).expect("server reached");
+    vm.console.expect("reboot: Power down", BOOT_TIMEOUT).expect("power down");
+    vm.wait_exit(Duration::from_secs(30)).expect("qemu exits");
+    let events = server.events();
+    assert!(events.contains("hello pc=static-pc mac=52:54:00:b0:07:02 addr=10.0.2.15"), "{events}");
+}
+
+/// No server listening: a clear error naming the URL, then the error
+/// policy (rescue prompt here), driven over the serial console.
+#[test]
+fn unreachable_server_then_rescue_prompt() {
+    let dir = scratch("rescue");
+    // A port nothing listens on: bind, note the port, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+    let boot = dir.join("boot");
+    let url = format!("http://10.0.2.2:{port}");
+    build_pc(&boot, "lonely", &url, "qemu", &["--set", "server_timeout=4", "--set", "on_error=rescue"]).expect("build");
+    let guest = Guest::new(&boot).disk(
+        &{
+            let d = dir.join("d.img");
+            make_disk(&d, 16, "label: dos\nstart=2048, type=83\n").expect("disk");
+            d
+        },
+        "RESCUE01",
+    );
+    let mut vm = guest.boot(&dir.join("console.log")).expect("boots");
+    let (line, _) = vm.console.expect("bootvault: error: server:", BOOT_TIMEOUT).expect("error line");
+    assert!(line.contains(&format!("GET {url}/api/v1/hello")), "{line}");
+    assert!(line.contains("gave up after"), "{line}");
+    vm.console.expect("commands: retry", BOOT_TIMEOUT).expect("rescue prompt");
+    vm.send("disks").expect("type");
+    vm.console.expect("RESCUE01", BOOT_TIMEOUT).expect("disk listed at the prompt");
+    vm.send("frobnicate").expect("type");
+    vm.console.expect("unknown command \"frobnicate\"", BOOT_TIMEOUT).expect("unknown command");
+    vm.send("poweroff").expect("type");
+    vm.console.expect("reboot: Power down", BOOT_TIMEOUT).expect("power down");
+    vm.wait_exit(Duration::from_secs(30)).expect("qemu exits");
+}
