@@ -429,13 +429,15 @@ mod tests {
 
     #[test]
     fn file_round_trip() {
-        let mut c = Config::default();
-        c.pc = "pc-1".into();
-        c.server = Some("http://10.0.2.2:9000".into());
-        c.ip = IpConfig::Static { addr: Ipv4Addr::new(10, 1, 2, 3), prefix: 16 };
-        c.dns = vec![Ipv4Addr::new(10, 1, 0, 1)];
-        c.finish = Finish::Rescue;
-        c.verbose = true;
+        let c = Config {
+            pc: "pc-1".into(),
+            server: Some("http://10.0.2.2:9000".into()),
+            ip: IpConfig::Static { addr: Ipv4Addr::new(10, 1, 2, 3), prefix: 16 },
+            dns: vec![Ipv4Addr::new(10, 1, 0, 1)],
+            finish: Finish::Rescue,
+            verbose: true,
+            ..Config::default()
+        };
         let (back, p) = Config::load(Some(&c.to_file()), "");
         assert!(p.is_empty(), "{p:?}");
         assert_eq!(back, c);

@@ -376,11 +376,12 @@ pub fn parse_gpt_entries(bytes: &[u8], h: &GptHeader, sector_size: u32) -> Resul
             format!("GPT entry array CRC mismatch (stored {:08x}, computed {crc:08x})", h.entries_crc),
         ));
     }
+    /// Type GUID, unique GUID, first LBA, last LBA, attributes, name.
+    type RawEntry<'a> = ([u8; 16], [u8; 16], u64, u64, u64, &'a [u8]);
     let mut out = Vec::new();
     for (i, e) in array.chunks_exact(h.entry_size as usize).enumerate() {
-        let entry = |i| -> IResult<&[u8], ([u8; 16], [u8; 16], u64, u64, u64, &[u8])> {
-            (guid, guid, le_u64, le_u64, le_u64, take(72usize)).parse(i)
-        };
+        let entry =
+            |i| -> IResult<&[u8], RawEntry<'_>> { (guid, guid, le_u64, le_u64, le_u64, take(72usize)).parse(i) };
         let Ok((_, (type_guid, uuid, first, last, attrs, name))) = entry(e) else {
             return Err(bad(off, format!("GPT entry {i} truncated")));
         };
