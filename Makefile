@@ -6,7 +6,7 @@ CARGO ?= cargo
 MUSL := x86_64-unknown-linux-musl
 INIT := target/$(MUSL)/init/init
 BIN := target/release/bootvault
-APT_PACKAGES := qemu-system-x86 cpio fdisk gzip
+APT_PACKAGES := qemu-system-x86 cpio fdisk gzip e2fsprogs dosfstools mtools
 export BOOTVAULT_BIN := $(CURDIR)/$(BIN)
 export BOOTVAULT_INIT := $(CURDIR)/$(INIT)
 
@@ -14,9 +14,10 @@ export BOOTVAULT_INIT := $(CURDIR)/$(INIT)
 
 all: build
 
-# Debian packages and the musl target, only when missing.
-deps:
-	@missing=""; for p in $(APT_PACKAGES); do \
+# $(call apt_ensure,PACKAGES): installs the Debian packages that are missing
+# (one apt-get update first), and nothing when all are there.
+define apt_ensure
+	@missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -24,6 +25,11 @@ deps:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
+endef
+
+# Debian packages and the musl target, only when missing.
+deps:
+	$(call apt_ensure,$(APT_PACKAGES))
 	@rustup target list --installed | grep -qx $(MUSL) || rustup target add $(MUSL)
 
 build: deps init
@@ -49,9 +55,12 @@ test-qemu: build kernel
 test: unit test-qemu
 
 # Measurements (not tests): boot times and smallest RAM. See BENCHMARKS.md.
+BENCH_PACKAGES := pigz partclone
 bench: build kernel
+	$(call apt_ensure,$(BENCH_PACKAGES))
 	@mkdir -p target/bench
 	target/release/bench-boot | tee target/bench/boot.md
+	target/release/bench-backup | tee target/bench/backup.md
 
 # Coverage-guided fuzzing of every parser with libFuzzer, on stable Rust
 # (cargo-fuzz's instrumentation flags, without the nightly-only sanitizer).

@@ -38,6 +38,46 @@ enum Cmd {
     Build(BuildArgs),
     /// List what an initramfs holds (and verify its checksums).
     Inspect { initrd: PathBuf },
+    /// Back up a disk or image file to a server (the engine the PCs run).
+    Backup {
+        /// Block device or image file.
+        #[arg(long)]
+        disk: PathBuf,
+        #[arg(long)]
+        server: String,
+        /// Whose backup this is.
+        #[arg(long, default_value = "host")]
+        pc: String,
+        /// Backup name.
+        #[arg(long, default_value = "full")]
+        name: String,
+        /// Deflate level 0-10.
+        #[arg(long, default_value_t = bootvault_common::image::DEFAULT_LEVEL)]
+        level: u8,
+        /// Chunk size in KiB.
+        #[arg(long, default_value_t = bootvault_common::image::DEFAULT_CHUNK_SIZE / 1024)]
+        chunk_kib: u32,
+        /// Worker threads (default: one per core, at least 2).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Restore a backup onto a disk or image file (which must be at least as large).
+    Restore {
+        #[arg(long)]
+        disk: PathBuf,
+        #[arg(long)]
+        server: String,
+        /// Backup id, or `latest` (of --pc).
+        #[arg(long)]
+        backup: String,
+        #[arg(long, default_value = "host")]
+        pc: String,
+        /// Read the disk back afterwards and compare.
+        #[arg(long)]
+        verify: bool,
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// Run the server.
     Serve {
         /// Address to listen on (port 0 picks a free port and prints it).
@@ -122,6 +162,52 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Build(args) => build(args),
         Cmd::Inspect { initrd } => inspect(&initrd),
+        Cmd::Backup { disk, server, pc, name, level, chunk_kib, threads } => {
+            let dev = bootvault_engine::device::Device::open(&disk, false)?;
+            let client = bootvault_engine::client::Client::new(&server, &pc);
+            let mut opts = bootvault_engine::backup::BackupOptions::new(&pc, &name);
+            opts.level = level;
+            opts.chunk_size = chunk_kib.saturating_mul(1024);
+            if let Some(t) = threads {
+                opts.threads = t;
+            }
+            let r = bootvault_engine::backup::backup(&dev, &client, &opts, &mut |p| eprintln!("{}", p.line()))?;
+            println!(
+                "backup {} complete: {} in {} chunks ({} all-zero), {} new chunks, {} sent, {:.2} s, {:.1} MB/s",
+                r.id,
+                human_bytes(r.disk_bytes),
+                r.chunks,
+                r.zero_chunks,
+                r.new_chunks,
+                human_bytes(r.sent_bytes),
+                r.elapsed.as_secs_f64(),
+                r.disk_bytes as f64 / 1e6 / r.elapsed.as_secs_f64().max(1e-9)
+            );
+            Ok(())
+        }
+        Cmd::Restore { disk, server, backup, pc, verify, threads } => {
+            let client = bootvault_engine::client::Client::new(&server, &pc);
+            let id = match backup.as_str() {
+                "latest" => client.latest(&pc, None)?,
+                v => v.parse().with_context(|| format!("--backup {v}: expected an id or latest"))?,
+            };
+            let dev = bootvault_engine::device::Device::open(&disk, true)?;
+            let mut opts = bootvault_engine::restore::RestoreOptions { verify, ..Default::default() };
+            if let Some(t) = threads {
+                opts.threads = t;
+            }
+            let r = bootvault_engine::restore::restore(&dev, &client, id, &opts, &mut |p| eprintln!("{}", p.line()))?;
+            println!(
+                "restore of backup {id} complete: {} onto {} ({} chunks, {} fetched){}, {:.2} s",
+                human_bytes(r.disk_bytes),
+                disk.display(),
+                r.chunks,
+                human_bytes(r.fetched_bytes),
+                if r.verified { ", verified" } else { "" },
+                r.elapsed.as_secs_f64()
+            );
+            Ok(())
+        }
         Cmd::Serve { listen, data } => bootvault_server::serve(bootvault_server::Options { listen, data }),
     }
 }

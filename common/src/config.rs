@@ -30,11 +30,44 @@ pub enum Finish {
     Rescue,
 }
 
-/// What the PC does after boot. Backup and restore arrive with the image
-/// engine; `probe` reaches the server and lists the disks.
+/// What the PC does once it is up: `probe` lists the disks and greets the
+/// server; `backup`/`restore` run headless; `job` asks the server what to
+/// do (nothing, if it has no job for this PC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     Probe,
+    Backup,
+    Restore,
+    Job,
+}
+
+impl Action {
+    pub fn parse(v: &str) -> Option<Action> {
+        match v {
+            "probe" => Some(Action::Probe),
+            "backup" => Some(Action::Backup),
+            "restore" => Some(Action::Restore),
+            "job" => Some(Action::Job),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Probe => "probe",
+            Action::Backup => "backup",
+            Action::Restore => "restore",
+            Action::Job => "job",
+        }
+    }
+}
+
+/// Which backup a restore takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackupRef {
+    /// The newest complete backup of this PC (with `name`, if set).
+    Latest,
+    Id(i64),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +82,17 @@ pub struct Config {
     pub gateway: Option<Ipv4Addr>,
     pub dns: Vec<Ipv4Addr>,
     pub action: Action,
+    /// The disk to back up or restore: `auto` (the first non-removable
+    /// disk) or a name like `sda`.
+    pub disk: String,
+    /// Backup name (backup: the name given; restore: which name `latest`
+    /// looks for, empty = any).
+    pub name: String,
+    pub backup: BackupRef,
+    /// Deflate level for backups (0-10).
+    pub level: u8,
+    /// After a restore, read the disk back and compare.
+    pub verify: bool,
     /// What to do when the action succeeded.
     pub finish: Finish,
     /// What to do after a fatal error (after `error_wait` seconds).
@@ -76,6 +120,11 @@ impl Default for Config {
             gateway: None,
             dns: Vec::new(),
             action: Action::Probe,
+            disk: "auto".into(),
+            name: String::new(),
+            backup: BackupRef::Latest,
+            level: 1,
+            verify: false,
             finish: Finish::Poweroff,
             on_error: Finish::Poweroff,
             error_wait: 60,
@@ -132,6 +181,11 @@ pub const KEYS: &[&str] = &[
     "gateway",
     "dns",
     "action",
+    "disk",
+    "name",
+    "backup",
+    "level",
+    "verify",
     "finish",
     "on_error",
     "error_wait",
@@ -233,11 +287,39 @@ impl Config {
                     value.split(',').filter(|s| !s.is_empty()).map(parse_ipv4).collect::<Result<_, _>>().map_err(bad)?
             }
             "action" => {
-                self.action = match value {
-                    "probe" => Action::Probe,
-                    _ => return Err(bad("expected probe".into())),
+                self.action =
+                    Action::parse(value).ok_or_else(|| bad("expected probe, backup, restore or job".into()))?
+            }
+            "disk" => {
+                let ok = value == "auto"
+                    || (!value.is_empty() && value.len() <= 32 && value.chars().all(|c| c.is_ascii_alphanumeric()));
+                if !ok {
+                    return Err(bad("expected auto or a disk name like sda".into()));
+                }
+                self.disk = value.to_owned();
+            }
+            "name" => {
+                if value.len() > 100 || value.chars().any(|c| c.is_control()) {
+                    return Err(bad("backup name must be up to 100 printable characters".into()));
+                }
+                self.name = value.to_owned();
+            }
+            "backup" => {
+                self.backup = match value {
+                    "latest" => BackupRef::Latest,
+                    v => BackupRef::Id(
+                        v.parse::<i64>()
+                            .ok()
+                            .filter(|n| *n > 0)
+                            .ok_or_else(|| bad("expected latest or a backup id".into()))?,
+                    ),
                 }
             }
+            "level" => {
+                self.level =
+                    value.parse::<u8>().ok().filter(|n| *n <= 10).ok_or_else(|| bad("expected a level 0-10".into()))?
+            }
+            "verify" => self.verify = parse_bool(value).map_err(bad)?,
             "finish" => self.finish = parse_finish(value).map_err(bad)?,
             "on_error" => self.on_error = parse_finish(value).map_err(bad)?,
             "error_wait" => self.error_wait = parse_seconds(value).map_err(bad)?,
@@ -264,12 +346,15 @@ impl Config {
             }),
             "gateway" => Some(self.gateway.map(|g| g.to_string()).unwrap_or_default()),
             "dns" => Some(self.dns.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")),
-            "action" => Some(
-                match self.action {
-                    Action::Probe => "probe",
-                }
-                .into(),
-            ),
+            "action" => Some(self.action.as_str().into()),
+            "disk" => Some(self.disk.clone()),
+            "name" => Some(self.name.clone()),
+            "backup" => Some(match self.backup {
+                BackupRef::Latest => "latest".into(),
+                BackupRef::Id(n) => n.to_string(),
+            }),
+            "level" => Some(self.level.to_string()),
+            "verify" => Some(if self.verify { "yes" } else { "no" }.into()),
             "finish" => Some(finish_str(self.finish).into()),
             "on_error" => Some(finish_str(self.on_error).into()),
             "error_wait" => secs(self.error_wait),
@@ -401,6 +486,10 @@ mod tests {
             ("bootvault.ip=10.0.0.1/33", "prefix length must be 1-32", true),
             ("bootvault.pc=bad/name", "PC name must be", true),
             ("bootvault.finish=explode", "expected poweroff, reboot or rescue", true),
+            ("bootvault.action=dance", "expected probe, backup, restore or job", true),
+            ("bootvault.disk=/dev/sda", "expected auto or a disk name", true),
+            ("bootvault.backup=-3", "expected latest or a backup id", true),
+            ("bootvault.level=11", "expected a level 0-10", true),
             ("bootvault.dhcp_timeout=soon", "expected a number of seconds", true),
             ("bootvault.server=ftp://x", "server must be an http:// URL", true),
             ("bootvault.pc", "bootvault.pc needs a value", true),
@@ -436,6 +525,12 @@ mod tests {
             dns: vec![Ipv4Addr::new(10, 1, 0, 1)],
             finish: Finish::Rescue,
             verbose: true,
+            action: Action::Restore,
+            disk: "sdb".into(),
+            name: "nightly full".into(),
+            backup: BackupRef::Id(42),
+            level: 6,
+            verify: true,
             ..Config::default()
         };
         let (back, p) = Config::load(Some(&c.to_file()), "");

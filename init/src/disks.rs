@@ -154,6 +154,19 @@ pub fn render(disks: &[Disk]) -> String {
     out
 }
 
+/// The disk a backup or restore works on: `auto` is the first
+/// non-removable disk with a size (sorted by name, so `sda` before `sdb`,
+/// `vda` before `vdb`); otherwise the disk of that name.
+pub fn pick<'a>(disks: &'a [Disk], want: &str) -> Result<&'a Disk, String> {
+    let names = || disks.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ");
+    if want == "auto" {
+        return disks.iter().find(|d| !d.removable && d.bytes > 0).ok_or_else(|| {
+            format!("no fixed disk found (have: {})", if disks.is_empty() { "none".into() } else { names() })
+        });
+    }
+    disks.iter().find(|d| d.name == want).ok_or_else(|| format!("disk {want} not found (have: {})", names()))
+}
+
 /// Linux partition device name: `sda` + 1 = `sda1`, `nvme0n1` + 1 = `nvme0n1p1`.
 pub fn partition_name(disk: &str, number: u32) -> String {
     if disk.ends_with(|c: char| c.is_ascii_digit()) {
@@ -227,6 +240,28 @@ mod tests {
         let text = render(&disks);
         assert!(text.contains("vda1"), "{text}");
         assert!(text.contains("1048576"), "{text}");
+    }
+
+    #[test]
+    fn picks_the_first_fixed_disk_or_the_named_one() {
+        let d = |name: &str, bytes: u64, removable: bool| Disk {
+            name: name.into(),
+            bytes,
+            logical: 512,
+            physical: 512,
+            model: "-".into(),
+            serial: "-".into(),
+            removable,
+            rotational: false,
+            table: Ok(None),
+        };
+        let disks =
+            vec![d("sda", 1 << 30, true), d("sdb", 0, false), d("sdc", 1 << 30, false), d("vda", 1 << 20, false)];
+        assert_eq!(pick(&disks, "auto").unwrap().name, "sdc");
+        assert_eq!(pick(&disks, "vda").unwrap().name, "vda");
+        assert_eq!(pick(&disks, "nvme0n1").unwrap_err(), "disk nvme0n1 not found (have: sda, sdb, sdc, vda)");
+        assert_eq!(pick(&disks[..2], "auto").unwrap_err(), "no fixed disk found (have: sda, sdb)");
+        assert_eq!(pick(&[], "auto").unwrap_err(), "no fixed disk found (have: none)");
     }
 
     #[test]

@@ -15,9 +15,9 @@
 mod coldplug;
 mod disks;
 mod early;
+mod jobs;
 mod net;
 mod pid1;
-mod server;
 mod sys;
 #[cfg(test)]
 mod testutil;

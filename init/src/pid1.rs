@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use bootvault_common::config::{Config, Finish, CMDLINE_PREFIX};
 use bootvault_common::modules::Index;
 
-use crate::{coldplug, disks, early, net, server, sys};
+use bootvault_engine::client::Client;
+
+use crate::{coldplug, disks, early, jobs, net, sys};
 
 /// Path of the per-PC configuration the builder embeds.
 pub const CONFIG_PATH: &str = "/etc/bootvault.conf";
@@ -156,11 +158,16 @@ fn run(config: &Config, state: &mut State) -> Result<(), String> {
     let Some(base) = &config.server else {
         return Err(format!("no server configured (set server in {CONFIG_PATH} or {CMDLINE_PREFIX}server=)"));
     };
-    let client = server::Client::new(base, &config.pc, state.lease.as_ref());
+    let client = Client::new(base, &config.pc);
+    let (mac, addr) = match &state.lease {
+        Some(l) => (bootvault_common::units::mac_string(l.link.mac), l.addr.to_string()),
+        None => ("-".into(), "-".into()),
+    };
     let answer = client
-        .hello(Duration::from_secs(u64::from(config.server_timeout)), &mut |m| say(format!("server: {m}")))
+        .hello(&mac, &addr, Duration::from_secs(u64::from(config.server_timeout)), &mut |m| say(format!("server: {m}")))
         .map_err(|e| format!("server: {e}"))?;
     say(format!("server: {} answered: {answer}", client.base()));
+    jobs::run(config, &client)?;
     Ok(())
 }
 

@@ -75,7 +75,7 @@ impl Lines {
         let log = Arc::new(Mutex::new(Vec::new()));
         let log2 = log.clone();
         std::thread::spawn(move || {
-            let mut file = log_file.and_then(|p| fs::File::create(p).ok());
+            let mut file = log_file.and_then(|p| fs::OpenOptions::new().create(true).append(true).open(p).ok());
             // Console output may not be valid UTF-8 (escape codes): lossy.
             let mut r = BufReader::new(reader);
             let mut buf = Vec::new();
@@ -171,6 +171,12 @@ impl Server {
     /// The URL the guest uses: user-mode networking's alias for the host.
     pub fn guest_url(&self) -> String {
         format!("http://10.0.2.2:{}", self.port)
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn events(&self) -> String {
@@ -397,3 +403,103 @@ pub const MBR_LAYOUT: &str = "label: dos\nunit: sectors\n\
     start=63488, size=61440, type=5\n\
     start=65536, size=20480, type=83\n\
     start=88064, size=30720, type=82\n";
+
+/// Deterministic pseudo-random bytes (xorshift), for file contents.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Writes `data` into `image` at `offset` without truncating it.
+pub fn write_at(image: &Path, offset: u64, data: &[u8]) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new().write(true).open(image).map_err(|e| format!("opening {}: {e}", image.display()))?;
+    f.write_all_at(data, offset).map_err(|e| format!("writing {}: {e}", image.display()))
+}
+
+/// Partition layout of the source disks: 96 MiB, a FAT32 partition of
+/// 32 MiB at 1 MiB and an ext4 partition of 48 MiB at 34 MiB, the rest
+/// unallocated.
+pub const SOURCE_MIB: u64 = 96;
+const FAT_START: u64 = 2048;
+const FAT_SECTORS: u64 = 65536;
+const EXT4_START: u64 = 69632;
+const EXT4_SECTORS: u64 = 98304;
+
+/// Builds a source disk with a real layout: `label` is `gpt` or `dos`;
+/// FAT32 with files (mkfs.vfat + mcopy), ext4 with files of mixed
+/// compressibility (mkfs.ext4 -d), and bytes in the gap after the
+/// partition table (where boot loaders live).
+pub fn make_source_disk(dir: &Path, label: &str) -> Result<PathBuf> {
+    let disk = dir.join(format!("source-{label}.img"));
+    let (fat_type, ext_type) = if label == "gpt" { ("EBD0A0A2-B9E5-4433-87C0-68B6B72699C7", "L") } else { ("c", "83") };
+    make_disk(
+        &disk,
+        SOURCE_MIB,
+        &format!(
+            "label: {label}\nunit: sectors\nstart={FAT_START}, size={FAT_SECTORS}, type={fat_type}\nstart={EXT4_START}, size={EXT4_SECTORS}, type={ext_type}\n"
+        ),
+    )?;
+    // Files: text (compressible), noise (not), and zeros.
+    let files = dir.join(format!("files-{label}"));
+    let _ = fs::remove_dir_all(&files);
+    fs::create_dir_all(files.join("docs")).map_err(|e| e.to_string())?;
+    let text: String = (0..40_000).map(|i| format!("line {i} of a very compressible text file\n")).collect();
+    fs::write(files.join("docs/readme.txt"), &text).map_err(|e| e.to_string())?;
+    fs::write(files.join("random.bin"), noise(7, 6 << 20)).map_err(|e| e.to_string())?;
+    fs::write(files.join("zeros.bin"), vec![0u8; 2 << 20]).map_err(|e| e.to_string())?;
+    let ext4 = dir.join(format!("ext4-{label}.img"));
+    let _ = fs::remove_file(&ext4);
+    run(Command::new("mkfs.ext4").args(["-q", "-F", "-E", "root_owner=0:0", "-d"]).arg(&files).arg(&ext4).arg("48M"))?;
+    let fat = dir.join(format!("fat-{label}.img"));
+    let _ = fs::remove_file(&fat);
+    run(Command::new("mkfs.vfat")
+        .args(["-F", "32", "-n", "BVFAT", "-C"])
+        .arg(&fat)
+        .arg((FAT_SECTORS / 2).to_string()))?;
+    run(Command::new("mcopy")
+        .arg("-i")
+        .arg(&fat)
+        .arg("-s")
+        .arg(files.join("docs"))
+        .arg(files.join("random.bin"))
+        .arg("::/"))?;
+    write_at(&disk, FAT_START * 512, &fs::read(&fat).map_err(|e| e.to_string())?)?;
+    write_at(&disk, EXT4_START * 512, &fs::read(&ext4).map_err(|e| e.to_string())?)?;
+    // A "boot loader" in the gap between the table and the first partition.
+    write_at(&disk, 40 * 512, &noise(11, 64 * 1024))?;
+    Ok(disk)
+}
+
+/// Checks the filesystems inside a restored disk image with their own
+/// tools: e2fsck -fn on the ext4 partition, fsck.vfat -n on the FAT one.
+pub fn fsck_partitions(disk: &Path, dir: &Path) -> Result<()> {
+    let bytes = fs::read(disk).map_err(|e| e.to_string())?;
+    let part = |start: u64, sectors: u64| bytes[(start * 512) as usize..((start + sectors) * 512) as usize].to_vec();
+    let ext4 = dir.join("check-ext4.img");
+    fs::write(&ext4, part(EXT4_START, EXT4_SECTORS)).map_err(|e| e.to_string())?;
+    run(Command::new("e2fsck").arg("-fn").arg(&ext4))?;
+    let fat = dir.join("check-fat.img");
+    fs::write(&fat, part(FAT_START, FAT_SECTORS)).map_err(|e| e.to_string())?;
+    run(Command::new("fsck.vfat").arg("-n").arg(&fat))?;
+    Ok(())
+}
+
+/// Whether the first `len` bytes of two files are equal; the offset of
+/// the first difference otherwise.
+pub fn compare_prefix(a: &Path, b: &Path, len: u64) -> Result<Option<u64>> {
+    let x = fs::read(a).map_err(|e| format!("reading {}: {e}", a.display()))?;
+    let y = fs::read(b).map_err(|e| format!("reading {}: {e}", b.display()))?;
+    let n = len as usize;
+    if x.len() < n || y.len() < n {
+        return Err(format!("{} or {} is shorter than {len} bytes", a.display(), b.display()));
+    }
+    Ok(x[..n].iter().zip(&y[..n]).position(|(p, q)| p != q).map(|p| p as u64))
+}

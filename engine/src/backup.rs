@@ -1,0 +1,301 @@
+//! The backup pipeline.
+//!
+//! Worker threads take groups of consecutive chunks. For each group a
+//! worker reads the chunks, sets the all-zero ones aside, hashes the rest,
+//! asks the server in one request which of those it lacks, compresses only
+//! those and uploads them (keep-alive connections). Several workers run at
+//! once, so reading, hashing, compressing and sending overlap and use all
+//! cores; memory stays at `threads × group` chunks. The manifest is
+//! assembled in disk order and sent last; until the server has verified it
+//! against its store, the backup is not complete.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bootvault_common::image::{self, Chunk, ChunkId, Extent, Manifest, TableKind};
+use bootvault_common::partition;
+
+use crate::client::Client;
+use crate::device::Device;
+use crate::progress::Progress;
+use crate::EngineError;
+
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    pub pc: String,
+    pub name: String,
+    pub chunk_size: u32,
+    pub level: u8,
+    pub threads: usize,
+    /// Chunks per missing-query (and per worker in memory).
+    pub group: usize,
+    pub model: String,
+    pub serial: String,
+}
+
+impl BackupOptions {
+    pub fn new(pc: &str, name: &str) -> BackupOptions {
+        BackupOptions {
+            pc: pc.into(),
+            name: name.into(),
+            chunk_size: image::DEFAULT_CHUNK_SIZE,
+            level: image::DEFAULT_LEVEL,
+            threads: crate::default_threads(),
+            group: 4,
+            model: String::new(),
+            serial: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupReport {
+    pub id: i64,
+    pub disk_bytes: u64,
+    pub chunks: u64,
+    pub zero_chunks: u64,
+    /// Chunks the server did not have, uploaded now.
+    pub new_chunks: u64,
+    /// Blob bytes uploaded.
+    pub sent_bytes: u64,
+    /// Blob bytes of the whole backup (as stored, deduplicated).
+    pub blob_bytes: u64,
+    pub elapsed: Duration,
+}
+
+/// The raw partition table copy: the first MiB (MBR, the gap after it,
+/// the primary GPT) and, for GPT, the backup header and entries at the end.
+pub fn table_extents(dev: &Device) -> Result<(TableKind, Vec<Extent>), EngineError> {
+    let mut read = |off: u64, len: usize| -> Result<Vec<u8>, String> {
+        let mut b = vec![0u8; len];
+        dev.read_at(&mut b, off).map_err(|e| e.to_string())?;
+        Ok(b)
+    };
+    let kind = match partition::parse(&mut read, dev.logical, dev.bytes) {
+        Ok(Some(t)) if t.kind == partition::TableKind::Gpt => TableKind::Gpt,
+        Ok(Some(_)) => TableKind::Mbr,
+        // An unreadable table is still backed up, byte for byte.
+        Ok(None) | Err(_) => TableKind::None,
+    };
+    let head = dev.bytes.min(1 << 20);
+    let mut extents = vec![Extent { offset: 0, data: read(0, head as usize).map_err(EngineError::new)? }];
+    if kind == TableKind::Gpt {
+        let tail = (33 * u64::from(dev.logical)).min(dev.bytes.saturating_sub(head));
+        if tail > 0 {
+            let off = dev.bytes - tail;
+            extents.push(Extent { offset: off, data: read(off, tail as usize).map_err(EngineError::new)? });
+        }
+    }
+    Ok((kind, extents))
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+struct Shared<'a> {
+    dev: &'a Device,
+    client: &'a Client,
+    opts: &'a BackupOptions,
+    backup: i64,
+    count: usize,
+    next_group: AtomicUsize,
+    abort: AtomicBool,
+    done: AtomicU64,
+    sent: AtomicU64,
+    new_chunks: AtomicU64,
+}
+
+impl Shared<'_> {
+    fn range(&self, i: usize) -> (u64, usize) {
+        let cs = u64::from(self.opts.chunk_size);
+        let off = i as u64 * cs;
+        (off, (self.dev.bytes - off).min(cs) as usize)
+    }
+
+    /// One worker: groups of chunks until none are left or one failed.
+    fn work(&self, out: &mpsc::Sender<Result<(usize, Chunk), EngineError>>) {
+        let group = self.opts.group.max(1);
+        let mut bufs: Vec<Vec<u8>> = (0..group).map(|_| vec![0u8; self.opts.chunk_size as usize]).collect();
+        while !self.abort.load(Ordering::Relaxed) {
+            let first = self.next_group.fetch_add(1, Ordering::Relaxed) * group;
+            if first >= self.count {
+                return;
+            }
+            let last = (first + group).min(self.count);
+            if let Err(e) = self.group(first, last, &mut bufs, out) {
+                self.abort.store(true, Ordering::Relaxed);
+                let _ = out.send(Err(e));
+                return;
+            }
+        }
+    }
+
+    fn group(
+        &self,
+        first: usize,
+        last: usize,
+        bufs: &mut [Vec<u8>],
+        out: &mpsc::Sender<Result<(usize, Chunk), EngineError>>,
+    ) -> Result<(), EngineError> {
+        let mut ids: Vec<Option<ChunkId>> = Vec::with_capacity(last - first);
+        for (k, i) in (first..last).enumerate() {
+            let (off, len) = self.range(i);
+            let buf = &mut bufs[k][..len];
+            self.dev.read_at(buf, off)?;
+            ids.push((!image::is_zero(buf)).then(|| image::chunk_id(buf)));
+        }
+        let asked: Vec<ChunkId> = ids.iter().flatten().copied().collect();
+        let stored = if asked.is_empty() { Vec::new() } else { self.client.missing(self.backup, &asked)? };
+        let mut uploaded: Vec<(ChunkId, u32)> = Vec::new();
+        let mut answers = stored.into_iter();
+        for (k, i) in (first..last).enumerate() {
+            let (off, len) = self.range(i);
+            let chunk = match ids[k] {
+                None => Chunk::Zero,
+                Some(id) => {
+                    let mut blob_len = answers.next().unwrap_or(0);
+                    if blob_len == 0 {
+                        if let Some((_, l)) = uploaded.iter().find(|(u, _)| *u == id) {
+                            blob_len = *l;
+                        } else {
+                            let blob = image::encode_blob(&bufs[k][..len], self.opts.level);
+                            self.client
+                                .put_chunk(&id, &blob)
+                                .map_err(|e| EngineError::new(format!("chunk {i} at offset {off}: {e}")))?;
+                            blob_len = blob.len() as u32;
+                            uploaded.push((id, blob_len));
+                            self.sent.fetch_add(blob.len() as u64, Ordering::Relaxed);
+                            self.new_chunks.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Chunk::Data { id, blob_len }
+                }
+            };
+            self.done.fetch_add(len as u64, Ordering::Relaxed);
+            if out.send(Ok((i, chunk))).is_err() {
+                return Err(EngineError::new("backup collector stopped"));
+            }
+        }
+        Ok(())
+    }
+
+    fn progress(&self, start: Instant) -> Progress {
+        Progress {
+            action: "backup",
+            done: self.done.load(Ordering::Relaxed),
+            total: self.dev.bytes,
+            sent: self.sent.load(Ordering::Relaxed),
+            elapsed: start.elapsed(),
+        }
+    }
+}
+
+/// Backs up the whole of `dev` to the server. On any failure after the
+/// server opened the backup, it is marked failed there (best effort) and
+/// never becomes complete.
+pub fn backup(
+    dev: &Device,
+    client: &Client,
+    opts: &BackupOptions,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<BackupReport, EngineError> {
+    let start = Instant::now();
+    if opts.chunk_size == 0 || opts.chunk_size > image::MAX_CHUNK_SIZE {
+        return Err(EngineError::new(format!("chunk size {} out of range", opts.chunk_size)));
+    }
+    let (table, extents) = table_extents(dev)?;
+    let id = client.open_backup(&opts.name, dev.bytes, opts.chunk_size)?;
+    let result = run(dev, client, opts, id, table, extents, start, progress);
+    if let Err(e) = &result {
+        let _ = client.fail(id, &e.0);
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    dev: &Device,
+    client: &Client,
+    opts: &BackupOptions,
+    id: i64,
+    table: TableKind,
+    extents: Vec<Extent>,
+    start: Instant,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<BackupReport, EngineError> {
+    let count = Manifest::chunk_count(dev.bytes, opts.chunk_size) as usize;
+    let shared = Shared {
+        dev,
+        client,
+        opts,
+        backup: id,
+        count,
+        next_group: AtomicUsize::new(0),
+        abort: AtomicBool::new(false),
+        done: AtomicU64::new(0),
+        sent: AtomicU64::new(0),
+        new_chunks: AtomicU64::new(0),
+    };
+    let mut chunks: Vec<Option<Chunk>> = vec![None; count];
+    let mut first_error = None;
+    std::thread::scope(|s| {
+        let (tx, rx) = mpsc::channel();
+        for _ in 0..opts.threads.max(1) {
+            let tx = tx.clone();
+            let shared = &shared;
+            s.spawn(move || shared.work(&tx));
+        }
+        drop(tx);
+        let mut last = Instant::now();
+        loop {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(Ok((i, c))) => chunks[i] = Some(c),
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            if last.elapsed() >= Duration::from_secs(1) {
+                last = Instant::now();
+                progress(&shared.progress(start));
+            }
+        }
+    });
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    progress(&shared.progress(start));
+    let chunks: Vec<Chunk> = chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| c.ok_or_else(|| EngineError::new(format!("chunk {i} was never read"))))
+        .collect::<Result<_, _>>()?;
+    let manifest = Manifest {
+        created: now_unix(),
+        chunk_size: opts.chunk_size,
+        disk_bytes: dev.bytes,
+        logical: dev.logical,
+        physical: dev.physical,
+        table,
+        pc: opts.pc.clone(),
+        name: opts.name.clone(),
+        model: opts.model.clone(),
+        serial: opts.serial.clone(),
+        extents,
+        chunks,
+    };
+    client.finish(id, &manifest.encode())?;
+    Ok(BackupReport {
+        id,
+        disk_bytes: dev.bytes,
+        chunks: count as u64,
+        zero_chunks: manifest.zero_chunks(),
+        new_chunks: shared.new_chunks.load(Ordering::Relaxed),
+        sent_bytes: shared.sent.load(Ordering::Relaxed),
+        blob_bytes: manifest.blob_bytes(),
+        elapsed: start.elapsed(),
+    })
+}

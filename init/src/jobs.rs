@@ -1,0 +1,215 @@
+//! What the PC does once it is up: back up or restore a disk, as the
+//! configuration says or as the server's job for this PC says, and report
+//! the outcome to the server.
+//!
+//! Owns: choosing the disk and the backup, and the result report. The
+//! pipelines themselves are `bootvault_engine`'s, the same ones the host
+//! CLI runs.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bootvault_common::config::{Action, BackupRef, Config};
+use bootvault_common::units::human_bytes;
+use bootvault_engine::backup::{backup, BackupOptions};
+use bootvault_engine::client::{kv_get, Client};
+use bootvault_engine::device::Device;
+use bootvault_engine::restore::{restore, RestoreOptions};
+
+use crate::disks;
+use crate::pid1::say;
+
+/// One backup or restore to carry out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    /// The server's job id, when the server asked for it.
+    pub id: Option<i64>,
+    pub action: Action,
+    pub disk: String,
+    pub name: String,
+    pub backup: BackupRef,
+}
+
+impl Job {
+    pub fn from_config(c: &Config) -> Job {
+        Job { id: None, action: c.action, disk: c.disk.clone(), name: c.name.clone(), backup: c.backup }
+    }
+
+    /// A job from the server's `key=value` answer; the rest from `c`.
+    pub fn from_server(kv: &[(String, String)], c: &Config) -> Result<Job, String> {
+        let id = kv_get(kv, "job").and_then(|v| v.parse().ok()).ok_or("the server's job has no id")?;
+        let action = match kv_get(kv, "action") {
+            Some("backup") => Action::Backup,
+            Some("restore") => Action::Restore,
+            other => return Err(format!("job {id}: unknown action {other:?}")),
+        };
+        let backup = match kv_get(kv, "backup") {
+            None | Some("") | Some("latest") => BackupRef::Latest,
+            Some(v) => BackupRef::Id(v.parse().map_err(|_| format!("job {id}: bad backup id {v:?}"))?),
+        };
+        Ok(Job {
+            id: Some(id),
+            action,
+            disk: kv_get(kv, "disk").filter(|d| !d.is_empty()).unwrap_or(&c.disk).to_owned(),
+            name: kv_get(kv, "name").unwrap_or(&c.name).to_owned(),
+            backup,
+        })
+    }
+}
+
+struct Outcome {
+    summary: String,
+    backup: i64,
+    bytes: u64,
+    sent: u64,
+}
+
+/// Runs the configured action. `Probe` does nothing here.
+pub fn run(config: &Config, client: &Client) -> Result<(), String> {
+    let job = match config.action {
+        Action::Probe => return Ok(()),
+        Action::Job => match client.next_job().map_err(|e| format!("asking for a job: {e}"))? {
+            None => {
+                say("job: the server has no job for this PC");
+                return Ok(());
+            }
+            Some(kv) => Job::from_server(&kv, config)?,
+        },
+        Action::Backup | Action::Restore => Job::from_config(config),
+    };
+    say(format!(
+        "job: {} of disk {}{}",
+        job.action.as_str(),
+        job.disk,
+        job.id.map(|i| format!(" (server job {i})")).unwrap_or_default()
+    ));
+    let start = Instant::now();
+    let outcome = execute(&job, config, client);
+    let (ok, message, backup_id, bytes, sent) = match &outcome {
+        Ok(o) => (true, o.summary.clone(), o.backup.to_string(), o.bytes, o.sent),
+        Err(e) => (false, e.clone(), String::new(), 0, 0),
+    };
+    let report = [
+        ("job", job.id.map(|i| i.to_string()).unwrap_or_default()),
+        ("action", job.action.as_str().to_owned()),
+        ("disk", job.disk.clone()),
+        ("backup", backup_id),
+        ("ok", if ok { "yes" } else { "no" }.to_owned()),
+        ("message", message),
+        ("bytes", bytes.to_string()),
+        ("sent", sent.to_string()),
+        ("seconds", format!("{:.1}", start.elapsed().as_secs_f64())),
+    ];
+    if let Err(e) = client.report(&report) {
+        say(format!("result: could not report to the server: {e}"));
+    }
+    let o = outcome?;
+    say(o.summary);
+    Ok(())
+}
+
+fn execute(job: &Job, config: &Config, client: &Client) -> Result<Outcome, String> {
+    let all = disks::probe(Path::new("/"));
+    let disk = disks::pick(&all, &job.disk)?;
+    let path = Path::new("/dev").join(&disk.name);
+    let mut last_line = Instant::now() - Duration::from_secs(10);
+    let mut progress = |p: &bootvault_engine::progress::Progress| {
+        // The engine reports about once a second; keep the console calm.
+        if last_line.elapsed() >= Duration::from_millis(900) || p.done == p.total {
+            last_line = Instant::now();
+            say(p.line());
+        }
+    };
+    match job.action {
+        Action::Backup => {
+            let dev = Device::open(&path, false).map_err(|e| e.to_string())?;
+            let mut opts = BackupOptions::new(&config.pc, if job.name.is_empty() { "full" } else { &job.name });
+            opts.level = config.level;
+            opts.model = disk.model.clone();
+            opts.serial = disk.serial.clone();
+            say(format!("backup: {} ({}) as {:?} to {}", disk.name, human_bytes(dev.bytes), opts.name, client.base()));
+            let r = backup(&dev, client, &opts, &mut progress).map_err(|e| format!("backup of {}: {e}", disk.name))?;
+            Ok(Outcome {
+                summary: format!(
+                    "backup {} complete: {} in {} chunks ({} all-zero), {} new chunks, {} sent, {} stored for this backup, {:.1} s",
+                    r.id,
+                    human_bytes(r.disk_bytes),
+                    r.chunks,
+                    r.zero_chunks,
+                    r.new_chunks,
+                    human_bytes(r.sent_bytes),
+                    human_bytes(r.blob_bytes),
+                    r.elapsed.as_secs_f64()
+                ),
+                backup: r.id,
+                bytes: r.disk_bytes,
+                sent: r.sent_bytes,
+            })
+        }
+        Action::Restore => {
+            let id = match job.backup {
+                BackupRef::Id(n) => n,
+                BackupRef::Latest => client
+                    .latest(&config.pc, (!job.name.is_empty()).then_some(job.name.as_str()))
+                    .map_err(|e| format!("finding the latest backup of {}: {e}", config.pc))?,
+            };
+            let dev = Device::open(&path, true).map_err(|e| e.to_string())?;
+            say(format!("restore: backup {id} onto {} ({})", disk.name, human_bytes(dev.bytes)));
+            let opts = RestoreOptions { verify: config.verify, ..RestoreOptions::default() };
+            let r = restore(&dev, client, id, &opts, &mut progress)
+                .map_err(|e| format!("restore of backup {id} onto {}: {e}", disk.name))?;
+            if let Some(e) = &r.reread_error {
+                say(format!("restore: the kernel did not re-read the partition table: {e}"));
+            }
+            Ok(Outcome {
+                summary: format!(
+                    "restore of backup {id} complete: {} onto {} ({}), {} chunks ({} all-zero), {} fetched{}, {:.1} s",
+                    human_bytes(r.disk_bytes),
+                    disk.name,
+                    human_bytes(r.target_bytes),
+                    r.chunks,
+                    r.zero_chunks,
+                    human_bytes(r.fetched_bytes),
+                    if r.verified { ", verified by reading back" } else { "" },
+                    r.elapsed.as_secs_f64()
+                ),
+                backup: id,
+                bytes: r.disk_bytes,
+                sent: r.fetched_bytes,
+            })
+        }
+        Action::Probe | Action::Job => Ok(Outcome { summary: String::new(), backup: 0, bytes: 0, sent: 0 }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn server_jobs() {
+        let c = Config::default();
+        let j = Job::from_server(&kv(&[("job", "7"), ("action", "restore"), ("backup", "12"), ("disk", "sdb")]), &c)
+            .unwrap();
+        assert_eq!(
+            j,
+            Job {
+                id: Some(7),
+                action: Action::Restore,
+                disk: "sdb".into(),
+                name: "".into(),
+                backup: BackupRef::Id(12)
+            }
+        );
+        let j = Job::from_server(&kv(&[("job", "8"), ("action", "backup"), ("name", "weekly")]), &c).unwrap();
+        assert_eq!((j.disk.as_str(), j.name.as_str(), j.backup), ("auto", "weekly", BackupRef::Latest));
+        assert!(Job::from_server(&kv(&[("action", "backup")]), &c).unwrap_err().contains("no id"));
+        assert!(Job::from_server(&kv(&[("job", "1"), ("action", "format")]), &c)
+            .unwrap_err()
+            .contains("unknown action"));
+    }
+}
