@@ -5,6 +5,7 @@
 //! * `bootvault inspect INITRD` — what an initramfs holds.
 //! * `bootvault serve` — the server.
 
+mod admin;
 mod cpio;
 mod initramfs;
 mod kernel;
@@ -77,6 +78,35 @@ enum Cmd {
         verify: bool,
         #[arg(long)]
         threads: Option<usize>,
+    },
+    /// Backups in a server's data directory.
+    Backups {
+        #[arg(long, default_value = "bootvault-data")]
+        data: PathBuf,
+        /// JSON output, for scripts.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        cmd: admin::BackupsCmd,
+    },
+    /// Jobs for PCs booted with action=job, and the results PCs reported.
+    Jobs {
+        #[arg(long, default_value = "bootvault-data")]
+        data: PathBuf,
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        cmd: admin::JobsCmd,
+    },
+    /// Remove chunks no backup references, and close abandoned uploads.
+    Gc {
+        #[arg(long, default_value = "bootvault-data")]
+        data: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// Uploads older than this (seconds) count as abandoned.
+        #[arg(long, default_value_t = 3600)]
+        max_age: i64,
     },
     /// Run the server.
     Serve {
@@ -208,6 +238,9 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Cmd::Backups { data, json, cmd } => admin::backups(&data, json, cmd),
+        Cmd::Jobs { data, json, cmd } => admin::jobs(&data, json, cmd),
+        Cmd::Gc { data, json, max_age } => admin::gc(&data, json, max_age),
         Cmd::Serve { listen, data } => bootvault_server::serve(bootvault_server::Options { listen, data }),
     }
 }

@@ -9,8 +9,9 @@
 //! assembled in disk order and sent last; until the server has verified it
 //! against its store, the backup is not complete.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bootvault_common::image::{self, Chunk, ChunkId, Extent, Manifest, TableKind};
@@ -105,9 +106,25 @@ struct Shared<'a> {
     done: AtomicU64,
     sent: AtomicU64,
     new_chunks: AtomicU64,
+    /// Chunks this backup uploads: `None` while a worker is sending one,
+    /// then its blob length. A chunk repeated on the disk is sent once.
+    claimed: Mutex<HashMap<ChunkId, Option<u32>>>,
 }
 
 impl Shared<'_> {
+    /// Claims `id` for upload; Err(known length) if it is taken, Err(None)
+    /// if another worker is sending it right now.
+    fn claim(&self, id: ChunkId) -> Result<(), Option<u32>> {
+        let mut c = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
+        match c.get(&id) {
+            Some(state) => Err(*state),
+            None => {
+                c.insert(id, None);
+                Ok(())
+            }
+        }
+    }
+
     fn range(&self, i: usize) -> (u64, usize) {
         let cs = u64::from(self.opts.chunk_size);
         let off = i as u64 * cs;
@@ -148,7 +165,6 @@ impl Shared<'_> {
         }
         let asked: Vec<ChunkId> = ids.iter().flatten().copied().collect();
         let stored = if asked.is_empty() { Vec::new() } else { self.client.missing(self.backup, &asked)? };
-        let mut uploaded: Vec<(ChunkId, u32)> = Vec::new();
         let mut answers = stored.into_iter();
         for (k, i) in (first..last).enumerate() {
             let (off, len) = self.range(i);
@@ -157,18 +173,25 @@ impl Shared<'_> {
                 Some(id) => {
                     let mut blob_len = answers.next().unwrap_or(0);
                     if blob_len == 0 {
-                        if let Some((_, l)) = uploaded.iter().find(|(u, _)| *u == id) {
-                            blob_len = *l;
-                        } else {
-                            let blob = image::encode_blob(&bufs[k][..len], self.opts.level);
-                            self.client
-                                .put_chunk(&id, &blob)
-                                .map_err(|e| EngineError::new(format!("chunk {i} at offset {off}: {e}")))?;
-                            blob_len = blob.len() as u32;
-                            uploaded.push((id, blob_len));
-                            self.sent.fetch_add(blob.len() as u64, Ordering::Relaxed);
-                            self.new_chunks.fetch_add(1, Ordering::Relaxed);
-                        }
+                        let plain = &bufs[k][..len];
+                        blob_len = match self.claim(id) {
+                            Err(Some(l)) => l,
+                            // Being sent by another worker: same bytes, same blob length.
+                            Err(None) => image::encode_blob(plain, self.opts.level).len() as u32,
+                            Ok(()) => {
+                                let blob = image::encode_blob(plain, self.opts.level);
+                                self.client
+                                    .put_chunk(self.backup, &id, &blob)
+                                    .map_err(|e| EngineError::new(format!("chunk {i} at offset {off}: {e}")))?;
+                                self.claimed
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .insert(id, Some(blob.len() as u32));
+                                self.sent.fetch_add(blob.len() as u64, Ordering::Relaxed);
+                                self.new_chunks.fetch_add(1, Ordering::Relaxed);
+                                blob.len() as u32
+                            }
+                        };
                     }
                     Chunk::Data { id, blob_len }
                 }
@@ -237,6 +260,7 @@ fn run(
         done: AtomicU64::new(0),
         sent: AtomicU64::new(0),
         new_chunks: AtomicU64::new(0),
+        claimed: Mutex::new(HashMap::new()),
     };
     let mut chunks: Vec<Option<Chunk>> = vec![None; count];
     let mut first_error = None;

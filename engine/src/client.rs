@@ -175,8 +175,8 @@ impl Client {
         Ok(answer.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
     }
 
-    pub fn put_chunk(&self, id: &ChunkId, blob: &[u8]) -> Result<(), EngineError> {
-        self.expect_ok("PUT", &format!("/chunks/{}", hex(id)), Some(blob), 4096, true).map(|_| ())
+    pub fn put_chunk(&self, backup: i64, id: &ChunkId, blob: &[u8]) -> Result<(), EngineError> {
+        self.expect_ok("PUT", &format!("/chunks/{}?backup={backup}", hex(id)), Some(blob), 4096, true).map(|_| ())
     }
 
     pub fn finish(&self, backup: i64, manifest: &[u8]) -> Result<(), EngineError> {

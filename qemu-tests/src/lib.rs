@@ -425,12 +425,12 @@ pub fn write_at(image: &Path, offset: u64, data: &[u8]) -> Result<()> {
 }
 
 /// Partition layout of the source disks: 96 MiB, a FAT32 partition of
-/// 32 MiB at 1 MiB and an ext4 partition of 48 MiB at 34 MiB, the rest
+/// 40 MiB at 1 MiB and an ext4 partition of 48 MiB at 41 MiB, the rest
 /// unallocated.
 pub const SOURCE_MIB: u64 = 96;
 const FAT_START: u64 = 2048;
-const FAT_SECTORS: u64 = 65536;
-const EXT4_START: u64 = 69632;
+const FAT_SECTORS: u64 = 81920;
+const EXT4_START: u64 = 83968;
 const EXT4_SECTORS: u64 = 98304;
 
 /// Builds a source disk with a real layout: `label` is `gpt` or `dos`;
@@ -461,7 +461,7 @@ pub fn make_source_disk(dir: &Path, label: &str) -> Result<PathBuf> {
     let fat = dir.join(format!("fat-{label}.img"));
     let _ = fs::remove_file(&fat);
     run(Command::new("mkfs.vfat")
-        .args(["-F", "32", "-n", "BVFAT", "-C"])
+        .args(["-F", "32", "-s", "1", "-n", "BVFAT", "-C"])
         .arg(&fat)
         .arg((FAT_SECTORS / 2).to_string()))?;
     run(Command::new("mcopy")

@@ -1,34 +1,54 @@
-//! The bootvault server.
+//! The bootvault server: docs/PROTOCOL.md over HTTP (axum), on top of the
+//! [`vault`] (database + chunk store). Blocking work (SQLite, fsync,
+//! inflating and hashing chunks) runs on tokio's blocking pool.
 //!
-//! Owns the data directory: for now `events.log`, one line per PC contact
-//! (`unix-time event pc=NAME mac=MAC addr=ADDR peer=IP:PORT`), which is what
-//! tests and admins read to see which PC called. Image storage and the
-//! management database arrive with the backup engine.
-//!
-//! The server binds exactly the address it is given (tests use
-//! 127.0.0.1:0 and read the chosen port from the first line it prints).
+//! Besides the database, `DATA/events.log` gets one line per PC contact
+//! and backup event (`unix-time event key=value ...`), which tests and
+//! admins read. The server binds exactly the address it is given (tests
+//! use 127.0.0.1:0 and read the chosen port from the first line printed).
 
+pub mod vault;
+
+use std::collections::HashMap;
+use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use axum::extract::{ConnectInfo, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::get;
-use axum::Router;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use bootvault_common::image::{self, ChunkId};
+use bootvault_common::units::human_bytes;
 use bootvault_common::wire;
-use tokio::io::AsyncWriteExt;
-use tokio::sync::Mutex;
+use vault::Vault;
 
 pub struct Options {
     pub listen: SocketAddr,
     pub data: PathBuf,
 }
 
-struct Shared {
-    events: Mutex<tokio::fs::File>,
+struct App {
+    vault: Vault,
+    events: Mutex<std::fs::File>,
+}
+
+type Shared = Arc<App>;
+
+impl App {
+    /// One line to stdout and events.log.
+    fn event(&self, what: &str) {
+        let line = format!("{} {what}\n", vault::now());
+        print!("{line}");
+        let _ = std::io::stdout().flush();
+        if let Ok(mut f) = self.events.lock() {
+            let _ = f.write_all(line.as_bytes()).and_then(|()| f.sync_data());
+        }
+    }
 }
 
 /// Starts the server and runs until Ctrl-C / SIGTERM.
@@ -38,19 +58,24 @@ pub fn serve(opts: Options) -> anyhow::Result<()> {
 }
 
 async fn run(opts: Options) -> anyhow::Result<()> {
-    tokio::fs::create_dir_all(&opts.data)
-        .await
-        .with_context(|| format!("creating data directory {}", opts.data.display()))?;
+    let vault = Vault::open(&opts.data)?;
     let events_path = opts.data.join("events.log");
-    let events = open_append(&events_path).await?;
-    let shared = Arc::new(Shared { events: Mutex::new(events) });
+    let events = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&events_path)
+        .with_context(|| format!("opening {}", events_path.display()))?;
+    let unfinished = vault.list_backups(None, true)?.iter().filter(|b| b.state == "uploading").count();
+    let app = Arc::new(App { vault, events: Mutex::new(events) });
     let listener =
         tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("binding {}", opts.listen))?;
     let local = listener.local_addr().context("reading the bound address")?;
     // Tests and the Makefile parse this line for the port.
     println!("bootvault server listening on http://{local} (data {})", opts.data.display());
-    let app = router(shared);
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+    if unfinished > 0 {
+        println!("{unfinished} backups were left uploading (never complete; `bootvault gc` clears them)");
+    }
+    axum::serve(listener, router(app).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving HTTP")?;
@@ -58,22 +83,28 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn open_append(path: &Path) -> anyhow::Result<tokio::fs::File> {
-    tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .await
-        .with_context(|| format!("opening {}", path.display()))
-}
-
-fn router(shared: Arc<Shared>) -> Router {
-    Router::new().route(wire::HELLO, get(hello)).with_state(shared)
+fn router(app: Shared) -> Router {
+    Router::new()
+        .route(wire::HELLO, get(hello))
+        .route("/api/v1/backups", post(open_backup).get(list_backups))
+        .route("/api/v1/backups/latest", get(latest))
+        .route("/api/v1/backups/{id}", get(show_backup).delete(delete_backup))
+        .route("/api/v1/backups/{id}/missing", post(missing))
+        .route("/api/v1/backups/{id}/finish", post(finish))
+        .route("/api/v1/backups/{id}/fail", post(fail))
+        .route("/api/v1/backups/{id}/manifest", get(manifest))
+        .route("/api/v1/backups/{id}/export", get(export))
+        .route("/api/v1/import", post(import))
+        .route("/api/v1/chunks/{hex}", put(put_chunk).get(get_chunk))
+        .route("/api/v1/jobs", post(add_job).get(list_jobs))
+        .route("/api/v1/jobs/next", get(next_job))
+        .route("/api/v1/results", post(result).get(list_results))
+        .layer(DefaultBodyLimit::max(64 << 20))
+        .with_state(app)
 }
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
@@ -99,26 +130,397 @@ fn header(headers: &HeaderMap, name: &str) -> String {
     }
 }
 
-async fn hello(
-    State(shared): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> (StatusCode, String) {
+fn pc_of(headers: &HeaderMap) -> Result<String, Response> {
+    let pc = header(headers, wire::PC_HEADER);
+    if pc == "-" {
+        return Err(text(StatusCode::BAD_REQUEST, format!("missing {} header", wire::PC_HEADER)));
+    }
+    Ok(pc)
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    let mut b = body.into();
+    if !b.ends_with('\n') {
+        b.push('\n');
+    }
+    (status, b).into_response()
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+/// Runs vault work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    app: &Shared,
+    f: impl FnOnce(&App) -> Result<T, Response> + Send + 'static,
+) -> Result<T, Response> {
+    let app = app.clone();
+    tokio::task::spawn_blocking(move || f(&app)).await.map_err(internal)?
+}
+
+fn body_or(r: Result<Response, Response>) -> Response {
+    r.unwrap_or_else(|e| e)
+}
+
+async fn hello(State(app): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap) -> Response {
     let pc = header(&headers, wire::PC_HEADER);
     let mac = header(&headers, wire::MAC_HEADER);
     let addr = header(&headers, wire::ADDR_HEADER);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let line = format!("{now} hello pc={pc} mac={mac} addr={addr} peer={peer}\n");
-    print!("{line}");
-    let mut f = shared.events.lock().await;
-    if let Err(e) = async {
-        f.write_all(line.as_bytes()).await?;
-        f.sync_data().await
+    body_or(
+        blocking(&app, move |app| {
+            if pc != "-" {
+                app.vault.seen_pc(&pc, &mac, &addr).map_err(internal)?;
+            }
+            app.event(&format!("hello pc={pc} mac={mac} addr={addr} peer={peer}"));
+            Ok(text(
+                StatusCode::OK,
+                format!("{} {}: hello {pc}, seen at {addr}", wire::HELLO_PREFIX, env!("CARGO_PKG_VERSION")),
+            ))
+        })
+        .await,
+    )
+}
+
+fn q<'a>(query: &'a HashMap<String, String>, key: &str) -> Option<&'a str> {
+    query.get(key).map(String::as_str).filter(|v| !v.is_empty())
+}
+
+async fn open_backup(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    body_or(
+        async {
+            let pc = pc_of(&headers)?;
+            let name = q(&query, "name").unwrap_or("full").to_owned();
+            let num = |k: &str| q(&query, k).and_then(|v| v.parse::<u64>().ok());
+            let disk_bytes = num("disk_bytes").ok_or_else(|| text(StatusCode::BAD_REQUEST, "disk_bytes missing"))?;
+            let chunk_size = num("chunk_size").unwrap_or(u64::from(image::DEFAULT_CHUNK_SIZE)) as u32;
+            blocking(&app, move |app| {
+                let id = app
+                    .vault
+                    .create_backup(&pc, &name, disk_bytes, chunk_size)
+                    .map_err(|e| text(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+                app.event(&format!("backup-open id={id} pc={pc} name={name:?} disk_bytes={disk_bytes}"));
+                Ok(text(StatusCode::CREATED, format!("id={id}")))
+            })
+            .await
+        }
+        .await,
+    )
+}
+
+async fn missing(State(app): State<Shared>, Path(_id): Path<i64>, body: Bytes) -> Response {
+    if body.len() % 32 != 0 || body.len() > 1024 * 32 {
+        return text(StatusCode::BAD_REQUEST, "expected up to 1024 chunk ids of 32 bytes");
     }
-    .await
-    {
-        eprintln!("writing events.log: {e}");
-        return (StatusCode::INTERNAL_SERVER_ERROR, "event log write failed\n".into());
+    body_or(
+        blocking(&app, move |app| {
+            let mut out = Vec::with_capacity(body.len() / 8);
+            for c in body.chunks_exact(32) {
+                let mut id: ChunkId = [0; 32];
+                id.copy_from_slice(c);
+                out.extend_from_slice(&app.vault.blob_len(&id).unwrap_or(0).to_le_bytes());
+            }
+            Ok((StatusCode::OK, out).into_response())
+        })
+        .await,
+    )
+}
+
+async fn put_chunk(
+    State(app): State<Shared>,
+    Path(hex): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    let Some(id) = image::parse_hex(&hex) else {
+        return text(StatusCode::BAD_REQUEST, format!("bad chunk id {hex:?}"));
+    };
+    if body.len() > image::MAX_CHUNK_SIZE as usize + 64 {
+        return text(StatusCode::PAYLOAD_TOO_LARGE, "blob larger than the largest chunk");
     }
-    (StatusCode::OK, format!("{} {}: hello {pc}, seen at {addr}\n", wire::HELLO_PREFIX, env!("CARGO_PKG_VERSION")))
+    let backup = q(&query, "backup").and_then(|v| v.parse().ok());
+    body_or(
+        blocking(&app, move |app| match app.vault.put_chunk(&id, &body, backup) {
+            Ok(true) => Ok(text(StatusCode::CREATED, "stored")),
+            Ok(false) => Ok(text(StatusCode::OK, "already stored")),
+            Err(e) => Err(text(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())),
+        })
+        .await,
+    )
+}
+
+async fn finish(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<i64>, body: Bytes) -> Response {
+    body_or(
+        async {
+            let pc = pc_of(&headers)?;
+            blocking(&app, move |app| match app.vault.finish_backup(id, &pc, &body) {
+                Ok(b) => {
+                    app.event(&format!(
+                        "backup {id} of pc={pc} complete: {} chunks ({} zero), {} received in {} new chunks, {} already stored",
+                        b.chunks,
+                        b.zero_chunks,
+                        human_bytes(b.received_bytes),
+                        b.received_chunks,
+                        human_bytes(b.blob_bytes.saturating_sub(b.received_bytes))
+                    ));
+                    Ok(text(StatusCode::OK, format!("id={id}\nstate=complete")))
+                }
+                Err(e) => {
+                    let status = if e.conflict { StatusCode::CONFLICT } else { StatusCode::UNPROCESSABLE_ENTITY };
+                    app.event(&format!("backup-refused id={id} pc={pc} reason={:?}", e.message));
+                    Err(text(status, e.message))
+                }
+            })
+            .await
+        }
+        .await,
+    )
+}
+
+async fn fail(State(app): State<Shared>, Path(id): Path<i64>, body: Bytes) -> Response {
+    let reason: String = String::from_utf8_lossy(&body).lines().next().unwrap_or("").chars().take(500).collect();
+    body_or(
+        blocking(&app, move |app| {
+            app.vault.fail_backup(id, &reason).map_err(|e| text(StatusCode::CONFLICT, e.to_string()))?;
+            app.event(&format!("backup-failed id={id} reason={reason:?}"));
+            Ok(text(StatusCode::OK, "state=failed"))
+        })
+        .await,
+    )
+}
+
+async fn latest(State(app): State<Shared>, Query(query): Query<HashMap<String, String>>) -> Response {
+    let Some(pc) = q(&query, "pc").map(str::to_owned) else {
+        return text(StatusCode::BAD_REQUEST, "pc missing");
+    };
+    let name = q(&query, "name").map(str::to_owned);
+    body_or(
+        blocking(&app, move |app| match app.vault.latest(&pc, name.as_deref()).map_err(internal)? {
+            Some(id) => Ok(text(StatusCode::OK, format!("id={id}"))),
+            None => Err(text(StatusCode::NOT_FOUND, format!("no complete backup of {pc}"))),
+        })
+        .await,
+    )
+}
+
+async fn list_backups(State(app): State<Shared>, Query(query): Query<HashMap<String, String>>) -> Response {
+    let pc = q(&query, "pc").map(str::to_owned);
+    let all = q(&query, "all").is_some_and(|v| v == "1" || v == "yes");
+    body_or(
+        blocking(&app, move |app| {
+            Ok(Json(app.vault.list_backups(pc.as_deref(), all).map_err(internal)?).into_response())
+        })
+        .await,
+    )
+}
+
+async fn show_backup(State(app): State<Shared>, Path(id): Path<i64>) -> Response {
+    body_or(
+        blocking(&app, move |app| match app.vault.backup(id).map_err(internal)? {
+            Some(b) => Ok(Json(b).into_response()),
+            None => Err(text(StatusCode::NOT_FOUND, format!("no backup {id}"))),
+        })
+        .await,
+    )
+}
+
+async fn delete_backup(State(app): State<Shared>, Path(id): Path<i64>) -> Response {
+    body_or(
+        blocking(&app, move |app| {
+            app.vault.delete_backup(id).map_err(|e| text(StatusCode::NOT_FOUND, e.to_string()))?;
+            app.event(&format!("backup-deleted id={id}"));
+            Ok(text(StatusCode::OK, "deleted"))
+        })
+        .await,
+    )
+}
+
+async fn manifest(State(app): State<Shared>, Path(id): Path<i64>) -> Response {
+    body_or(
+        blocking(&app, move |app| {
+            let m = app.vault.manifest(id).map_err(|e| text(StatusCode::NOT_FOUND, e.to_string()))?;
+            Ok((StatusCode::OK, m).into_response())
+        })
+        .await,
+    )
+}
+
+async fn get_chunk(State(app): State<Shared>, Path(hex): Path<String>) -> Response {
+    let Some(id) = image::parse_hex(&hex) else {
+        return text(StatusCode::BAD_REQUEST, format!("bad chunk id {hex:?}"));
+    };
+    body_or(
+        blocking(&app, move |app| {
+            let b = app.vault.chunk(&id).map_err(|e| text(StatusCode::NOT_FOUND, e.to_string()))?;
+            Ok((StatusCode::OK, b).into_response())
+        })
+        .await,
+    )
+}
+
+/// Streams the single-file form: a blocking writer feeds a pipe.
+async fn export(State(app): State<Shared>, Path(id): Path<i64>) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+    struct ChannelWriter(tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>);
+    impl Write for ChannelWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.blocking_send(Ok(Bytes::copy_from_slice(buf))).map_err(|_| std::io::ErrorKind::BrokenPipe)?;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    if let Err(e) = app.vault.manifest(id) {
+        return text(StatusCode::NOT_FOUND, e.to_string());
+    }
+    let app2 = app.clone();
+    tokio::task::spawn_blocking(move || {
+        let w = std::io::BufWriter::with_capacity(1 << 20, ChannelWriter(tx.clone()));
+        if let Err(e) = app2.vault.export(id, w) {
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    (StatusCode::OK, Body::from_stream(stream)).into_response()
+}
+
+/// Spools the upload to a temporary file, then imports it (verified as it
+/// is read).
+async fn import(State(app): State<Shared>, Query(query): Query<HashMap<String, String>>, body: Body) -> Response {
+    use futures_util::StreamExt;
+    let pc = q(&query, "pc").map(str::to_owned);
+    let tmp = app.vault.dir().join("tmp").join(format!("import-{}-{}.bvimg", std::process::id(), vault::now()));
+    let mut file = match tokio::fs::File::create(&tmp).await {
+        Ok(f) => f,
+        Err(e) => return internal(e),
+    };
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let r = match chunk {
+            Ok(b) => tokio::io::AsyncWriteExt::write_all(&mut file, &b).await.map_err(internal),
+            Err(e) => Err(text(StatusCode::BAD_REQUEST, e.to_string())),
+        };
+        if let Err(resp) = r {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return resp;
+        }
+    }
+    drop(file);
+    body_or(
+        blocking(&app, move |app| {
+            let r = std::fs::File::open(&tmp)
+                .map_err(anyhow::Error::from)
+                .and_then(|f| app.vault.import(std::io::BufReader::new(f), pc.as_deref()));
+            let _ = std::fs::remove_file(&tmp);
+            let id = r.map_err(|e| text(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")))?;
+            app.event(&format!("backup-imported id={id}"));
+            Ok(text(StatusCode::CREATED, format!("id={id}")))
+        })
+        .await,
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct NewJob {
+    pc: String,
+    action: String,
+    #[serde(default)]
+    disk: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    backup: Option<i64>,
+}
+
+async fn add_job(State(app): State<Shared>, Json(j): Json<NewJob>) -> Response {
+    body_or(
+        blocking(&app, move |app| {
+            let id = app
+                .vault
+                .add_job(
+                    &j.pc,
+                    &j.action,
+                    j.disk.as_deref().unwrap_or("auto"),
+                    j.name.as_deref().unwrap_or(""),
+                    j.backup,
+                )
+                .map_err(|e| text(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+            Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response())
+        })
+        .await,
+    )
+}
+
+async fn list_jobs(State(app): State<Shared>, Query(query): Query<HashMap<String, String>>) -> Response {
+    let pc = q(&query, "pc").map(str::to_owned);
+    body_or(
+        blocking(&app, move |app| Ok(Json(app.vault.list_jobs(pc.as_deref()).map_err(internal)?).into_response()))
+            .await,
+    )
+}
+
+async fn next_job(State(app): State<Shared>, headers: HeaderMap) -> Response {
+    body_or(
+        async {
+            let pc = pc_of(&headers)?;
+            blocking(&app, move |app| match app.vault.next_job(&pc).map_err(internal)? {
+                None => Ok(StatusCode::NO_CONTENT.into_response()),
+                Some(j) => {
+                    app.event(&format!("job-start id={} pc={pc} action={}", j.id, j.action));
+                    let mut body = format!("job={}\naction={}\ndisk={}\nname={}\n", j.id, j.action, j.disk, j.name);
+                    if let Some(b) = j.backup {
+                        body.push_str(&format!("backup={b}\n"));
+                    }
+                    Ok(text(StatusCode::OK, body))
+                }
+            })
+            .await
+        }
+        .await,
+    )
+}
+
+async fn result(State(app): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    body_or(
+        async {
+            let pc = pc_of(&headers)?;
+            let text_body = String::from_utf8_lossy(&body).into_owned();
+            let kv: HashMap<String, String> = text_body
+                .lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .collect();
+            let get = |k: &str| kv.get(k).map(String::as_str).unwrap_or("");
+            let num = |k: &str| get(k).parse::<u64>().unwrap_or(0);
+            let (job, backup) = (get("job").parse().ok(), get("backup").parse().ok());
+            let (action, disk, message) = (get("action").to_owned(), get("disk").to_owned(), get("message").to_owned());
+            let ok = get("ok") == "yes";
+            let (bytes, sent, seconds) = (num("bytes"), num("sent"), get("seconds").parse().unwrap_or(0.0));
+            blocking(&app, move |app| {
+                app.vault
+                    .record_result(&pc, job, &action, &disk, backup, ok, &message, bytes, sent, seconds)
+                    .map_err(internal)?;
+                app.event(&format!(
+                    "result pc={pc} action={action} ok={} bytes={bytes} sent={sent} seconds={seconds} message={message:?}",
+                    if ok { "yes" } else { "no" }
+                ));
+                Ok(text(StatusCode::OK, "recorded"))
+            })
+            .await
+        }
+        .await,
+    )
+}
+
+async fn list_results(State(app): State<Shared>, Query(query): Query<HashMap<String, String>>) -> Response {
+    let pc = q(&query, "pc").map(str::to_owned);
+    body_or(
+        blocking(&app, move |app| Ok(Json(app.vault.list_results(pc.as_deref()).map_err(internal)?).into_response()))
+            .await,
+    )
 }

@@ -1,0 +1,257 @@
+//! Admin commands over a server's data directory: backups, jobs and
+//! results, garbage collection. They open the vault directly (SQLite in
+//! WAL mode, so this works while the server runs). Tables for people,
+//! `--json` for scripts.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use bootvault_common::units::human_bytes;
+use bootvault_server::vault::{BackupRow, Vault};
+
+#[derive(clap::Subcommand)]
+pub enum BackupsCmd {
+    /// List backups (complete ones; --all adds uploading and failed).
+    List {
+        #[arg(long)]
+        pc: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Details of one backup.
+    Show { id: i64 },
+    /// Re-read every stored chunk of a backup and check its hash.
+    Verify { id: i64 },
+    /// Write a backup as one file (the single-file form).
+    Export { id: i64, file: PathBuf },
+    /// Read a single-file backup (verifying it) into the store.
+    Import {
+        file: PathBuf,
+        /// Whose backup it becomes (default: the PC it was made on).
+        #[arg(long)]
+        pc: Option<String>,
+    },
+    /// Remove a backup (its chunks go at the next gc).
+    Rm { id: i64 },
+}
+
+#[derive(clap::Subcommand)]
+pub enum JobsCmd {
+    /// Queued, running and finished jobs.
+    List {
+        #[arg(long)]
+        pc: Option<String>,
+    },
+    /// Queue a job for a PC booted with action=job.
+    Add {
+        pc: String,
+        /// backup or restore
+        action: String,
+        #[arg(long, default_value = "auto")]
+        disk: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Backup id to restore (default: the PC's latest).
+        #[arg(long)]
+        backup: Option<i64>,
+    },
+    /// Results reported by PCs (jobs and headless runs).
+    Results {
+        #[arg(long)]
+        pc: Option<String>,
+    },
+}
+
+fn when(t: i64) -> String {
+    // UTC date and time from Unix seconds (civil-from-days, H. Hinnant).
+    let days = t.div_euclid(86_400);
+    let secs = t.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}", secs / 3600, (secs % 3600) / 60)
+}
+
+fn json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn print_backups(rows: &[BackupRow]) {
+    println!(
+        "{:>5}  {:<16} {:<16} {:<10} {:<16} {:>10} {:>7} {:>10}",
+        "ID", "PC", "NAME", "STATE", "CREATED (UTC)", "DISK", "CHUNKS", "STORED"
+    );
+    for b in rows {
+        println!(
+            "{:>5}  {:<16} {:<16} {:<10} {:<16} {:>10} {:>7} {:>10}",
+            b.id,
+            b.pc,
+            b.name,
+            b.state,
+            when(b.created),
+            human_bytes(b.disk_bytes),
+            b.chunks,
+            human_bytes(b.blob_bytes)
+        );
+    }
+}
+
+pub fn backups(data: &Path, as_json: bool, cmd: BackupsCmd) -> Result<()> {
+    let v = Vault::open(data)?;
+    match cmd {
+        BackupsCmd::List { pc, all } => {
+            let rows = v.list_backups(pc.as_deref(), all)?;
+            if as_json {
+                json(&rows)
+            } else {
+                print_backups(&rows);
+                Ok(())
+            }
+        }
+        BackupsCmd::Show { id } => {
+            let b = v.backup(id)?.with_context(|| format!("no backup {id}"))?;
+            if as_json {
+                return json(&b);
+            }
+            print_backups(std::slice::from_ref(&b));
+            println!(
+                "zero chunks {}, received {} in {} new chunks, digest {}{}",
+                b.zero_chunks,
+                human_bytes(b.received_bytes),
+                b.received_chunks,
+                if b.digest.is_empty() { "-" } else { &b.digest },
+                if b.reason.is_empty() { String::new() } else { format!(", reason: {}", b.reason) }
+            );
+            Ok(())
+        }
+        BackupsCmd::Verify { id } => {
+            let n = v.verify_backup(id).with_context(|| format!("backup {id} is damaged"))?;
+            if as_json {
+                json(&serde_json::json!({ "id": id, "ok": true, "chunks_checked": n }))
+            } else {
+                println!("backup {id}: {n} stored chunks verified");
+                Ok(())
+            }
+        }
+        BackupsCmd::Export { id, file } => {
+            let f = File::create(&file).with_context(|| format!("creating {}", file.display()))?;
+            let mut w = BufWriter::new(f);
+            v.export(id, &mut w)?;
+            w.flush()?;
+            println!("backup {id} written to {}", file.display());
+            Ok(())
+        }
+        BackupsCmd::Import { file, pc } => {
+            let f = File::open(&file).with_context(|| format!("opening {}", file.display()))?;
+            let id =
+                v.import(BufReader::new(f), pc.as_deref()).with_context(|| format!("importing {}", file.display()))?;
+            if as_json {
+                json(&serde_json::json!({ "id": id }))
+            } else {
+                println!("imported {} as backup {id}", file.display());
+                Ok(())
+            }
+        }
+        BackupsCmd::Rm { id } => {
+            v.delete_backup(id)?;
+            println!("backup {id} removed; run `bootvault gc` to free its chunks");
+            Ok(())
+        }
+    }
+}
+
+pub fn jobs(data: &Path, as_json: bool, cmd: JobsCmd) -> Result<()> {
+    let v = Vault::open(data)?;
+    match cmd {
+        JobsCmd::List { pc } => {
+            let rows = v.list_jobs(pc.as_deref())?;
+            if as_json {
+                return json(&rows);
+            }
+            println!(
+                "{:>5}  {:<16} {:<8} {:<8} {:<12} {:<8} {:<16}",
+                "ID", "PC", "ACTION", "DISK", "NAME", "STATE", "CREATED (UTC)"
+            );
+            for j in rows {
+                println!(
+                    "{:>5}  {:<16} {:<8} {:<8} {:<12} {:<8} {:<16}",
+                    j.id,
+                    j.pc,
+                    j.action,
+                    j.disk,
+                    j.name,
+                    j.state,
+                    when(j.created)
+                );
+            }
+            Ok(())
+        }
+        JobsCmd::Add { pc, action, disk, name, backup } => {
+            if action == "restore" && backup.is_none() {
+                eprintln!("note: no --backup given; the PC restores its latest backup");
+            }
+            let id = v.add_job(&pc, &action, &disk, name.as_deref().unwrap_or(""), backup)?;
+            println!("job {id} queued for {pc}");
+            Ok(())
+        }
+        JobsCmd::Results { pc } => {
+            let rows = v.list_results(pc.as_deref())?;
+            if as_json {
+                return json(&rows);
+            }
+            for r in rows {
+                println!(
+                    "{} {} {} {} disk {}: {} ({}, {:.1} s) {}",
+                    when(r.at),
+                    r.pc,
+                    r.action,
+                    if r.ok { "ok" } else { "FAILED" },
+                    r.disk,
+                    human_bytes(r.bytes),
+                    human_bytes(r.sent),
+                    r.seconds,
+                    r.message
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+pub fn gc(data: &Path, as_json: bool, max_age: i64) -> Result<()> {
+    if max_age < 0 {
+        bail!("--max-age must not be negative");
+    }
+    let v = Vault::open(data)?;
+    let r = v.gc(max_age)?;
+    if as_json {
+        return json(&r);
+    }
+    println!(
+        "gc: {} abandoned uploads closed, {} chunks removed ({} freed), {} kept",
+        r.stale_uploads,
+        r.chunks_removed,
+        human_bytes(r.bytes_freed),
+        r.chunks_kept
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dates() {
+        assert_eq!(super::when(0), "1970-01-01 00:00");
+        assert_eq!(super::when(1_795_546_469), "2026-11-24 18:54");
+        assert_eq!(super::when(951_782_400), "2000-02-29 00:00");
+    }
+}

@@ -1,0 +1,143 @@
+//! The engine against the real server, on the host: the same pipelines the
+//! PID 1 runs, on image files, with a server started in this process on
+//! 127.0.0.1.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bootvault_engine::backup::{backup, BackupOptions};
+use bootvault_engine::client::Client;
+use bootvault_engine::device::Device;
+use bootvault_engine::restore::{restore, RestoreOptions};
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("bv-engine-{tag}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// Starts the real server on a free loopback port; returns its URL.
+fn server(data: &Path) -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+    let opts =
+        bootvault_server::Options { listen: format!("127.0.0.1:{port}").parse().expect("addr"), data: data.to_owned() };
+    std::thread::spawn(move || bootvault_server::serve(opts));
+    let url = format!("http://127.0.0.1:{port}");
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(20), "server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    url
+}
+
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// 10 MiB + 12 KiB (a short last chunk): text, noise, zeros, a repeat.
+fn source_image(path: &Path) -> Vec<u8> {
+    let mut d = Vec::new();
+    d.extend((0..).map(|i| format!("row {i}\n")).flat_map(String::into_bytes).take(3 << 20));
+    d.extend(noise(1, 2 << 20));
+    d.extend(vec![0u8; 3 << 20]);
+    d.extend(noise(1, 2 << 20)); // the same chunks again: deduplicated
+    d.extend(noise(2, 12 * 1024));
+    fs::write(path, &d).expect("source");
+    d
+}
+
+#[test]
+fn backup_restore_dedup_and_refusals() {
+    let dir = temp_dir("round-trip");
+    let url = server(&dir.join("data"));
+    let src = dir.join("src.img");
+    let data = source_image(&src);
+    let client = Client::new(&url, "host-test");
+    let dev = Device::open(&src, false).expect("open source");
+    let opts = BackupOptions::new("host-test", "full");
+    let mut lines = Vec::new();
+    let r = backup(&dev, &client, &opts, &mut |p| lines.push(p.line())).expect("backup");
+    assert_eq!(r.chunks, 11);
+    assert_eq!(r.zero_chunks, 3);
+    assert_eq!(r.new_chunks, 6, "2 repeated noise chunks are sent once");
+    assert!(r.sent_bytes > 2 << 20 && r.sent_bytes < 5 << 20, "{}", r.sent_bytes);
+    assert!(lines.last().is_some_and(|l| l.contains("100.0%")), "{lines:?}");
+
+    // Unchanged: nothing new crosses the network.
+    let again = backup(&dev, &client, &opts, &mut |_| {}).expect("second backup");
+    assert_eq!((again.new_chunks, again.sent_bytes), (0, 0));
+    assert_eq!(client.latest("host-test", None).expect("latest"), again.id);
+
+    // Restore onto the same size and a larger file: identical bytes.
+    for extra in [0u64, 5 << 20] {
+        let dst = dir.join(format!("dst-{extra}.img"));
+        fs::File::create(&dst).and_then(|f| f.set_len(data.len() as u64 + extra)).expect("target");
+        fs::write(&dst, noise(9, data.len() + extra as usize)).expect("dirty target");
+        let t = Device::open(&dst, true).expect("open target");
+        let opts = RestoreOptions { verify: true, ..Default::default() };
+        let rr = restore(&t, &client, r.id, &opts, &mut |_| {}).expect("restore");
+        assert!(rr.verified);
+        let back = fs::read(&dst).expect("read back");
+        assert!(back[..data.len()] == data[..], "restored bytes differ");
+    }
+
+    // Smaller target: refused, untouched.
+    let small = dir.join("small.img");
+    fs::write(&small, noise(4, 4 << 20)).expect("small");
+    let before = fs::read(&small).expect("read");
+    let t = Device::open(&small, true).expect("open");
+    let e = restore(&t, &client, r.id, &RestoreOptions::default(), &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("smaller than the backed-up disk"), "{e}");
+    assert!(fs::read(&small).expect("read") == before);
+
+    // A damaged stored chunk stops the restore at that chunk.
+    let blob_dir = dir.join("data/chunks");
+    let victim =
+        walk(&blob_dir).into_iter().max_by_key(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0)).expect("a blob");
+    let mut b = fs::read(&victim).expect("blob");
+    let mid = b.len() / 2;
+    b[mid] ^= 0xFF;
+    fs::write(&victim, b).expect("corrupt");
+    let dst = dir.join("dst-corrupt.img");
+    fs::File::create(&dst).and_then(|f| f.set_len(data.len() as u64)).expect("target");
+    let t = Device::open(&dst, true).expect("open");
+    let e = restore(&t, &client, r.id, &RestoreOptions::default(), &mut |_| {}).unwrap_err().to_string();
+    assert!(e.contains("at offset") && e.contains("restore stopped there"), "{e}");
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn unreachable_server_is_a_clear_error() {
+    let dir = temp_dir("unreachable");
+    let src = dir.join("src.img");
+    fs::write(&src, vec![1u8; 1 << 20]).expect("source");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let client = Client::new(&format!("http://127.0.0.1:{port}"), "pc");
+    let dev = Device::open(&src, false).expect("open");
+    let e = backup(&dev, &client, &BackupOptions::new("pc", "full"), &mut |_| {}).unwrap_err().to_string();
+    assert!(e.contains(&format!("POST http://127.0.0.1:{port}/api/v1/backups")), "{e}");
+    let _ = fs::remove_dir_all(&dir);
+}
+
+fn walk(d: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(d).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}

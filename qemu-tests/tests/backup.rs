@@ -1,0 +1,174 @@
+//! Whole-disk backup and restore end to end: real disks with real
+//! filesystems, backed up by the PID 1 under QEMU to a real server, restored
+//! by another boot onto blank disks, compared byte for byte and checked with
+//! e2fsck / fsck.vfat.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use bootvault_qemu_tests::*;
+
+/// Boots a PC built with `settings`, with `disk` attached; returns the
+/// console lines once it powered off.
+fn boot_job(
+    dir: &Path,
+    tag: &str,
+    server: &Server,
+    pc: &str,
+    settings: &[&str],
+    disk: &Path,
+    serial: &str,
+) -> Vec<String> {
+    let boot = dir.join(format!("boot-{tag}"));
+    let mut args = Vec::new();
+    for s in settings {
+        args.push("--set");
+        args.push(s);
+    }
+    build_pc(&boot, pc, &server.guest_url(), "qemu", &args).expect("build");
+    let mut vm = Guest::new(&boot).disk(disk, serial).boot(&dir.join(format!("console-{tag}.log"))).expect("boots");
+    vm.console.expect("reboot: Power down", BOOT_TIMEOUT).expect("power down");
+    vm.wait_exit(Duration::from_secs(30)).expect("qemu exits");
+    vm.console.all()
+}
+
+fn find<'a>(lines: &'a [String], needle: &str) -> &'a str {
+    lines
+        .iter()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no console line with {needle:?}:\n{}", lines.join("\n")))
+}
+
+fn blank(dir: &Path, name: &str, mib: u64) -> PathBuf {
+    let p = dir.join(name);
+    let f = fs::File::create(&p).expect("create");
+    f.set_len(mib << 20).expect("size");
+    p
+}
+
+/// `bootvault backups list --all --json` of the server's data directory.
+fn backups_json(server: &Server) -> String {
+    run(Command::new(bootvault_bin()).args(["backups", "--json", "--data"]).arg(&server.data).args(["list", "--all"]))
+        .expect("backups list")
+}
+
+fn backup_then_restore(label: &str) {
+    let dir = scratch(&format!("backup-{label}"));
+    let server = Server::start(&dir).expect("server");
+    let source = make_source_disk(&dir, label).expect("source disk");
+    let pc = format!("pc-{label}");
+
+    // 1. Back up the whole disk.
+    let lines = boot_job(&dir, "backup", &server, &pc, &["action=backup", "name=nightly"], &source, "SRC001");
+    let done = find(&lines, "bootvault: backup 1 complete:");
+    assert!(done.contains("96.0 MiB in 96 chunks"), "{done}");
+    assert!(lines.iter().any(|l| l.contains("bootvault: backup ") && l.contains("% ")), "progress lines");
+    let listed = backups_json(&server);
+    assert!(listed.contains("\"complete\""), "{listed}");
+
+    // 2. Again, unchanged: (almost) nothing crosses the network.
+    let lines = boot_job(&dir, "backup2", &server, &pc, &["action=backup", "name=nightly"], &source, "SRC001");
+    let again = find(&lines, "bootvault: backup 2 complete:");
+    assert!(again.contains(", 0 new chunks, 0 B sent"), "{again}");
+    let log = fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+    assert!(log.contains("backup 2 of pc=") && log.contains("0 B received"), "server log:\n{log}");
+
+    // 3. Restore onto a blank disk of the same size, and onto a larger one.
+    for (tag, mib) in [("same", SOURCE_MIB), ("larger", SOURCE_MIB + 32)] {
+        let target = blank(&dir, &format!("target-{tag}.img"), mib);
+        let lines =
+            boot_job(&dir, &format!("restore-{tag}"), &server, &pc, &["action=restore", "backup=1"], &target, "DST001");
+        find(&lines, "bootvault: restore of backup 1 complete:");
+        let diff = compare_prefix(&source, &target, SOURCE_MIB << 20).expect("compare");
+        assert_eq!(diff, None, "restored disk ({tag}) differs from the source at byte {diff:?}");
+        fsck_partitions(&target, &dir).expect("filesystems check clean");
+    }
+}
+
+#[test]
+fn gpt_disk_backup_dedup_and_byte_identical_restore() {
+    backup_then_restore("gpt");
+}
+
+#[test]
+fn mbr_disk_backup_dedup_and_byte_identical_restore() {
+    backup_then_restore("dos");
+}
+
+/// A smaller target is refused before anything is written; a damaged
+/// chunk on the server stops the restore at that chunk, naming it.
+#[test]
+fn bad_restores_are_refused() {
+    let dir = scratch("backup-refusals");
+    let server = Server::start(&dir).expect("server");
+    let source = make_source_disk(&dir, "gpt").expect("source disk");
+    let lines = boot_job(&dir, "backup", &server, "pc-r", &["action=backup"], &source, "SRC001");
+    find(&lines, "bootvault: backup 1 complete:");
+
+    // Smaller target: refused, untouched.
+    let small = dir.join("small.img");
+    fs::write(&small, noise(3, 64 << 20)).expect("small disk");
+    let before = fs::read(&small).expect("read");
+    let lines = boot_job(&dir, "small", &server, "pc-r", &["action=restore", "error_wait=1"], &small, "DST002");
+    let err = find(&lines, "bootvault: error:");
+    assert!(err.contains("smaller than the backed-up disk's 96.0 MiB"), "{err}");
+    assert!(err.contains("nothing was written"), "{err}");
+    assert!(fs::read(&small).expect("read") == before, "the smaller target was modified");
+
+    // Corrupt the stored blob of the last data chunk; restore stops there.
+    let manifest = fs::read(server.data.join("manifests/1.bvm")).expect("manifest file");
+    let m = bootvault_common::image::Manifest::decode(&manifest).expect("manifest decodes");
+    let (index, id) = m
+        .chunks
+        .iter()
+        .enumerate()
+        .rev()
+        .find_map(|(i, c)| match c {
+            bootvault_common::image::Chunk::Data { id, .. } => Some((i, *id)),
+            _ => None,
+        })
+        .expect("a data chunk");
+    let hex = bootvault_common::image::hex(&id);
+    let blob = server.data.join("chunks").join(&hex[..2]).join(&hex);
+    let mut bytes = fs::read(&blob).expect("blob");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    fs::write(&blob, bytes).expect("corrupt");
+    let target = blank(&dir, "target.img", SOURCE_MIB);
+    let lines = boot_job(&dir, "corrupt", &server, "pc-r", &["action=restore", "error_wait=1"], &target, "DST003");
+    let err = find(&lines, "bootvault: error:");
+    let offset = index as u64 * (1 << 20);
+    assert!(err.contains(&format!("chunk {index} at offset {offset}")), "{err}");
+    assert!(err.contains("restore stopped there"), "{err}");
+}
+
+/// The server dies in the middle of an upload: the PC reports a clear
+/// error, and after a restart the half backup is not listed as complete.
+#[test]
+fn server_killed_during_upload_leaves_no_complete_backup() {
+    let dir = scratch("backup-killed");
+    let mut server = Server::start(&dir).expect("server");
+    // Mostly incompressible data, so the upload takes a while.
+    let disk = dir.join("busy.img");
+    fs::write(&disk, noise(5, 160 << 20)).expect("disk");
+    let boot = dir.join("boot");
+    build_pc(&boot, "pc-k", &server.guest_url(), "qemu", &["--set", "action=backup", "--set", "error_wait=1"])
+        .expect("build");
+    let mut vm = Guest::new(&boot).disk(&disk, "KILL01").boot(&dir.join("console.log")).expect("boots");
+    vm.console.expect("bootvault: backup: vda", BOOT_TIMEOUT).expect("backup starts");
+    vm.console
+        .expect_fn("progress", BOOT_TIMEOUT, |l| l.contains("bootvault: backup ") && l.contains("% "))
+        .expect("progress");
+    server.kill();
+    let (err, _) = vm.console.expect("bootvault: error:", BOOT_TIMEOUT).expect("error line");
+    assert!(err.contains("backup of vda"), "{err}");
+    vm.console.expect("reboot: Power down", BOOT_TIMEOUT).expect("power down");
+    vm.wait_exit(Duration::from_secs(30)).expect("qemu exits");
+
+    let restarted = Server::start(&dir).expect("server restarts on the same data");
+    let listed = backups_json(&restarted);
+    assert!(!listed.contains("\"complete\""), "a half backup is listed as complete:\n{listed}");
+    assert!(listed.contains("\"uploading\""), "the half backup should be visible as uploading with --all:\n{listed}");
+}

@@ -1,0 +1,546 @@
+//! The server's data directory: the management database and the
+//! content-addressed chunk store.
+//!
+//! ```text
+//! DATA/bootvault.db          SQLite (WAL): pcs, backups, jobs, results
+//! DATA/chunks/XX/HEX         blobs, named by the BLAKE3 of their plain bytes
+//! DATA/manifests/ID.bvm      manifests of complete backups
+//! DATA/tmp/                  files being written (renamed into place)
+//! ```
+//!
+//! Promises: a chunk file exists only if its blob decoded and hashed to its
+//! name; a backup is `complete` only after every chunk its manifest names
+//! is in the store and the manifest itself is fsync'ed and renamed into
+//! place. Both the HTTP API and the admin CLI go through this type.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bootvault_common::image::{self, ChunkId, ImageReader, ImageWriter, Manifest, Record};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+pub fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS pcs (name TEXT PRIMARY KEY, first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL,
+    last_mac TEXT NOT NULL DEFAULT '', last_addr TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS backups (id INTEGER PRIMARY KEY AUTOINCREMENT, pc TEXT NOT NULL, name TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('uploading','complete','failed')),
+    created INTEGER NOT NULL, finished INTEGER, disk_bytes INTEGER NOT NULL, chunk_size INTEGER NOT NULL,
+    chunks INTEGER NOT NULL DEFAULT 0, zero_chunks INTEGER NOT NULL DEFAULT 0, blob_bytes INTEGER NOT NULL DEFAULT 0,
+    received_bytes INTEGER NOT NULL DEFAULT 0, received_chunks INTEGER NOT NULL DEFAULT 0,
+    digest TEXT NOT NULL DEFAULT '', reason TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, pc TEXT NOT NULL, action TEXT NOT NULL,
+    disk TEXT NOT NULL, name TEXT NOT NULL, backup INTEGER,
+    state TEXT NOT NULL CHECK (state IN ('queued','running','done','failed')),
+    created INTEGER NOT NULL, started INTEGER, finished INTEGER);
+CREATE TABLE IF NOT EXISTS results (id INTEGER PRIMARY KEY AUTOINCREMENT, pc TEXT NOT NULL, job INTEGER,
+    action TEXT NOT NULL, disk TEXT NOT NULL, backup INTEGER, ok INTEGER NOT NULL, message TEXT NOT NULL,
+    bytes INTEGER NOT NULL, sent INTEGER NOT NULL, seconds REAL NOT NULL, at INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta VALUES ('schema_version', '1');
+";
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BackupRow {
+    pub id: i64,
+    pub pc: String,
+    pub name: String,
+    pub state: String,
+    pub created: i64,
+    pub finished: Option<i64>,
+    pub disk_bytes: u64,
+    pub chunk_size: u32,
+    pub chunks: u64,
+    pub zero_chunks: u64,
+    pub blob_bytes: u64,
+    pub received_bytes: u64,
+    pub received_chunks: u64,
+    pub digest: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct JobRow {
+    pub id: i64,
+    pub pc: String,
+    pub action: String,
+    pub disk: String,
+    pub name: String,
+    pub backup: Option<i64>,
+    pub state: String,
+    pub created: i64,
+    pub started: Option<i64>,
+    pub finished: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ResultRow {
+    pub id: i64,
+    pub pc: String,
+    pub job: Option<i64>,
+    pub action: String,
+    pub disk: String,
+    pub backup: Option<i64>,
+    pub ok: bool,
+    pub message: String,
+    pub bytes: u64,
+    pub sent: u64,
+    pub seconds: f64,
+    pub at: i64,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct GcReport {
+    pub stale_uploads: u64,
+    pub chunks_removed: u64,
+    pub bytes_freed: u64,
+    pub chunks_kept: u64,
+}
+
+/// Why finishing a backup was refused; `conflict` = a chunk is missing
+/// (HTTP 409), otherwise the manifest itself is bad (422).
+#[derive(Debug)]
+pub struct FinishError {
+    pub conflict: bool,
+    pub message: String,
+}
+
+pub struct Vault {
+    dir: PathBuf,
+    db: Mutex<Connection>,
+    tmp_seq: AtomicU64,
+}
+
+const BACKUP_COLS: &str = "id, pc, name, state, created, finished, disk_bytes, chunk_size, chunks, zero_chunks, \
+    blob_bytes, received_bytes, received_chunks, digest, reason";
+
+fn backup_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BackupRow> {
+    Ok(BackupRow {
+        id: r.get(0)?,
+        pc: r.get(1)?,
+        name: r.get(2)?,
+        state: r.get(3)?,
+        created: r.get(4)?,
+        finished: r.get(5)?,
+        disk_bytes: r.get::<_, i64>(6)? as u64,
+        chunk_size: r.get::<_, i64>(7)? as u32,
+        chunks: r.get::<_, i64>(8)? as u64,
+        zero_chunks: r.get::<_, i64>(9)? as u64,
+        blob_bytes: r.get::<_, i64>(10)? as u64,
+        received_bytes: r.get::<_, i64>(11)? as u64,
+        received_chunks: r.get::<_, i64>(12)? as u64,
+        digest: r.get(13)?,
+        reason: r.get(14)?,
+    })
+}
+
+fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|f| f.sync_all()).with_context(|| format!("syncing directory {}", dir.display()))
+}
+
+impl Vault {
+    pub fn open(dir: &Path) -> Result<Vault> {
+        for sub in ["chunks", "manifests", "tmp"] {
+            fs::create_dir_all(dir.join(sub)).with_context(|| format!("creating {}", dir.join(sub).display()))?;
+        }
+        let path = dir.join("bootvault.db");
+        let db = Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        db.busy_timeout(std::time::Duration::from_secs(10))?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "FULL")?;
+        db.execute_batch(SCHEMA).with_context(|| format!("creating the schema in {}", path.display()))?;
+        Ok(Vault { dir: dir.to_owned(), db: Mutex::new(db), tmp_seq: AtomicU64::new(0) })
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn chunk_path(&self, id: &ChunkId) -> PathBuf {
+        let h = image::hex(id);
+        self.dir.join("chunks").join(&h[..2]).join(h)
+    }
+
+    fn manifest_path(&self, backup: i64) -> PathBuf {
+        self.dir.join("manifests").join(format!("{backup}.bvm"))
+    }
+
+    /// Writes `bytes` to a temporary file, fsyncs it, renames it to `dest`
+    /// and fsyncs the directory.
+    fn durable_write(&self, dest: &Path, bytes: &[u8]) -> Result<()> {
+        let tmp = self.dir.join("tmp").join(format!(
+            "{}-{}.tmp",
+            std::process::id(),
+            self.tmp_seq.fetch_add(1, Ordering::Relaxed)
+        ));
+        let parent = dest.parent().ok_or_else(|| anyhow!("{} has no parent", dest.display()))?;
+        fs::create_dir_all(parent)?;
+        let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(&bytes).and_then(|()| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, dest).with_context(|| format!("renaming into {}", dest.display()))?;
+        fsync_dir(parent)
+    }
+
+    pub fn seen_pc(&self, pc: &str, mac: &str, addr: &str) -> Result<()> {
+        let t = now();
+        self.db().execute(
+            "INSERT INTO pcs (name, first_seen, last_seen, last_mac, last_addr) VALUES (?1, ?2, ?2, ?3, ?4)
+             ON CONFLICT(name) DO UPDATE SET last_seen = ?2,
+               last_mac = CASE WHEN ?3 = '' THEN last_mac ELSE ?3 END,
+               last_addr = CASE WHEN ?4 = '' THEN last_addr ELSE ?4 END",
+            params![pc, t, mac, addr],
+        )?;
+        Ok(())
+    }
+
+    pub fn create_backup(&self, pc: &str, name: &str, disk_bytes: u64, chunk_size: u32) -> Result<i64> {
+        if chunk_size == 0 || chunk_size > image::MAX_CHUNK_SIZE {
+            bail!("chunk size {chunk_size} out of range");
+        }
+        let db = self.db();
+        db.execute(
+            "INSERT INTO backups (pc, name, state, created, disk_bytes, chunk_size) VALUES (?1, ?2, 'uploading', ?3, ?4, ?5)",
+            params![pc, name, now(), disk_bytes as i64, chunk_size],
+        )?;
+        Ok(db.last_insert_rowid())
+    }
+
+    /// Stored blob length, if the chunk is in the store.
+    pub fn blob_len(&self, id: &ChunkId) -> Option<u32> {
+        fs::metadata(self.chunk_path(id)).ok().map(|m| m.len() as u32)
+    }
+
+    /// Verifies and stores a blob. Ok(true) = stored now, Ok(false) = it
+    /// was already there. Err = the blob does not verify; nothing written.
+    pub fn put_chunk(&self, id: &ChunkId, blob: &[u8], backup: Option<i64>) -> Result<bool> {
+        if self.blob_len(id).is_some() {
+            return Ok(false);
+        }
+        let plain = image::decode_blob(blob, image::MAX_CHUNK_SIZE as usize)
+            .map_err(|e| anyhow!("chunk {}: {e}", image::hex(id)))?;
+        let got = image::chunk_id(&plain);
+        if got != *id {
+            bail!("chunk {}: content hashes to {}", image::hex(id), image::hex(&got));
+        }
+        self.durable_write(&self.chunk_path(id), blob)?;
+        if let Some(b) = backup {
+            self.db().execute(
+                "UPDATE backups SET received_bytes = received_bytes + ?2, received_chunks = received_chunks + 1 WHERE id = ?1",
+                params![b, blob.len() as i64],
+            )?;
+        }
+        Ok(true)
+    }
+
+    pub fn backup(&self, id: i64) -> Result<Option<BackupRow>> {
+        Ok(self
+            .db()
+            .query_row(&format!("SELECT {BACKUP_COLS} FROM backups WHERE id = ?1"), [id], backup_row)
+            .optional()?)
+    }
+
+    /// Completes a backup (see the module's promises).
+    pub fn finish_backup(&self, id: i64, pc: &str, bytes: &[u8]) -> std::result::Result<BackupRow, FinishError> {
+        let bad = |message: String| FinishError { conflict: false, message };
+        let row = self.backup(id).map_err(|e| bad(e.to_string()))?.ok_or_else(|| bad(format!("no backup {id}")))?;
+        if row.pc != pc {
+            return Err(bad(format!("backup {id} belongs to {}", row.pc)));
+        }
+        if row.state != "uploading" {
+            return Err(bad(format!("backup {id} is {}", row.state)));
+        }
+        let m = Manifest::decode(bytes).map_err(|e| bad(format!("bad manifest: {e}")))?;
+        if m.disk_bytes != row.disk_bytes || m.chunk_size != row.chunk_size {
+            return Err(bad("the manifest does not match the backup opened".into()));
+        }
+        if let Some((i, _)) = m.chunks.iter().enumerate().find(|(_, c)| match c {
+            image::Chunk::Data { id, .. } => self.blob_len(id).is_none(),
+            image::Chunk::Zero => false,
+        }) {
+            let (off, _) = m.chunk_range(i);
+            return Err(FinishError {
+                conflict: true,
+                message: format!("chunk {i} (offset {off}) is not in the store"),
+            });
+        }
+        self.durable_write(&self.manifest_path(id), bytes).map_err(|e| bad(e.to_string()))?;
+        self.db()
+            .execute(
+                "UPDATE backups SET state = 'complete', finished = ?2, chunks = ?3, zero_chunks = ?4, blob_bytes = ?5,
+                 digest = ?6 WHERE id = ?1",
+                params![
+                    id,
+                    now(),
+                    m.chunks.len() as i64,
+                    m.zero_chunks() as i64,
+                    m.blob_bytes() as i64,
+                    image::hex(&m.digest())
+                ],
+            )
+            .map_err(|e| bad(e.to_string()))?;
+        self.backup(id).map_err(|e| bad(e.to_string()))?.ok_or_else(|| bad(format!("backup {id} vanished")))
+    }
+
+    pub fn fail_backup(&self, id: i64, reason: &str) -> Result<()> {
+        let n = self.db().execute(
+            "UPDATE backups SET state = 'failed', finished = ?2, reason = ?3 WHERE id = ?1 AND state = 'uploading'",
+            params![id, now(), reason],
+        )?;
+        if n == 0 {
+            bail!("backup {id} is not being uploaded");
+        }
+        Ok(())
+    }
+
+    pub fn list_backups(&self, pc: Option<&str>, all: bool) -> Result<Vec<BackupRow>> {
+        let db = self.db();
+        let mut st = db.prepare(&format!(
+            "SELECT {BACKUP_COLS} FROM backups WHERE (?1 IS NULL OR pc = ?1) AND (?2 OR state = 'complete') ORDER BY id"
+        ))?;
+        let rows = st.query_map(params![pc, all], backup_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    pub fn latest(&self, pc: &str, name: Option<&str>) -> Result<Option<i64>> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT id FROM backups WHERE pc = ?1 AND state = 'complete' AND (?2 IS NULL OR name = ?2)
+                 ORDER BY id DESC LIMIT 1",
+                params![pc, name],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// The manifest of a complete backup.
+    pub fn manifest(&self, id: i64) -> Result<Vec<u8>> {
+        match self.backup(id)? {
+            Some(r) if r.state == "complete" => {
+                let p = self.manifest_path(id);
+                fs::read(&p).with_context(|| format!("reading {}", p.display()))
+            }
+            Some(r) => bail!("backup {id} is {}", r.state),
+            None => bail!("no backup {id}"),
+        }
+    }
+
+    pub fn chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let p = self.chunk_path(id);
+        fs::read(&p).with_context(|| format!("chunk {} is not in the store", image::hex(id)))
+    }
+
+    pub fn delete_backup(&self, id: i64) -> Result<()> {
+        if self.backup(id)?.is_none() {
+            bail!("no backup {id}");
+        }
+        let _ = fs::remove_file(self.manifest_path(id));
+        self.db().execute("DELETE FROM backups WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// Re-reads every stored chunk of a backup: decodes, hashes, compares.
+    pub fn verify_backup(&self, id: i64) -> Result<u64> {
+        let m = Manifest::decode(&self.manifest(id)?).map_err(|e| anyhow!("manifest of backup {id}: {e}"))?;
+        let mut checked = 0;
+        for (i, c) in m.chunks.iter().enumerate() {
+            if let image::Chunk::Data { id: cid, .. } = c {
+                let (off, len) = m.chunk_range(i);
+                let blob = self.chunk(cid).map_err(|e| anyhow!("chunk {i} at offset {off}: {e}"))?;
+                image::decode_verified(&blob, len, cid).map_err(|e| anyhow!("chunk {i} at offset {off}: {e}"))?;
+                checked += 1;
+            }
+        }
+        Ok(checked)
+    }
+
+    /// Marks uploads older than `max_age` seconds failed, then removes every
+    /// chunk no complete or in-progress backup references.
+    pub fn gc(&self, max_age: i64) -> Result<GcReport> {
+        let mut report = GcReport::default();
+        let cutoff = now() - max_age;
+        report.stale_uploads = self.db().execute(
+            "UPDATE backups SET state = 'failed', finished = ?2, reason = 'abandoned upload (gc)'
+             WHERE state = 'uploading' AND created <= ?1",
+            params![cutoff, now()],
+        )? as u64;
+        let uploading = !self.list_backups(None, true)?.iter().all(|b| b.state != "uploading");
+        if uploading {
+            // Chunks of an upload in progress are not in any manifest yet.
+            return Ok(report);
+        }
+        let mut keep = std::collections::HashSet::new();
+        for b in self.list_backups(None, false)? {
+            let m = Manifest::decode(&self.manifest(b.id)?).map_err(|e| anyhow!("manifest of backup {}: {e}", b.id))?;
+            keep.extend(m.data_ids());
+        }
+        for sub in fs::read_dir(self.dir.join("chunks"))?.flatten() {
+            for f in fs::read_dir(sub.path())?.flatten() {
+                let name = f.file_name();
+                let id = name.to_str().and_then(image::parse_hex);
+                if id.is_some_and(|id| keep.contains(&id)) {
+                    report.chunks_kept += 1;
+                    continue;
+                }
+                report.bytes_freed += f.metadata().map(|m| m.len()).unwrap_or(0);
+                fs::remove_file(f.path())?;
+                report.chunks_removed += 1;
+            }
+        }
+        for f in fs::read_dir(self.dir.join("tmp"))?.flatten() {
+            let _ = fs::remove_file(f.path());
+        }
+        Ok(report)
+    }
+
+    /// Writes the single-file form of a complete backup.
+    pub fn export(&self, id: i64, out: impl Write) -> Result<()> {
+        let m = Manifest::decode(&self.manifest(id)?).map_err(|e| anyhow!("manifest of backup {id}: {e}"))?;
+        let mut w = ImageWriter::new(out, m.chunk_size)?;
+        for cid in m.data_ids() {
+            w.put(&cid, &self.chunk(&cid)?)?;
+        }
+        w.finish(&m)?;
+        Ok(())
+    }
+
+    /// Reads the single-file form (verifying it as it streams) into a new
+    /// complete backup of `pc` (default: the manifest's PC).
+    pub fn import(&self, input: impl Read, pc: Option<&str>) -> Result<i64> {
+        let mut r = ImageReader::new(input).map_err(|e| anyhow!("{e}"))?;
+        loop {
+            match r.next_record().map_err(|e| anyhow!("{e}"))? {
+                Some(Record::Chunk { id, blob }) => {
+                    self.put_chunk(&id, &blob, None)?;
+                }
+                Some(Record::Manifest(m)) => {
+                    let pc = pc.unwrap_or(&m.pc).to_owned();
+                    let id = self.create_backup(&pc, &m.name, m.disk_bytes, m.chunk_size)?;
+                    // The manifest keeps its original PC; the row says whose copy it is now.
+                    self.finish_backup(id, &pc, &m.encode()).map_err(|e| anyhow!("{}", e.message))?;
+                    // Drain the trailer check.
+                    while r.next_record().map_err(|e| anyhow!("{e}"))?.is_some() {}
+                    return Ok(id);
+                }
+                None => bail!("the image file ended without a manifest"),
+            }
+        }
+    }
+
+    pub fn add_job(&self, pc: &str, action: &str, disk: &str, name: &str, backup: Option<i64>) -> Result<i64> {
+        if !matches!(action, "backup" | "restore") {
+            bail!("action must be backup or restore, not {action:?}");
+        }
+        let db = self.db();
+        db.execute(
+            "INSERT INTO jobs (pc, action, disk, name, backup, state, created) VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6)",
+            params![pc, action, disk, name, backup, now()],
+        )?;
+        Ok(db.last_insert_rowid())
+    }
+
+    /// The oldest queued job of `pc`, now marked running.
+    pub fn next_job(&self, pc: &str) -> Result<Option<JobRow>> {
+        let id: Option<i64> = self
+            .db()
+            .query_row("SELECT id FROM jobs WHERE pc = ?1 AND state = 'queued' ORDER BY id LIMIT 1", [pc], |r| r.get(0))
+            .optional()?;
+        let Some(id) = id else { return Ok(None) };
+        self.db().execute("UPDATE jobs SET state = 'running', started = ?2 WHERE id = ?1", params![id, now()])?;
+        Ok(self.list_jobs(None)?.into_iter().find(|j| j.id == id))
+    }
+
+    pub fn list_jobs(&self, pc: Option<&str>) -> Result<Vec<JobRow>> {
+        let db = self.db();
+        let mut st = db.prepare(
+            "SELECT id, pc, action, disk, name, backup, state, created, started, finished FROM jobs
+             WHERE (?1 IS NULL OR pc = ?1) ORDER BY id",
+        )?;
+        let rows = st
+            .query_map(params![pc], |r| {
+                Ok(JobRow {
+                    id: r.get(0)?,
+                    pc: r.get(1)?,
+                    action: r.get(2)?,
+                    disk: r.get(3)?,
+                    name: r.get(4)?,
+                    backup: r.get(5)?,
+                    state: r.get(6)?,
+                    created: r.get(7)?,
+                    started: r.get(8)?,
+                    finished: r.get(9)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_result(
+        &self,
+        pc: &str,
+        job: Option<i64>,
+        action: &str,
+        disk: &str,
+        backup: Option<i64>,
+        ok: bool,
+        message: &str,
+        bytes: u64,
+        sent: u64,
+        seconds: f64,
+    ) -> Result<()> {
+        let db = self.db();
+        db.execute(
+            "INSERT INTO results (pc, job, action, disk, backup, ok, message, bytes, sent, seconds, at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![pc, job, action, disk, backup, ok, message, bytes as i64, sent as i64, seconds, now()],
+        )?;
+        if let Some(j) = job {
+            db.execute(
+                "UPDATE jobs SET state = ?2, finished = ?3 WHERE id = ?1 AND pc = ?4",
+                params![j, if ok { "done" } else { "failed" }, now(), pc],
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn list_results(&self, pc: Option<&str>) -> Result<Vec<ResultRow>> {
+        let db = self.db();
+        let mut st = db.prepare(
+            "SELECT id, pc, job, action, disk, backup, ok, message, bytes, sent, seconds, at FROM results
+             WHERE (?1 IS NULL OR pc = ?1) ORDER BY id",
+        )?;
+        let rows = st
+            .query_map(params![pc], |r| {
+                Ok(ResultRow {
+                    id: r.get(0)?,
+                    pc: r.get(1)?,
+                    job: r.get(2)?,
+                    action: r.get(3)?,
+                    disk: r.get(4)?,
+                    backup: r.get(5)?,
+                    ok: r.get(6)?,
+                    message: r.get(7)?,
+                    bytes: r.get::<_, i64>(8)? as u64,
+                    sent: r.get::<_, i64>(9)? as u64,
+                    seconds: r.get(10)?,
+                    at: r.get(11)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+}
