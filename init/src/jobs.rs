@@ -59,6 +59,8 @@ impl Job {
 
 struct Outcome {
     summary: String,
+    /// The disk actually used (`auto` resolved).
+    disk: String,
     backup: i64,
     bytes: u64,
     sent: u64,
@@ -85,14 +87,14 @@ pub fn run(config: &Config, client: &Client) -> Result<(), String> {
     ));
     let start = Instant::now();
     let outcome = execute(&job, config, client);
-    let (ok, message, backup_id, bytes, sent) = match &outcome {
-        Ok(o) => (true, o.summary.clone(), o.backup.to_string(), o.bytes, o.sent),
-        Err(e) => (false, e.clone(), String::new(), 0, 0),
+    let (ok, message, disk, backup_id, bytes, sent) = match &outcome {
+        Ok(o) => (true, o.summary.clone(), o.disk.clone(), o.backup.to_string(), o.bytes, o.sent),
+        Err(e) => (false, e.clone(), job.disk.clone(), String::new(), 0, 0),
     };
     let report = [
         ("job", job.id.map(|i| i.to_string()).unwrap_or_default()),
         ("action", job.action.as_str().to_owned()),
-        ("disk", job.disk.clone()),
+        ("disk", disk),
         ("backup", backup_id),
         ("ok", if ok { "yes" } else { "no" }.to_owned()),
         ("message", message),
@@ -141,6 +143,7 @@ fn execute(job: &Job, config: &Config, client: &Client) -> Result<Outcome, Strin
                     human_bytes(r.blob_bytes),
                     r.elapsed.as_secs_f64()
                 ),
+                disk: disk.name.clone(),
                 backup: r.id,
                 bytes: r.disk_bytes,
                 sent: r.sent_bytes,
@@ -173,12 +176,15 @@ fn execute(job: &Job, config: &Config, client: &Client) -> Result<Outcome, Strin
                     if r.verified { ", verified by reading back" } else { "" },
                     r.elapsed.as_secs_f64()
                 ),
+                disk: disk.name.clone(),
                 backup: id,
                 bytes: r.disk_bytes,
                 sent: r.fetched_bytes,
             })
         }
-        Action::Probe | Action::Job => Ok(Outcome { summary: String::new(), backup: 0, bytes: 0, sent: 0 }),
+        Action::Probe | Action::Job => {
+            Ok(Outcome { summary: String::new(), disk: disk.name.clone(), backup: 0, bytes: 0, sent: 0 })
+        }
     }
 }
 

@@ -75,16 +75,46 @@ fn backup_then_restore(label: &str) {
     let log = fs::read_to_string(dir.join("server.log")).unwrap_or_default();
     assert!(log.contains("backup 2 of pc=") && log.contains("0 B received"), "server log:\n{log}");
 
-    // 3. Restore onto a blank disk of the same size, and onto a larger one.
-    for (tag, mib) in [("same", SOURCE_MIB), ("larger", SOURCE_MIB + 32)] {
+    // 3. Restore onto a blank disk of the same size (settings in the image),
+    //    and onto a larger one as a job the server hands out.
+    let admin = |args: &[&str]| {
+        run(Command::new(bootvault_bin()).arg(args[0]).arg("--data").arg(&server.data).args(&args[1..])).expect("admin")
+    };
+    let queued = admin(&["jobs", "add", &pc, "restore", "--backup", "1"]);
+    assert!(queued.contains("job 1 queued"), "{queued}");
+    for (tag, mib, settings) in [
+        ("same", SOURCE_MIB, ["action=restore", "backup=1"]),
+        ("larger", SOURCE_MIB + 32, ["action=job", "verify=yes"]),
+    ] {
         let target = blank(&dir, &format!("target-{tag}.img"), mib);
-        let lines =
-            boot_job(&dir, &format!("restore-{tag}"), &server, &pc, &["action=restore", "backup=1"], &target, "DST001");
-        find(&lines, "bootvault: restore of backup 1 complete:");
+        let lines = boot_job(&dir, &format!("restore-{tag}"), &server, &pc, &settings, &target, "DST001");
+        let done = find(&lines, "bootvault: restore of backup 1 complete:");
+        if tag == "larger" {
+            find(&lines, "bootvault: job: restore of disk auto (server job 1)");
+            assert!(done.contains("verified by reading back"), "{done}");
+        }
         let diff = compare_prefix(&source, &target, SOURCE_MIB << 20).expect("compare");
         assert_eq!(diff, None, "restored disk ({tag}) differs from the source at byte {diff:?}");
         fsck_partitions(&target, &dir).expect("filesystems check clean");
     }
+    let jobs = admin(&["jobs", "--json", "list"]);
+    assert!(jobs.contains("\"state\": \"done\""), "{jobs}");
+    let results = admin(&["jobs", "results"]);
+    assert_eq!(results.lines().filter(|l| l.contains(" ok disk vda")).count(), 4, "{results}");
+
+    // 4. Export to one file, import into another server's store, verify.
+    let file = dir.join("export.bvimg");
+    admin(&["backups", "export", "1", file.to_str().expect("utf-8 path")]);
+    let other = dir.join("other-data");
+    let imported = run(Command::new(bootvault_bin()).args(["backups", "--data"]).arg(&other).arg("import").arg(&file))
+        .expect("import");
+    assert!(imported.contains("as backup 1"), "{imported}");
+    let verified = run(Command::new(bootvault_bin()).args(["backups", "--data"]).arg(&other).args(["verify", "1"]))
+        .expect("verify");
+    assert!(
+        verified.contains("24 stored chunks verified") || verified.contains("stored chunks verified"),
+        "{verified}"
+    );
 }
 
 #[test]
