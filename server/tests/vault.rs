@@ -1,0 +1,173 @@
+//! The vault's promises, without HTTP: verified chunks only, complete only
+//! when everything is durable and present, dedup across backups and PCs,
+//! abandoned uploads never complete and cleaned by gc, verify finds damage,
+//! export/import round trip, jobs handed out once.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use bootvault_common::image::{self, Chunk, ChunkId, Manifest, TableKind};
+use bootvault_server::vault::Vault;
+
+fn temp(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("bv-vault-{tag}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&d);
+    d
+}
+
+fn chunk(seed: u8) -> (Vec<u8>, ChunkId, Vec<u8>) {
+    let plain: Vec<u8> = (0..4096u32).map(|i| (i as u8).wrapping_mul(seed) ^ seed).collect();
+    let id = image::chunk_id(&plain);
+    let blob = image::encode_blob(&plain, 1);
+    (plain, id, blob)
+}
+
+fn manifest(pc: &str, ids: &[(ChunkId, u32)]) -> Manifest {
+    let mut chunks: Vec<Chunk> = ids.iter().map(|(id, l)| Chunk::Data { id: *id, blob_len: *l }).collect();
+    chunks.push(Chunk::Zero);
+    Manifest {
+        created: 1,
+        chunk_size: 4096,
+        disk_bytes: 4096 * chunks.len() as u64,
+        logical: 512,
+        physical: 512,
+        table: TableKind::None,
+        pc: pc.into(),
+        name: "full".into(),
+        model: String::new(),
+        serial: String::new(),
+        extents: vec![],
+        chunks,
+    }
+}
+
+fn backup(v: &Vault, pc: &str, seeds: &[u8]) -> i64 {
+    let m = manifest(pc, &seeds.iter().map(|s| (chunk(*s).1, chunk(*s).2.len() as u32)).collect::<Vec<_>>());
+    let id = v.create_backup(pc, "full", m.disk_bytes, 4096).unwrap();
+    for s in seeds {
+        let (_, cid, blob) = chunk(*s);
+        v.put_chunk(&cid, &blob, Some(id)).unwrap();
+    }
+    v.finish_backup(id, pc, &m.encode()).unwrap();
+    id
+}
+
+fn chunk_files(dir: &Path) -> usize {
+    fs::read_dir(dir.join("chunks")).unwrap().flatten().map(|d| fs::read_dir(d.path()).unwrap().count()).sum()
+}
+
+#[test]
+fn complete_only_with_every_chunk_and_dedup_across_pcs() {
+    let dir = temp("complete");
+    let v = Vault::open(&dir).unwrap();
+    let (_, a, blob_a) = chunk(3);
+    let (_, b, blob_b) = chunk(5);
+    let m = manifest("pc1", &[(a, blob_a.len() as u32), (b, blob_b.len() as u32)]);
+    let id = v.create_backup("pc1", "full", m.disk_bytes, 4096).unwrap();
+    assert_eq!(v.blob_len(&a), None);
+    assert!(v.put_chunk(&a, &blob_a, Some(id)).unwrap());
+    assert!(!v.put_chunk(&a, &blob_a, Some(id)).unwrap(), "second put is a no-op");
+    // b missing: refused as a conflict, and the backup is not complete.
+    let e = v.finish_backup(id, "pc1", &m.encode()).unwrap_err();
+    assert!(e.conflict && e.message.contains("chunk 1 (offset 4096) is not in the store"), "{}", e.message);
+    assert!(v.list_backups(None, false).unwrap().is_empty());
+    // A blob that does not hash to its name is refused; nothing written.
+    assert!(v.put_chunk(&b, &blob_a, Some(id)).unwrap_err().to_string().contains("hashes to"));
+    assert_eq!(v.blob_len(&b), None);
+    v.put_chunk(&b, &blob_b, Some(id)).unwrap();
+    // Another PC's manifest cannot finish this backup; a damaged one neither.
+    assert!(!v.finish_backup(id, "pc2", &m.encode()).unwrap_err().conflict);
+    let mut bad = m.encode();
+    bad[20] ^= 1;
+    assert!(v.finish_backup(id, "pc1", &bad).unwrap_err().message.contains("bad manifest"));
+    let row = v.finish_backup(id, "pc1", &m.encode()).unwrap();
+    assert_eq!((row.state.as_str(), row.chunks, row.zero_chunks, row.received_chunks), ("complete", 3, 1, 2));
+    assert_eq!(v.manifest(id).unwrap(), m.encode());
+    assert_eq!(v.latest("pc1", None).unwrap(), Some(id));
+    // Dedup: another PC's backup of the same chunks finds them all present.
+    assert!(v.blob_len(&a).is_some() && v.blob_len(&b).is_some());
+    let id2 = backup(&v, "pc2", &[3, 5]);
+    assert_eq!(v.backup(id2).unwrap().unwrap().received_chunks, 0);
+    assert_eq!(chunk_files(&dir), 2);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn abandoned_uploads_and_gc() {
+    let dir = temp("gc");
+    let kept = {
+        let v = Vault::open(&dir).unwrap();
+        let kept = backup(&v, "pc1", &[3]);
+        // A crash mid-upload: a chunk stored, the backup never finished.
+        let half = v.create_backup("pc1", "full", 8192, 4096).unwrap();
+        let (_, cid, blob) = chunk(7);
+        v.put_chunk(&cid, &blob, Some(half)).unwrap();
+        kept
+    };
+    let v = Vault::open(&dir).unwrap();
+    let all = v.list_backups(None, true).unwrap();
+    assert_eq!(all.iter().map(|b| b.state.as_str()).collect::<Vec<_>>(), ["complete", "uploading"]);
+    assert_eq!(v.list_backups(None, false).unwrap().len(), 1, "the half backup is not listed as complete");
+    // Young uploads are left alone, chunks and all.
+    let r = v.gc(3600).unwrap();
+    assert_eq!((r.stale_uploads, r.chunks_removed), (0, 0));
+    let r = v.gc(0).unwrap();
+    assert_eq!((r.stale_uploads, r.chunks_removed, r.chunks_kept), (1, 1, 1));
+    assert_eq!(v.list_backups(None, true).unwrap()[1].state, "failed");
+    v.verify_backup(kept).unwrap();
+    // Removing the last backup frees its chunks at the next gc.
+    v.delete_backup(kept).unwrap();
+    assert_eq!(v.gc(0).unwrap().chunks_removed, 1);
+    assert_eq!(chunk_files(&dir), 0);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn verify_finds_damage_and_export_import_round_trip() {
+    let dir = temp("verify");
+    let v = Vault::open(&dir).unwrap();
+    let id = backup(&v, "pc1", &[3, 5, 9]);
+    assert_eq!(v.verify_backup(id).unwrap(), 3);
+    let mut file = Vec::new();
+    v.export(id, &mut file).unwrap();
+    let other_dir = temp("verify-other");
+    let other = Vault::open(&other_dir).unwrap();
+    let imported = other.import(file.as_slice(), Some("pc9")).unwrap();
+    assert_eq!(other.manifest(imported).unwrap(), v.manifest(id).unwrap());
+    assert_eq!(other.backup(imported).unwrap().unwrap().pc, "pc9");
+    other.verify_backup(imported).unwrap();
+    // A damaged export is refused on import.
+    let mut bad = file.clone();
+    let mid = bad.len() / 3;
+    bad[mid] ^= 0x10;
+    assert!(other.import(bad.as_slice(), None).is_err());
+    // Damage a stored chunk: verify names the chunk and its offset.
+    let (_, cid, _) = chunk(5);
+    let hex = image::hex(&cid);
+    let p = dir.join("chunks").join(&hex[..2]).join(&hex);
+    let mut b = fs::read(&p).unwrap();
+    let last = b.len() - 1;
+    b[last] ^= 0xFF;
+    fs::write(&p, b).unwrap();
+    let e = v.verify_backup(id).unwrap_err().to_string();
+    assert!(e.contains("chunk 1 at offset 4096"), "{e}");
+    let _ = fs::remove_dir_all(&dir);
+    let _ = fs::remove_dir_all(&other_dir);
+}
+
+#[test]
+fn jobs_are_handed_out_once_and_results_recorded() {
+    let dir = temp("jobs");
+    let v = Vault::open(&dir).unwrap();
+    assert!(v.add_job("pc1", "format", "auto", "", None).is_err());
+    let j = v.add_job("pc1", "restore", "auto", "", Some(4)).unwrap();
+    assert!(v.next_job("pc2").unwrap().is_none());
+    let got = v.next_job("pc1").unwrap().unwrap();
+    assert_eq!((got.id, got.action.as_str(), got.backup, got.state.as_str()), (j, "restore", Some(4), "running"));
+    assert!(v.next_job("pc1").unwrap().is_none(), "handed out once");
+    v.record_result("pc1", Some(j), "restore", "vda", Some(4), true, "fine", 10, 5, 1.5).unwrap();
+    assert_eq!(v.list_jobs(None).unwrap()[0].state, "done");
+    let r = &v.list_results(Some("pc1")).unwrap()[0];
+    assert_eq!((r.ok, r.disk.as_str(), r.bytes, r.sent), (true, "vda", 10, 5));
+    let _ = fs::remove_dir_all(&dir);
+}
