@@ -55,7 +55,7 @@ test-qemu: build kernel
 test: unit test-qemu
 
 # Measurements (not tests): boot times and smallest RAM. See BENCHMARKS.md.
-BENCH_PACKAGES := pigz partclone
+BENCH_PACKAGES := pigz partclone time
 bench: build kernel
 	$(call apt_ensure,$(BENCH_PACKAGES))
 	@mkdir -p target/bench
@@ -65,7 +65,7 @@ bench: build kernel
 # Coverage-guided fuzzing of every parser with libFuzzer, on stable Rust
 # (cargo-fuzz's instrumentation flags, without the nightly-only sanitizer).
 FUZZ_SECONDS ?= 30
-FUZZ_TARGETS := cmdline config modules partition cpio_read
+FUZZ_TARGETS := cmdline config modules partition cpio_read image
 FUZZ_FLAGS := -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
   -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
   -Cllvm-args=-sanitizer-coverage-trace-compares -Cdebug-assertions -Coverflow-checks

@@ -25,31 +25,40 @@ struct Measure {
     rss_kib: u64,
 }
 
-/// Runs `sh -c script`; returns wall time and the peak RSS of the largest
-/// process in it (ru_maxrss of the shell's waited-for children).
-fn timed(script: &str) -> Result<(Duration, u64)> {
+/// Runs `bash -c script` under GNU time; returns the wall time and the
+/// peak RSS of the largest process in it. (Measured by `time`, which forks
+/// from a small process: Linux carries a parent's RSS high-water mark into
+/// its forked children, so wait4 from this big process would report ours.)
+fn timed(script: &str, rss_file: &Path) -> Result<(Duration, u64)> {
     let start = Instant::now();
-    let child =
-        Command::new("bash").args(["-o", "pipefail", "-c", script]).spawn().map_err(|e| format!("{script}: {e}"))?;
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: rusage is plain old data filled by wait4.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waiting for our own child with valid pointers.
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let status = Command::new("/usr/bin/time")
+        .arg("-f")
+        .arg("%M")
+        .arg("-o")
+        .arg(rss_file)
+        .args(["bash", "-o", "pipefail", "-c", script])
+        .status()
+        .map_err(|e| format!("{script}: {e}"))?;
     let wall = start.elapsed();
-    if rc < 0 || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        return Err(format!("{script}: failed (status {status})"));
+    if !status.success() {
+        return Err(format!("{script}: failed ({status})"));
     }
-    Ok((wall, usage.ru_maxrss as u64))
+    let rss = fs::read_to_string(rss_file)
+        .ok()
+        .and_then(|t| t.lines().last().and_then(|l| l.trim().parse().ok()))
+        .ok_or_else(|| format!("no peak RSS from /usr/bin/time for {script}"))?;
+    Ok((wall, rss))
 }
 
 fn make_bench_disk(dir: &Path) -> Result<PathBuf> {
-    let disk = dir.join("disk.img");
-    let ext4 = dir.join("part.img");
-    if disk.exists() && ext4.exists() {
-        return Ok(disk);
+    // Built under temporary names and renamed last, so an interrupted run
+    // never leaves a half-made image that a later run would reuse.
+    let (disk_done, ext4_done) = (dir.join("disk.img"), dir.join("part.img"));
+    if disk_done.exists() && ext4_done.exists() {
+        return Ok(disk_done);
     }
+    let disk = dir.join("disk.img.partial");
+    let ext4 = dir.join("part.img.partial");
     make_disk(&disk, DISK_MIB, &format!("label: gpt\nstart={PART_START}, size={}, type=L\n", PART_MIB * 2048))?;
     let files = dir.join("files");
     let _ = fs::remove_dir_all(&files);
@@ -65,7 +74,8 @@ fn make_bench_disk(dir: &Path) -> Result<PathBuf> {
         fs::write(files.join(format!("text-{i:02}.log")), part).map_err(|e| e.to_string())?;
     }
     for i in 0..16 {
-        fs::write(files.join(format!("random-{i:02}.bin")), noise(100 + i, 16 << 20)).map_err(|e| e.to_string())?;
+        fs::write(files.join(format!("random-{i:02}.bin")), noise(1000 + 2 * i, 16 << 20))
+            .map_err(|e| e.to_string())?;
     }
     let pattern: Vec<u8> = noise(9, 4096).repeat(4096);
     for i in 0..16 {
@@ -82,7 +92,9 @@ fn make_bench_disk(dir: &Path) -> Result<PathBuf> {
         .args(["bs=4M", "conv=notrunc,sparse", "status=none"])
         .arg(format!("seek={}", PART_START * 512))
         .arg("oflag=seek_bytes"))?;
-    Ok(disk)
+    fs::rename(&ext4, &ext4_done).map_err(|e| e.to_string())?;
+    fs::rename(&disk, &disk_done).map_err(|e| e.to_string())?;
+    Ok(disk_done)
 }
 
 fn size(p: &Path) -> u64 {
@@ -105,40 +117,57 @@ fn bench() -> Result<()> {
     let bin = bootvault_bin();
     let mut results = Vec::new();
 
-    // Ours: host-mode backup into a fresh local server.
-    let data = dir.join("server-data");
-    let _ = fs::remove_dir_all(&data);
-    let server = Server::start(&dir)?;
-    let ours = format!(
-        "{} backup --disk {} --server {} --pc bench --name full > {}/ours.out",
-        bin.display(),
-        disk.display(),
-        server.url,
-        dir.display()
-    );
-    // Drop the page cache effect: every contender reads the same, warm file.
+    let rss_file = dir.join("rss.txt");
+    // Ours: host-mode backup into a fresh local server (its own data dir,
+    // so nothing is deduplicated against an earlier run).
+    let ours = |tag: &str, threads: &str, fresh: bool| -> Result<(Duration, u64, u64)> {
+        let sdir = dir.join(format!("server-{tag}"));
+        if fresh {
+            let _ = fs::remove_dir_all(&sdir);
+        }
+        fs::create_dir_all(&sdir).map_err(|e| e.to_string())?;
+        let server = Server::start(&sdir)?;
+        let script = format!(
+            "{} backup --disk {} --server {} --pc bench --name full {threads} > {}/ours-{tag}.out",
+            bin.display(),
+            disk.display(),
+            server.url,
+            dir.display()
+        );
+        let (wall, rss) = timed(&script, &rss_file)?;
+        Ok((wall, rss, dir_size(&server.data.join("chunks"))))
+    };
+    // Every contender reads the same, warm file.
     run(Command::new("cat").arg(&disk).stdout(std::process::Stdio::null()))?;
-    let (wall, rss) = timed(&ours)?;
-    let stored = dir_size(&server.data.join("chunks"));
+    let (wall, rss, stored) = ours("a", "", true)?;
     results.push(Measure {
         name: "bootvault backup (host, to local server)".into(),
         wall,
         output_bytes: stored,
         rss_kib: rss,
     });
-    let (wall2, rss2) = timed(&ours)?;
-    let rebackup =
-        Measure { name: "bootvault re-backup, disk unchanged".into(), wall: wall2, output_bytes: 0, rss_kib: rss2 };
-    drop(server);
+    let (wall, rss, _) = ours("a", "", false)?;
+    let rebackup = Measure { name: "bootvault re-backup, disk unchanged".into(), wall, output_bytes: 0, rss_kib: rss };
+    let (wall, rss, stored) = ours("b", "--threads 1", true)?;
+    let one_thread = Measure {
+        name: "bootvault backup, 1 worker thread (no overlap)".into(),
+        wall,
+        output_bytes: stored,
+        rss_kib: rss,
+    };
 
     let gz = dir.join("disk.img.gz");
-    let (wall, rss) = timed(&format!("dd if={} bs=4M status=none | gzip -1 > {}", disk.display(), gz.display()))?;
+    let (wall, rss) =
+        timed(&format!("dd if={} bs=4M status=none | gzip -1 > {}", disk.display(), gz.display()), &rss_file)?;
     results.push(Measure { name: "dd | gzip -1".into(), wall, output_bytes: size(&gz), rss_kib: rss });
-    let (wall, rss) = timed(&format!("dd if={} bs=4M status=none | pigz -1 -p 2 > {}", disk.display(), gz.display()))?;
+    let (wall, rss) =
+        timed(&format!("dd if={} bs=4M status=none | pigz -1 -p 2 > {}", disk.display(), gz.display()), &rss_file)?;
     results.push(Measure { name: "dd | pigz -1 (2 threads)".into(), wall, output_bytes: size(&gz), rss_kib: rss });
     let pc = dir.join("part.pc.gz");
-    let (wall, rss) =
-        timed(&format!("partclone.ext4 -q -c -s {} -o - 2>/dev/null | gzip -1 > {}", part.display(), pc.display()))?;
+    let (wall, rss) = timed(
+        &format!("partclone.ext4 -q -c -s {} -o - 2>/dev/null | gzip -1 > {}", part.display(), pc.display()),
+        &rss_file,
+    )?;
     results.push(Measure {
         name: "partclone.ext4 -c | gzip -1 (ext4 partition only)".into(),
         wall,
@@ -153,7 +182,7 @@ fn bench() -> Result<()> {
     println!("### Backup of a 2 GiB disk (host, `make bench`)\n");
     println!("| tool | wall | MB/s of disk covered | output | peak RSS | ours/peer time | ours/peer size |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");
-    for m in results.iter().chain(std::iter::once(&rebackup)) {
+    for m in results.iter().chain([&one_thread, &rebackup]) {
         let mbs = disk_bytes as f64 / 1e6 / m.wall.as_secs_f64();
         let ratio_t = ours.wall.as_secs_f64() / m.wall.as_secs_f64();
         let ratio_s = if m.output_bytes > 0 {
@@ -176,7 +205,8 @@ fn bench() -> Result<()> {
             ratio_s
         );
     }
-    println!("\nours: {}", fs::read_to_string(dir.join("ours.out")).unwrap_or_default().trim());
+    println!("\nours: {}", fs::read_to_string(dir.join("ours-a.out")).unwrap_or_default().trim());
+    println!("Peak RSS of ours is the client's; the server is a separate process.");
     Ok(())
 }
 
