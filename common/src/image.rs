@@ -843,7 +843,7 @@ mod tests {
         let third_at = 16 + (37 + blobs[0].1.len()) + (37 + blobs[1].1.len());
         let mut d = file.clone();
         d[third_at + 37 + 5] ^= 0x40;
-        let e = read_all(&d).err().expect("damage detected");
+        let e = read_all(&d).expect_err("damage detected");
         assert_eq!(e.offset, third_at as u64, "{e}");
         // Truncation and trailing junk.
         assert!(read_all(&file[..file.len() - 1]).is_err());

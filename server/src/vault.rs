@@ -189,7 +189,7 @@ impl Vault {
         let parent = dest.parent().ok_or_else(|| anyhow!("{} has no parent", dest.display()))?;
         fs::create_dir_all(parent)?;
         let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(&bytes).and_then(|()| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(bytes).and_then(|()| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
         fs::rename(&tmp, dest).with_context(|| format!("renaming into {}", dest.display()))?;
         fsync_dir(parent)
     }

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 //! The vault's promises, without HTTP: verified chunks only, complete only
 //! when everything is durable and present, dedup across backups and PCs,
 //! abandoned uploads never complete and cleaned by gc, verify finds damage,
