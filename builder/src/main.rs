@@ -202,17 +202,7 @@ fn run(cli: Cli) -> Result<()> {
                 opts.threads = t;
             }
             let r = bootvault_engine::backup::backup(&dev, &client, &opts, &mut |p| eprintln!("{}", p.line()))?;
-            println!(
-                "backup {} complete: {} in {} chunks ({} all-zero), {} new chunks, {} sent, {:.2} s, {:.1} MB/s",
-                r.id,
-                human_bytes(r.disk_bytes),
-                r.chunks,
-                r.zero_chunks,
-                r.new_chunks,
-                human_bytes(r.sent_bytes),
-                r.elapsed.as_secs_f64(),
-                r.disk_bytes as f64 / 1e6 / r.elapsed.as_secs_f64().max(1e-9)
-            );
+            println!("{}", r.summary());
             Ok(())
         }
         Cmd::Restore { disk, server, backup, pc, verify, threads } => {
@@ -227,15 +217,7 @@ fn run(cli: Cli) -> Result<()> {
                 opts.threads = t;
             }
             let r = bootvault_engine::restore::restore(&dev, &client, id, &opts, &mut |p| eprintln!("{}", p.line()))?;
-            println!(
-                "restore of backup {id} complete: {} onto {} ({} chunks, {} fetched){}, {:.2} s",
-                human_bytes(r.disk_bytes),
-                disk.display(),
-                r.chunks,
-                human_bytes(r.fetched_bytes),
-                if r.verified { ", verified" } else { "" },
-                r.elapsed.as_secs_f64()
-            );
+            println!("{}", r.summary(&disk.display().to_string()));
             Ok(())
         }
         Cmd::Backups { data, json, cmd } => admin::backups(&data, json, cmd),

@@ -637,19 +637,8 @@ impl<R: Read> ImageReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testdata::noise;
     use std::io::Cursor;
-
-    fn noise(seed: u64, n: usize) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
 
     fn sample() -> (Manifest, Vec<(ChunkId, Vec<u8>)>) {
         let a = b"hello hello hello hello hello hello".repeat(200);

@@ -9,5 +9,6 @@ pub mod config;
 pub mod image;
 pub mod modules;
 pub mod partition;
+pub mod testdata;
 pub mod units;
 pub mod wire;

@@ -65,6 +65,24 @@ pub struct BackupReport {
     pub elapsed: Duration,
 }
 
+impl BackupReport {
+    /// The one-line outcome the console, the CLI and the server's result show.
+    pub fn summary(&self) -> String {
+        format!(
+            "backup {} complete: {} in {} chunks ({} all-zero), {} new chunks, {} sent, {} stored for this backup, {:.1} s ({:.1} MB/s)",
+            self.id,
+            bootvault_common::units::human_bytes(self.disk_bytes),
+            self.chunks,
+            self.zero_chunks,
+            self.new_chunks,
+            bootvault_common::units::human_bytes(self.sent_bytes),
+            bootvault_common::units::human_bytes(self.blob_bytes),
+            self.elapsed.as_secs_f64(),
+            self.disk_bytes as f64 / 1e6 / self.elapsed.as_secs_f64().max(1e-9)
+        )
+    }
+}
+
 /// The raw partition table copy: the first MiB (MBR, the gap after it,
 /// the primary GPT) and, for GPT, the backup header and entries at the end.
 pub fn table_extents(dev: &Device) -> Result<(TableKind, Vec<Extent>), EngineError> {

@@ -47,6 +47,23 @@ pub struct RestoreReport {
     pub elapsed: Duration,
 }
 
+impl RestoreReport {
+    /// The one-line outcome; `target` names the disk written.
+    pub fn summary(&self, target: &str) -> String {
+        format!(
+            "restore of backup {} complete: {} onto {target} ({}), {} chunks ({} all-zero), {} fetched{}, {:.1} s",
+            self.id,
+            human_bytes(self.disk_bytes),
+            human_bytes(self.target_bytes),
+            self.chunks,
+            self.zero_chunks,
+            human_bytes(self.fetched_bytes),
+            if self.verified { ", verified by reading back" } else { "" },
+            self.elapsed.as_secs_f64()
+        )
+    }
+}
+
 /// Whether a backup fits on a target. Checked before anything is written.
 pub fn check_target(m: &Manifest, target_bytes: u64, target_logical: u32) -> Result<(), EngineError> {
     if target_bytes < m.disk_bytes {

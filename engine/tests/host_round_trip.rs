@@ -6,6 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use bootvault_common::testdata::noise;
 use bootvault_engine::backup::{backup, BackupOptions};
 use bootvault_engine::client::Client;
 use bootvault_engine::device::Device;
@@ -31,18 +32,6 @@ fn server(data: &Path) -> String {
         std::thread::sleep(Duration::from_millis(50));
     }
     url
-}
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// 10 MiB + 12 KiB (a short last chunk): text, noise, zeros, a repeat.

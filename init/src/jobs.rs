@@ -132,17 +132,7 @@ fn execute(job: &Job, config: &Config, client: &Client) -> Result<Outcome, Strin
             say(format!("backup: {} ({}) as {:?} to {}", disk.name, human_bytes(dev.bytes), opts.name, client.base()));
             let r = backup(&dev, client, &opts, &mut progress).map_err(|e| format!("backup of {}: {e}", disk.name))?;
             Ok(Outcome {
-                summary: format!(
-                    "backup {} complete: {} in {} chunks ({} all-zero), {} new chunks, {} sent, {} stored for this backup, {:.1} s",
-                    r.id,
-                    human_bytes(r.disk_bytes),
-                    r.chunks,
-                    r.zero_chunks,
-                    r.new_chunks,
-                    human_bytes(r.sent_bytes),
-                    human_bytes(r.blob_bytes),
-                    r.elapsed.as_secs_f64()
-                ),
+                summary: r.summary(),
                 disk: disk.name.clone(),
                 backup: r.id,
                 bytes: r.disk_bytes,
@@ -165,17 +155,7 @@ fn execute(job: &Job, config: &Config, client: &Client) -> Result<Outcome, Strin
                 say(format!("restore: the kernel did not re-read the partition table: {e}"));
             }
             Ok(Outcome {
-                summary: format!(
-                    "restore of backup {id} complete: {} onto {} ({}), {} chunks ({} all-zero), {} fetched{}, {:.1} s",
-                    human_bytes(r.disk_bytes),
-                    disk.name,
-                    human_bytes(r.target_bytes),
-                    r.chunks,
-                    r.zero_chunks,
-                    human_bytes(r.fetched_bytes),
-                    if r.verified { ", verified by reading back" } else { "" },
-                    r.elapsed.as_secs_f64()
-                ),
+                summary: r.summary(&disk.name),
                 disk: disk.name.clone(),
                 backup: id,
                 bytes: r.disk_bytes,

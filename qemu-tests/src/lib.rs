@@ -404,18 +404,8 @@ pub const MBR_LAYOUT: &str = "label: dos\nunit: sectors\n\
     start=65536, size=20480, type=83\n\
     start=88064, size=30720, type=82\n";
 
-/// Deterministic pseudo-random bytes (xorshift), for file contents.
-pub fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+/// Deterministic pseudo-random bytes, for file contents.
+pub use bootvault_common::testdata::noise;
 
 /// Writes `data` into `image` at `offset` without truncating it.
 pub fn write_at(image: &Path, offset: u64, data: &[u8]) -> Result<()> {
