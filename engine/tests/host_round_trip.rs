@@ -68,6 +68,22 @@ fn backup_restore_dedup_and_refusals() {
     assert_eq!((again.new_chunks, again.sent_bytes), (0, 0));
     assert_eq!(client.latest("host-test", None).expect("latest"), again.id);
 
+    // Export over HTTP, import it over HTTP as another PC's backup.
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut resp = agent.get(format!("{url}/api/v1/backups/{}/export", r.id)).call().expect("export");
+    assert_eq!(resp.status().as_u16(), 200);
+    let file = resp.body_mut().with_config().limit(64 << 20).read_to_vec().expect("export body");
+    let mut resp = agent.post(format!("{url}/api/v1/import?pc=other-pc")).send(&file[..]).expect("import");
+    assert_eq!(resp.status().as_u16(), 201);
+    let answer = resp.body_mut().read_to_string().expect("import answer");
+    let imported: i64 = answer.trim().trim_start_matches("id=").parse().expect("an id");
+    assert_eq!(client.latest("other-pc", None).expect("latest of other-pc"), imported);
+    let mut damaged = file.clone();
+    let at = damaged.len() / 2;
+    damaged[at] ^= 0x01;
+    let resp = agent.post(format!("{url}/api/v1/import?pc=other-pc")).send(&damaged[..]).expect("import");
+    assert_eq!(resp.status().as_u16(), 422, "a damaged image file is refused");
+
     // Restore onto the same size and a larger file: identical bytes.
     for extra in [0u64, 5 << 20] {
         let dst = dir.join(format!("dst-{extra}.img"));
