@@ -215,7 +215,8 @@ pub enum Hardware {
 
 pub struct Guest {
     pub boot: PathBuf,
-    pub disks: Vec<(PathBuf, String)>,
+    /// (image, serial, logical sector size).
+    pub disks: Vec<(PathBuf, String, u32)>,
     pub memory_mib: u32,
     pub hardware: Hardware,
     pub mac: String,
@@ -239,7 +240,13 @@ impl Guest {
 
     /// Adds a raw disk image with a serial number.
     pub fn disk(mut self, path: &Path, serial: &str) -> Guest {
-        self.disks.push((path.to_owned(), serial.to_owned()));
+        self.disks.push((path.to_owned(), serial.to_owned(), 512));
+        self
+    }
+
+    /// Adds a disk with 4096-byte logical (and physical) sectors (virtio).
+    pub fn disk_4k(mut self, path: &Path, serial: &str) -> Guest {
+        self.disks.push((path.to_owned(), serial.to_owned(), 4096));
         self
     }
 
@@ -287,10 +294,15 @@ impl Guest {
         for (i, mac) in std::iter::once(&self.mac).chain(&self.extra_macs).enumerate() {
             c.args(["-netdev", &format!("user,id=n{i}"), "-device", &format!("{nic},netdev=n{i},mac={mac}")]);
         }
-        for (i, (path, serial)) in self.disks.iter().enumerate() {
+        for (i, (path, serial, sector)) in self.disks.iter().enumerate() {
             c.args(["-drive", &format!("file={},format=raw,if=none,id=d{i}", path.display())]);
             match self.hardware {
-                Hardware::Virtio => c.args(["-device", &format!("virtio-blk-pci,drive=d{i},serial={serial}")]),
+                Hardware::Virtio => c.args([
+                    "-device",
+                    &format!(
+                        "virtio-blk-pci,drive=d{i},serial={serial},logical_block_size={sector},physical_block_size={sector}"
+                    ),
+                ]),
                 Hardware::E1000Ahci => c.args(["-device", &format!("ide-hd,drive=d{i},bus=ide.{i},serial={serial}")]),
             };
         }

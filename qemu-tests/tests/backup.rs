@@ -147,6 +147,21 @@ fn bad_restores_are_refused() {
     assert!(err.contains("nothing was written"), "{err}");
     assert!(fs::read(&small).expect("read") == before, "the smaller target was modified");
 
+    // A disk with 4096-byte sectors: refused, untouched (the backup was
+    // made from 512-byte sectors).
+    let four_k = dir.join("4k.img");
+    fs::write(&four_k, noise(6, 128 << 20)).expect("4k disk");
+    let before = fs::read(&four_k).expect("read");
+    let boot = dir.join("boot-4k");
+    build_pc(&boot, "pc-r", &server.guest_url(), "qemu", &["--set", "action=restore", "--set", "error_wait=1"])
+        .expect("build");
+    let mut vm = Guest::new(&boot).disk_4k(&four_k, "DST4K").boot(&dir.join("console-4k.log")).expect("boots");
+    let (err, _) = vm.console.expect("bootvault: error:", BOOT_TIMEOUT).expect("error line");
+    assert!(err.contains("target has 4096-byte logical sectors, the backup was made from 512-byte sectors"), "{err}");
+    vm.console.expect("reboot: Power down", BOOT_TIMEOUT).expect("power down");
+    vm.wait_exit(Duration::from_secs(30)).expect("qemu exits");
+    assert!(fs::read(&four_k).expect("read") == before, "the 4096-byte-sector target was modified");
+
     // Corrupt the stored blob of the last data chunk; restore stops there.
     let manifest = fs::read(server.data.join("manifests/1.bvm")).expect("manifest file");
     let m = bootvault_common::image::Manifest::decode(&manifest).expect("manifest decodes");
