@@ -8,8 +8,9 @@ use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use bootvault_common::config::Config;
 use bootvault_common::units::human_bytes;
-use bootvault_server::vault::{BackupRow, Vault};
+use bootvault_server::vault::{BackupRow, PcRow, Vault};
 
 #[derive(clap::Subcommand)]
 pub enum BackupsCmd {
@@ -62,6 +63,214 @@ pub enum JobsCmd {
         #[arg(long)]
         pc: Option<String>,
     },
+}
+
+/// How a PC is set up; shared by `pc add` and `pc edit`.
+#[derive(clap::Args, Clone, Default)]
+pub struct PcSettings {
+    /// MAC address of the PC's network card (aa:bb:cc:dd:ee:ff).
+    #[arg(long)]
+    mac: Option<String>,
+    /// Static address ADDR/PREFIX (with --gateway); the default is DHCP.
+    #[arg(long, conflicts_with = "dhcp")]
+    ip: Option<String>,
+    #[arg(long, requires = "ip")]
+    gateway: Option<String>,
+    /// Resolvers, comma-separated.
+    #[arg(long)]
+    dns: Option<String>,
+    /// Get the address by DHCP.
+    #[arg(long)]
+    dhcp: bool,
+    /// network (boots from the server) or local (boots from its media).
+    #[arg(long)]
+    mode: Option<String>,
+    /// Disk to back up or restore: auto or a name like sda.
+    #[arg(long)]
+    disk: Option<String>,
+    /// What the PC does when it boots: menu, backup or restore.
+    #[arg(long)]
+    default_action: Option<String>,
+}
+
+impl PcSettings {
+    /// Applies the given settings over `pc`, checking each with the same
+    /// parsers the init uses, so a bad value fails here, not at boot.
+    fn apply(&self, pc: &mut PcRow) -> Result<()> {
+        let mut check = Config::default();
+        let mut set = |k: &str, v: &str| -> Result<()> { check.set(k, v).map_err(anyhow::Error::msg).map(|_| ()) };
+        set("pc", &pc.name)?;
+        if let Some(m) = &self.mac {
+            let mac = bootvault_common::units::parse_mac(m)
+                .with_context(|| format!("--mac {m:?}: expected aa:bb:cc:dd:ee:ff"))?;
+            pc.mac = bootvault_common::units::mac_string(mac);
+        }
+        if self.dhcp {
+            pc.ip = "dhcp".into();
+            pc.gateway.clear();
+        }
+        if let Some(ip) = &self.ip {
+            set("ip", ip)?;
+            pc.ip = ip.clone();
+        }
+        if let Some(g) = &self.gateway {
+            set("gateway", g)?;
+            pc.gateway = g.clone();
+        }
+        if let Some(d) = &self.dns {
+            set("dns", d)?;
+            pc.dns = d.clone();
+        }
+        if let Some(m) = &self.mode {
+            if !matches!(m.as_str(), "network" | "local") {
+                bail!("--mode {m:?}: expected network or local");
+            }
+            pc.mode = m.clone();
+        }
+        if let Some(d) = &self.disk {
+            set("disk", d)?;
+            pc.disk = d.clone();
+        }
+        if let Some(a) = &self.default_action {
+            if !matches!(a.as_str(), "menu" | "backup" | "restore") {
+                bail!("--default-action {a:?}: expected menu, backup or restore");
+            }
+            pc.default_action = a.clone();
+        }
+        Ok(())
+    }
+}
+
+#[derive(clap::Subcommand)]
+pub enum PcCmd {
+    /// Register a PC; prints its secret token once.
+    Add {
+        name: String,
+        #[command(flatten)]
+        settings: PcSettings,
+    },
+    /// Registered PCs.
+    List,
+    /// One PC's settings (--token to show its secret).
+    Show {
+        name: String,
+        #[arg(long)]
+        token: bool,
+    },
+    /// Change a PC's settings (the token stays).
+    Edit {
+        name: String,
+        #[command(flatten)]
+        settings: PcSettings,
+    },
+    /// Unregister a PC (refused while it has backups, unless --with-backups).
+    Rm {
+        name: String,
+        #[arg(long)]
+        with_backups: bool,
+    },
+}
+
+fn print_pc(p: &PcRow, token: bool) {
+    println!("pc             {}", p.name);
+    println!("mac            {}", if p.mac.is_empty() { "-" } else { &p.mac });
+    println!(
+        "ip             {}{}",
+        p.ip,
+        if p.gateway.is_empty() { String::new() } else { format!(" via {}", p.gateway) }
+    );
+    println!("dns            {}", if p.dns.is_empty() { "-" } else { &p.dns });
+    println!("mode           {}", p.mode);
+    println!("disk           {}", p.disk);
+    println!("default action {}", p.default_action);
+    println!("last seen      {}", p.last_seen.map(when).unwrap_or_else(|| "never".into()));
+    if token {
+        println!("token          {}", p.token);
+    }
+}
+
+pub fn pcs(data: &Path, as_json: bool, cmd: PcCmd) -> Result<()> {
+    let v = Vault::open(data)?;
+    let blank = |name: &str| PcRow {
+        name: name.to_owned(),
+        mac: String::new(),
+        ip: "dhcp".into(),
+        gateway: String::new(),
+        dns: String::new(),
+        mode: "network".into(),
+        disk: "auto".into(),
+        default_action: "menu".into(),
+        token: String::new(),
+        last_seen: None,
+        last_addr: String::new(),
+    };
+    match cmd {
+        PcCmd::Add { name, settings } => {
+            if settings.mac.is_none() {
+                bail!("pc add {name}: --mac is required (the server knows a booting PC by its MAC)");
+            }
+            let mut pc = blank(&name);
+            settings.apply(&mut pc)?;
+            let pc = v.add_pc(&pc)?;
+            if as_json {
+                return json(&pc);
+            }
+            print_pc(&pc, true);
+            println!("registered; the token above goes into the PC's boot media");
+            Ok(())
+        }
+        PcCmd::List => {
+            let mut rows = v.list_pcs()?;
+            if as_json {
+                rows.iter_mut().for_each(|p| p.token.clear());
+                return json(&rows);
+            }
+            println!(
+                "{:<16} {:<17} {:<18} {:<8} {:<6} {:<8} {}",
+                "PC", "MAC", "IP", "MODE", "DISK", "ACTION", "LAST SEEN (UTC)"
+            );
+            for p in rows {
+                println!(
+                    "{:<16} {:<17} {:<18} {:<8} {:<6} {:<8} {}",
+                    p.name,
+                    p.mac,
+                    p.ip,
+                    p.mode,
+                    p.disk,
+                    p.default_action,
+                    p.last_seen.map(when).unwrap_or_else(|| "never".into())
+                );
+            }
+            Ok(())
+        }
+        PcCmd::Show { name, token } => {
+            let mut pc = v.pc(&name)?.with_context(|| format!("no registered PC {name}"))?;
+            if !token {
+                pc.token.clear();
+            }
+            if as_json {
+                return json(&pc);
+            }
+            print_pc(&pc, token);
+            Ok(())
+        }
+        PcCmd::Edit { name, settings } => {
+            let mut pc = v.pc(&name)?.with_context(|| format!("no registered PC {name}"))?;
+            settings.apply(&mut pc)?;
+            let mut pc = v.edit_pc(&pc)?;
+            pc.token.clear();
+            if as_json {
+                return json(&pc);
+            }
+            print_pc(&pc, false);
+            Ok(())
+        }
+        PcCmd::Rm { name, with_backups } => {
+            let n = v.remove_pc(&name, with_backups)?;
+            println!("PC {name} unregistered{}", if n > 0 { format!(", {n} backups removed") } else { String::new() });
+            Ok(())
+        }
+    }
 }
 
 fn when(t: i64) -> String {

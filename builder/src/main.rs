@@ -89,6 +89,15 @@ enum Cmd {
         #[command(subcommand)]
         cmd: admin::BackupsCmd,
     },
+    /// PCs registered with the server (the management database).
+    Pc {
+        #[arg(long, default_value = "bootvault-data")]
+        data: PathBuf,
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        cmd: admin::PcCmd,
+    },
     /// Jobs for PCs booted with action=job, and the results PCs reported.
     Jobs {
         #[arg(long, default_value = "bootvault-data")]
@@ -222,6 +231,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Backups { data, json, cmd } => admin::backups(&data, json, cmd),
         Cmd::Jobs { data, json, cmd } => admin::jobs(&data, json, cmd),
+        Cmd::Pc { data, json, cmd } => admin::pcs(&data, json, cmd),
         Cmd::Gc { data, json, max_age } => admin::gc(&data, json, max_age),
         Cmd::Serve { listen, data } => bootvault_server::serve(bootvault_server::Options { listen, data }),
     }

@@ -143,6 +143,59 @@ fn backup_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BackupRow> {
     })
 }
 
+/// Schema 2: PCs registered by an admin (`bootvault pc add`), beside the
+/// ones merely seen. Each step runs once, in one transaction.
+fn migrate(db: &Connection) -> Result<()> {
+    let version: i64 =
+        db.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get::<_, String>(0))?.parse()?;
+    if version < 2 {
+        db.execute_batch(
+            "BEGIN;
+             ALTER TABLE pcs ADD COLUMN registered INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE pcs ADD COLUMN mac TEXT NOT NULL DEFAULT '';
+             ALTER TABLE pcs ADD COLUMN ip TEXT NOT NULL DEFAULT 'dhcp';
+             ALTER TABLE pcs ADD COLUMN gateway TEXT NOT NULL DEFAULT '';
+             ALTER TABLE pcs ADD COLUMN dns TEXT NOT NULL DEFAULT '';
+             ALTER TABLE pcs ADD COLUMN mode TEXT NOT NULL DEFAULT 'network';
+             ALTER TABLE pcs ADD COLUMN disk TEXT NOT NULL DEFAULT 'auto';
+             ALTER TABLE pcs ADD COLUMN default_action TEXT NOT NULL DEFAULT 'menu';
+             ALTER TABLE pcs ADD COLUMN token TEXT NOT NULL DEFAULT '';
+             CREATE UNIQUE INDEX IF NOT EXISTS pcs_mac ON pcs(mac) WHERE mac != '';
+             UPDATE meta SET value = '2' WHERE key = 'schema_version';
+             COMMIT;",
+        )?;
+    }
+    Ok(())
+}
+
+/// A PC the admin registered: how it boots and what it does.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PcRow {
+    pub name: String,
+    pub mac: String,
+    /// `dhcp` or `ADDR/PREFIX`.
+    pub ip: String,
+    pub gateway: String,
+    pub dns: String,
+    /// `network` (boots from the server) or `local` (boots from its media).
+    pub mode: String,
+    pub disk: String,
+    /// `menu`, `backup` or `restore`.
+    pub default_action: String,
+    /// The PC's secret; sent with every request it makes.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub token: String,
+    pub last_seen: Option<i64>,
+    pub last_addr: String,
+}
+
+/// A new secret: 32 random bytes from the kernel, as hex.
+pub fn new_token() -> Result<String> {
+    let mut b = [0u8; 32];
+    File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).context("reading /dev/urandom for a PC token")?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
 fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|f| f.sync_all()).with_context(|| format!("syncing directory {}", dir.display()))
 }
@@ -158,6 +211,7 @@ impl Vault {
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "FULL")?;
         db.execute_batch(SCHEMA).with_context(|| format!("creating the schema in {}", path.display()))?;
+        migrate(&db).with_context(|| format!("migrating the schema of {}", path.display()))?;
         Ok(Vault { dir: dir.to_owned(), db: Mutex::new(db), tmp_seq: AtomicU64::new(0) })
     }
 
@@ -192,6 +246,108 @@ impl Vault {
         f.write_all(bytes).and_then(|()| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
         fs::rename(&tmp, dest).with_context(|| format!("renaming into {}", dest.display()))?;
         fsync_dir(parent)
+    }
+
+    /// Registers a PC (the settings are checked by the caller) with a new
+    /// token. Refuses a name or MAC already registered.
+    pub fn add_pc(&self, pc: &PcRow) -> Result<PcRow> {
+        let db = self.db();
+        let taken: Option<String> = db
+            .query_row(
+                "SELECT name FROM pcs WHERE registered = 1 AND (name = ?1 OR (mac = ?2 AND ?2 != ''))",
+                params![pc.name, pc.mac],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(other) = taken {
+            if other == pc.name {
+                bail!("PC {} is already registered", pc.name);
+            }
+            bail!("MAC {} is already registered to PC {other}", pc.mac);
+        }
+        let token = new_token()?;
+        db.execute(
+            "INSERT INTO pcs (name, first_seen, last_seen, registered, mac, ip, gateway, dns, mode, disk, default_action, token)
+             VALUES (?1, ?2, 0, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT(name) DO UPDATE SET registered = 1, mac = ?3, ip = ?4, gateway = ?5, dns = ?6, mode = ?7,
+               disk = ?8, default_action = ?9, token = ?10",
+            params![pc.name, now(), pc.mac, pc.ip, pc.gateway, pc.dns, pc.mode, pc.disk, pc.default_action, token],
+        )?;
+        drop(db);
+        self.pc(&pc.name)?.ok_or_else(|| anyhow!("PC {} vanished", pc.name))
+    }
+
+    /// Replaces a registered PC's settings (not its token).
+    pub fn edit_pc(&self, pc: &PcRow) -> Result<PcRow> {
+        let db = self.db();
+        let clash: Option<String> = db
+            .query_row(
+                "SELECT name FROM pcs WHERE registered = 1 AND mac = ?2 AND ?2 != '' AND name != ?1",
+                params![pc.name, pc.mac],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(other) = clash {
+            bail!("MAC {} is already registered to PC {other}", pc.mac);
+        }
+        let n = db.execute(
+            "UPDATE pcs SET mac = ?2, ip = ?3, gateway = ?4, dns = ?5, mode = ?6, disk = ?7, default_action = ?8
+             WHERE name = ?1 AND registered = 1",
+            params![pc.name, pc.mac, pc.ip, pc.gateway, pc.dns, pc.mode, pc.disk, pc.default_action],
+        )?;
+        drop(db);
+        if n == 0 {
+            bail!("no registered PC {}", pc.name);
+        }
+        self.pc(&pc.name)?.ok_or_else(|| anyhow!("PC {} vanished", pc.name))
+    }
+
+    pub fn pc(&self, name: &str) -> Result<Option<PcRow>> {
+        Ok(self.list_pcs()?.into_iter().find(|p| p.name == name))
+    }
+
+    pub fn list_pcs(&self) -> Result<Vec<PcRow>> {
+        let db = self.db();
+        let mut st = db.prepare(
+            "SELECT name, mac, ip, gateway, dns, mode, disk, default_action, token, last_seen, last_addr
+             FROM pcs WHERE registered = 1 ORDER BY name",
+        )?;
+        let rows = st
+            .query_map([], |r| {
+                let seen: i64 = r.get(9)?;
+                Ok(PcRow {
+                    name: r.get(0)?,
+                    mac: r.get(1)?,
+                    ip: r.get(2)?,
+                    gateway: r.get(3)?,
+                    dns: r.get(4)?,
+                    mode: r.get(5)?,
+                    disk: r.get(6)?,
+                    default_action: r.get(7)?,
+                    token: r.get(8)?,
+                    last_seen: (seen > 0).then_some(seen),
+                    last_addr: r.get(10)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Unregisters a PC. Refuses while it has backups, unless
+    /// `with_backups` (then they go too; their chunks at the next gc).
+    pub fn remove_pc(&self, name: &str, with_backups: bool) -> Result<u64> {
+        if self.pc(name)?.is_none() {
+            bail!("no registered PC {name}");
+        }
+        let backups = self.list_backups(Some(name), true)?;
+        if !backups.is_empty() && !with_backups {
+            bail!("PC {name} has {} backups; remove them first or pass --with-backups", backups.len());
+        }
+        for b in &backups {
+            self.delete_backup(b.id)?;
+        }
+        self.db().execute("DELETE FROM pcs WHERE name = ?1", [name])?;
+        Ok(backups.len() as u64)
     }
 
     pub fn seen_pc(&self, pc: &str, mac: &str, addr: &str) -> Result<()> {

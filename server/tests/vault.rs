@@ -172,3 +172,79 @@ fn jobs_are_handed_out_once_and_results_recorded() {
     assert_eq!((r.ok, r.disk.as_str(), r.bytes, r.sent), (true, "vda", 10, 5));
     let _ = fs::remove_dir_all(&dir);
 }
+
+fn pc_row(name: &str, mac: &str) -> bootvault_server::vault::PcRow {
+    bootvault_server::vault::PcRow {
+        name: name.into(),
+        mac: mac.into(),
+        ip: "dhcp".into(),
+        gateway: String::new(),
+        dns: String::new(),
+        mode: "network".into(),
+        disk: "auto".into(),
+        default_action: "menu".into(),
+        token: String::new(),
+        last_seen: None,
+        last_addr: String::new(),
+    }
+}
+
+#[test]
+fn registered_pcs_tokens_and_the_backup_guard() {
+    let dir = temp("pcs");
+    let v = Vault::open(&dir).unwrap();
+    // A PC merely seen (hello) is not registered.
+    v.seen_pc("stray", "52:54:00:00:00:99", "10.0.2.15").unwrap();
+    assert!(v.list_pcs().unwrap().is_empty());
+    let a = v.add_pc(&pc_row("lab-1", "52:54:00:00:00:01")).unwrap();
+    let b = v.add_pc(&pc_row("lab-2", "52:54:00:00:00:02")).unwrap();
+    assert_eq!(a.token.len(), 64);
+    assert!(a.token.chars().all(|c| c.is_ascii_hexdigit()));
+    assert_ne!(a.token, b.token);
+    assert!(v.add_pc(&pc_row("lab-1", "52:54:00:00:00:03")).unwrap_err().to_string().contains("already registered"));
+    let e = v.add_pc(&pc_row("lab-3", "52:54:00:00:00:01")).unwrap_err().to_string();
+    assert_eq!(e, "MAC 52:54:00:00:00:01 is already registered to PC lab-1");
+    // Edit keeps the token; a MAC clash is refused.
+    let mut edited = pc_row("lab-1", "52:54:00:00:00:11");
+    edited.ip = "10.1.1.5/24".into();
+    let after = v.edit_pc(&edited).unwrap();
+    assert_eq!((after.ip.as_str(), after.token.as_str()), ("10.1.1.5/24", a.token.as_str()));
+    assert!(v.edit_pc(&pc_row("lab-1", "52:54:00:00:00:02")).is_err());
+    // Seen after registration: last_seen shows up.
+    v.seen_pc("lab-1", "", "10.1.1.5").unwrap();
+    assert!(v.pc("lab-1").unwrap().unwrap().last_seen.is_some());
+    // rm refuses while backups exist, unless asked to remove them too.
+    let id = backup(&v, "lab-1", &[3]);
+    let e = v.remove_pc("lab-1", false).unwrap_err().to_string();
+    assert!(e.contains("has 1 backups"), "{e}");
+    assert_eq!(v.remove_pc("lab-1", true).unwrap(), 1);
+    assert!(v.backup(id).unwrap().is_none());
+    assert_eq!(v.list_pcs().unwrap().len(), 1);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// A data directory made before PCs could be registered (schema 1) opens
+/// and keeps its backups.
+#[test]
+fn schema_1_databases_are_migrated() {
+    let dir = temp("migrate");
+    fs::create_dir_all(&dir).unwrap();
+    {
+        let db = rusqlite::Connection::open(dir.join("bootvault.db")).unwrap();
+        db.execute_batch(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             INSERT INTO meta VALUES ('schema_version', '1');
+             CREATE TABLE pcs (name TEXT PRIMARY KEY, first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL,
+                 last_mac TEXT NOT NULL DEFAULT '', last_addr TEXT NOT NULL DEFAULT '');
+             INSERT INTO pcs VALUES ('old', 1, 2, '', '');",
+        )
+        .unwrap();
+    }
+    let v = Vault::open(&dir).unwrap();
+    assert!(v.list_pcs().unwrap().is_empty(), "seen PCs are not registered by the migration");
+    v.add_pc(&pc_row("old", "52:54:00:00:00:05")).unwrap();
+    drop(v);
+    let v = Vault::open(&dir).unwrap();
+    assert_eq!(v.list_pcs().unwrap()[0].mac, "52:54:00:00:00:05");
+    let _ = fs::remove_dir_all(&dir);
+}
