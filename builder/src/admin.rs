@@ -226,8 +226,8 @@ pub fn pcs(data: &Path, as_json: bool, cmd: PcCmd) -> Result<()> {
                 return json(&rows);
             }
             println!(
-                "{:<16} {:<17} {:<18} {:<8} {:<6} {:<8} {}",
-                "PC", "MAC", "IP", "MODE", "DISK", "ACTION", "LAST SEEN (UTC)"
+                "{:<16} {:<17} {:<18} {:<8} {:<6} {:<8} LAST SEEN (UTC)",
+                "PC", "MAC", "IP", "MODE", "DISK", "ACTION"
             );
             for p in rows {
                 println!(

@@ -3,8 +3,13 @@
 use std::process::Command;
 
 fn bootvault(data: &std::path::Path, args: &[&str]) -> (bool, String) {
-    let out =
-        Command::new(env!("CARGO_BIN_EXE_bootvault")).arg("pc").arg("--data").arg(data).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bootvault"))
+        .arg("pc")
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .output()
+        .expect("runs bootvault");
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
