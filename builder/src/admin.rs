@@ -191,25 +191,12 @@ fn print_pc(p: &PcRow, token: bool) {
 
 pub fn pcs(data: &Path, as_json: bool, cmd: PcCmd) -> Result<()> {
     let v = Vault::open(data)?;
-    let blank = |name: &str| PcRow {
-        name: name.to_owned(),
-        mac: String::new(),
-        ip: "dhcp".into(),
-        gateway: String::new(),
-        dns: String::new(),
-        mode: "network".into(),
-        disk: "auto".into(),
-        default_action: "menu".into(),
-        token: String::new(),
-        last_seen: None,
-        last_addr: String::new(),
-    };
     match cmd {
         PcCmd::Add { name, settings } => {
             if settings.mac.is_none() {
                 bail!("pc add {name}: --mac is required (the server knows a booting PC by its MAC)");
             }
-            let mut pc = blank(&name);
+            let mut pc = PcRow::new(&name, "");
             settings.apply(&mut pc)?;
             let pc = v.add_pc(&pc)?;
             if as_json {

@@ -189,6 +189,25 @@ pub struct PcRow {
     pub last_addr: String,
 }
 
+impl PcRow {
+    /// A PC with the defaults: DHCP, network mode, first fixed disk, menu.
+    pub fn new(name: &str, mac: &str) -> PcRow {
+        PcRow {
+            name: name.to_owned(),
+            mac: mac.to_owned(),
+            ip: "dhcp".into(),
+            gateway: String::new(),
+            dns: String::new(),
+            mode: "network".into(),
+            disk: "auto".into(),
+            default_action: "menu".into(),
+            token: String::new(),
+            last_seen: None,
+            last_addr: String::new(),
+        }
+    }
+}
+
 /// A new secret: 32 random bytes from the kernel, as hex.
 pub fn new_token() -> Result<String> {
     let mut b = [0u8; 32];

@@ -174,19 +174,7 @@ fn jobs_are_handed_out_once_and_results_recorded() {
 }
 
 fn pc_row(name: &str, mac: &str) -> bootvault_server::vault::PcRow {
-    bootvault_server::vault::PcRow {
-        name: name.into(),
-        mac: mac.into(),
-        ip: "dhcp".into(),
-        gateway: String::new(),
-        dns: String::new(),
-        mode: "network".into(),
-        disk: "auto".into(),
-        default_action: "menu".into(),
-        token: String::new(),
-        last_seen: None,
-        last_addr: String::new(),
-    }
+    bootvault_server::vault::PcRow::new(name, mac)
 }
 
 #[test]
