@@ -36,6 +36,34 @@ pub enum BackupsCmd {
     },
     /// Remove a backup (its chunks go at the next gc).
     Rm { id: i64 },
+    /// Let other PCs restore this backup (one master image, many PCs).
+    Grant {
+        id: i64,
+        /// Registered PCs.
+        pcs: Vec<String>,
+        /// Every registered PC, present and future.
+        #[arg(long, conflicts_with = "pcs")]
+        all: bool,
+    },
+    /// Take a grant back (`--all` takes back the every-PC grant).
+    Revoke {
+        id: i64,
+        pcs: Vec<String>,
+        #[arg(long, conflicts_with = "pcs")]
+        all: bool,
+    },
+}
+
+/// Server-wide settings kept in the database.
+#[derive(clap::Subcommand)]
+pub enum SettingsCmd {
+    /// Show the settings and where the admin token is.
+    Show,
+    /// The server's own URLs as PCs reach it (comma list; the first goes
+    /// into PCs built without --server).
+    ServerUrls { urls: String },
+    /// List unknown MACs that network-boot (`pc pending`): yes or no.
+    RegisterUnknown { value: String },
 }
 
 #[derive(clap::Subcommand)]
@@ -163,6 +191,9 @@ pub enum PcCmd {
         #[command(flatten)]
         settings: PcSettings,
     },
+    /// Unknown MACs that network-booted (with `settings register-unknown
+    /// yes`); `pc add NAME --mac MAC` approves one.
+    Pending,
     /// Unregister a PC (refused while it has backups, unless --with-backups).
     Rm {
         name: String,
@@ -199,6 +230,7 @@ pub fn pcs(data: &Path, as_json: bool, cmd: PcCmd) -> Result<()> {
             let mut pc = PcRow::new(&name, "");
             settings.apply(&mut pc)?;
             let pc = v.add_pc(&pc)?;
+            v.forget_pending(&pc.mac)?;
             if as_json {
                 return json(&pc);
             }
@@ -250,6 +282,24 @@ pub fn pcs(data: &Path, as_json: bool, cmd: PcCmd) -> Result<()> {
                 return json(&pc);
             }
             print_pc(&pc, false);
+            Ok(())
+        }
+        PcCmd::Pending => {
+            let rows = v.list_pending()?;
+            if as_json {
+                return json(&rows);
+            }
+            println!("{:<17} {:<16} {:<16} {:>5}  ADDRESS", "MAC", "FIRST (UTC)", "LAST (UTC)", "BOOTS");
+            for p in rows {
+                println!(
+                    "{:<17} {:<16} {:<16} {:>5}  {}",
+                    p.mac,
+                    when(p.first_seen),
+                    when(p.last_seen),
+                    p.count,
+                    p.addr
+                );
+            }
             Ok(())
         }
         PcCmd::Rm { name, with_backups } => {
@@ -319,6 +369,10 @@ pub fn backups(data: &Path, as_json: bool, cmd: BackupsCmd) -> Result<()> {
                 return json(&b);
             }
             print_backups(std::slice::from_ref(&b));
+            let grants = v.grants(id)?;
+            if !grants.is_empty() {
+                println!("also restorable by: {}", grants.join(" "));
+            }
             println!(
                 "zero chunks {}, received {} in {} new chunks, digest {}{}",
                 b.zero_chunks,
@@ -360,6 +414,70 @@ pub fn backups(data: &Path, as_json: bool, cmd: BackupsCmd) -> Result<()> {
         BackupsCmd::Rm { id } => {
             v.delete_backup(id)?;
             println!("backup {id} removed; run `bootvault gc` to free its chunks");
+            Ok(())
+        }
+        BackupsCmd::Grant { id, pcs, all } => {
+            let who = if all { vec!["*".to_string()] } else { pcs };
+            if who.is_empty() {
+                bail!("backups grant {id}: name the PCs, or --all");
+            }
+            for p in &who {
+                v.grant(id, p)?;
+            }
+            println!("backup {id} may be restored by {}", v.grants(id)?.join(" "));
+            Ok(())
+        }
+        BackupsCmd::Revoke { id, pcs, all } => {
+            let who = if all { vec!["*".to_string()] } else { pcs };
+            for p in &who {
+                if !v.revoke(id, p)? {
+                    bail!("backup {id} was not granted to {p}");
+                }
+            }
+            let left = v.grants(id)?;
+            println!(
+                "backup {id} grants: {}",
+                if left.is_empty() { "none (owner only)".into() } else { left.join(" ") }
+            );
+            Ok(())
+        }
+    }
+}
+
+pub fn settings(data: &Path, as_json: bool, cmd: SettingsCmd) -> Result<()> {
+    let v = Vault::open(data)?;
+    match cmd {
+        SettingsCmd::Show => {
+            let urls = v.setting(crate::pc::SERVER_URLS)?.unwrap_or_default();
+            let reg = v.setting("register_unknown")?.unwrap_or_else(|| "no".into());
+            if as_json {
+                return json(&serde_json::json!({
+                    "server_urls": urls, "register_unknown": reg,
+                    "admin_token_file": v.admin_token_path(),
+                }));
+            }
+            println!("server urls       {}", if urls.is_empty() { "- (builds need --server)" } else { &urls });
+            println!("register unknown  {reg}");
+            println!("admin token       {}", v.admin_token_path().display());
+            Ok(())
+        }
+        SettingsCmd::ServerUrls { urls } => {
+            let list: Vec<&str> = urls.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
+            for u in &list {
+                bootvault_common::config::Config::default().set("server", u).map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            v.set_setting(crate::pc::SERVER_URLS, (!list.is_empty()).then(|| list.join(",")).as_deref())?;
+            println!("server urls: {}", if list.is_empty() { "-".into() } else { list.join(", ") });
+            Ok(())
+        }
+        SettingsCmd::RegisterUnknown { value } => {
+            let on = match value.as_str() {
+                "yes" | "on" => "yes",
+                "no" | "off" => "no",
+                _ => bail!("register-unknown: expected yes or no"),
+            };
+            v.set_setting("register_unknown", Some(on))?;
+            println!("unknown MACs that network-boot are {}listed", if on == "yes" { "" } else { "not " });
             Ok(())
         }
     }

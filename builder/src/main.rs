@@ -9,6 +9,7 @@ mod admin;
 mod cpio;
 mod initramfs;
 mod kernel;
+mod netboot;
 mod pc;
 mod profile;
 
@@ -46,9 +47,12 @@ enum Cmd {
         disk: PathBuf,
         #[arg(long)]
         server: String,
-        /// Whose backup this is.
-        #[arg(long, default_value = "host")]
+        /// Whose backup this is (a registered PC).
+        #[arg(long)]
         pc: String,
+        /// The PC's token (`bootvault pc show PC --token`), or the admin token.
+        #[arg(long, env = "BOOTVAULT_TOKEN", hide_env_values = true)]
+        token: String,
         /// Backup name.
         #[arg(long, default_value = "full")]
         name: String,
@@ -71,8 +75,12 @@ enum Cmd {
         /// Backup id, or `latest` (of --pc).
         #[arg(long)]
         backup: String,
-        #[arg(long, default_value = "host")]
+        /// The PC restoring (a registered PC).
+        #[arg(long)]
         pc: String,
+        /// The PC's token (`bootvault pc show PC --token`), or the admin token.
+        #[arg(long, env = "BOOTVAULT_TOKEN", hide_env_values = true)]
+        token: String,
         /// Read the disk back afterwards and compare.
         #[arg(long)]
         verify: bool,
@@ -106,6 +114,15 @@ enum Cmd {
         json: bool,
         #[command(subcommand)]
         cmd: admin::JobsCmd,
+    },
+    /// Server-wide settings: the server's URLs, listing unknown MACs.
+    Settings {
+        #[arg(long, default_value = "bootvault-data")]
+        data: PathBuf,
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        cmd: admin::SettingsCmd,
     },
     /// Remove chunks no backup references, and close abandoned uploads.
     Gc {
@@ -177,6 +194,14 @@ struct BuildArgs {
     /// Output directory (default out/NAME).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Boot media: pxe (publish to the server for network boot; needs
+    /// --data), iso, usb. Repeatable, or a comma list.
+    #[arg(long, value_delimiter = ',')]
+    media: Vec<String>,
+    /// The server's data directory: build the PC as registered there
+    /// (token, network settings, disk, default action, server URL).
+    #[arg(long)]
+    data: Option<PathBuf>,
 }
 
 fn main() {
@@ -201,9 +226,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Build(args) => build(args),
         Cmd::Inspect { initrd } => inspect(&initrd),
-        Cmd::Backup { disk, server, pc, name, level, chunk_kib, threads } => {
+        Cmd::Backup { disk, server, pc, token, name, level, chunk_kib, threads } => {
             let dev = bootvault_engine::device::Device::open(&disk, false)?;
-            let client = bootvault_engine::client::Client::new(&server, &pc);
+            let client = bootvault_engine::client::Client::new(&server, &pc, &token);
             let mut opts = bootvault_engine::backup::BackupOptions::new(&pc, &name);
             opts.level = level;
             opts.chunk_size = chunk_kib.saturating_mul(1024);
@@ -214,8 +239,8 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", r.summary());
             Ok(())
         }
-        Cmd::Restore { disk, server, backup, pc, verify, threads } => {
-            let client = bootvault_engine::client::Client::new(&server, &pc);
+        Cmd::Restore { disk, server, backup, pc, token, verify, threads } => {
+            let client = bootvault_engine::client::Client::new(&server, &pc, &token);
             let id = match backup.as_str() {
                 "latest" => client.latest(&pc, None)?,
                 v => v.parse().with_context(|| format!("--backup {v}: expected an id or latest"))?,
@@ -232,6 +257,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Backups { data, json, cmd } => admin::backups(&data, json, cmd),
         Cmd::Jobs { data, json, cmd } => admin::jobs(&data, json, cmd),
         Cmd::Pc { data, json, cmd } => admin::pcs(&data, json, cmd),
+        Cmd::Settings { data, json, cmd } => admin::settings(&data, json, cmd),
         Cmd::Gc { data, json, max_age } => admin::gc(&data, json, max_age),
         Cmd::Serve { listen, data } => bootvault_server::serve(bootvault_server::Options { listen, data }),
     }
@@ -265,17 +291,35 @@ fn build(a: BuildArgs) -> Result<()> {
         }
         None => None,
     };
+    // A registered PC: its database settings come first, so the file and
+    // the flags can still override them.
+    let registered = match &a.data {
+        Some(data) => {
+            let name = a.name.as_deref().context("--data needs the PC's name")?;
+            Some(pc::registered(data, name)?)
+        }
+        None => None,
+    };
+    let server = a.server.clone().or_else(|| registered.as_ref().and_then(|r| r.server.clone()));
+    let set: Vec<String> =
+        registered.iter().flat_map(|r| r.settings.iter().cloned()).chain(a.set.iter().cloned()).collect();
     let pc = pc::Pc::from_parts(
         file_text.as_ref().map(|(p, t)| (p.as_str(), t.as_str())),
         &pc::Overrides {
             name: a.name.as_deref(),
-            server: a.server.as_deref(),
+            server: server.as_deref(),
             profile: a.profile.as_deref(),
             consoles: &a.consoles,
             append: a.append.as_deref(),
-            set: &a.set,
+            set: &set,
         },
     )?;
+    if pc.config.token.is_empty() {
+        eprintln!(
+            "warning: PC {} has no token: a bootvault server refuses it (build with --data DIR for a registered PC)",
+            pc.config.pc
+        );
+    }
     let profile_text = match &a.profile_file {
         Some(p) => fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
         None => profile::builtin(&pc.profile)
@@ -324,6 +368,21 @@ fn build(a: BuildArgs) -> Result<()> {
         println!("  not in this kernel (built in, or absent): {}", report.missing.join(" "));
     }
     println!("  cmdline    {cmdline}");
+    for m in &a.media {
+        match m.as_str() {
+            "pxe" => {
+                let data = a.data.as_ref().context("--media pxe needs --data (the server's data directory)")?;
+                let bytes = netboot::publish(data, &pc.config.pc, &out)?;
+                println!(
+                    "  pxe        {}  {} (served by MAC to iPXE: /boot/ipxe)",
+                    human_bytes(bytes),
+                    data.join("boot").join(&pc.config.pc).display()
+                );
+            }
+            "iso" | "usb" => bail!("--media {m}: not available yet"),
+            other => bail!("--media {other}: expected pxe, iso or usb"),
+        }
+    }
     Ok(())
 }
 

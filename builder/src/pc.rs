@@ -45,6 +45,55 @@ pub struct Pc {
 
 pub const DEFAULT_CONSOLES: &[&str] = &["ttyS0,115200", "tty0"];
 
+/// Setting in the server's database: its own URLs, comma-separated, as
+/// PCs reach it (`bootvault server-url set`). The builder writes the first
+/// into PCs built without `--server`.
+pub const SERVER_URLS: &str = "server_urls";
+
+/// What the server's database says about a registered PC, as settings.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    /// `KEY=VALUE` settings: token, network, disk, action.
+    pub settings: Vec<String>,
+    pub server: Option<String>,
+}
+
+/// Reads PC `name` from the server's data directory `data`.
+pub fn registered(data: &std::path::Path, name: &str) -> Result<Registered> {
+    let vault = bootvault_server::vault::Vault::open(data)?;
+    let row = vault.pc(name)?.with_context(|| {
+        format!("PC {name} is not registered in {} (bootvault pc add {name} --mac ...)", data.display())
+    })?;
+    let server = vault
+        .setting(SERVER_URLS)?
+        .and_then(|v| v.split(',').map(str::trim).find(|u| !u.is_empty()).map(str::to_owned));
+    Ok(Registered { settings: settings_of(&row), server })
+}
+
+/// The init settings a registered PC's record stands for.
+pub fn settings_of(row: &bootvault_server::vault::PcRow) -> Vec<String> {
+    // Until the console menu exists, a PC set to `menu` asks the server
+    // for a job and otherwise only greets it.
+    let action = match row.default_action.as_str() {
+        "backup" => "backup",
+        "restore" => "restore",
+        _ => "job",
+    };
+    let mut out = vec![
+        format!("token={}", row.token),
+        format!("ip={}", row.ip),
+        format!("disk={}", row.disk),
+        format!("action={action}"),
+    ];
+    if !row.gateway.is_empty() {
+        out.push(format!("gateway={}", row.gateway));
+    }
+    if !row.dns.is_empty() {
+        out.push(format!("dns={}", row.dns));
+    }
+    out
+}
+
 pub struct Overrides<'a> {
     pub name: Option<&'a str>,
     pub server: Option<&'a str>,
@@ -127,6 +176,23 @@ mod tests {
         assert!(pc.config.verbose);
         assert_eq!(pc.config.get("ip").as_deref(), Some("10.1.1.5/24"));
         assert_eq!(pc.cmdline(), "console=ttyS0,115200 console=tty0 quiet panic=10 bootvault.pc=lab-3");
+    }
+
+    #[test]
+    fn registered_settings() {
+        let mut row = bootvault_server::vault::PcRow::new("lab-3", "52:54:00:12:34:56");
+        row.token = "ab12".into();
+        row.ip = "10.1.1.5/24".into();
+        row.gateway = "10.1.1.1".into();
+        row.default_action = "backup".into();
+        let set = settings_of(&row);
+        let pc = Pc::from_parts(None, &Overrides { name: Some("lab-3"), set: &set, ..none() }).expect("valid");
+        assert_eq!(pc.config.token, "ab12");
+        assert_eq!(pc.config.get("ip").as_deref(), Some("10.1.1.5/24"));
+        assert_eq!(pc.config.get("action").as_deref(), Some("backup"));
+        assert!(!pc.cmdline().contains("ab12"), "the token never goes on the command line");
+        row.default_action = "menu".into();
+        assert!(settings_of(&row).contains(&"action=job".to_string()));
     }
 
     #[test]

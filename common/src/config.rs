@@ -76,6 +76,9 @@ pub struct Config {
     pub pc: String,
     /// Base URL of the bootvault server, e.g. `http://10.0.2.2:8080`.
     pub server: Option<String>,
+    /// The PC's secret, issued by the server (`bootvault pc add`), sent
+    /// with every request. Only ever written into the initramfs.
+    pub token: String,
     /// Network interface to use; `None` = first Ethernet with carrier.
     pub iface: Option<String>,
     pub ip: IpConfig,
@@ -115,6 +118,7 @@ impl Default for Config {
         Config {
             pc: "bootvault".into(),
             server: None,
+            token: String::new(),
             iface: None,
             ip: IpConfig::Dhcp,
             gateway: None,
@@ -176,6 +180,7 @@ impl fmt::Display for Problem {
 pub const KEYS: &[&str] = &[
     "pc",
     "server",
+    "token",
     "iface",
     "ip",
     "gateway",
@@ -253,7 +258,8 @@ fn valid_pc_name(v: &str) -> Result<String, String> {
     let ok = !v.is_empty()
         && v.len() <= 63
         && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        && !v.starts_with('-');
+        && !v.starts_with('-')
+        && !v.starts_with('.');
     if ok {
         Ok(v.to_owned())
     } else {
@@ -279,6 +285,13 @@ impl Config {
         match key {
             "pc" => self.pc = valid_pc_name(value).map_err(bad)?,
             "server" => self.server = valid_server(value).map_err(bad)?,
+            "token" => {
+                if value.len() > 128 || !value.chars().all(|c| c.is_ascii_alphanumeric()) {
+                    // The value is a secret: never echo it.
+                    return Err(format!("{key}: expected up to 128 letters and digits"));
+                }
+                self.token = value.to_owned();
+            }
             "iface" => self.iface = (!value.is_empty()).then(|| value.to_owned()),
             "ip" => self.ip = parse_ip(value).map_err(bad)?,
             "gateway" => self.gateway = if value.is_empty() { None } else { Some(parse_ipv4(value).map_err(bad)?) },
@@ -339,6 +352,7 @@ impl Config {
         match key {
             "pc" => Some(self.pc.clone()),
             "server" => Some(self.server.clone().unwrap_or_default()),
+            "token" => Some(self.token.clone()),
             "iface" => Some(self.iface.clone().unwrap_or_default()),
             "ip" => Some(match &self.ip {
                 IpConfig::Dhcp => "dhcp".into(),

@@ -15,6 +15,8 @@ pub struct Client {
     agent: ureq::Agent,
     base: String,
     pc: String,
+    /// `Bearer TOKEN`, sent with every request.
+    authorization: String,
 }
 
 /// Parses `key=value` lines (the init-facing answer format).
@@ -29,7 +31,9 @@ pub fn kv_get<'a>(kv: &'a [(String, String)], key: &str) -> Option<&'a str> {
 const RETRIES: u32 = 3;
 
 impl Client {
-    pub fn new(base: &str, pc: &str) -> Client {
+    /// A client for PC `pc`, proving itself with `token` (the PC's, or the
+    /// server's admin token).
+    pub fn new(base: &str, pc: &str, token: &str) -> Client {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(5)))
@@ -37,7 +41,12 @@ impl Client {
             .max_idle_connections_per_host(8)
             .build()
             .into();
-        Client { agent, base: base.trim_end_matches('/').to_owned(), pc: pc.to_owned() }
+        Client {
+            agent,
+            base: base.trim_end_matches('/').to_owned(),
+            pc: pc.to_owned(),
+            authorization: format!("{}{token}", wire::BEARER),
+        }
     }
 
     pub fn base(&self) -> &str {
@@ -53,16 +62,32 @@ impl Client {
         let url = self.url(path);
         let what = format!("{method} {url}");
         let result = match (method, body) {
-            ("GET", _) => self.agent.get(&url).header(wire::PC_HEADER, &self.pc).call(),
-            ("PUT", Some(b)) => self.agent.put(&url).header(wire::PC_HEADER, &self.pc).send(b),
-            (_, b) => self.agent.post(&url).header(wire::PC_HEADER, &self.pc).send(b.unwrap_or_default()),
+            ("GET", _) => self
+                .agent
+                .get(&url)
+                .header(wire::PC_HEADER, &self.pc)
+                .header(wire::AUTHORIZATION, &self.authorization)
+                .call(),
+            ("PUT", Some(b)) => self
+                .agent
+                .put(&url)
+                .header(wire::PC_HEADER, &self.pc)
+                .header(wire::AUTHORIZATION, &self.authorization)
+                .send(b),
+            (_, b) => self
+                .agent
+                .post(&url)
+                .header(wire::PC_HEADER, &self.pc)
+                .header(wire::AUTHORIZATION, &self.authorization)
+                .send(b.unwrap_or_default()),
         };
         let mut resp = result.map_err(|e| EngineError::new(format!("{what}: {e}")))?;
         let status = resp.status().as_u16();
         let bytes = resp
             .body_mut()
             .with_config()
-            .limit(limit)
+            // Room for a one-line refusal even where the answer is tiny.
+            .limit(limit.max(4096))
             .read_to_vec()
             .map_err(|e| EngineError::new(format!("{what}: reading the answer: {e}")))?;
         Ok((status, bytes))
@@ -122,6 +147,7 @@ impl Client {
                 .agent
                 .get(&url)
                 .header(wire::PC_HEADER, &self.pc)
+                .header(wire::AUTHORIZATION, &self.authorization)
                 .header(wire::MAC_HEADER, mac)
                 .header(wire::ADDR_HEADER, addr)
                 .call()
@@ -133,6 +159,10 @@ impl Client {
                 });
             match r {
                 Ok((200, text)) if text.starts_with(wire::HELLO_PREFIX) => return Ok(text.trim().to_owned()),
+                Ok((status @ (401 | 403), text)) => {
+                    let reason: String = text.lines().next().unwrap_or("").chars().take(200).collect();
+                    return Err(EngineError::new(format!("{} refused PC {} ({status}): {reason}", self.base, self.pc)));
+                }
                 Ok((status, text)) => {
                     let first: String = text.lines().next().unwrap_or("").chars().take(80).collect();
                     return Err(EngineError::new(format!(
@@ -202,8 +232,10 @@ impl Client {
         self.expect_ok("GET", &format!("/backups/{backup}/manifest"), None, 64 << 20, true).map(|(_, b)| b)
     }
 
-    pub fn chunk(&self, id: &ChunkId, limit: u64) -> Result<Vec<u8>, EngineError> {
-        self.expect_ok("GET", &format!("/chunks/{}", hex(id)), None, limit, true).map(|(_, b)| b)
+    /// A chunk of backup `backup` (the server hands a PC only chunks of
+    /// backups it may read).
+    pub fn chunk(&self, backup: i64, id: &ChunkId, limit: u64) -> Result<Vec<u8>, EngineError> {
+        self.expect_ok("GET", &format!("/chunks/{}?backup={backup}", hex(id)), None, limit, true).map(|(_, b)| b)
     }
 
     /// The server's job for this PC, if it has one.

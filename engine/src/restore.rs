@@ -131,7 +131,7 @@ pub fn restore(
                     let r = match &m.chunks[i] {
                         Chunk::Zero => dev.zero_range(off, len as u64, &zeros),
                         Chunk::Data { id, .. } => client
-                            .chunk(id, u64::from(image::MAX_CHUNK_SIZE) + 64)
+                            .chunk(backup, id, u64::from(image::MAX_CHUNK_SIZE) + 64)
                             .and_then(|blob| {
                                 fetched.fetch_add(blob.len() as u64, Ordering::Relaxed);
                                 image::decode_verified(&blob, len, id).map_err(|e| EngineError::new(e.to_string()))

@@ -158,7 +158,7 @@ fn run(config: &Config, state: &mut State) -> Result<(), String> {
     let Some(base) = &config.server else {
         return Err(format!("no server configured (set server in {CONFIG_PATH} or {CMDLINE_PREFIX}server=)"));
     };
-    let client = Client::new(base, &config.pc);
+    let client = Client::new(base, &config.pc, &config.token);
     let (mac, addr) = match &state.lease {
         Some(l) => (bootvault_common::units::mac_string(l.link.mac), l.addr.to_string()),
         None => ("-".into(), "-".into()),

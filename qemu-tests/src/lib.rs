@@ -191,6 +191,47 @@ impl Drop for Server {
     }
 }
 
+/// A MAC for a PC name: locally administered, stable, distinct per name.
+pub fn mac_for(name: &str) -> String {
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    format!("52:54:01:{:02x}:{:02x}:{:02x}", (h >> 16) as u8, (h >> 8) as u8, h as u8)
+}
+
+impl Server {
+    /// Runs `bootvault SUBCOMMAND --data DATA ARGS...` against this
+    /// server's data directory (the admin CLI).
+    pub fn admin(&self, subcommand: &str, args: &[&str]) -> Result<String> {
+        run(Command::new(bootvault_bin()).arg(subcommand).arg("--data").arg(&self.data).args(args))
+    }
+
+    /// Registers PC `name` with `mac` (unless it is registered already).
+    pub fn register(&self, name: &str, mac: &str) -> Result<()> {
+        if self.admin("pc", &["show", name]).is_ok() {
+            return Ok(());
+        }
+        self.admin("pc", &["add", name, "--mac", mac]).map(|_| ())
+    }
+
+    /// The token of a registered PC.
+    pub fn token(&self, name: &str) -> Result<String> {
+        let out = self.admin("pc", &["show", name, "--token"])?;
+        out.lines()
+            .find_map(|l| l.strip_prefix("token").map(|t| t.trim().to_owned()))
+            .ok_or_else(|| format!("no token line in {out:?}"))
+    }
+}
+
+/// Builds a PC registered with `server` (registering it first, with
+/// [`mac_for`] unless already registered): the real builder reads its
+/// token and settings from the server's database.
+pub fn build_for(out: &Path, name: &str, server: &Server, profile: &str, extra: &[&str]) -> Result<String> {
+    server.register(name, &mac_for(name))?;
+    let data = server.data.display().to_string();
+    let mut args = vec!["--data", data.as_str()];
+    args.extend_from_slice(extra);
+    build_pc(out, name, &server.guest_url(), profile, &args)
+}
+
 /// Builds one PC's boot files with the real builder.
 pub fn build_pc(out: &Path, name: &str, server_url: &str, profile: &str, extra: &[&str]) -> Result<String> {
     let mut cmd = Command::new(bootvault_bin());

@@ -27,7 +27,7 @@ fn boot_job(
         args.push("--set");
         args.push(s);
     }
-    build_pc(&boot, pc, &server.guest_url(), "qemu", &args).expect("build");
+    build_for(&boot, pc, server, "qemu", &args).expect("build");
     let mut vm = Guest::new(&boot).disk(disk, serial).boot(&dir.join(format!("console-{tag}.log"))).expect("boots");
     vm.console.expect("reboot: Power down", BOOT_TIMEOUT).expect("power down");
     vm.wait_exit(Duration::from_secs(30)).expect("qemu exits");
@@ -153,7 +153,7 @@ fn bad_restores_are_refused() {
     fs::write(&four_k, noise(6, 128 << 20)).expect("4k disk");
     let before = fs::read(&four_k).expect("read");
     let boot = dir.join("boot-4k");
-    build_pc(&boot, "pc-r", &server.guest_url(), "qemu", &["--set", "action=restore", "--set", "error_wait=1"])
+    build_for(&boot, "pc-r", &server, "qemu", &["--set", "action=restore", "--set", "error_wait=1"])
         .expect("build");
     let mut vm = Guest::new(&boot).disk_4k(&four_k, "DST4K").boot(&dir.join("console-4k.log")).expect("boots");
     let (err, _) = vm.console.expect("bootvault: error:", BOOT_TIMEOUT).expect("error line");
@@ -199,7 +199,7 @@ fn server_killed_during_upload_leaves_no_complete_backup() {
     let disk = dir.join("busy.img");
     fs::write(&disk, noise(5, 160 << 20)).expect("disk");
     let boot = dir.join("boot");
-    build_pc(&boot, "pc-k", &server.guest_url(), "qemu", &["--set", "action=backup", "--set", "error_wait=1"])
+    build_for(&boot, "pc-k", &server, "qemu", &["--set", "action=backup", "--set", "error_wait=1"])
         .expect("build");
     let mut vm = Guest::new(&boot).disk(&disk, "KILL01").boot(&dir.join("console.log")).expect("boots");
     vm.console.expect("bootvault: backup: vda", BOOT_TIMEOUT).expect("backup starts");

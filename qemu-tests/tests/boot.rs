@@ -50,7 +50,7 @@ fn boot_and_check(name: &str, hw: Hardware, modules: &[&str], disk_prefix: &str)
     let dir = scratch(name);
     let server = Server::start(&dir).expect("server starts");
     let boot = dir.join("boot");
-    build_pc(&boot, name, &server.guest_url(), "qemu", &[]).expect("build");
+    build_for(&boot, name, &server, "qemu", &[]).expect("build");
     let (gpt, mbr) = disks(&dir);
     let guest = Guest::new(&boot).hardware(hw).disk(&gpt, "BVGPT0001").disk(&mbr, "BVMBR0002");
     let mut vm = guest.boot(&dir.join("console.log")).expect("boots");
@@ -111,7 +111,7 @@ fn bad_setting_is_reported_and_pc_powers_off() {
     let dir = scratch("bad-setting");
     let server = Server::start(&dir).expect("server starts");
     let boot = dir.join("boot");
-    build_pc(&boot, "badcfg", &server.guest_url(), "qemu", &[]).expect("build");
+    build_for(&boot, "badcfg", &server, "qemu", &[]).expect("build");
     let guest = Guest::new(&boot).append("bootvault.ip=10.0.0.300/24");
     let mut vm = guest.boot(&dir.join("console.log")).expect("boots");
     let c = &vm.console;

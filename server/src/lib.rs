@@ -11,9 +11,10 @@
 // built once where the failure is understood; its size does not matter here.
 #![allow(clippy::result_large_err)]
 
+mod netboot;
 pub mod vault;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,6 +40,27 @@ pub struct Options {
 struct App {
     vault: Vault,
     events: Mutex<std::fs::File>,
+    /// Data chunk ids of recently read manifests, so a PC fetching chunks
+    /// can be held to the backups it may read without re-parsing.
+    manifest_ids: Mutex<HashMap<i64, Arc<HashSet<ChunkId>>>>,
+}
+
+/// Who sent a request, proven by a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Who {
+    /// The admin token (DATA/admin.token).
+    Admin,
+    /// A registered PC with its own token.
+    Pc(String),
+}
+
+impl Who {
+    fn name(&self) -> &str {
+        match self {
+            Who::Admin => "admin",
+            Who::Pc(p) => p,
+        }
+    }
 }
 
 type Shared = Arc<App>;
@@ -70,12 +92,13 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         .open(&events_path)
         .with_context(|| format!("opening {}", events_path.display()))?;
     let unfinished = vault.list_backups(None, true)?.iter().filter(|b| b.state == "uploading").count();
-    let app = Arc::new(App { vault, events: Mutex::new(events) });
+    let app = Arc::new(App { vault, events: Mutex::new(events), manifest_ids: Mutex::new(HashMap::new()) });
     let listener =
         tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("binding {}", opts.listen))?;
     let local = listener.local_addr().context("reading the bound address")?;
     // Tests and the Makefile parse this line for the port.
     println!("bootvault server listening on http://{local} (data {})", opts.data.display());
+    println!("admin token in {} (PCs authenticate with their own tokens)", app.vault.admin_token_path().display());
     if unfinished > 0 {
         println!("{unfinished} backups were left uploading (never complete; `bootvault gc` clears them)");
     }
@@ -89,6 +112,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
 
 fn router(app: Shared) -> Router {
     Router::new()
+        .merge(netboot::router())
         .route(wire::HELLO, get(hello))
         .route("/api/v1/backups", post(open_backup).get(list_backups))
         .route("/api/v1/backups/latest", get(latest))
@@ -134,12 +158,115 @@ fn header(headers: &HeaderMap, name: &str) -> String {
     }
 }
 
-fn pc_of(headers: &HeaderMap) -> Result<String, Response> {
-    let pc = header(headers, wire::PC_HEADER);
-    if pc == "-" {
-        return Err(text(StatusCode::BAD_REQUEST, format!("missing {} header", wire::PC_HEADER)));
+/// The PC a PC-only request comes from (jobs, results).
+fn pc_only(who: Who) -> Result<String, Response> {
+    match who {
+        Who::Pc(p) => Ok(p),
+        Who::Admin => Err(text(StatusCode::BAD_REQUEST, "this request is a PC's: send the PC's token")),
     }
-    Ok(pc)
+}
+
+/// The token of `Authorization: Bearer TOKEN`, if any.
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(wire::AUTHORIZATION)?.to_str().ok()?;
+    let t = v.strip_prefix(wire::BEARER)?.trim();
+    (!t.is_empty()).then(|| t.to_owned())
+}
+
+/// Checks the request's token: the admin token, or the token of the
+/// registered PC the request names. Refusals are 401 with a reason the
+/// PC's console shows as is, and an `auth-refused` event.
+fn authenticate(app: &App, headers: &HeaderMap) -> Result<Who, Response> {
+    let pc = header(headers, wire::PC_HEADER);
+    let refuse = |reason: String| {
+        app.event(&format!("auth-refused pc={pc} reason={reason:?}"));
+        Err(text(StatusCode::UNAUTHORIZED, reason))
+    };
+    let Some(token) = bearer(headers) else {
+        return refuse(format!(
+            "no token: PC {pc} sent none (build its boot media from the server's database: bootvault build {pc} --data DIR)"
+        ));
+    };
+    if vault::secret_eq(&token, &app.vault.admin_token().map_err(internal)?) {
+        return Ok(Who::Admin);
+    }
+    if pc == "-" {
+        return refuse("unknown token, and no PC named in the request".into());
+    }
+    match app.vault.pc_token(&pc).map_err(internal)? {
+        None => refuse(format!("PC {pc} is not registered with this server (bootvault pc add {pc} --mac ...)")),
+        Some(t) if vault::secret_eq(&token, &t) => Ok(Who::Pc(pc)),
+        Some(_) => refuse(format!("wrong token for PC {pc}: its boot media is out of date or not its own")),
+    }
+}
+
+async fn auth(app: &Shared, headers: &HeaderMap) -> Result<Who, Response> {
+    let headers = headers.clone();
+    blocking(app, move |app| authenticate(app, &headers)).await
+}
+
+fn admin_only(who: &Who) -> Result<(), Response> {
+    match who {
+        Who::Admin => Ok(()),
+        Who::Pc(p) => Err(text(StatusCode::FORBIDDEN, format!("PC {p} may not do this: it needs the admin token"))),
+    }
+}
+
+/// The backup, if `who` may read it (its owner, a PC granted it, admin).
+fn readable(app: &App, who: &Who, id: i64) -> Result<vault::BackupRow, Response> {
+    let row = app
+        .vault
+        .backup(id)
+        .map_err(internal)?
+        .ok_or_else(|| text(StatusCode::NOT_FOUND, format!("no backup {id}")))?;
+    match who {
+        Who::Admin => Ok(row),
+        Who::Pc(p) if app.vault.can_read(p, &row).map_err(internal)? => Ok(row),
+        Who::Pc(p) => {
+            app.event(&format!("access-refused pc={p} backup={id} owner={}", row.pc));
+            Err(text(
+                StatusCode::FORBIDDEN,
+                format!("backup {id} belongs to PC {}, and PC {p} has no grant for it", row.pc),
+            ))
+        }
+    }
+}
+
+/// The backup, if `who` owns it and it is still being uploaded.
+fn writable(app: &App, who: &Who, id: i64) -> Result<vault::BackupRow, Response> {
+    let row = app
+        .vault
+        .backup(id)
+        .map_err(internal)?
+        .ok_or_else(|| text(StatusCode::NOT_FOUND, format!("no backup {id}")))?;
+    if let Who::Pc(p) = who {
+        if &row.pc != p {
+            app.event(&format!("access-refused pc={p} backup={id} owner={}", row.pc));
+            return Err(text(StatusCode::FORBIDDEN, format!("backup {id} belongs to PC {}", row.pc)));
+        }
+    }
+    Ok(row)
+}
+
+/// Whether chunk `cid` is part of backup `id` (manifest ids cached).
+fn in_manifest(app: &App, id: i64, cid: &ChunkId) -> Result<bool, Response> {
+    let cached = app.manifest_ids.lock().ok().and_then(|m| m.get(&id).cloned());
+    let ids = match cached {
+        Some(ids) => ids,
+        None => {
+            let m = app.vault.manifest(id).map_err(|e| text(StatusCode::NOT_FOUND, e.to_string()))?;
+            let m = image::Manifest::decode(&m).map_err(internal)?;
+            let ids: Arc<HashSet<ChunkId>> = Arc::new(m.data_ids().into_iter().collect());
+            if let Ok(mut cache) = app.manifest_ids.lock() {
+                if cache.len() >= 32 {
+                    cache.clear();
+                }
+                cache.insert(id, ids.clone());
+            }
+            ids
+        }
+    };
+    Ok(ids.contains(cid))
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response {
@@ -168,20 +295,24 @@ fn body_or(r: Result<Response, Response>) -> Response {
 }
 
 async fn hello(State(app): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap) -> Response {
-    let pc = header(&headers, wire::PC_HEADER);
     let mac = header(&headers, wire::MAC_HEADER);
     let addr = header(&headers, wire::ADDR_HEADER);
     body_or(
-        blocking(&app, move |app| {
-            if pc != "-" {
-                app.vault.seen_pc(&pc, &mac, &addr).map_err(internal)?;
-            }
-            app.event(&format!("hello pc={pc} mac={mac} addr={addr} peer={peer}"));
-            Ok(text(
-                StatusCode::OK,
-                format!("{} {}: hello {pc}, seen at {addr}", wire::HELLO_PREFIX, env!("CARGO_PKG_VERSION")),
-            ))
-        })
+        async {
+            let who = auth(&app, &headers).await?;
+            blocking(&app, move |app| {
+                let pc = who.name().to_owned();
+                if let Who::Pc(p) = &who {
+                    app.vault.seen_pc(p, &mac, &addr).map_err(internal)?;
+                }
+                app.event(&format!("hello pc={pc} mac={mac} addr={addr} peer={peer}"));
+                Ok(text(
+                    StatusCode::OK,
+                    format!("{} {}: hello {pc}, seen at {addr}", wire::HELLO_PREFIX, env!("CARGO_PKG_VERSION")),
+                ))
+            })
+            .await
+        }
         .await,
     )
 }
@@ -197,7 +328,13 @@ async fn open_backup(
 ) -> Response {
     body_or(
         async {
-            let pc = pc_of(&headers)?;
+            let who = auth(&app, &headers).await?;
+            let pc = match &who {
+                Who::Pc(p) => p.clone(),
+                Who::Admin => q(&query, "pc")
+                    .map(str::to_owned)
+                    .ok_or_else(|| text(StatusCode::BAD_REQUEST, "pc missing (whose backup is it?)"))?,
+            };
             let name = q(&query, "name").unwrap_or("full").to_owned();
             let num = |k: &str| q(&query, k).and_then(|v| v.parse::<u64>().ok());
             let disk_bytes = num("disk_bytes").ok_or_else(|| text(StatusCode::BAD_REQUEST, "disk_bytes missing"))?;
@@ -216,67 +353,59 @@ async fn open_backup(
     )
 }
 
-async fn missing(State(app): State<Shared>, Path(_id): Path<i64>, body: Bytes) -> Response {
+async fn missing(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<i64>, body: Bytes) -> Response {
     if !body.len().is_multiple_of(32) || body.len() > 1024 * 32 {
         return text(StatusCode::BAD_REQUEST, "expected up to 1024 chunk ids of 32 bytes");
     }
     body_or(
-        blocking(&app, move |app| {
-            let mut out = Vec::with_capacity(body.len() / 8);
-            for c in body.chunks_exact(32) {
-                let mut id: ChunkId = [0; 32];
-                id.copy_from_slice(c);
-                out.extend_from_slice(&app.vault.blob_len(&id).unwrap_or(0).to_le_bytes());
-            }
-            Ok((StatusCode::OK, out).into_response())
-        })
+        async {
+            let who = auth(&app, &headers).await?;
+            blocking(&app, move |app| {
+                writable(app, &who, id)?;
+                let mut out = Vec::with_capacity(body.len() / 8);
+                for c in body.chunks_exact(32) {
+                    let mut cid: ChunkId = [0; 32];
+                    cid.copy_from_slice(c);
+                    out.extend_from_slice(&app.vault.blob_len(&cid).unwrap_or(0).to_le_bytes());
+                }
+                Ok((StatusCode::OK, out).into_response())
+            })
+            .await
+        }
         .await,
     )
 }
 
 async fn put_chunk(
     State(app): State<Shared>,
+    headers: HeaderMap,
     Path(hex): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    let Some(id) = image::parse_hex(&hex) else {
+    let Some(cid) = image::parse_hex(&hex) else {
         return text(StatusCode::BAD_REQUEST, format!("bad chunk id {hex:?}"));
     };
     if body.len() > image::MAX_CHUNK_SIZE as usize + 64 {
         return text(StatusCode::PAYLOAD_TOO_LARGE, "blob larger than the largest chunk");
     }
-    let backup = q(&query, "backup").and_then(|v| v.parse().ok());
-    body_or(
-        blocking(&app, move |app| match app.vault.put_chunk(&id, &body, backup) {
-            Ok(true) => Ok(text(StatusCode::CREATED, "stored")),
-            Ok(false) => Ok(text(StatusCode::OK, "already stored")),
-            Err(e) => Err(text(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())),
-        })
-        .await,
-    )
-}
-
-async fn finish(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<i64>, body: Bytes) -> Response {
+    let backup: Option<i64> = q(&query, "backup").and_then(|v| v.parse().ok());
     body_or(
         async {
-            let pc = pc_of(&headers)?;
-            blocking(&app, move |app| match app.vault.finish_backup(id, &pc, &body) {
-                Ok(b) => {
-                    app.event(&format!(
-                        "backup {id} of pc={pc} complete: {} chunks ({} zero), {} received in {} new chunks, {} already stored",
-                        b.chunks,
-                        b.zero_chunks,
-                        human_bytes(b.received_bytes),
-                        b.received_chunks,
-                        human_bytes(b.blob_bytes.saturating_sub(b.received_bytes))
-                    ));
-                    Ok(text(StatusCode::OK, format!("id={id}\nstate=complete")))
+            let who = auth(&app, &headers).await?;
+            blocking(&app, move |app| {
+                // A PC stores chunks only into an upload of its own.
+                match (&who, backup) {
+                    (Who::Pc(_), None) => return Err(text(StatusCode::BAD_REQUEST, "backup=ID missing")),
+                    (_, Some(b)) => {
+                        writable(app, &who, b)?;
+                    }
+                    (Who::Admin, None) => {}
                 }
-                Err(e) => {
-                    let status = if e.conflict { StatusCode::CONFLICT } else { StatusCode::UNPROCESSABLE_ENTITY };
-                    app.event(&format!("backup-refused id={id} pc={pc} reason={:?}", e.message));
-                    Err(text(status, e.message))
+                match app.vault.put_chunk(&cid, &body, backup) {
+                    Ok(true) => Ok(text(StatusCode::CREATED, "stored")),
+                    Ok(false) => Ok(text(StatusCode::OK, "already stored")),
+                    Err(e) => Err(text(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())),
                 }
             })
             .await
@@ -285,89 +414,211 @@ async fn finish(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<i6
     )
 }
 
-async fn fail(State(app): State<Shared>, Path(id): Path<i64>, body: Bytes) -> Response {
+async fn finish(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<i64>, body: Bytes) -> Response {
+    body_or(
+        async {
+            let who = auth(&app, &headers).await?;
+            blocking(&app, move |app| {
+                let pc = writable(app, &who, id)?.pc;
+                match app.vault.finish_backup(id, &pc, &body) {
+                    Ok(b) => {
+                        app.event(&format!(
+                            "backup {id} of pc={pc} complete: {} chunks ({} zero), {} received in {} new chunks, {} already stored",
+                            b.chunks,
+                            b.zero_chunks,
+                            human_bytes(b.received_bytes),
+                            b.received_chunks,
+                            human_bytes(b.blob_bytes.saturating_sub(b.received_bytes))
+                        ));
+                        Ok(text(StatusCode::OK, format!("id={id}\nstate=complete")))
+                    }
+                    Err(e) => {
+                        let status = if e.conflict { StatusCode::CONFLICT } else { StatusCode::UNPROCESSABLE_ENTITY };
+                        app.event(&format!("backup-refused id={id} pc={pc} reason={:?}", e.message));
+                        Err(text(status, e.message))
+                    }
+                }
+            })
+            .await
+        }
+        .await,
+    )
+}
+
+async fn fail(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<i64>, body: Bytes) -> Response {
     let reason: String = String::from_utf8_lossy(&body).lines().next().unwrap_or("").chars().take(500).collect();
     body_or(
-        blocking(&app, move |app| {
-            app.vault.fail_backup(id, &reason).map_err(|e| text(StatusCode::CONFLICT, e.to_string()))?;
-            app.event(&format!("backup-failed id={id} reason={reason:?}"));
-            Ok(text(StatusCode::OK, "state=failed"))
-        })
+        async {
+            let who = auth(&app, &headers).await?;
+            blocking(&app, move |app| {
+                writable(app, &who, id)?;
+                app.vault.fail_backup(id, &reason).map_err(|e| text(StatusCode::CONFLICT, e.to_string()))?;
+                app.event(&format!("backup-failed id={id} reason={reason:?}"));
+                Ok(text(StatusCode::OK, "state=failed"))
+            })
+            .await
+        }
         .await,
     )
 }
 
-async fn latest(State(app): State<Shared>, Query(query): Query<HashMap<String, String>>) -> Response {
-    let Some(pc) = q(&query, "pc").map(str::to_owned) else {
-        return text(StatusCode::BAD_REQUEST, "pc missing");
-    };
+/// `?pc=NAME` (default: the asking PC): its newest complete backup, or, for
+/// another PC's backups, the newest one granted to the asking PC.
+async fn latest(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
     let name = q(&query, "name").map(str::to_owned);
+    let of = q(&query, "pc").map(str::to_owned);
     body_or(
-        blocking(&app, move |app| match app.vault.latest(&pc, name.as_deref()).map_err(internal)? {
-            Some(id) => Ok(text(StatusCode::OK, format!("id={id}"))),
-            None => Err(text(StatusCode::NOT_FOUND, format!("no complete backup of {pc}"))),
-        })
+        async {
+            let who = auth(&app, &headers).await?;
+            let of = match (&who, of) {
+                (_, Some(p)) => p,
+                (Who::Pc(p), None) => p.clone(),
+                (Who::Admin, None) => return Err(text(StatusCode::BAD_REQUEST, "pc missing")),
+            };
+            blocking(&app, move |app| {
+                let found = match &who {
+                    Who::Pc(p) if *p != of => app
+                        .vault
+                        .visible_backups(p)
+                        .map_err(internal)?
+                        .into_iter()
+                        .rev()
+                        .find(|b| b.pc == of && name.as_ref().is_none_or(|n| *n == b.name))
+                        .map(|b| b.id),
+                    _ => app.vault.latest(&of, name.as_deref()).map_err(internal)?,
+                };
+                match found {
+                    Some(id) => Ok(text(StatusCode::OK, format!("id={id}"))),
+                    None if of == who.name() => Err(text(StatusCode::NOT_FOUND, format!("no complete backup of {of}"))),
+                    None => Err(text(
+                        StatusCode::NOT_FOUND,
+                        format!("no complete backup of {of} that {} may restore", who.name()),
+                    )),
+                }
+            })
+            .await
+        }
         .await,
     )
 }
 
-async fn list_backups(State(app): State<Shared>, Query(query): Query<HashMap<String, String>>) -> Response {
+/// Admin: every backup (`?pc=`, `?all=1`); a PC: the complete backups it
+/// may restore (its own and those granted to it).
+async fn list_backups(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
     let pc = q(&query, "pc").map(str::to_owned);
     let all = q(&query, "all").is_some_and(|v| v == "1" || v == "yes");
     body_or(
-        blocking(&app, move |app| {
-            Ok(Json(app.vault.list_backups(pc.as_deref(), all).map_err(internal)?).into_response())
-        })
+        async {
+            let who = auth(&app, &headers).await?;
+            blocking(&app, move |app| {
+                let rows = match &who {
+                    Who::Admin => app.vault.list_backups(pc.as_deref(), all).map_err(internal)?,
+                    Who::Pc(p) => app.vault.visible_backups(p).map_err(internal)?,
+                };
+                Ok(Json(rows).into_response())
+            })
+            .await
+        }
         .await,
     )
 }
 
-async fn show_backup(State(app): State<Shared>, Path(id): Path<i64>) -> Response {
+async fn show_backup(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<i64>) -> Response {
     body_or(
-        blocking(&app, move |app| match app.vault.backup(id).map_err(internal)? {
-            Some(b) => Ok(Json(b).into_response()),
-            None => Err(text(StatusCode::NOT_FOUND, format!("no backup {id}"))),
-        })
+        async {
+            let who = auth(&app, &headers).await?;
+            blocking(&app, move |app| Ok(Json(readable(app, &who, id)?).into_response())).await
+        }
         .await,
     )
 }
 
-async fn delete_backup(State(app): State<Shared>, Path(id): Path<i64>) -> Response {
+async fn delete_backup(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<i64>) -> Response {
     body_or(
-        blocking(&app, move |app| {
-            app.vault.delete_backup(id).map_err(|e| text(StatusCode::NOT_FOUND, e.to_string()))?;
-            app.event(&format!("backup-deleted id={id}"));
-            Ok(text(StatusCode::OK, "deleted"))
-        })
+        async {
+            admin_only(&auth(&app, &headers).await?)?;
+            blocking(&app, move |app| {
+                app.vault.delete_backup(id).map_err(|e| text(StatusCode::NOT_FOUND, e.to_string()))?;
+                if let Ok(mut cache) = app.manifest_ids.lock() {
+                    cache.remove(&id);
+                }
+                app.event(&format!("backup-deleted id={id}"));
+                Ok(text(StatusCode::OK, "deleted"))
+            })
+            .await
+        }
         .await,
     )
 }
 
-async fn manifest(State(app): State<Shared>, Path(id): Path<i64>) -> Response {
+async fn manifest(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<i64>) -> Response {
     body_or(
-        blocking(&app, move |app| {
-            let m = app.vault.manifest(id).map_err(|e| text(StatusCode::NOT_FOUND, e.to_string()))?;
-            Ok((StatusCode::OK, m).into_response())
-        })
+        async {
+            let who = auth(&app, &headers).await?;
+            blocking(&app, move |app| {
+                let row = readable(app, &who, id)?;
+                let m = app.vault.manifest(id).map_err(|e| text(StatusCode::NOT_FOUND, e.to_string()))?;
+                if row.pc != who.name() {
+                    app.event(&format!("restore-granted pc={} backup={id} owner={}", who.name(), row.pc));
+                }
+                Ok((StatusCode::OK, m).into_response())
+            })
+            .await
+        }
         .await,
     )
 }
 
-async fn get_chunk(State(app): State<Shared>, Path(hex): Path<String>) -> Response {
-    let Some(id) = image::parse_hex(&hex) else {
+/// A PC names the backup it restores (`?backup=ID`) and gets only chunks
+/// of that backup's manifest; the admin gets any chunk.
+async fn get_chunk(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Path(hex): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(cid) = image::parse_hex(&hex) else {
         return text(StatusCode::BAD_REQUEST, format!("bad chunk id {hex:?}"));
     };
+    let backup: Option<i64> = q(&query, "backup").and_then(|v| v.parse().ok());
     body_or(
-        blocking(&app, move |app| {
-            let b = app.vault.chunk(&id).map_err(|e| text(StatusCode::NOT_FOUND, e.to_string()))?;
-            Ok((StatusCode::OK, b).into_response())
-        })
+        async {
+            let who = auth(&app, &headers).await?;
+            blocking(&app, move |app| {
+                if let Who::Pc(_) = who {
+                    let b = backup.ok_or_else(|| text(StatusCode::BAD_REQUEST, "backup=ID missing"))?;
+                    readable(app, &who, b)?;
+                    if !in_manifest(app, b, &cid)? {
+                        return Err(text(StatusCode::FORBIDDEN, format!("chunk {hex} is not part of backup {b}")));
+                    }
+                }
+                let blob = app.vault.chunk(&cid).map_err(|e| text(StatusCode::NOT_FOUND, e.to_string()))?;
+                Ok((StatusCode::OK, blob).into_response())
+            })
+            .await
+        }
         .await,
     )
 }
 
 /// Streams the single-file form: a blocking writer feeds a pipe.
-async fn export(State(app): State<Shared>, Path(id): Path<i64>) -> Response {
+async fn export(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<i64>) -> Response {
+    match auth(&app, &headers).await {
+        Ok(who) => {
+            if let Err(r) = admin_only(&who) {
+                return r;
+            }
+        }
+        Err(r) => return r,
+    }
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
     struct ChannelWriter(tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>);
     impl Write for ChannelWriter {
@@ -395,8 +646,21 @@ async fn export(State(app): State<Shared>, Path(id): Path<i64>) -> Response {
 
 /// Spools the upload to a temporary file, then imports it (verified as it
 /// is read).
-async fn import(State(app): State<Shared>, Query(query): Query<HashMap<String, String>>, body: Body) -> Response {
+async fn import(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+    body: Body,
+) -> Response {
     use futures_util::StreamExt;
+    match auth(&app, &headers).await {
+        Ok(who) => {
+            if let Err(r) = admin_only(&who) {
+                return r;
+            }
+        }
+        Err(r) => return r,
+    }
     let pc = q(&query, "pc").map(str::to_owned);
     let tmp = app.vault.dir().join("tmp").join(format!("import-{}-{}.bvimg", std::process::id(), vault::now()));
     let mut file = match tokio::fs::File::create(&tmp).await {
@@ -441,37 +705,49 @@ struct NewJob {
     backup: Option<i64>,
 }
 
-async fn add_job(State(app): State<Shared>, Json(j): Json<NewJob>) -> Response {
+async fn add_job(State(app): State<Shared>, headers: HeaderMap, Json(j): Json<NewJob>) -> Response {
     body_or(
-        blocking(&app, move |app| {
-            let id = app
-                .vault
-                .add_job(
-                    &j.pc,
-                    &j.action,
-                    j.disk.as_deref().unwrap_or("auto"),
-                    j.name.as_deref().unwrap_or(""),
-                    j.backup,
-                )
-                .map_err(|e| text(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
-            Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response())
-        })
+        async {
+            admin_only(&auth(&app, &headers).await?)?;
+            blocking(&app, move |app| {
+                let id = app
+                    .vault
+                    .add_job(
+                        &j.pc,
+                        &j.action,
+                        j.disk.as_deref().unwrap_or("auto"),
+                        j.name.as_deref().unwrap_or(""),
+                        j.backup,
+                    )
+                    .map_err(|e| text(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+                Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response())
+            })
+            .await
+        }
         .await,
     )
 }
 
-async fn list_jobs(State(app): State<Shared>, Query(query): Query<HashMap<String, String>>) -> Response {
+async fn list_jobs(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
     let pc = q(&query, "pc").map(str::to_owned);
     body_or(
-        blocking(&app, move |app| Ok(Json(app.vault.list_jobs(pc.as_deref()).map_err(internal)?).into_response()))
-            .await,
+        async {
+            admin_only(&auth(&app, &headers).await?)?;
+            blocking(&app, move |app| Ok(Json(app.vault.list_jobs(pc.as_deref()).map_err(internal)?).into_response()))
+                .await
+        }
+        .await,
     )
 }
 
 async fn next_job(State(app): State<Shared>, headers: HeaderMap) -> Response {
     body_or(
         async {
-            let pc = pc_of(&headers)?;
+            let pc = pc_only(auth(&app, &headers).await?)?;
             blocking(&app, move |app| match app.vault.next_job(&pc).map_err(internal)? {
                 None => Ok(StatusCode::NO_CONTENT.into_response()),
                 Some(j) => {
@@ -492,7 +768,7 @@ async fn next_job(State(app): State<Shared>, headers: HeaderMap) -> Response {
 async fn result(State(app): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     body_or(
         async {
-            let pc = pc_of(&headers)?;
+            let pc = pc_only(auth(&app, &headers).await?)?;
             let text_body = String::from_utf8_lossy(&body).into_owned();
             let kv: HashMap<String, String> = text_body
                 .lines()
@@ -521,10 +797,21 @@ async fn result(State(app): State<Shared>, headers: HeaderMap, body: Bytes) -> R
     )
 }
 
-async fn list_results(State(app): State<Shared>, Query(query): Query<HashMap<String, String>>) -> Response {
+async fn list_results(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
     let pc = q(&query, "pc").map(str::to_owned);
     body_or(
-        blocking(&app, move |app| Ok(Json(app.vault.list_results(pc.as_deref()).map_err(internal)?).into_response()))
-            .await,
+        async {
+            admin_only(&auth(&app, &headers).await?)?;
+            blocking(
+                &app,
+                move |app| Ok(Json(app.vault.list_results(pc.as_deref()).map_err(internal)?).into_response()),
+            )
+            .await
+        }
+        .await,
     )
 }

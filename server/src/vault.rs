@@ -165,7 +165,48 @@ fn migrate(db: &Connection) -> Result<()> {
              COMMIT;",
         )?;
     }
+    if version < 3 {
+        // Grants: which PCs may restore a backup besides its owner ('*' =
+        // every registered PC). Pending: unknown MACs that network-booted.
+        // Settings: the server's own addresses and other admin choices.
+        db.execute_batch(
+            "BEGIN;
+             CREATE TABLE IF NOT EXISTS grants (backup INTEGER NOT NULL, pc TEXT NOT NULL, created INTEGER NOT NULL,
+                 PRIMARY KEY (backup, pc));
+             CREATE TABLE IF NOT EXISTS pending (mac TEXT PRIMARY KEY, first_seen INTEGER NOT NULL,
+                 last_seen INTEGER NOT NULL, addr TEXT NOT NULL DEFAULT '', count INTEGER NOT NULL DEFAULT 1);
+             CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             UPDATE meta SET value = '3' WHERE key = 'schema_version';
+             COMMIT;",
+        )?;
+    }
     Ok(())
+}
+
+/// Constant-time equality of two secrets (no early exit on the first
+/// differing byte, so timing tells nothing about how much matched).
+pub fn secret_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() || a.is_empty() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A MAC address in the canonical form the database keeps
+/// (`aa:bb:cc:dd:ee:ff`, lower case).
+pub fn normalize_mac(v: &str) -> Option<String> {
+    bootvault_common::units::parse_mac(v.trim()).map(bootvault_common::units::mac_string)
+}
+
+/// An unknown MAC that asked for network boot, for the admin to approve.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PendingRow {
+    pub mac: String,
+    pub first_seen: i64,
+    pub last_seen: i64,
+    pub addr: String,
+    pub count: i64,
 }
 
 /// A PC the admin registered: how it boots and what it does.
@@ -231,7 +272,162 @@ impl Vault {
         db.pragma_update(None, "synchronous", "FULL")?;
         db.execute_batch(SCHEMA).with_context(|| format!("creating the schema in {}", path.display()))?;
         migrate(&db).with_context(|| format!("migrating the schema of {}", path.display()))?;
-        Ok(Vault { dir: dir.to_owned(), db: Mutex::new(db), tmp_seq: AtomicU64::new(0) })
+        let v = Vault { dir: dir.to_owned(), db: Mutex::new(db), tmp_seq: AtomicU64::new(0) };
+        v.ensure_admin_token()?;
+        Ok(v)
+    }
+
+    /// Path of the admin token: the secret that admin requests over HTTP
+    /// carry. Created on first open, readable by the server's user only.
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.dir.join("admin.token")
+    }
+
+    fn ensure_admin_token(&self) -> Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let p = self.admin_token_path();
+        if p.exists() {
+            return Ok(());
+        }
+        let token = new_token()?;
+        let tmp = self.dir.join("tmp").join(format!("admin-token-{}", std::process::id()));
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(format!("{token}\n").as_bytes()).and_then(|()| f.sync_all())?;
+        // Two processes opening a new data directory at once: the first
+        // rename wins and both read the same file afterwards.
+        if !p.exists() {
+            fs::rename(&tmp, &p).with_context(|| format!("creating {}", p.display()))?;
+        } else {
+            let _ = fs::remove_file(&tmp);
+        }
+        fsync_dir(&self.dir)
+    }
+
+    pub fn admin_token(&self) -> Result<String> {
+        let p = self.admin_token_path();
+        Ok(fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?.trim().to_owned())
+    }
+
+    /// The token of a registered PC (None: not registered).
+    pub fn pc_token(&self, name: &str) -> Result<Option<String>> {
+        Ok(self
+            .db()
+            .query_row("SELECT token FROM pcs WHERE name = ?1 AND registered = 1", [name], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// The registered PC with this MAC, if any.
+    pub fn pc_by_mac(&self, mac: &str) -> Result<Option<PcRow>> {
+        let Some(mac) = normalize_mac(mac) else { return Ok(None) };
+        Ok(self.list_pcs()?.into_iter().find(|p| p.mac == mac))
+    }
+
+    /// Notes an unknown MAC that asked for network boot.
+    pub fn note_pending(&self, mac: &str, addr: &str) -> Result<()> {
+        let mac = normalize_mac(mac).ok_or_else(|| anyhow!("bad MAC {mac:?}"))?;
+        self.db().execute(
+            "INSERT INTO pending (mac, first_seen, last_seen, addr) VALUES (?1, ?2, ?2, ?3)
+             ON CONFLICT(mac) DO UPDATE SET last_seen = ?2, addr = ?3, count = count + 1",
+            params![mac, now(), addr],
+        )?;
+        Ok(())
+    }
+
+    pub fn list_pending(&self) -> Result<Vec<PendingRow>> {
+        let db = self.db();
+        let mut st = db.prepare("SELECT mac, first_seen, last_seen, addr, count FROM pending ORDER BY first_seen")?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(PendingRow {
+                    mac: r.get(0)?,
+                    first_seen: r.get(1)?,
+                    last_seen: r.get(2)?,
+                    addr: r.get(3)?,
+                    count: r.get(4)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Drops a pending entry (registered, or rejected by the admin).
+    pub fn forget_pending(&self, mac: &str) -> Result<bool> {
+        let mac = normalize_mac(mac).ok_or_else(|| anyhow!("bad MAC {mac:?}"))?;
+        Ok(self.db().execute("DELETE FROM pending WHERE mac = ?1", [mac])? > 0)
+    }
+
+    /// An admin setting (e.g. `server_urls`, `register_unknown`).
+    pub fn setting(&self, key: &str) -> Result<Option<String>> {
+        Ok(self.db().query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+    }
+
+    pub fn set_setting(&self, key: &str, value: Option<&str>) -> Result<()> {
+        match value {
+            Some(v) => self.db().execute(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2",
+                params![key, v],
+            )?,
+            None => self.db().execute("DELETE FROM settings WHERE key = ?1", [key])?,
+        };
+        Ok(())
+    }
+
+    /// Lets `pc` (or every PC, `*`) restore backup `backup`.
+    pub fn grant(&self, backup: i64, pc: &str) -> Result<()> {
+        let row = self.backup(backup)?.ok_or_else(|| anyhow!("no backup {backup}"))?;
+        if pc != "*" && self.pc(pc)?.is_none() {
+            bail!("no registered PC {pc}");
+        }
+        if row.pc == pc {
+            return Ok(());
+        }
+        self.db().execute(
+            "INSERT OR IGNORE INTO grants (backup, pc, created) VALUES (?1, ?2, ?3)",
+            params![backup, pc, now()],
+        )?;
+        Ok(())
+    }
+
+    pub fn revoke(&self, backup: i64, pc: &str) -> Result<bool> {
+        Ok(self.db().execute("DELETE FROM grants WHERE backup = ?1 AND pc = ?2", params![backup, pc])? > 0)
+    }
+
+    /// The PCs (or `*`) granted a backup, besides its owner.
+    pub fn grants(&self, backup: i64) -> Result<Vec<String>> {
+        let db = self.db();
+        let mut st = db.prepare("SELECT pc FROM grants WHERE backup = ?1 ORDER BY pc")?;
+        let rows = st.query_map([backup], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>()?;
+        Ok(rows)
+    }
+
+    /// Whether `pc` may read backup `backup`: its own, or granted to it.
+    pub fn can_read(&self, pc: &str, backup: &BackupRow) -> Result<bool> {
+        if backup.pc == pc {
+            return Ok(true);
+        }
+        let n: i64 = self.db().query_row(
+            "SELECT COUNT(*) FROM grants WHERE backup = ?1 AND (pc = ?2 OR pc = '*')",
+            params![backup.id, pc],
+            |r| r.get(0),
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Complete backups `pc` may restore: its own and those granted to it.
+    pub fn visible_backups(&self, pc: &str) -> Result<Vec<BackupRow>> {
+        let db = self.db();
+        let mut st = db.prepare(&format!(
+            "SELECT {BACKUP_COLS} FROM backups WHERE state = 'complete' AND (pc = ?1 OR id IN
+               (SELECT backup FROM grants WHERE pc = ?1 OR pc = '*')) ORDER BY id"
+        ))?;
+        let rows = st.query_map([pc], backup_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
     }
 
     fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -365,6 +561,7 @@ impl Vault {
         for b in &backups {
             self.delete_backup(b.id)?;
         }
+        self.db().execute("DELETE FROM grants WHERE pc = ?1", [name])?;
         self.db().execute("DELETE FROM pcs WHERE name = ?1", [name])?;
         Ok(backups.len() as u64)
     }
@@ -523,6 +720,7 @@ impl Vault {
             bail!("no backup {id}");
         }
         let _ = fs::remove_file(self.manifest_path(id));
+        self.db().execute("DELETE FROM grants WHERE backup = ?1", [id])?;
         self.db().execute("DELETE FROM backups WHERE id = ?1", [id])?;
         Ok(())
     }
@@ -618,6 +816,16 @@ impl Vault {
     pub fn add_job(&self, pc: &str, action: &str, disk: &str, name: &str, backup: Option<i64>) -> Result<i64> {
         if !matches!(action, "backup" | "restore") {
             bail!("action must be backup or restore, not {action:?}");
+        }
+        if self.pc(pc)?.is_none() {
+            bail!("no registered PC {pc}");
+        }
+        if let Some(b) = backup {
+            let row = self.backup(b)?.ok_or_else(|| anyhow!("no backup {b}"))?;
+            // The admin asking this PC to restore another PC's backup is the grant.
+            if action == "restore" && row.pc != pc {
+                self.grant(b, pc)?;
+            }
         }
         let db = self.db();
         db.execute(

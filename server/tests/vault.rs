@@ -160,13 +160,20 @@ fn verify_finds_damage_and_export_import_round_trip() {
 fn jobs_are_handed_out_once_and_results_recorded() {
     let dir = temp("jobs");
     let v = Vault::open(&dir).unwrap();
+    v.add_pc(&pc_row("pc1", "52:54:00:00:00:01")).unwrap();
+    v.add_pc(&pc_row("pc2", "52:54:00:00:00:02")).unwrap();
+    let master = v.create_backup("pc2", "master", 4096, 4096).unwrap();
     assert!(v.add_job("pc1", "format", "auto", "", None).is_err());
-    let j = v.add_job("pc1", "restore", "auto", "", Some(4)).unwrap();
+    assert!(v.add_job("nobody", "backup", "auto", "", None).unwrap_err().to_string().contains("no registered PC"));
+    assert!(v.add_job("pc1", "restore", "auto", "", Some(999)).unwrap_err().to_string().contains("no backup 999"));
+    // Restoring pc2's backup on pc1 by the admin's job grants it.
+    let j = v.add_job("pc1", "restore", "auto", "", Some(master)).unwrap();
+    assert_eq!(v.grants(master).unwrap(), vec!["pc1".to_string()]);
     assert!(v.next_job("pc2").unwrap().is_none());
     let got = v.next_job("pc1").unwrap().unwrap();
-    assert_eq!((got.id, got.action.as_str(), got.backup, got.state.as_str()), (j, "restore", Some(4), "running"));
+    assert_eq!((got.id, got.action.as_str(), got.backup, got.state.as_str()), (j, "restore", Some(master), "running"));
     assert!(v.next_job("pc1").unwrap().is_none(), "handed out once");
-    v.record_result("pc1", Some(j), "restore", "vda", Some(4), true, "fine", 10, 5, 1.5).unwrap();
+    v.record_result("pc1", Some(j), "restore", "vda", Some(master), true, "fine", 10, 5, 1.5).unwrap();
     assert_eq!(v.list_jobs(None).unwrap()[0].state, "done");
     let r = &v.list_results(Some("pc1")).unwrap()[0];
     assert_eq!((r.ok, r.disk.as_str(), r.bytes, r.sent), (true, "vda", 10, 5));
@@ -234,5 +241,56 @@ fn schema_1_databases_are_migrated() {
     drop(v);
     let v = Vault::open(&dir).unwrap();
     assert_eq!(v.list_pcs().unwrap()[0].mac, "52:54:00:00:00:05");
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn grants_pending_and_settings() {
+    let dir = temp("grants");
+    let v = Vault::open(&dir).unwrap();
+    let token = fs::read_to_string(v.admin_token_path()).unwrap();
+    assert_eq!(token.trim().len(), 64);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(fs::metadata(v.admin_token_path()).unwrap().permissions().mode() & 0o777, 0o600);
+    drop(v);
+    let v = Vault::open(&dir).unwrap();
+    assert_eq!(v.admin_token().unwrap(), token.trim(), "the admin token survives reopening");
+
+    for (n, m) in [("a", "52:54:00:00:00:0a"), ("b", "52:54:00:00:00:0b"), ("c", "52:54:00:00:00:0c")] {
+        v.add_pc(&pc_row(n, m)).unwrap();
+    }
+    assert_eq!(v.pc_token("a").unwrap(), Some(v.pc("a").unwrap().unwrap().token));
+    assert_eq!(v.pc_token("stranger").unwrap(), None);
+    assert_eq!(v.pc_by_mac("52-54-00-00-00-0B").unwrap().unwrap().name, "b");
+    let id = v.create_backup("a", "master", 4096, 4096).unwrap();
+    let row = v.backup(id).unwrap().unwrap();
+    assert!(v.can_read("a", &row).unwrap() && !v.can_read("b", &row).unwrap());
+    v.grant(id, "b").unwrap();
+    assert!(v.can_read("b", &row).unwrap() && !v.can_read("c", &row).unwrap());
+    assert!(v.grant(id, "nobody").is_err());
+    v.grant(id, "*").unwrap();
+    assert!(v.can_read("c", &row).unwrap());
+    assert_eq!(v.grants(id).unwrap(), vec!["*".to_string(), "b".to_string()]);
+    assert!(v.revoke(id, "*").unwrap() && !v.revoke(id, "*").unwrap());
+    assert!(!v.can_read("c", &row).unwrap());
+    // Only complete backups are visible to PCs.
+    assert!(v.visible_backups("b").unwrap().is_empty());
+    v.remove_pc("b", false).unwrap();
+    assert!(v.grants(id).unwrap().is_empty(), "an unregistered PC's grants go with it");
+
+    v.note_pending("52:54:00:aa:bb:cc", "10.0.2.15").unwrap();
+    v.note_pending("52:54:00:AA:BB:CC", "10.0.2.16").unwrap();
+    let p = v.list_pending().unwrap();
+    assert_eq!((p.len(), p[0].count, p[0].addr.as_str()), (1, 2, "10.0.2.16"));
+    assert!(v.forget_pending("52:54:00:aa:bb:cc").unwrap());
+    assert!(v.list_pending().unwrap().is_empty());
+
+    assert_eq!(v.setting("server_urls").unwrap(), None);
+    v.set_setting("server_urls", Some("http://10.0.0.1:8080")).unwrap();
+    assert_eq!(v.setting("server_urls").unwrap().as_deref(), Some("http://10.0.0.1:8080"));
+    v.set_setting("server_urls", None).unwrap();
+    assert_eq!(v.setting("server_urls").unwrap(), None);
+    assert!(bootvault_server::vault::secret_eq("abc", "abc"));
+    assert!(!bootvault_server::vault::secret_eq("abc", "abd") && !bootvault_server::vault::secret_eq("", ""));
     let _ = fs::remove_dir_all(&dir);
 }

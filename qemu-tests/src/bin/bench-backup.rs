@@ -127,11 +127,13 @@ fn bench() -> Result<()> {
         }
         fs::create_dir_all(&sdir).map_err(|e| e.to_string())?;
         let server = Server::start(&sdir)?;
+        server.register("bench", &mac_for("bench"))?;
         let script = format!(
-            "{} backup --disk {} --server {} --pc bench --name full {threads} > {}/ours-{tag}.out",
+            "{} backup --disk {} --server {} --pc bench --token {} --name full {threads} > {}/ours-{tag}.out",
             bin.display(),
             disk.display(),
             server.url,
+            server.token("bench")?,
             dir.display()
         );
         let (wall, rss) = timed(&script, &rss_file)?;

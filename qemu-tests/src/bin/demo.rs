@@ -27,7 +27,7 @@ fn boot(dir: &std::path::Path, tag: &str, server: &Server, settings: &[&str], di
     for s in settings {
         args.extend(["--set", s]);
     }
-    print!("{}", build_pc(&out, "demo-pc", &server.guest_url(), "qemu", &args)?);
+    print!("{}", build_for(&out, "demo-pc", server, "qemu", &args)?);
     println!("== booting demo-pc under QEMU ({}) to {tag}", accel());
     let mut vm = Guest::new(&out).disk(disk, "DEMO0001").boot(&dir.join(format!("console-{tag}.log")))?;
     let (_, lease) = vm.console.expect(" leased ", BOOT_TIMEOUT)?;
