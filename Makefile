@@ -6,7 +6,8 @@ CARGO ?= cargo
 MUSL := x86_64-unknown-linux-musl
 INIT := target/$(MUSL)/init/init
 BIN := target/release/bootvault
-APT_PACKAGES := qemu-system-x86 cpio fdisk gzip e2fsprogs dosfstools mtools
+APT_PACKAGES := qemu-system-x86 cpio fdisk gzip e2fsprogs dosfstools mtools \
+  xorriso isolinux syslinux syslinux-common systemd-boot-efi ovmf
 export BOOTVAULT_BIN := $(CURDIR)/$(BIN)
 export BOOTVAULT_INIT := $(CURDIR)/$(INIT)
 

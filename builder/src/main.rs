@@ -9,6 +9,7 @@ mod admin;
 mod cpio;
 mod initramfs;
 mod kernel;
+mod media;
 mod netboot;
 mod pc;
 mod profile;
@@ -202,6 +203,13 @@ struct BuildArgs {
     /// (token, network settings, disk, default action, server URL).
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Write the USB image (or the ISO, if only that is built) to this
+    /// whole-disk block device, after a typed confirmation.
+    #[arg(long, value_name = "DEVICE")]
+    write: Option<PathBuf>,
+    /// With --write: no confirmation (for scripts; the checks still apply).
+    #[arg(long, requires = "write")]
+    yes: bool,
 }
 
 fn main() {
@@ -368,6 +376,7 @@ fn build(a: BuildArgs) -> Result<()> {
         println!("  not in this kernel (built in, or absent): {}", report.missing.join(" "));
     }
     println!("  cmdline    {cmdline}");
+    let mut images = Vec::new();
     for m in &a.media {
         match m.as_str() {
             "pxe" => {
@@ -379,9 +388,16 @@ fn build(a: BuildArgs) -> Result<()> {
                     data.join("boot").join(&pc.config.pc).display()
                 );
             }
-            "iso" | "usb" => bail!("--media {m}: not available yet"),
+            "iso" => images.push(media::iso(&out, &pc.config.pc)?),
+            "usb" => images.push(media::usb(&out, &pc.config.pc)?),
             other => bail!("--media {other}: expected pxe, iso or usb"),
         }
+    }
+    for image in &images {
+        println!("{}", image.report_line());
+    }
+    if let Some(device) = &a.write {
+        media::write_to_device(&images, device, a.yes)?;
     }
     Ok(())
 }
