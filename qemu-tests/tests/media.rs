@@ -124,6 +124,20 @@ fn usb_image_boots_on_bios_and_uefi() {
     boot_medium(&dir, "usb-uefi", name, &server, Medium::UsbStick(usb), true, None);
 }
 
+/// The ISO dd'ed to a stick (what isohybrid is for): isolinux through
+/// isohdpfx.bin's MBR on SeaBIOS, systemd-boot from the appended EFI
+/// partition on OVMF.
+#[test]
+fn iso_as_a_usb_stick_boots_on_bios_and_uefi() {
+    let name = "media-iso-stick";
+    let dir = scratch(name);
+    let server = Server::start(&dir).expect("server starts");
+    build_for(&dir.join("boot"), name, &server, "qemu", &["--media", "iso"]).expect("build");
+    let (iso, _) = media_paths(&dir, name);
+    boot_medium(&dir, "iso-stick-bios", name, &server, Medium::UsbStick(iso.clone()), false, None);
+    boot_medium(&dir, "iso-stick-uefi", name, &server, Medium::UsbStick(iso), true, None);
+}
+
 /// The same PC built twice (a second apart, into another directory):
 /// identical ISO and USB image bytes.
 #[test]
