@@ -242,8 +242,15 @@ pub fn write(image: &Path, device: &Path, yes: bool, roots: &Roots) -> Result<()
     Ok(())
 }
 
+/// `/dev/sdb (SanDisk Ultra, ...)`, with the path given when it differs
+/// (e.g. /dev/disk/by-id/...).
 fn disk_line(device: &Path, disk: &Disk) -> String {
-    format!("{} = {}", device.display(), disk.describe())
+    let dev = format!("/dev/{}", disk.describe());
+    if device == Path::new("/dev").join(&disk.name) {
+        dev
+    } else {
+        format!("{} = {dev}", device.display())
+    }
 }
 
 #[cfg(test)]
