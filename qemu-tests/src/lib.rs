@@ -173,6 +173,11 @@ impl Server {
         format!("http://10.0.2.2:{}", self.port)
     }
 
+    /// The iPXE entry script as the guest reaches it (DHCP boot file name).
+    pub fn netboot_url(&self) -> String {
+        format!("{}/boot/ipxe", self.guest_url())
+    }
+
     /// Kills the server at once (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -254,6 +259,34 @@ pub enum Hardware {
     E1000Ahci,
 }
 
+/// What the guest boots from instead of `-kernel`/`-initrd` (the media of
+/// `bootvault build --media`).
+#[derive(Clone, Debug)]
+pub enum Medium {
+    /// An ISO in a SATA CD-ROM drive (q35's AHCI, last port).
+    Cdrom(PathBuf),
+    /// A raw disk image as a USB stick: usb-storage on a qemu-xhci
+    /// controller, read-only.
+    UsbStick(PathBuf),
+    /// No medium: the first NIC's option ROM (QEMU's iPXE) boots from the
+    /// network, fetching this URL (user-mode networking's `bootfile=`).
+    Network(String),
+}
+
+/// The guest's firmware.
+#[derive(Clone, Debug)]
+pub enum Firmware {
+    /// SeaBIOS, QEMU's default.
+    Bios,
+    /// OVMF from Debian's `ovmf`; `vars` gets a fresh copy of its empty
+    /// variable store at every boot (the firmware writes to it).
+    Uefi { vars: PathBuf },
+}
+
+/// Debian's OVMF build (package `ovmf`).
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
 pub struct Guest {
     pub boot: PathBuf,
     /// (image, serial, logical sector size).
@@ -264,6 +297,9 @@ pub struct Guest {
     /// MACs of further NICs (same model, each on its own user network).
     pub extra_macs: Vec<String>,
     pub cmdline_extra: String,
+    /// Boot from this medium, not from `boot`'s files.
+    pub medium: Option<Medium>,
+    pub firmware: Firmware,
 }
 
 impl Guest {
@@ -276,7 +312,22 @@ impl Guest {
             mac: "52:54:00:b0:07:01".into(),
             extra_macs: Vec::new(),
             cmdline_extra: String::new(),
+            medium: None,
+            firmware: Firmware::Bios,
         }
+    }
+
+    /// Boots from a medium (through the firmware and its boot loader)
+    /// instead of handing QEMU the kernel and initramfs.
+    pub fn boot_from(mut self, medium: Medium) -> Guest {
+        self.medium = Some(medium);
+        self
+    }
+
+    /// UEFI firmware (OVMF), its variable store kept at `vars`.
+    pub fn uefi(mut self, vars: &Path) -> Guest {
+        self.firmware = Firmware::Uefi { vars: vars.to_owned() };
+        self
     }
 
     /// Adds a raw disk image with a serial number.
@@ -313,9 +364,6 @@ impl Guest {
     }
 
     pub fn command(&self) -> Result<Command> {
-        let cmdline = fs::read_to_string(self.boot.join("cmdline"))
-            .map_err(|e| format!("reading {}/cmdline: {e}", self.boot.display()))?;
-        let cmdline = format!("{} {}", cmdline.trim(), self.cmdline_extra).trim().to_owned();
         let mut c = Command::new("qemu-system-x86_64");
         c.args(["-machine", "q35", "-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot"]);
         if std::env::var("BOOTVAULT_KVM").is_ok_and(|v| v == "1") {
@@ -324,16 +372,54 @@ impl Guest {
             c.args(["-accel", "tcg"]);
         }
         c.args(["-m", &self.memory_mib.to_string(), "-smp", "2"]);
-        c.arg("-kernel").arg(self.boot.join("vmlinuz"));
-        c.arg("-initrd").arg(self.boot.join("initrd.img"));
-        c.args(["-append", &cmdline]);
+        if let Firmware::Uefi { vars } = &self.firmware {
+            fs::copy(OVMF_VARS, vars).map_err(|e| {
+                format!("copying {OVMF_VARS} to {}: {e} (Debian package ovmf; make deps installs it)", vars.display())
+            })?;
+            c.args(["-drive", &format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}")]);
+            c.args(["-drive", &format!("if=pflash,format=raw,unit=1,file={}", vars.display())]);
+        }
+        match &self.medium {
+            None => {
+                let cmdline = fs::read_to_string(self.boot.join("cmdline"))
+                    .map_err(|e| format!("reading {}/cmdline: {e}", self.boot.display()))?;
+                let cmdline = format!("{} {}", cmdline.trim(), self.cmdline_extra).trim().to_owned();
+                c.arg("-kernel").arg(self.boot.join("vmlinuz"));
+                c.arg("-initrd").arg(self.boot.join("initrd.img"));
+                c.args(["-append", &cmdline]);
+            }
+            Some(_) if !self.cmdline_extra.is_empty() => {
+                return Err("a guest booting from a medium takes its command line from the medium, not append()".into())
+            }
+            // bootindex=0: the firmware tries the medium first.
+            Some(Medium::Cdrom(iso)) => {
+                c.args(["-drive", &format!("file={},format=raw,media=cdrom,if=none,id=cd,readonly=on", iso.display())]);
+                c.args(["-device", "ide-cd,drive=cd,bus=ide.5,bootindex=0"]);
+            }
+            Some(Medium::Network(_)) => {}
+            Some(Medium::UsbStick(image)) => {
+                c.args(["-device", "qemu-xhci,id=xhci"]);
+                c.args(["-drive", &format!("file={},format=raw,if=none,id=stick,readonly=on", image.display())]);
+                c.args(["-device", "usb-storage,bus=xhci.0,drive=stick,removable=on,bootindex=0"]);
+            }
+        }
         // User-mode networking: DHCP from QEMU, host reachable as 10.0.2.2.
         let nic = match self.hardware {
             Hardware::Virtio => "virtio-net-pci",
             Hardware::E1000Ahci => "e1000",
         };
+        // Booting from a medium, the NICs get no option ROM: the firmware
+        // has nothing to network-boot with (no PXE detour, no traffic).
+        // Network boot: the first NIC keeps QEMU's iPXE ROM and boots first.
+        let rom = if self.medium.is_some() { ",romfile=" } else { "" };
         for (i, mac) in std::iter::once(&self.mac).chain(&self.extra_macs).enumerate() {
-            c.args(["-netdev", &format!("user,id=n{i}"), "-device", &format!("{nic},netdev=n{i},mac={mac}")]);
+            let (netdev, device) = match &self.medium {
+                Some(Medium::Network(url)) if i == 0 => {
+                    (format!("user,id=n0,bootfile={url}"), format!("{nic},netdev=n0,mac={mac},bootindex=0"))
+                }
+                _ => (format!("user,id=n{i}"), format!("{nic},netdev=n{i},mac={mac}{rom}")),
+            };
+            c.args(["-netdev", &netdev, "-device", &device]);
         }
         for (i, (path, serial, sector)) in self.disks.iter().enumerate() {
             c.args(["-drive", &format!("file={},format=raw,if=none,id=d{i}", path.display())]);
