@@ -499,6 +499,15 @@ impl Drop for Running {
     }
 }
 
+/// The first console line containing `needle`; panics with the whole
+/// console otherwise (for tests, after the guest has finished).
+pub fn find_line<'a>(lines: &'a [String], needle: &str) -> &'a str {
+    lines
+        .iter()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no console line with {needle:?}:\n{}", lines.join("\n")))
+}
+
 /// Generous bounds: TCG is slow, and CI machines are busy.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 

@@ -9,14 +9,6 @@ use std::time::Duration;
 
 use bootvault_qemu_tests::*;
 
-fn find(lines: &[String], needle: &str) -> String {
-    lines
-        .iter()
-        .find(|l| l.contains(needle))
-        .cloned()
-        .unwrap_or_else(|| panic!("no console line with {needle:?}:\n{}", lines.join("\n")))
-}
-
 /// Boots `boot` with one disk (and extra kernel parameters) until the
 /// guest powers off; returns the console.
 fn boot_until_off(dir: &Path, tag: &str, boot: &Path, disk: &Path, append: &str) -> Vec<String> {
@@ -50,7 +42,7 @@ fn tokens_are_enforced_and_pcs_see_only_their_own_backups() {
     // pc-one backs up with the token its media carries.
     let one = build(&dir, &server, "pc-one", &["action=backup", "name=master"]);
     let lines = boot_until_off(&dir, "one-backup", &one, &source, "");
-    find(&lines, "bootvault: backup 1 complete:");
+    find_line(&lines, "bootvault: backup 1 complete:");
     assert!(server.events().contains("hello pc=pc-one "), "{}", server.events());
 
     // The same media with a wrong token, and with none: refused, and the
@@ -58,10 +50,10 @@ fn tokens_are_enforced_and_pcs_see_only_their_own_backups() {
     let blank = dir.join("blank.img");
     fs::write(&blank, vec![0u8; 8 << 20]).expect("blank disk");
     let lines = boot_until_off(&dir, "wrong-token", &one, &blank, &format!("bootvault.token={}", "0".repeat(64)));
-    let err = find(&lines, "bootvault: error:");
+    let err = find_line(&lines, "bootvault: error:");
     assert!(err.contains("refused PC pc-one (401): wrong token for PC pc-one"), "{err}");
     let lines = boot_until_off(&dir, "no-token", &one, &blank, "bootvault.token=");
-    let err = find(&lines, "bootvault: error:");
+    let err = find_line(&lines, "bootvault: error:");
     assert!(err.contains("refused PC pc-one (401): no token"), "{err}");
     let events = server.events();
     assert_eq!(events.matches("auth-refused pc=pc-one").count(), 2, "{events}");
@@ -73,7 +65,7 @@ fn tokens_are_enforced_and_pcs_see_only_their_own_backups() {
     let before = fs::read(&target).expect("read");
     let two = build(&dir, &server, "pc-two", &["action=restore", "backup=1"]);
     let lines = boot_until_off(&dir, "two-refused", &two, &target, "");
-    let err = find(&lines, "bootvault: error:");
+    let err = find_line(&lines, "bootvault: error:");
     assert!(err.contains("backup 1 belongs to PC pc-one, and PC pc-two has no grant for it"), "{err}");
     assert!(fs::read(&target).expect("read") == before, "the refused restore touched the disk");
     assert!(server.events().contains("access-refused pc=pc-two backup=1 owner=pc-one"));
@@ -82,7 +74,7 @@ fn tokens_are_enforced_and_pcs_see_only_their_own_backups() {
     let granted = server.admin("backups", &["grant", "1", "pc-two"]).expect("grant");
     assert!(granted.contains("backup 1 may be restored by pc-two"), "{granted}");
     let lines = boot_until_off(&dir, "two-granted", &two, &target, "");
-    find(&lines, "bootvault: restore of backup 1 complete:");
+    find_line(&lines, "bootvault: restore of backup 1 complete:");
     assert_eq!(compare_prefix(&source, &target, 8 << 20).expect("compare"), None, "restored bytes differ");
     assert!(server.events().contains("restore-granted pc=pc-two backup=1 owner=pc-one"));
 }

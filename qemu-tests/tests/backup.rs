@@ -34,13 +34,6 @@ fn boot_job(
     vm.console.all()
 }
 
-fn find<'a>(lines: &'a [String], needle: &str) -> &'a str {
-    lines
-        .iter()
-        .find(|l| l.contains(needle))
-        .unwrap_or_else(|| panic!("no console line with {needle:?}:\n{}", lines.join("\n")))
-}
-
 fn blank(dir: &Path, name: &str, mib: u64) -> PathBuf {
     let p = dir.join(name);
     let f = fs::File::create(&p).expect("create");
@@ -62,7 +55,7 @@ fn backup_then_restore(label: &str) {
 
     // 1. Back up the whole disk.
     let lines = boot_job(&dir, "backup", &server, &pc, &["action=backup", "name=nightly"], &source, "SRC001");
-    let done = find(&lines, "bootvault: backup 1 complete:");
+    let done = find_line(&lines, "bootvault: backup 1 complete:");
     assert!(done.contains("96.0 MiB in 96 chunks"), "{done}");
     assert!(lines.iter().any(|l| l.contains("bootvault: backup ") && l.contains("% ")), "progress lines");
     let listed = backups_json(&server);
@@ -70,7 +63,7 @@ fn backup_then_restore(label: &str) {
 
     // 2. Again, unchanged: (almost) nothing crosses the network.
     let lines = boot_job(&dir, "backup2", &server, &pc, &["action=backup", "name=nightly"], &source, "SRC001");
-    let again = find(&lines, "bootvault: backup 2 complete:");
+    let again = find_line(&lines, "bootvault: backup 2 complete:");
     assert!(again.contains(", 0 new chunks, 0 B sent"), "{again}");
     let log = fs::read_to_string(dir.join("server.log")).unwrap_or_default();
     assert!(log.contains("backup 2 of pc=") && log.contains("0 B received"), "server log:\n{log}");
@@ -88,9 +81,9 @@ fn backup_then_restore(label: &str) {
     ] {
         let target = blank(&dir, &format!("target-{tag}.img"), mib);
         let lines = boot_job(&dir, &format!("restore-{tag}"), &server, &pc, &settings, &target, "DST001");
-        let done = find(&lines, "bootvault: restore of backup 1 complete:");
+        let done = find_line(&lines, "bootvault: restore of backup 1 complete:");
         if tag == "larger" {
-            find(&lines, "bootvault: job: restore of disk auto (server job 1)");
+            find_line(&lines, "bootvault: job: restore of disk auto (server job 1)");
             assert!(done.contains("verified by reading back"), "{done}");
         }
         let diff = compare_prefix(&source, &target, SOURCE_MIB << 20).expect("compare");
@@ -135,14 +128,14 @@ fn bad_restores_are_refused() {
     let server = Server::start(&dir).expect("server");
     let source = make_source_disk(&dir, "gpt").expect("source disk");
     let lines = boot_job(&dir, "backup", &server, "pc-r", &["action=backup"], &source, "SRC001");
-    find(&lines, "bootvault: backup 1 complete:");
+    find_line(&lines, "bootvault: backup 1 complete:");
 
     // Smaller target: refused, untouched.
     let small = dir.join("small.img");
     fs::write(&small, noise(3, 64 << 20)).expect("small disk");
     let before = fs::read(&small).expect("read");
     let lines = boot_job(&dir, "small", &server, "pc-r", &["action=restore", "error_wait=1"], &small, "DST002");
-    let err = find(&lines, "bootvault: error:");
+    let err = find_line(&lines, "bootvault: error:");
     assert!(err.contains("smaller than the backed-up disk's 96.0 MiB"), "{err}");
     assert!(err.contains("nothing was written"), "{err}");
     assert!(fs::read(&small).expect("read") == before, "the smaller target was modified");
@@ -153,8 +146,7 @@ fn bad_restores_are_refused() {
     fs::write(&four_k, noise(6, 128 << 20)).expect("4k disk");
     let before = fs::read(&four_k).expect("read");
     let boot = dir.join("boot-4k");
-    build_for(&boot, "pc-r", &server, "qemu", &["--set", "action=restore", "--set", "error_wait=1"])
-        .expect("build");
+    build_for(&boot, "pc-r", &server, "qemu", &["--set", "action=restore", "--set", "error_wait=1"]).expect("build");
     let mut vm = Guest::new(&boot).disk_4k(&four_k, "DST4K").boot(&dir.join("console-4k.log")).expect("boots");
     let (err, _) = vm.console.expect("bootvault: error:", BOOT_TIMEOUT).expect("error line");
     assert!(err.contains("target has 4096-byte logical sectors, the backup was made from 512-byte sectors"), "{err}");
@@ -183,7 +175,7 @@ fn bad_restores_are_refused() {
     fs::write(&blob, bytes).expect("corrupt");
     let target = blank(&dir, "target.img", SOURCE_MIB);
     let lines = boot_job(&dir, "corrupt", &server, "pc-r", &["action=restore", "error_wait=1"], &target, "DST003");
-    let err = find(&lines, "bootvault: error:");
+    let err = find_line(&lines, "bootvault: error:");
     let offset = index as u64 * (1 << 20);
     assert!(err.contains(&format!("chunk {index} at offset {offset}")), "{err}");
     assert!(err.contains("restore stopped there"), "{err}");
@@ -199,8 +191,7 @@ fn server_killed_during_upload_leaves_no_complete_backup() {
     let disk = dir.join("busy.img");
     fs::write(&disk, noise(5, 160 << 20)).expect("disk");
     let boot = dir.join("boot");
-    build_for(&boot, "pc-k", &server, "qemu", &["--set", "action=backup", "--set", "error_wait=1"])
-        .expect("build");
+    build_for(&boot, "pc-k", &server, "qemu", &["--set", "action=backup", "--set", "error_wait=1"]).expect("build");
     let mut vm = Guest::new(&boot).disk(&disk, "KILL01").boot(&dir.join("console.log")).expect("boots");
     vm.console.expect("bootvault: backup: vda", BOOT_TIMEOUT).expect("backup starts");
     vm.console

@@ -164,21 +164,23 @@ fn initramfs_is_reproducible_and_valid_cpio() {
     assert!(fs::read(a.join("initrd.img")).ok() != fs::read(c.join("initrd.img")).ok());
 }
 
-/// Two NICs, the config names the second, with a static address: the PC
-/// uses exactly that interface and address, and the server sees them.
+/// Two NICs, the config names the second, with a static address
+/// registered in the server's database: the PC uses exactly that interface
+/// and address, and the server sees them.
 #[test]
 fn static_address_on_the_named_interface() {
     let dir = scratch("static");
     let server = Server::start(&dir).expect("server starts");
     let boot = dir.join("boot");
-    build_pc(
-        &boot,
-        "static-pc",
-        &server.guest_url(),
-        "qemu",
-        &["--set", "iface=eth1", "--set", "ip=10.0.2.15/24", "--set", "gateway=10.0.2.2", "--set", "dns=10.0.2.3"],
-    )
-    .expect("build");
+    // The static settings come from the server's database.
+    server
+        .admin(
+            "pc",
+            &["add", "static-pc", "--mac", "52:54:00:b0:07:02", "--ip", "10.0.2.15/24", "--gateway", "10.0.2.2"],
+        )
+        .expect("register");
+    server.admin("pc", &["edit", "static-pc", "--dns", "10.0.2.3"]).expect("edit");
+    build_for(&boot, "static-pc", &server, "qemu", &["--set", "iface=eth1"]).expect("build");
     let guest = Guest::new(&boot).nic("52:54:00:b0:07:02");
     let mut vm = guest.boot(&dir.join("console.log")).expect("boots");
     let (line, _) = vm.console.expect(" static ", BOOT_TIMEOUT).expect("static address");

@@ -10,14 +10,6 @@ use std::time::Duration;
 
 use bootvault_qemu_tests::*;
 
-fn find(lines: &[String], needle: &str) -> String {
-    lines
-        .iter()
-        .find(|l| l.contains(needle))
-        .cloned()
-        .unwrap_or_else(|| panic!("no console line with {needle:?}:\n{}", lines.join("\n")))
-}
-
 fn netboot_backup(tag: &str, uefi: bool) {
     let dir = scratch(tag);
     let server = Server::start(&dir).expect("server");
@@ -92,8 +84,8 @@ fn unknown_mac_is_listed_then_registered() {
     server.admin("settings", &["register-unknown", "yes"]).expect("settings");
     let mac = "52:54:00:0d:0e:0f";
     let lines = boot_until(&dir, "unknown", &server, mac, "bootvault: powering off in 60 s");
-    find(&lines, &format!("bootvault: this PC (MAC {mac}) is not registered with the server."));
-    find(&lines, &format!("bootvault pc add NAME --mac {mac}"));
+    find_line(&lines, &format!("bootvault: this PC (MAC {mac}) is not registered with the server."));
+    find_line(&lines, &format!("bootvault pc add NAME --mac {mac}"));
     let pending = server.admin("pc", &["pending"]).expect("pending");
     assert!(pending.contains(mac), "{pending}");
     assert!(server.events().contains(&format!("netboot-unknown mac={mac}")));
@@ -102,12 +94,12 @@ fn unknown_mac_is_listed_then_registered() {
     server.register("newcomer", mac).expect("register");
     assert!(!server.admin("pc", &["pending"]).expect("pending").contains(mac), "approved MACs leave the list");
     let lines = boot_until(&dir, "unpublished", &server, mac, "bootvault: powering off in 60 s");
-    find(&lines, "PC newcomer has no network boot files yet");
+    find_line(&lines, "PC newcomer has no network boot files yet");
 
     build_for(&dir.join("boot"), "newcomer", &server, "qemu", &["--media", "pxe"]).expect("build");
     boot_until(&dir, "registered", &server, mac, "bootvault: this is PC newcomer");
 
     server.admin("pc", &["edit", "newcomer", "--mode", "local"]).expect("edit");
     let lines = boot_until(&dir, "local", &server, mac, "bootvault: powering off in 60 s");
-    find(&lines, "PC newcomer is set to boot from its own media (mode local)");
+    find_line(&lines, "PC newcomer is set to boot from its own media (mode local)");
 }

@@ -212,13 +212,13 @@ fn admin_only(who: &Who) -> Result<(), Response> {
     }
 }
 
+fn backup_row(app: &App, id: i64) -> Result<vault::BackupRow, Response> {
+    app.vault.backup(id).map_err(internal)?.ok_or_else(|| text(StatusCode::NOT_FOUND, format!("no backup {id}")))
+}
+
 /// The backup, if `who` may read it (its owner, a PC granted it, admin).
 fn readable(app: &App, who: &Who, id: i64) -> Result<vault::BackupRow, Response> {
-    let row = app
-        .vault
-        .backup(id)
-        .map_err(internal)?
-        .ok_or_else(|| text(StatusCode::NOT_FOUND, format!("no backup {id}")))?;
+    let row = backup_row(app, id)?;
     match who {
         Who::Admin => Ok(row),
         Who::Pc(p) if app.vault.can_read(p, &row).map_err(internal)? => Ok(row),
@@ -232,13 +232,10 @@ fn readable(app: &App, who: &Who, id: i64) -> Result<vault::BackupRow, Response>
     }
 }
 
-/// The backup, if `who` owns it and it is still being uploaded.
+/// The backup, if `who` owns it (the admin may act on any); the vault
+/// checks its state.
 fn writable(app: &App, who: &Who, id: i64) -> Result<vault::BackupRow, Response> {
-    let row = app
-        .vault
-        .backup(id)
-        .map_err(internal)?
-        .ok_or_else(|| text(StatusCode::NOT_FOUND, format!("no backup {id}")))?;
+    let row = backup_row(app, id)?;
     if let Who::Pc(p) = who {
         if &row.pc != p {
             app.event(&format!("access-refused pc={p} backup={id} owner={}", row.pc));
