@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use bootvault_common::config::Config;
 use bootvault_common::units::human_bytes;
-use bootvault_server::vault::{BackupRow, PcRow, Vault};
+use bootvault_server::vault::{self, BackupRow, PcRow, Vault};
 
 #[derive(clap::Subcommand)]
 pub enum BackupsCmd {
@@ -129,9 +129,7 @@ impl PcSettings {
         let mut set = |k: &str, v: &str| -> Result<()> { check.set(k, v).map_err(anyhow::Error::msg).map(|_| ()) };
         set("pc", &pc.name)?;
         if let Some(m) = &self.mac {
-            let mac = bootvault_common::units::parse_mac(m)
-                .with_context(|| format!("--mac {m:?}: expected aa:bb:cc:dd:ee:ff"))?;
-            pc.mac = bootvault_common::units::mac_string(mac);
+            pc.mac = vault::normalize_mac(m).with_context(|| format!("--mac {m:?}: expected aa:bb:cc:dd:ee:ff"))?;
         }
         if self.dhcp {
             pc.ip = "dhcp".into();
@@ -448,8 +446,8 @@ pub fn settings(data: &Path, as_json: bool, cmd: SettingsCmd) -> Result<()> {
     let v = Vault::open(data)?;
     match cmd {
         SettingsCmd::Show => {
-            let urls = v.setting(crate::pc::SERVER_URLS)?.unwrap_or_default();
-            let reg = v.setting("register_unknown")?.unwrap_or_else(|| "no".into());
+            let urls = v.setting(vault::SERVER_URLS)?.unwrap_or_default();
+            let reg = v.setting(vault::REGISTER_UNKNOWN)?.unwrap_or_else(|| "no".into());
             if as_json {
                 return json(&serde_json::json!({
                     "server_urls": urls, "register_unknown": reg,
@@ -466,7 +464,7 @@ pub fn settings(data: &Path, as_json: bool, cmd: SettingsCmd) -> Result<()> {
             for u in &list {
                 bootvault_common::config::Config::default().set("server", u).map_err(|e| anyhow::anyhow!("{e}"))?;
             }
-            v.set_setting(crate::pc::SERVER_URLS, (!list.is_empty()).then(|| list.join(",")).as_deref())?;
+            v.set_setting(vault::SERVER_URLS, (!list.is_empty()).then(|| list.join(",")).as_deref())?;
             println!("server urls: {}", if list.is_empty() { "-".into() } else { list.join(", ") });
             Ok(())
         }
@@ -476,7 +474,7 @@ pub fn settings(data: &Path, as_json: bool, cmd: SettingsCmd) -> Result<()> {
                 "no" | "off" => "no",
                 _ => bail!("register-unknown: expected yes or no"),
             };
-            v.set_setting("register_unknown", Some(on))?;
+            v.set_setting(vault::REGISTER_UNKNOWN, Some(on))?;
             println!("unknown MACs that network-boot are {}listed", if on == "yes" { "" } else { "not " });
             Ok(())
         }

@@ -45,11 +45,6 @@ pub struct Pc {
 
 pub const DEFAULT_CONSOLES: &[&str] = &["ttyS0,115200", "tty0"];
 
-/// Setting in the server's database: its own URLs, comma-separated, as
-/// PCs reach it (`bootvault server-url set`). The builder writes the first
-/// into PCs built without `--server`.
-pub const SERVER_URLS: &str = "server_urls";
-
 /// What the server's database says about a registered PC, as settings.
 #[derive(Debug, Clone)]
 pub struct Registered {
@@ -65,7 +60,7 @@ pub fn registered(data: &std::path::Path, name: &str) -> Result<Registered> {
         format!("PC {name} is not registered in {} (bootvault pc add {name} --mac ...)", data.display())
     })?;
     let server = vault
-        .setting(SERVER_URLS)?
+        .setting(bootvault_server::vault::SERVER_URLS)?
         .and_then(|v| v.split(',').map(str::trim).find(|u| !u.is_empty()).map(str::to_owned));
     Ok(Registered { settings: settings_of(&row), server })
 }

@@ -43,6 +43,9 @@ struct App {
     /// Data chunk ids of recently read manifests, so a PC fetching chunks
     /// can be held to the backups it may read without re-parsing.
     manifest_ids: Mutex<HashMap<i64, Arc<HashSet<ChunkId>>>>,
+    /// DATA/admin.token, read once at start (it never changes while the
+    /// server runs; every request is checked against it).
+    admin_token: String,
 }
 
 /// Who sent a request, proven by a token.
@@ -92,7 +95,9 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         .open(&events_path)
         .with_context(|| format!("opening {}", events_path.display()))?;
     let unfinished = vault.list_backups(None, true)?.iter().filter(|b| b.state == "uploading").count();
-    let app = Arc::new(App { vault, events: Mutex::new(events), manifest_ids: Mutex::new(HashMap::new()) });
+    let admin_token = vault.admin_token()?;
+    let app =
+        Arc::new(App { vault, events: Mutex::new(events), manifest_ids: Mutex::new(HashMap::new()), admin_token });
     let listener =
         tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("binding {}", opts.listen))?;
     let local = listener.local_addr().context("reading the bound address")?;
@@ -187,7 +192,7 @@ fn authenticate(app: &App, headers: &HeaderMap) -> Result<Who, Response> {
             "no token: PC {pc} sent none (build its boot media from the server's database: bootvault build {pc} --data DIR)"
         ));
     };
-    if vault::secret_eq(&token, &app.vault.admin_token().map_err(internal)?) {
+    if vault::secret_eq(&token, &app.admin_token) {
         return Ok(Who::Admin);
     }
     if pc == "-" {

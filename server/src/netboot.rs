@@ -24,15 +24,11 @@ use axum::routing::get;
 use axum::Router;
 use bootvault_common::wire;
 
-use crate::vault::{normalize_mac, PcRow};
+use crate::vault::{normalize_mac, PcRow, REGISTER_UNKNOWN};
 use crate::{blocking, internal, Shared};
 
 /// Files a PC may fetch from its boot directory.
 pub const BOOT_FILES: &[&str] = &["vmlinuz", "initrd.img"];
-
-/// Setting: when `yes`, unknown MACs that network-boot are listed for the
-/// admin (`bootvault pc pending`).
-pub const REGISTER_UNKNOWN: &str = "register_unknown";
 
 pub fn router() -> Router<Shared> {
     Router::new()

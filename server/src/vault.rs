@@ -199,6 +199,12 @@ pub fn normalize_mac(v: &str) -> Option<String> {
     bootvault_common::units::parse_mac(v.trim()).map(bootvault_common::units::mac_string)
 }
 
+/// Setting: the server's own URLs as PCs reach it, comma-separated
+/// (`bootvault settings server-urls`); builds without `--server` use the first.
+pub const SERVER_URLS: &str = "server_urls";
+/// Setting: `yes` lists unknown MACs that network-boot (`bootvault pc pending`).
+pub const REGISTER_UNKNOWN: &str = "register_unknown";
+
 /// An unknown MAC that asked for network boot, for the admin to approve.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct PendingRow {
