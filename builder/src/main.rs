@@ -381,12 +381,8 @@ fn build(a: BuildArgs) -> Result<()> {
         match m.as_str() {
             "pxe" => {
                 let data = a.data.as_ref().context("--media pxe needs --data (the server's data directory)")?;
-                let bytes = netboot::publish(data, &pc.config.pc, &out)?;
-                println!(
-                    "  pxe        {}  {} (served by MAC to iPXE: /boot/ipxe)",
-                    human_bytes(bytes),
-                    data.join("boot").join(&pc.config.pc).display()
-                );
+                let (bytes, dir) = netboot::publish(data, &pc.config.pc, &out)?;
+                println!("  pxe        {}  {} (served by MAC to iPXE: /boot/ipxe)", human_bytes(bytes), dir.display());
             }
             "iso" => images.push(media::iso(&out, &pc.config.pc)?),
             "usb" => images.push(media::usb(&out, &pc.config.pc)?),

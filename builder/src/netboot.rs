@@ -1,31 +1,25 @@
 //! `--media pxe`: publishes a PC's boot files into the server's data
-//! directory (`DATA/boot/NAME/{vmlinuz,initrd.img,cmdline}`), where the
-//! server's network-boot endpoints serve them to the PC's iPXE by MAC
-//! address. Each file is written to a temporary name, synced and renamed,
-//! so a PC booting meanwhile gets the old files or the new ones, never a
-//! half-written one.
+//! directory through the vault (`DATA/boot/NAME/{vmlinuz,initrd.img,cmdline}`),
+//! where the server's network-boot endpoints serve them to the PC's iPXE
+//! by MAC address.
 
 use std::fs;
-use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use bootvault_server::vault::Vault;
 
-/// Copies `boot_dir`'s files for PC `name` into `data`; returns the bytes
-/// published.
-pub fn publish(data: &Path, name: &str, boot_dir: &Path) -> Result<u64> {
-    let dest = data.join("boot").join(name);
-    fs::create_dir_all(&dest).with_context(|| format!("creating {}", dest.display()))?;
-    let mut total = 0;
-    for file in ["vmlinuz", "initrd.img", "cmdline"] {
-        let src = boot_dir.join(file);
-        let bytes = fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
-        let tmp = dest.join(format!(".{file}.tmp"));
-        let mut f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(&bytes).and_then(|()| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, dest.join(file)).with_context(|| format!("renaming into {}", dest.join(file).display()))?;
-        total += bytes.len() as u64;
-    }
-    fs::File::open(&dest).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dest.display()))?;
-    Ok(total)
+/// Publishes `boot_dir`'s files for PC `name` into the data directory
+/// `data`; returns the bytes published and where they went.
+pub fn publish(data: &Path, name: &str, boot_dir: &Path) -> Result<(u64, PathBuf)> {
+    let vault = Vault::open(data)?;
+    let files = ["vmlinuz", "initrd.img", "cmdline"]
+        .into_iter()
+        .map(|f| {
+            let p = boot_dir.join(f);
+            fs::read(&p).with_context(|| format!("reading {}", p.display())).map(|bytes| (f, bytes))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = vault.publish_boot_files(name, &files)?;
+    Ok((bytes, vault.boot_dir(name)))
 }

@@ -109,7 +109,7 @@ async fn by_mac(
                 pc.name, pc.mode, pc.name
             )])));
         }
-        let dir = app.vault.dir().join("boot").join(&pc.name);
+        let dir = app.vault.boot_dir(&pc.name);
         let cmdline = std::fs::read_to_string(dir.join("cmdline")).ok();
         let present = BOOT_FILES.iter().all(|f| dir.join(f).is_file());
         match cmdline {
@@ -142,7 +142,7 @@ async fn file(State(app): State<Shared>, Path((name, file)): Path<(String, Strin
         if app.vault.pc(&name).map_err(internal)?.is_none() {
             return Err((StatusCode::NOT_FOUND, format!("no registered PC {name}\n")).into_response());
         }
-        let path = app.vault.dir().join("boot").join(&name).join(&file);
+        let path = app.vault.boot_dir(&name).join(&file);
         let bytes = std::fs::read(&path)
             .map_err(|e| (StatusCode::NOT_FOUND, format!("{}: {e}\n", path.display())).into_response())?;
         app.event(&format!("netboot-file pc={name} file={file} bytes={}", bytes.len()));

@@ -469,6 +469,26 @@ impl Vault {
         fsync_dir(parent)
     }
 
+    /// `DATA/boot/NAME`: the network-boot files published for PC `pc`.
+    pub fn boot_dir(&self, pc: &str) -> PathBuf {
+        self.dir.join("boot").join(pc)
+    }
+
+    /// Publishes a registered PC's network-boot files (`vmlinuz`,
+    /// `initrd.img`, `cmdline`), each written durably, so a PC booting
+    /// meanwhile gets the old file or the new one, never half of one.
+    /// Returns the bytes published.
+    pub fn publish_boot_files(&self, pc: &str, files: &[(&str, Vec<u8>)]) -> Result<u64> {
+        if self.pc(pc)?.is_none() {
+            bail!("no registered PC {pc}");
+        }
+        let dir = self.boot_dir(pc);
+        for (name, bytes) in files {
+            self.durable_write(&dir.join(name), bytes)?;
+        }
+        Ok(files.iter().map(|(_, b)| b.len() as u64).sum())
+    }
+
     /// Registers a PC (the settings are checked by the caller) with a new
     /// token. Refuses a name or MAC already registered.
     pub fn add_pc(&self, pc: &PcRow) -> Result<PcRow> {

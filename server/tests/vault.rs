@@ -278,6 +278,13 @@ fn grants_pending_and_settings() {
     v.remove_pc("b", false).unwrap();
     assert!(v.grants(id).unwrap().is_empty(), "an unregistered PC's grants go with it");
 
+    let e = v.publish_boot_files("b", &[("cmdline", b"x".to_vec())]).unwrap_err().to_string();
+    assert_eq!(e, "no registered PC b");
+    let n = v.publish_boot_files("a", &[("vmlinuz", vec![1; 10]), ("cmdline", b"quiet\n".to_vec())]).unwrap();
+    assert_eq!(n, 16);
+    assert_eq!(fs::read(v.boot_dir("a").join("cmdline")).unwrap(), b"quiet\n");
+    assert_eq!(fs::read(v.boot_dir("a").join("vmlinuz")).unwrap(), vec![1; 10]);
+
     v.note_pending("52:54:00:aa:bb:cc", "10.0.2.15").unwrap();
     v.note_pending("52:54:00:AA:BB:CC", "10.0.2.16").unwrap();
     let p = v.list_pending().unwrap();
