@@ -55,13 +55,15 @@ test-qemu: build kernel
 
 test: unit test-qemu
 
-# Measurements (not tests): boot times and smallest RAM. See BENCHMARKS.md.
-BENCH_PACKAGES := pigz partclone time
+# Measurements (not tests): boot times and smallest RAM, backup against gzip/pigz/partclone,
+# boot media against grub-mkrescue. See BENCHMARKS.md.
+BENCH_PACKAGES := pigz partclone time grub-common grub-pc-bin grub-efi-amd64-bin
 bench: build kernel
 	$(call apt_ensure,$(BENCH_PACKAGES))
 	@mkdir -p target/bench
 	target/release/bench-boot | tee target/bench/boot.md
 	target/release/bench-backup | tee target/bench/backup.md
+	target/release/bench-media | tee target/bench/media.md
 
 # Coverage-guided fuzzing of every parser with libFuzzer, on stable Rust
 # (cargo-fuzz's instrumentation flags, without the nightly-only sanitizer).
