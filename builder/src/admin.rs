@@ -309,19 +309,7 @@ pub fn pcs(data: &Path, as_json: bool, cmd: PcCmd) -> Result<()> {
 }
 
 fn when(t: i64) -> String {
-    // UTC date and time from Unix seconds (civil-from-days, H. Hinnant).
-    let days = t.div_euclid(86_400);
-    let secs = t.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}", secs / 3600, (secs % 3600) / 60)
+    bootvault_common::units::utc_datetime(t)
 }
 
 fn json(v: &impl serde::Serialize) -> Result<()> {
@@ -556,14 +544,4 @@ pub fn gc(data: &Path, as_json: bool, max_age: i64) -> Result<()> {
         r.chunks_kept
     );
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn dates() {
-        assert_eq!(super::when(0), "1970-01-01 00:00");
-        assert_eq!(super::when(1_795_546_469), "2026-11-24 18:54");
-        assert_eq!(super::when(951_782_400), "2000-02-29 00:00");
-    }
 }

@@ -34,6 +34,35 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(out)
 }
 
+/// UTC `(year, month, day, seconds into the day)` from Unix seconds
+/// (civil-from-days, H. Hinnant).
+fn civil(t: i64) -> (i64, i64, i64, i64) {
+    let days = t.div_euclid(86_400);
+    let secs = t.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d, secs)
+}
+
+/// `2026-11-25` (UTC) from Unix seconds.
+pub fn utc_date(t: i64) -> String {
+    let (y, m, d, _) = civil(t);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// `2026-11-25 09:49` (UTC) from Unix seconds.
+pub fn utc_datetime(t: i64) -> String {
+    let (_, _, _, secs) = civil(t);
+    format!("{} {:02}:{:02}", utc_date(t), secs / 3600, (secs % 3600) / 60)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,6 +79,14 @@ mod tests {
         ] {
             assert_eq!(human_bytes(n), s);
         }
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(utc_datetime(0), "1970-01-01 00:00");
+        assert_eq!(utc_datetime(1_795_546_469), "2026-11-24 18:54");
+        assert_eq!(utc_datetime(951_782_400), "2000-02-29 00:00");
+        assert_eq!(utc_date(-1), "1969-12-31");
     }
 
     #[test]
