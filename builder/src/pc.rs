@@ -67,12 +67,10 @@ pub fn registered(data: &std::path::Path, name: &str) -> Result<Registered> {
 
 /// The init settings a registered PC's record stands for.
 pub fn settings_of(row: &bootvault_server::vault::PcRow) -> Vec<String> {
-    // Until the console menu exists, a PC set to `menu` asks the server
-    // for a job and otherwise only greets it.
     let action = match row.default_action.as_str() {
         "backup" => "backup",
         "restore" => "restore",
-        _ => "job",
+        _ => "menu",
     };
     let mut out = vec![
         format!("token={}", row.token),

@@ -32,13 +32,15 @@ pub enum Finish {
 
 /// What the PC does once it is up: `probe` lists the disks and greets the
 /// server; `backup`/`restore` run headless; `job` asks the server what to
-/// do (nothing, if it has no job for this PC).
+/// do (nothing, if it has no job for this PC); `menu` guides the person at
+/// the PC's console through a backup or a restore.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     Probe,
     Backup,
     Restore,
     Job,
+    Menu,
 }
 
 impl Action {
@@ -48,6 +50,7 @@ impl Action {
             "backup" => Some(Action::Backup),
             "restore" => Some(Action::Restore),
             "job" => Some(Action::Job),
+            "menu" => Some(Action::Menu),
             _ => None,
         }
     }
@@ -58,6 +61,7 @@ impl Action {
             Action::Backup => "backup",
             Action::Restore => "restore",
             Action::Job => "job",
+            Action::Menu => "menu",
         }
     }
 }
@@ -301,7 +305,7 @@ impl Config {
             }
             "action" => {
                 self.action =
-                    Action::parse(value).ok_or_else(|| bad("expected probe, backup, restore or job".into()))?
+                    Action::parse(value).ok_or_else(|| bad("expected probe, backup, restore, job or menu".into()))?
             }
             "disk" => {
                 let ok = value == "auto"
@@ -500,7 +504,7 @@ mod tests {
             ("bootvault.ip=10.0.0.1/33", "prefix length must be 1-32", true),
             ("bootvault.pc=bad/name", "PC name must be", true),
             ("bootvault.finish=explode", "expected poweroff, reboot or rescue", true),
-            ("bootvault.action=dance", "expected probe, backup, restore or job", true),
+            ("bootvault.action=dance", "expected probe, backup, restore, job or menu", true),
             ("bootvault.disk=/dev/sda", "expected auto or a disk name", true),
             ("bootvault.backup=-3", "expected latest or a backup id", true),
             ("bootvault.level=11", "expected a level 0-10", true),

@@ -19,6 +19,7 @@ mod jobs;
 mod net;
 mod pid1;
 mod sys;
+mod tui;
 #[cfg(test)]
 mod testutil;
 

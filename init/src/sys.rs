@@ -127,6 +127,55 @@ pub fn wait_readable(fd: RawFd, timeout_ms: i32) -> bool {
     rc > 0 && pfd.revents & libc::POLLIN != 0
 }
 
+/// Puts terminal `fd` in raw mode (no echo, no line editing, Ctrl-C as a
+/// byte, CR not turned into LF) but keeps output processing, so `\n`
+/// still starts a new line. Returns the old mode to restore; `None` when
+/// `fd` is not a terminal (a pipe, as in tests).
+pub fn raw_mode(fd: RawFd) -> Option<libc::termios> {
+    // SAFETY: termios is plain old data filled by tcgetattr.
+    let mut old: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a termios.
+    if unsafe { libc::tcgetattr(fd, &mut old) } != 0 {
+        return None;
+    }
+    let mut raw = old;
+    raw.c_iflag &= !(libc::ICRNL | libc::INLCR | libc::IGNCR | libc::IXON | libc::ISTRIP | libc::BRKINT);
+    raw.c_lflag &= !(libc::ICANON | libc::ECHO | libc::ECHONL | libc::ISIG | libc::IEXTEN);
+    raw.c_oflag |= libc::OPOST | libc::ONLCR;
+    raw.c_cc[libc::VMIN] = 1;
+    raw.c_cc[libc::VTIME] = 0;
+    // SAFETY: valid termios for a valid fd.
+    (unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw) } == 0).then_some(old)
+}
+
+/// Restores a mode `raw_mode` returned.
+pub fn restore_mode(fd: RawFd, mode: &libc::termios) {
+    // SAFETY: valid termios for a valid fd; failure leaves the mode as is.
+    unsafe { libc::tcsetattr(fd, libc::TCSANOW, mode) };
+}
+
+/// Drops keys typed ahead, so a key pressed during a long wait cannot
+/// answer a question that has not been asked yet.
+pub fn flush_input(fd: RawFd) {
+    // SAFETY: plain ioctl on a valid fd; failure (not a tty) is harmless.
+    unsafe { libc::tcflush(fd, libc::TCIFLUSH) };
+}
+
+/// read(2) of whatever is there (after `wait_readable`); Ok(0) = end of input.
+pub fn read_some(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: buf is valid for buf.len() bytes.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 /// Reaps any exited child without blocking; returns how many were reaped.
 pub fn reap_children() -> usize {
     let mut n = 0;
