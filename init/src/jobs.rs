@@ -66,19 +66,33 @@ struct Outcome {
     sent: u64,
 }
 
-/// Runs the configured action. `Probe` does nothing here.
+/// Runs the configured action. `Probe` does nothing here, and neither
+/// does `Menu` (the console runs that; see `server_job`).
 pub fn run(config: &Config, client: &Client) -> Result<(), String> {
     let job = match config.action {
-        Action::Probe => return Ok(()),
-        Action::Job => match client.next_job().map_err(|e| format!("asking for a job: {e}"))? {
+        Action::Probe | Action::Menu => return Ok(()),
+        Action::Job => match server_job(config, client)? {
             None => {
                 say("job: the server has no job for this PC");
                 return Ok(());
             }
-            Some(kv) => Job::from_server(&kv, config)?,
+            Some(job) => job,
         },
         Action::Backup | Action::Restore => Job::from_config(config),
     };
+    run_job(&job, config, client)
+}
+
+/// The server's job for this PC, if it has one.
+pub fn server_job(config: &Config, client: &Client) -> Result<Option<Job>, String> {
+    match client.next_job().map_err(|e| format!("asking for a job: {e}"))? {
+        None => Ok(None),
+        Some(kv) => Job::from_server(&kv, config).map(Some),
+    }
+}
+
+/// Carries out one job and reports its outcome to the server.
+pub fn run_job(job: &Job, config: &Config, client: &Client) -> Result<(), String> {
     say(format!(
         "job: {} of disk {}{}",
         job.action.as_str(),
@@ -86,28 +100,56 @@ pub fn run(config: &Config, client: &Client) -> Result<(), String> {
         job.id.map(|i| format!(" (server job {i})")).unwrap_or_default()
     ));
     let start = Instant::now();
-    let outcome = execute(&job, config, client);
-    let (ok, message, disk, backup_id, bytes, sent) = match &outcome {
-        Ok(o) => (true, o.summary.clone(), o.disk.clone(), o.backup.to_string(), o.bytes, o.sent),
-        Err(e) => (false, e.clone(), job.disk.clone(), String::new(), 0, 0),
-    };
-    let report = [
-        ("job", job.id.map(|i| i.to_string()).unwrap_or_default()),
-        ("action", job.action.as_str().to_owned()),
-        ("disk", disk),
-        ("backup", backup_id),
-        ("ok", if ok { "yes" } else { "no" }.to_owned()),
-        ("message", message),
-        ("bytes", bytes.to_string()),
-        ("sent", sent.to_string()),
-        ("seconds", format!("{:.1}", start.elapsed().as_secs_f64())),
-    ];
-    if let Err(e) = client.report(&report) {
-        say(format!("result: could not report to the server: {e}"));
+    let outcome = execute(job, config, client);
+    match &outcome {
+        Ok(o) => report(
+            client,
+            job.id,
+            job.action.as_str(),
+            &o.disk,
+            &o.backup.to_string(),
+            true,
+            &o.summary,
+            o.bytes,
+            o.sent,
+            start.elapsed(),
+        ),
+        Err(e) => report(client, job.id, job.action.as_str(), &job.disk, "", false, e, 0, 0, start.elapsed()),
     }
     let o = outcome?;
     say(o.summary);
     Ok(())
+}
+
+/// Tells the server how a backup or restore went (the console's too).
+/// A failure to report is said on the console, not fatal.
+#[allow(clippy::too_many_arguments)]
+pub fn report(
+    client: &Client,
+    job: Option<i64>,
+    action: &str,
+    disk: &str,
+    backup: &str,
+    ok: bool,
+    message: &str,
+    bytes: u64,
+    sent: u64,
+    elapsed: Duration,
+) {
+    let report = [
+        ("job", job.map(|i| i.to_string()).unwrap_or_default()),
+        ("action", action.to_owned()),
+        ("disk", disk.to_owned()),
+        ("backup", backup.to_owned()),
+        ("ok", if ok { "yes" } else { "no" }.to_owned()),
+        ("message", message.to_owned()),
+        ("bytes", bytes.to_string()),
+        ("sent", sent.to_string()),
+        ("seconds", format!("{:.1}", elapsed.as_secs_f64())),
+    ];
+    if let Err(e) = client.report(&report) {
+        say(format!("result: could not report to the server: {e}"));
+    }
 }
 
 fn execute(job: &Job, config: &Config, client: &Client) -> Result<Outcome, String> {
@@ -162,7 +204,7 @@ fn execute(job: &Job, config: &Config, client: &Client) -> Result<Outcome, Strin
                 sent: r.fetched_bytes,
             })
         }
-        Action::Probe | Action::Job => {
+        Action::Probe | Action::Job | Action::Menu => {
             Ok(Outcome { summary: String::new(), disk: disk.name.clone(), backup: 0, bytes: 0, sent: 0 })
         }
     }
