@@ -121,6 +121,11 @@ impl Decoder {
         }
     }
 
+    /// Whether a key is half-read (an Esc that may start a sequence).
+    pub fn pending(&self) -> bool {
+        self.state != State::Ground
+    }
+
     /// No more bytes came after a pause: a pending Esc was a lone Esc.
     pub fn idle(&mut self) -> Option<Key> {
         (std::mem::take(&mut self.state) == State::Esc).then_some(Key::Back)
@@ -414,6 +419,7 @@ mod tests {
         let mut d = Decoder::default();
         let mut out: Vec<Key> = bytes.iter().filter_map(|&b| d.feed(b)).collect();
         out.extend(d.idle());
+        assert!(!d.pending());
         out
     }
 

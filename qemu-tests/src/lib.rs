@@ -468,6 +468,14 @@ impl Running {
         stdin.flush().map_err(|e| format!("typing {line:?}: {e}"))
     }
 
+    /// Types raw bytes (Ctrl-C is `\x03`, Ctrl-U `\x15`, Esc `\x1b`), no Enter.
+    pub fn keys(&mut self, bytes: &str) -> Result<()> {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().ok_or("no qemu stdin")?;
+        stdin.write_all(bytes.as_bytes()).map_err(|e| format!("typing {bytes:?}: {e}"))?;
+        stdin.flush().map_err(|e| format!("typing {bytes:?}: {e}"))
+    }
+
     /// Waits for QEMU to exit (the guest powered off); returns the time
     /// since start.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<Duration> {
@@ -595,7 +603,11 @@ pub fn make_source_disk(dir: &Path, label: &str) -> Result<PathBuf> {
     fs::write(files.join("zeros.bin"), vec![0u8; 2 << 20]).map_err(|e| e.to_string())?;
     let ext4 = dir.join(format!("ext4-{label}.img"));
     let _ = fs::remove_file(&ext4);
-    run(Command::new("mkfs.ext4").args(["-q", "-F", "-E", "root_owner=0:0", "-d"]).arg(&files).arg(&ext4).arg("48M"))?;
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "bvroot", "-E", "root_owner=0:0", "-d"])
+        .arg(&files)
+        .arg(&ext4)
+        .arg("48M"))?;
     let fat = dir.join(format!("fat-{label}.img"));
     let _ = fs::remove_file(&fat);
     run(Command::new("mkfs.vfat")
@@ -640,4 +652,97 @@ pub fn compare_prefix(a: &Path, b: &Path, len: u64) -> Result<Option<u64>> {
         return Err(format!("{} or {} is shorter than {len} bytes", a.display(), b.display()));
     }
     Ok(x[..n].iter().zip(&y[..n]).position(|(p, q)| p != q).map(|p| p as u64))
+}
+
+/// The screens a person saw on a console, rebuilt from its log: each clear
+/// (`ESC[H ESC[2J`) starts a screen; cursor positioning, erase to end of
+/// line, backspace and attributes are applied as an 80x25 terminal would.
+/// Kernel lines printed on top of a screen are left in, as a person would
+/// see them.
+pub fn screens(lines: &[String]) -> Vec<String> {
+    const CLEAR: &str = "\x1b[H\x1b[2J";
+    let text = lines.join("\n");
+    let mut out = Vec::new();
+    for chunk in text.split(CLEAR).skip(1) {
+        let mut grid: Vec<Vec<char>> = vec![Vec::new(); 25];
+        let (mut row, mut col) = (0usize, 0usize);
+        let mut chars = chunk.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '\x1b' if chars.peek() == Some(&'[') => {
+                    chars.next();
+                    let mut params = String::new();
+                    let mut fin = ' ';
+                    for p in chars.by_ref() {
+                        if p.is_ascii_digit() || p == ';' {
+                            params.push(p);
+                        } else {
+                            fin = p;
+                            break;
+                        }
+                    }
+                    let nums: Vec<usize> = params.split(';').map(|n| n.parse().unwrap_or(1)).collect();
+                    match fin {
+                        'H' => {
+                            row = nums.first().copied().unwrap_or(1).saturating_sub(1).min(24);
+                            col = nums.get(1).copied().unwrap_or(1).saturating_sub(1);
+                        }
+                        'K' => grid[row].truncate(col),
+                        _ => {}
+                    }
+                }
+                '\n' => {
+                    col = 0;
+                    if row == 24 {
+                        grid.remove(0);
+                        grid.push(Vec::new());
+                    } else {
+                        row += 1;
+                    }
+                }
+                '\r' => col = 0,
+                '\x08' => col = col.saturating_sub(1),
+                c if !c.is_control() && col < 80 => {
+                    let line = &mut grid[row];
+                    while line.len() < col {
+                        line.push(' ');
+                    }
+                    if col < line.len() {
+                        line[col] = c;
+                    } else {
+                        line.push(c);
+                    }
+                    col += 1;
+                }
+                _ => {}
+            }
+        }
+        let mut rows: Vec<String> = grid.iter().map(|l| l.iter().collect::<String>().trim_end().to_owned()).collect();
+        while rows.last().is_some_and(|r| r.is_empty()) {
+            rows.pop();
+        }
+        out.push(rows.join("\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn screens_are_rebuilt_like_a_terminal() {
+        let log: Vec<String> = [
+            "boot noise",
+            "\x1b[H\x1b[2Jtitle",
+            "> ab\x08 \x08c",
+            "\x1b[H\x1b[2Jsecond",
+            "[###...]  10%\x1b[K",
+            "\x1b[2;1H[######]  100%\x1b[K",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(screens(&log), vec!["title\n> ac".to_owned(), "second\n[######]  100%".to_owned()]);
+    }
 }
