@@ -1,13 +1,17 @@
-//! Block device discovery: which disks this PC has and how they are laid out.
+//! Block device discovery: which disks this PC has, how they are laid out
+//! and what each partition holds.
 //!
 //! Reads `ROOT/sys/block/*` for the facts and the first sectors of
 //! `ROOT/dev/NAME` for the partition table (parsed by the pure
-//! `bootvault_common::partition`). Only reads; never writes a device.
+//! `bootvault_common::partition`) and for the filesystem on each
+//! partition, or on the whole disk when it has no table (recognised by the
+//! pure `bootvault_common::fsprobe`). Only reads; never writes a device.
 
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use bootvault_common::fsprobe::{self, Filesystem};
 use bootvault_common::partition::{self, PartitionTable, TableKind};
 use bootvault_common::units::human_bytes;
 
@@ -23,6 +27,31 @@ pub struct Disk {
     pub rotational: bool,
     /// `Ok(None)`: no partition table; `Err`: could not read or parse it.
     pub table: Result<Option<PartitionTable>, String>,
+    /// One entry per partition of `table`, in the same order; empty when
+    /// there is no table.
+    pub parts: Vec<PartInfo>,
+    /// What the whole disk holds when it has no partition table (a
+    /// filesystem made on the bare disk, an LVM PV, a RAID member).
+    pub fs: Option<Filesystem>,
+}
+
+/// One partition and what it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartInfo {
+    /// Linux device name: `vda1`, `nvme0n1p2`.
+    pub name: String,
+    /// 1-based, as Linux numbers them (MBR logicals from 5).
+    pub number: u32,
+    /// Offset from the start of the disk, in bytes.
+    pub start: u64,
+    pub bytes: u64,
+    /// The partition type: `Linux filesystem`, `EFI System`, `FAT32`, ...
+    pub type_name: &'static str,
+    /// The GPT partition name (`Basic data partition`); empty for MBR.
+    pub part_label: String,
+    /// The filesystem recognised inside; `None` for none (or an unreadable
+    /// one, or the extended partition that only holds the logicals).
+    pub fs: Option<Filesystem>,
 }
 
 /// Devices that are not disks of the PC.
@@ -76,7 +105,28 @@ pub fn probe_one(root: &Path, name: &str) -> Disk {
     let physical = num("queue/physical_block_size").unwrap_or(u64::from(logical)) as u32;
     let model = read_trim(&sys.join("device/model")).unwrap_or_else(|| "-".into());
     let serial = serial(&sys).unwrap_or_else(|| "-".into());
-    let table = if bytes == 0 { Ok(None) } else { read_table(&root.join("dev").join(name), logical, bytes) };
+    let dev = root.join("dev").join(name);
+    let mut table = if bytes == 0 { Ok(None) } else { read_table(&dev, logical, bytes) };
+    let file = File::open(&dev).ok().filter(|_| bytes > 0);
+    let whole = |f: &File| probe_fs_at(f, 0, bytes);
+    let mut fs = None;
+    match (&table, &file) {
+        (Ok(None), Some(f)) => fs = whole(f),
+        // A FAT or exFAT boot sector also ends in 0x55AA, and its boot code
+        // reads as MBR entries: a stick formatted without partitions.
+        // libblkid decides the same way.
+        (Ok(Some(t)), Some(f)) if t.kind == TableKind::Mbr => {
+            if let Some(found) = whole(f).filter(|x| matches!(x.kind, "vfat" | "exfat")) {
+                table = Ok(None);
+                fs = Some(found);
+            }
+        }
+        _ => {}
+    }
+    let parts = match (&table, &file) {
+        (Ok(Some(t)), f) => part_infos(name, t, bytes, f.as_ref()),
+        _ => Vec::new(),
+    };
     Disk {
         name: name.into(),
         bytes,
@@ -87,7 +137,49 @@ pub fn probe_one(root: &Path, name: &str) -> Disk {
         removable: num("removable") == Some(1),
         rotational: num("queue/rotational") == Some(1),
         table,
+        parts,
+        fs,
     }
+}
+
+/// The partitions of `t` with the filesystem on each, read through `dev`
+/// (`None`: the device could not be opened, so no filesystems).
+fn part_infos(disk: &str, t: &PartitionTable, disk_bytes: u64, dev: Option<&File>) -> Vec<PartInfo> {
+    let ss = u64::from(t.sector_size);
+    t.partitions
+        .iter()
+        .map(|p| {
+            let start = p.start_lba.saturating_mul(ss);
+            let bytes = p.sectors.saturating_mul(ss);
+            // A partition running past the end of the disk is probed only
+            // as far as the disk goes.
+            let readable = bytes.min(disk_bytes.saturating_sub(start));
+            let fs = match dev {
+                Some(f) if p.type_name != "Extended" => probe_fs_at(f, start, readable),
+                _ => None,
+            };
+            PartInfo {
+                name: partition_name(disk, p.number),
+                number: p.number,
+                start,
+                bytes,
+                type_name: p.type_name,
+                part_label: p.name.clone(),
+                fs,
+            }
+        })
+        .collect()
+}
+
+/// The filesystem in the `bytes` bytes at `start` of an open device.
+fn probe_fs_at(dev: &File, start: u64, bytes: u64) -> Option<Filesystem> {
+    let mut read = |off: u64, len: usize| -> Result<Vec<u8>, String> {
+        let at = start.checked_add(off).ok_or("offset overflows")?;
+        let mut buf = vec![0u8; len];
+        dev.read_exact_at(&mut buf, at).map_err(|e| format!("reading at {at}: {e}"))?;
+        Ok(buf)
+    };
+    fsprobe::probe(&mut read, bytes)
 }
 
 /// Reads and parses the partition table of a device or image file.
@@ -123,7 +215,10 @@ pub fn render(disks: &[Disk]) -> String {
             d.serial
         ));
         match &d.table {
-            Ok(None) => out.push_str("  no partition table\n"),
+            Ok(None) => match &d.fs {
+                Some(fs) => out.push_str(&format!("  no partition table, whole disk: {fs}\n")),
+                None => out.push_str("  no partition table, no filesystem\n"),
+            },
             Err(e) => out.push_str(&format!("  partition table unreadable: {e}\n")),
             Ok(Some(t)) => {
                 let kind = match t.kind {
@@ -131,19 +226,24 @@ pub fn render(disks: &[Disk]) -> String {
                     TableKind::Gpt => "gpt",
                 };
                 out.push_str(&format!("  table {kind} id {} ({} partitions)\n", t.disk_id, t.partitions.len()));
-                for p in &t.partitions {
+                for (i, p) in t.partitions.iter().enumerate() {
                     let bytes = p.sectors.saturating_mul(u64::from(t.sector_size));
                     let part = partition_name(&d.name, p.number);
-                    out.push_str(&format!(
-                        "  {:<10} start {:>10} {:>10} {:>14}  {:<22} {}{}\n",
+                    let fs =
+                        d.parts.get(i).and_then(|x| x.fs.as_ref()).map_or_else(|| "-".to_owned(), |f| f.to_string());
+                    let line = format!(
+                        "  {:<10} start {:>10} {:>10} {:>14}  {:<22} {:<24} {}{}",
                         part,
                         p.start_lba,
                         human_bytes(bytes),
                         bytes,
                         p.type_name,
+                        fs,
                         if p.name.is_empty() { String::new() } else { format!("{:?} ", p.name) },
                         if p.bootable { "boot" } else { "" }
-                    ));
+                    );
+                    out.push_str(line.trim_end());
+                    out.push('\n');
                 }
                 for w in &t.warnings {
                     out.push_str(&format!("  warning: {w}\n"));
@@ -152,6 +252,57 @@ pub fn render(disks: &[Disk]) -> String {
         }
     }
     out
+}
+
+/// What a disk holds, one short line per partition, for a person choosing
+/// which disk to back up or overwrite:
+///
+/// ```text
+/// vda1  100.0 MiB  ext4  "root"
+/// vda2  50.0 MiB  vfat  "EFI"
+/// vda3  16.0 MiB  no filesystem (Microsoft reserved)
+/// ```
+///
+/// or a single line for a disk without partitions (`no partition table,
+/// ext4 "data"`, `empty (no partition table, no filesystem)`).
+pub fn contents(d: &Disk) -> Vec<String> {
+    let fs_text = |fs: &Filesystem| {
+        if fs.label.is_empty() {
+            fs.kind.to_owned()
+        } else {
+            format!("{}  {:?}", fs.kind, fs.label)
+        }
+    };
+    if d.bytes == 0 {
+        return vec!["no medium (0 bytes)".into()];
+    }
+    match &d.table {
+        Err(e) => vec![format!("partition table unreadable: {e}")],
+        Ok(None) => vec![match &d.fs {
+            Some(fs) if fs.label.is_empty() => format!("no partition table, {}", fs.kind),
+            Some(fs) => format!("no partition table, {} {:?}", fs.kind, fs.label),
+            None => "empty (no partition table, no filesystem)".into(),
+        }],
+        Ok(Some(t)) if d.parts.is_empty() => {
+            let kind = match t.kind {
+                TableKind::Mbr => "MBR",
+                TableKind::Gpt => "GPT",
+            };
+            vec![format!("empty {kind} partition table (no partitions)")]
+        }
+        Ok(Some(_)) => d
+            .parts
+            .iter()
+            .map(|p| {
+                let what = match &p.fs {
+                    Some(fs) => fs_text(fs),
+                    None if p.type_name == "Extended" => "extended partition (holds the logical ones)".into(),
+                    None => format!("no filesystem ({})", p.type_name),
+                };
+                format!("{}  {}  {}", p.name, human_bytes(p.bytes), what)
+            })
+            .collect(),
+    }
 }
 
 /// The disk a backup or restore works on: `auto` is the first
@@ -208,38 +359,158 @@ mod tests {
             ],
         );
         disk(root, "loop0", &[("size", "100")]);
-        disk(root, "vda", &[("size", "8"), ("serial", "bv-1"), ("queue/rotational", "0")]);
+        disk(root, "vda", &[("size", "8192"), ("serial", "bv-1"), ("queue/rotational", "0")]);
         // An ATA disk: the serial is in VPD page 0x80.
         disk(root, "sdb", &[("size", "8"), ("device/wwid", "t10.ATA     QEMU HARDDISK    X")]);
         fs::write(root.join("sys/block/sdb/device/vpd_pg80"), b"\x00\x80\x00\x0cBVMBR0002   ").expect("write");
-        // vda's device node: an MBR with one partition.
+        // vda's device node: an MBR with ext4, FAT, an empty partition and
+        // an extended one holding a swap area.
         fs::create_dir_all(root.join("dev")).expect("mkdir");
-        let mut img = vec![0u8; 4096];
-        img[446 + 4] = 0x83;
-        img[446 + 8..446 + 12].copy_from_slice(&1u32.to_le_bytes());
-        img[446 + 12..446 + 16].copy_from_slice(&7u32.to_le_bytes());
-        img[510] = 0x55;
-        img[511] = 0xAA;
-        fs::write(root.join("dev/vda"), &img).expect("write");
+        let vda = root.join("dev/vda");
+        fs::File::create(&vda).and_then(|f| f.set_len(8192 * 512)).expect("image");
+        let mut mbr = vec![0u8; 512];
+        mbr_entry(&mut mbr, 0, 0x83, 2048, 2048);
+        mbr_entry(&mut mbr, 1, 0xef, 4096, 2048);
+        mbr[446 + 16] = 0x80;
+        mbr_entry(&mut mbr, 2, 0x83, 6144, 1024);
+        mbr_entry(&mut mbr, 3, 0x05, 7168, 1024);
+        write_at(&vda, 0, &mbr);
+        let mut ebr = vec![0u8; 512];
+        mbr_entry(&mut ebr, 0, 0x82, 1, 1023);
+        write_at(&vda, 7168 * 512, &ebr);
+        write_at(&vda, 2048 * 512, &ext4_sb("root"));
+        write_at(&vda, 4096 * 512, &fat12(2048, b"EFI        "));
+        write_at(&vda, 7169 * 512, &swap_header("swp"));
+        // vdb: ext4 on the bare disk; vdc: nothing at all; vdd: a stick
+        // formatted without partitions, its boot code looking like MBR
+        // entries.
+        disk(root, "vdb", &[("size", "2048")]);
+        fs::write(root.join("dev/vdb"), [ext4_sb("data"), vec![0u8; 1024 * 512 - 4096]].concat()).expect("write");
+        disk(root, "vdc", &[("size", "2048")]);
+        fs::write(root.join("dev/vdc"), vec![0u8; 2048 * 512]).expect("write");
+        disk(root, "vdd", &[("size", "2048"), ("removable", "1")]);
+        let mut stick = fat12(2048, b"STICK      ");
+        stick[446..510].fill(0x41);
+        fs::write(root.join("dev/vdd"), stick).expect("write");
 
         let disks = probe(root);
         let names: Vec<&str> = disks.iter().map(|d| d.name.as_str()).collect();
-        assert_eq!(names, vec!["sda", "sdb", "vda"]);
+        assert_eq!(names, vec!["sda", "sdb", "vda", "vdb", "vdc", "vdd"]);
         let sda = &disks[0];
         assert_eq!((sda.bytes, sda.logical, sda.physical), (1_048_576, 512, 4096));
         assert_eq!((sda.model.as_str(), sda.serial.as_str()), ("QEMU HARDDISK", "SN123"));
         assert!(sda.rotational && !sda.removable);
         // No device node: an error naming the path, not a panic.
         assert!(sda.table.as_ref().unwrap_err().contains("dev/sda"));
+        assert!(sda.parts.is_empty() && sda.fs.is_none());
         assert_eq!(disks[1].serial, "BVMBR0002");
         let vda = &disks[2];
         assert_eq!(vda.serial, "bv-1");
         let t = vda.table.as_ref().expect("read").as_ref().expect("table");
-        assert_eq!(t.partitions.len(), 1);
-        assert_eq!((t.partitions[0].start_lba, t.partitions[0].sectors), (1, 7));
+        assert_eq!(t.partitions.len(), 5);
+        assert_eq!((t.partitions[0].start_lba, t.partitions[0].sectors), (2048, 2048));
+        assert_eq!(vda.parts.len(), 5);
+        let root_fs =
+            Filesystem { kind: "ext4", label: "root".into(), uuid: "5eed5eed-0000-4000-8000-000000000001".into() };
+        assert_eq!(
+            vda.parts[0],
+            PartInfo {
+                name: "vda1".into(),
+                number: 1,
+                start: 1 << 20,
+                bytes: 1 << 20,
+                type_name: "Linux",
+                part_label: String::new(),
+                fs: Some(root_fs)
+            }
+        );
+        assert_eq!(vda.parts[1].fs.as_ref().map(|f| (f.kind, f.uuid.as_str())), Some(("vfat", "1234-ABCD")));
+        assert_eq!(vda.fs, None, "a partitioned disk has no whole-disk filesystem");
+        assert_eq!(
+            contents(vda),
+            [
+                r#"vda1  1.0 MiB  ext4  "root""#,
+                r#"vda2  1.0 MiB  vfat  "EFI""#,
+                "vda3  512.0 KiB  no filesystem (Linux)",
+                "vda4  512.0 KiB  extended partition (holds the logical ones)",
+                r#"vda5  511.5 KiB  swap  "swp""#,
+            ]
+        );
+        assert_eq!(contents(&disks[3]), [r#"no partition table, ext4 "data""#]);
+        assert_eq!(contents(&disks[4]), ["empty (no partition table, no filesystem)"]);
+        let vdd = &disks[5];
+        assert!(matches!(vdd.table, Ok(None)), "a FAT boot sector is not an MBR: {:?}", vdd.table);
+        assert_eq!(contents(vdd), [r#"no partition table, vfat "STICK""#]);
+        assert!(contents(sda)[0].starts_with("partition table unreadable: opening"), "{:?}", contents(sda));
         let text = render(&disks);
         assert!(text.contains("vda1"), "{text}");
         assert!(text.contains("1048576"), "{text}");
+        let line = |name: &str| text.lines().find(|l| l.trim_start().starts_with(name)).unwrap_or_default().to_owned();
+        assert!(line("vda1 ").contains(r#"ext4 "root""#), "{text}");
+        assert!(line("vda2 ").contains(r#"vfat "EFI""#) && line("vda2 ").ends_with("boot"), "{text}");
+        assert!(text.contains(r#"no partition table, whole disk: ext4 "data""#), "{text}");
+    }
+
+    fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
+        let f = fs::OpenOptions::new().write(true).open(path).expect("open");
+        f.write_all_at(bytes, offset).expect("write");
+    }
+
+    fn mbr_entry(sector: &mut [u8], i: usize, kind: u8, start: u32, sectors: u32) {
+        let e = &mut sector[446 + 16 * i..446 + 16 * (i + 1)];
+        e[4] = kind;
+        e[8..12].copy_from_slice(&start.to_le_bytes());
+        e[12..16].copy_from_slice(&sectors.to_le_bytes());
+        sector[510] = 0x55;
+        sector[511] = 0xAA;
+    }
+
+    /// The first 4 KiB of an ext4 filesystem: a journal and extents.
+    fn ext4_sb(label: &str) -> Vec<u8> {
+        let mut b = vec![0u8; 4096];
+        let sb = &mut b[1024..2048];
+        sb[0x38..0x3a].copy_from_slice(&0xef53u16.to_le_bytes());
+        sb[0x5c..0x60].copy_from_slice(&0x4u32.to_le_bytes());
+        sb[0x60..0x64].copy_from_slice(&0x42u32.to_le_bytes());
+        sb[0x68..0x78].copy_from_slice(&[0x5e, 0xed, 0x5e, 0xed, 0, 0, 0x40, 0, 0x80, 0, 0, 0, 0, 0, 0, 1]);
+        sb[0x78..0x78 + label.len()].copy_from_slice(label.as_bytes());
+        b
+    }
+
+    /// A FAT12 filesystem of `sectors` sectors, labelled in the boot
+    /// sector and in the root directory.
+    fn fat12(sectors: u16, label: &[u8; 11]) -> Vec<u8> {
+        let mut b = vec![0u8; usize::from(sectors) * 512];
+        b[0..11].copy_from_slice(b"\xeb\x3c\x90mkfs.fat");
+        b[0x0b..0x0d].copy_from_slice(&512u16.to_le_bytes());
+        b[0x0d] = 4; // sectors per cluster
+        b[0x0e..0x10].copy_from_slice(&1u16.to_le_bytes()); // reserved
+        b[0x10] = 2; // FATs
+        b[0x11..0x13].copy_from_slice(&512u16.to_le_bytes()); // root entries
+        b[0x13..0x15].copy_from_slice(&sectors.to_le_bytes());
+        b[0x15] = 0xf8;
+        b[0x16..0x18].copy_from_slice(&2u16.to_le_bytes()); // sectors per FAT
+        b[0x26] = 0x29;
+        b[0x27..0x2b].copy_from_slice(&0x1234_abcdu32.to_le_bytes());
+        b[0x2b..0x36].copy_from_slice(label);
+        b[0x36..0x3e].copy_from_slice(b"FAT12   ");
+        b[510] = 0x55;
+        b[511] = 0xAA;
+        let root_dir = (1 + 2 * 2) * 512;
+        b[root_dir..root_dir + 11].copy_from_slice(label);
+        b[root_dir + 11] = 0x08;
+        b
+    }
+
+    /// The first page of a Linux swap area, version 1.
+    fn swap_header(label: &str) -> Vec<u8> {
+        let mut b = vec![0u8; 4096];
+        b[1024..1028].copy_from_slice(&1u32.to_le_bytes());
+        b[1028..1032].copy_from_slice(&100u32.to_le_bytes());
+        b[1036..1052].copy_from_slice(&[0x11; 16]);
+        b[1052..1052 + label.len()].copy_from_slice(label.as_bytes());
+        b[4086..4096].copy_from_slice(b"SWAPSPACE2");
+        b
     }
 
     #[test]
@@ -254,6 +525,8 @@ mod tests {
             removable,
             rotational: false,
             table: Ok(None),
+            parts: Vec::new(),
+            fs: None,
         };
         let disks =
             vec![d("sda", 1 << 30, true), d("sdb", 0, false), d("sdc", 1 << 30, false), d("vda", 1 << 20, false)];
