@@ -17,6 +17,8 @@ use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod vga;
+
 pub type Result<T> = std::result::Result<T, String>;
 
 /// The workspace root (this crate lives in `qemu-tests/`).
@@ -300,6 +302,8 @@ pub struct Guest {
     /// Boot from this medium, not from `boot`'s files.
     pub medium: Option<Medium>,
     pub firmware: Firmware,
+    /// A VGA card and an HMP monitor on this unix socket (see [`vga`]).
+    pub vga_monitor: Option<PathBuf>,
 }
 
 impl Guest {
@@ -314,6 +318,7 @@ impl Guest {
             cmdline_extra: String::new(),
             medium: None,
             firmware: Firmware::Bios,
+            vga_monitor: None,
         }
     }
 
@@ -358,6 +363,15 @@ impl Guest {
         self
     }
 
+    /// A VGA text console as the init's console: `-vga std` (the display
+    /// stays `none`), QEMU's human monitor listening on `monitor_socket`
+    /// for [`vga::Monitor`], and [`vga::VGA_CMDLINE`] on the kernel
+    /// command line. Kernel messages still reach the serial log.
+    pub fn vga(mut self, monitor_socket: &Path) -> Guest {
+        self.vga_monitor = Some(monitor_socket.to_owned());
+        self
+    }
+
     pub fn append(mut self, extra: &str) -> Guest {
         self.cmdline_extra = extra.to_owned();
         self
@@ -372,6 +386,9 @@ impl Guest {
             c.args(["-accel", "tcg"]);
         }
         c.args(["-m", &self.memory_mib.to_string(), "-smp", "2"]);
+        if let Some(socket) = &self.vga_monitor {
+            c.args(["-vga", "std", "-monitor", &format!("unix:{},server=on,wait=off", socket.display())]);
+        }
         if let Firmware::Uefi { vars } = &self.firmware {
             fs::copy(OVMF_VARS, vars).map_err(|e| {
                 format!("copying {OVMF_VARS} to {}: {e} (Debian package ovmf; make deps installs it)", vars.display())
@@ -383,13 +400,19 @@ impl Guest {
             None => {
                 let cmdline = fs::read_to_string(self.boot.join("cmdline"))
                     .map_err(|e| format!("reading {}/cmdline: {e}", self.boot.display()))?;
-                let cmdline = format!("{} {}", cmdline.trim(), self.cmdline_extra).trim().to_owned();
+                let mut cmdline = format!("{} {}", cmdline.trim(), self.cmdline_extra).trim().to_owned();
+                if self.vga_monitor.is_some() {
+                    cmdline = format!("{cmdline} {}", vga::VGA_CMDLINE);
+                }
                 c.arg("-kernel").arg(self.boot.join("vmlinuz"));
                 c.arg("-initrd").arg(self.boot.join("initrd.img"));
                 c.args(["-append", &cmdline]);
             }
             Some(_) if !self.cmdline_extra.is_empty() => {
                 return Err("a guest booting from a medium takes its command line from the medium, not append()".into())
+            }
+            Some(_) if self.vga_monitor.is_some() => {
+                return Err("vga() sets the kernel command line; a guest booting from a medium has the medium's".into())
             }
             // bootindex=0: the firmware tries the medium first.
             Some(Medium::Cdrom(iso)) => {
