@@ -6,6 +6,11 @@
 //! and backup event (`unix-time event key=value ...`), which tests and
 //! admins read. The server binds exactly the address it is given (tests
 //! use 127.0.0.1:0 and read the chosen port from the first line printed).
+//!
+//! Password-protected backups: a PC reads a locked backup's manifest and
+//! chunks only with a ticket from `POST backups/ID/unlock` (or one handed
+//! out with a restore job the admin unlocked); the admin token needs none,
+//! since the admin owns the store the images sit in.
 
 // Handlers return `Result<_, Response>`: the error is the HTTP answer itself,
 // built once where the failure is understood; its size does not matter here.
@@ -126,6 +131,8 @@ fn router(app: Shared) -> Router {
         .route("/api/v1/backups/{id}/finish", post(finish))
         .route("/api/v1/backups/{id}/fail", post(fail))
         .route("/api/v1/backups/{id}/manifest", get(manifest))
+        .route("/api/v1/backups/{id}/challenge", get(challenge))
+        .route("/api/v1/backups/{id}/unlock", post(unlock))
         .route("/api/v1/backups/{id}/export", get(export))
         .route("/api/v1/import", post(import))
         .route("/api/v1/chunks/{hex}", put(put_chunk).get(get_chunk))
@@ -271,6 +278,68 @@ fn in_manifest(app: &App, id: i64, cid: &ChunkId) -> Result<bool, Response> {
     Ok(ids.contains(cid))
 }
 
+/// The one-line refusal of a locked backup without a ticket; the PC's
+/// console shows it as is.
+fn locked_reason(id: i64) -> String {
+    format!(
+        "backup {id} is protected by a password; restore it at the PC's console, or through a server job made with \
+         --password-file"
+    )
+}
+
+/// The unlock ticket a request carries, if any.
+fn ticket_of(headers: &HeaderMap) -> Option<String> {
+    headers.get(wire::UNLOCK_HEADER).and_then(|v| v.to_str().ok()).map(|t| t.trim().to_owned())
+}
+
+/// A PC reads a locked backup only with a valid ticket for it; `423
+/// Locked` otherwise. The admin needs none.
+fn unlocked_for(app: &App, who: &Who, row: &vault::BackupRow, ticket: Option<&str>) -> Result<(), Response> {
+    let Who::Pc(p) = who else { return Ok(()) };
+    if !row.locked || ticket.is_some_and(|t| app.vault.ticket_ok(p, row.id, t, vault::now())) {
+        return Ok(());
+    }
+    app.event(&format!(
+        "access-refused pc={p} backup={} reason={}",
+        row.id,
+        if ticket.is_some() { "\"unknown or expired unlock ticket\"" } else { "\"locked, no unlock ticket\"" }
+    ));
+    Err(text(StatusCode::LOCKED, locked_reason(row.id)))
+}
+
+fn unlock_status(kind: vault::UnlockRefused) -> StatusCode {
+    match kind {
+        vault::UnlockRefused::Wrong => StatusCode::FORBIDDEN,
+        vault::UnlockRefused::Wait => StatusCode::TOO_MANY_REQUESTS,
+        vault::UnlockRefused::NoChallenge | vault::UnlockRefused::NotLocked => StatusCode::CONFLICT,
+        vault::UnlockRefused::NoBackup => StatusCode::NOT_FOUND,
+        vault::UnlockRefused::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// Parses `nonce=HEX` and `proof=HEX` (64 hex digits each).
+fn nonce_and_proof(nonce: &str, proof: &str) -> Result<([u8; 32], [u8; 32]), Response> {
+    let mut n = [0u8; 32];
+    let mut p = [0u8; 32];
+    wire::hex_into(nonce, &mut n).map_err(|e| text(StatusCode::BAD_REQUEST, format!("nonce: {e}")))?;
+    wire::hex_into(proof, &mut p).map_err(|e| text(StatusCode::BAD_REQUEST, format!("proof: {e}")))?;
+    Ok((n, p))
+}
+
+/// Checks an unlock proof for `pc`, logging `unlock-ok` or `unlock-refused`.
+fn check_unlock(app: &App, pc: &str, id: i64, nonce: &[u8; 32], proof: &[u8; 32], by: &str) -> Result<(), Response> {
+    match app.vault.verify_unlock(pc, id, nonce, proof, vault::now()) {
+        Ok(()) => {
+            app.event(&format!("unlock-ok pc={pc} backup={id} by={by}"));
+            Ok(())
+        }
+        Err(e) => {
+            app.event(&format!("unlock-refused pc={pc} backup={id} by={by} reason={:?}", e.message));
+            Err(text(unlock_status(e.kind), e.message))
+        }
+    }
+}
+
 fn text(status: StatusCode, body: impl Into<String>) -> Response {
     let mut b = body.into();
     if !b.ends_with('\n') {
@@ -327,7 +396,14 @@ async fn open_backup(
     State(app): State<Shared>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
+    body: Bytes,
 ) -> Response {
+    // The body: optional `key=value` lines; `lock=TEXT` locks the backup.
+    let lock_text = String::from_utf8_lossy(&body)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .find(|(k, _)| k.trim() == "lock")
+        .map(|(_, v)| v.trim().to_owned());
     body_or(
         async {
             let who = auth(&app, &headers).await?;
@@ -341,12 +417,22 @@ async fn open_backup(
             let num = |k: &str| q(&query, k).and_then(|v| v.parse::<u64>().ok());
             let disk_bytes = num("disk_bytes").ok_or_else(|| text(StatusCode::BAD_REQUEST, "disk_bytes missing"))?;
             let chunk_size = num("chunk_size").unwrap_or(u64::from(image::DEFAULT_CHUNK_SIZE)) as u32;
+            let lock = match lock_text.as_deref() {
+                None => None,
+                Some(t) => Some(
+                    vault::BackupLock::from_text(t)
+                        .map_err(|e| text(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")))?,
+                ),
+            };
             blocking(&app, move |app| {
                 let id = app
                     .vault
-                    .create_backup(&pc, &name, disk_bytes, chunk_size)
+                    .create_backup_locked(&pc, &name, disk_bytes, chunk_size, lock.as_ref())
                     .map_err(|e| text(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
-                app.event(&format!("backup-open id={id} pc={pc} name={name:?} disk_bytes={disk_bytes}"));
+                app.event(&format!(
+                    "backup-open id={id} pc={pc} name={name:?} disk_bytes={disk_bytes}{}",
+                    if lock.is_some() { " locked=yes" } else { "" }
+                ));
                 Ok(text(StatusCode::CREATED, format!("id={id}")))
             })
             .await
@@ -508,8 +594,31 @@ async fn latest(
     )
 }
 
+/// `?format=lines`: one line per backup, newest first, tab-separated
+/// `key=value` fields the init parses without JSON.
+fn backup_lines(rows: &[vault::BackupRow]) -> String {
+    let clean = |s: &str| s.replace(['\t', '\n', '\r'], " ");
+    rows.iter()
+        .rev()
+        .map(|b| {
+            format!(
+                "id={}\tpc={}\tname={}\tcreated={}\tdisk_bytes={}\tstored_bytes={}\tlocked={}\tmodel={}\n",
+                b.id,
+                clean(&b.pc),
+                clean(&b.name),
+                b.created,
+                b.disk_bytes,
+                b.blob_bytes,
+                if b.locked { "yes" } else { "no" },
+                clean(&b.model)
+            )
+        })
+        .collect()
+}
+
 /// Admin: every backup (`?pc=`, `?all=1`); a PC: the complete backups it
-/// may restore (its own and those granted to it).
+/// may restore (its own and those granted to it). JSON, or with
+/// `?format=lines` the init's form.
 async fn list_backups(
     State(app): State<Shared>,
     headers: HeaderMap,
@@ -517,6 +626,7 @@ async fn list_backups(
 ) -> Response {
     let pc = q(&query, "pc").map(str::to_owned);
     let all = q(&query, "all").is_some_and(|v| v == "1" || v == "yes");
+    let lines = q(&query, "format") == Some("lines");
     body_or(
         async {
             let who = auth(&app, &headers).await?;
@@ -525,6 +635,9 @@ async fn list_backups(
                     Who::Admin => app.vault.list_backups(pc.as_deref(), all).map_err(internal)?,
                     Who::Pc(p) => app.vault.visible_backups(p).map_err(internal)?,
                 };
+                if lines {
+                    return Ok((StatusCode::OK, backup_lines(&rows)).into_response());
+                }
                 Ok(Json(rows).into_response())
             })
             .await
@@ -561,12 +674,99 @@ async fn delete_backup(State(app): State<Shared>, headers: HeaderMap, Path(id): 
     )
 }
 
-async fn manifest(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<i64>) -> Response {
+/// The PC (or, for the admin, `?pc=`, default the owner) an unlock is for.
+fn unlock_pc(who: &Who, row: &vault::BackupRow, query: &HashMap<String, String>) -> String {
+    match who {
+        Who::Pc(p) => p.clone(),
+        Who::Admin => q(query, "pc").unwrap_or(&row.pc).to_owned(),
+    }
+}
+
+/// `locked=no`, or the lock's parameters, salt and a fresh one-time nonce.
+async fn challenge(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
     body_or(
         async {
             let who = auth(&app, &headers).await?;
             blocking(&app, move |app| {
                 let row = readable(app, &who, id)?;
+                let pc = unlock_pc(&who, &row, &query);
+                match app.vault.challenge(&pc, id, vault::now()) {
+                    Ok(None) => Ok(text(StatusCode::OK, "locked=no")),
+                    Ok(Some(c)) => Ok(text(
+                        StatusCode::OK,
+                        format!(
+                            "locked=yes\nkdf=argon2id\nm={}\nt={}\np={}\nsalt={}\nnonce={}\n",
+                            c.params.m_kib,
+                            c.params.t_cost,
+                            c.params.p,
+                            wire::to_hex(&c.salt),
+                            wire::to_hex(&c.nonce)
+                        ),
+                    )),
+                    Err(e) => {
+                        if e.kind == vault::UnlockRefused::Wait {
+                            app.event(&format!(
+                                "unlock-refused pc={pc} backup={id} by={} reason={:?}",
+                                who.name(),
+                                e.message
+                            ));
+                        }
+                        Err(text(unlock_status(e.kind), e.message))
+                    }
+                }
+            })
+            .await
+        }
+        .await,
+    )
+}
+
+/// Body `nonce=HEX\nproof=HEX` → `ticket=HEX\nexpires=UNIX` (the PC
+/// sends it as `x-bootvault-unlock`); 403 wrong password, 429 wait.
+async fn unlock(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Query(query): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    let kv: HashMap<String, String> = String::from_utf8_lossy(&body)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    body_or(
+        async {
+            let who = auth(&app, &headers).await?;
+            let get = |k: &str| kv.get(k).map(String::as_str).unwrap_or("");
+            let (nonce, proof) = nonce_and_proof(get("nonce"), get("proof"))?;
+            blocking(&app, move |app| {
+                let row = readable(app, &who, id)?;
+                let pc = unlock_pc(&who, &row, &query);
+                check_unlock(app, &pc, id, &nonce, &proof, who.name())?;
+                let now = vault::now();
+                let ticket = app.vault.issue_ticket(&pc, id, now).map_err(internal)?;
+                Ok(text(StatusCode::OK, format!("ticket={ticket}\nexpires={}", now + vault::TICKET_SECONDS)))
+            })
+            .await
+        }
+        .await,
+    )
+}
+
+async fn manifest(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<i64>) -> Response {
+    let ticket = ticket_of(&headers);
+    body_or(
+        async {
+            let who = auth(&app, &headers).await?;
+            blocking(&app, move |app| {
+                let row = readable(app, &who, id)?;
+                unlocked_for(app, &who, &row, ticket.as_deref())?;
                 let m = app.vault.manifest(id).map_err(|e| text(StatusCode::NOT_FOUND, e.to_string()))?;
                 if row.pc != who.name() {
                     app.event(&format!("restore-granted pc={} backup={id} owner={}", who.name(), row.pc));
@@ -591,13 +791,15 @@ async fn get_chunk(
         return text(StatusCode::BAD_REQUEST, format!("bad chunk id {hex:?}"));
     };
     let backup: Option<i64> = q(&query, "backup").and_then(|v| v.parse().ok());
+    let ticket = ticket_of(&headers);
     body_or(
         async {
             let who = auth(&app, &headers).await?;
             blocking(&app, move |app| {
                 if let Who::Pc(_) = who {
                     let b = backup.ok_or_else(|| text(StatusCode::BAD_REQUEST, "backup=ID missing"))?;
-                    readable(app, &who, b)?;
+                    let row = readable(app, &who, b)?;
+                    unlocked_for(app, &who, &row, ticket.as_deref())?;
                     if !in_manifest(app, b, &cid)? {
                         return Err(text(StatusCode::FORBIDDEN, format!("chunk {hex} is not part of backup {b}")));
                     }
@@ -705,21 +907,48 @@ struct NewJob {
     name: Option<String>,
     #[serde(default)]
     backup: Option<i64>,
+    /// Backup job: the lock text (`bootvault job add ... --password-file`).
+    #[serde(default)]
+    lock: Option<String>,
+    /// Restore job of a locked backup: the answer to `GET
+    /// backups/ID/challenge?pc=PC` (hex), checked as PC's unlock.
+    #[serde(default)]
+    nonce: Option<String>,
+    #[serde(default)]
+    proof: Option<String>,
 }
 
 async fn add_job(State(app): State<Shared>, headers: HeaderMap, Json(j): Json<NewJob>) -> Response {
     body_or(
         async {
             admin_only(&auth(&app, &headers).await?)?;
+            let lock = match j.lock.as_deref() {
+                None => None,
+                Some(t) => Some(
+                    vault::BackupLock::from_text(t)
+                        .map_err(|e| text(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")))?,
+                ),
+            };
+            let proven = match (&j.nonce, &j.proof) {
+                (Some(n), Some(p)) => Some(nonce_and_proof(n, p)?),
+                (None, None) => None,
+                _ => return Err(text(StatusCode::BAD_REQUEST, "nonce and proof go together")),
+            };
             blocking(&app, move |app| {
+                if let Some((nonce, proof)) = &proven {
+                    let b = j.backup.ok_or_else(|| text(StatusCode::BAD_REQUEST, "a proof needs the backup id"))?;
+                    check_unlock(app, &j.pc, b, nonce, proof, "admin")?;
+                }
                 let id = app
                     .vault
-                    .add_job(
+                    .add_job_with(
                         &j.pc,
                         &j.action,
                         j.disk.as_deref().unwrap_or("auto"),
                         j.name.as_deref().unwrap_or(""),
                         j.backup,
+                        lock.as_ref(),
+                        proven.is_some(),
                     )
                     .map_err(|e| text(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
                 Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response())
@@ -757,6 +986,13 @@ async fn next_job(State(app): State<Shared>, headers: HeaderMap) -> Response {
                     let mut body = format!("job={}\naction={}\ndisk={}\nname={}\n", j.id, j.action, j.disk, j.name);
                     if let Some(b) = j.backup {
                         body.push_str(&format!("backup={b}\n"));
+                    }
+                    if let Some(lock) = &j.lock {
+                        body.push_str(&format!("lock={lock}\n"));
+                    }
+                    if let (true, Some(b)) = (j.unlocked, j.backup) {
+                        let ticket = app.vault.issue_ticket(&pc, b, vault::now()).map_err(internal)?;
+                        body.push_str(&format!("ticket={ticket}\n"));
                     }
                     Ok(text(StatusCode::OK, body))
                 }

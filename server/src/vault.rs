@@ -12,7 +12,15 @@
 //! name; a backup is `complete` only after every chunk its manifest names
 //! is in the store and the manifest itself is fsync'ed and renamed into
 //! place. Both the HTTP API and the admin CLI go through this type.
+//!
+//! Restore passwords: a locked backup's row holds the Argon2id parameters,
+//! salt and key (never the password). Unlocking is challenge–response:
+//! one-time nonces and the tickets they earn live in this process's memory
+//! (a restart drops them; PCs ask again), wrong-password counts live in the
+//! database (a restart does not reset them). Time is a parameter (`now`),
+//! so the waits are tested without sleeping.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -22,6 +30,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use bootvault_common::image::{self, ChunkId, ImageReader, ImageWriter, Manifest, Record};
+use bootvault_common::wire::{self, LockParams, LOCK_SALT_BYTES};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
@@ -66,6 +75,10 @@ pub struct BackupRow {
     pub received_chunks: u64,
     pub digest: String,
     pub reason: String,
+    /// Restoring it needs its password (the lock itself is never listed).
+    pub locked: bool,
+    /// The disk's model, from the manifest ('' if the PC did not know it).
+    pub model: String,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -80,6 +93,13 @@ pub struct JobRow {
     pub created: i64,
     pub started: Option<i64>,
     pub finished: Option<i64>,
+    /// A backup job's lock text, sent to the PC with the job (and then
+    /// dropped from the job); never listed.
+    #[serde(skip)]
+    pub lock: Option<String>,
+    /// A restore job of a locked backup whose password the admin gave:
+    /// the PC gets a ticket with the job.
+    pub unlocked: bool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -118,10 +138,132 @@ pub struct Vault {
     dir: PathBuf,
     db: Mutex<Connection>,
     tmp_seq: AtomicU64,
+    unlocks: Mutex<Unlocks>,
+}
+
+/// Open challenges and tickets (in memory, see the module doc).
+#[derive(Default)]
+struct Unlocks {
+    /// (pc, backup) → (nonce, expires): one open challenge each, single use.
+    challenges: HashMap<(String, i64), ([u8; 32], i64)>,
+    /// ticket → (pc, backup, expires).
+    tickets: HashMap<String, (String, i64, i64)>,
+}
+
+/// Wrong passwords allowed per (PC, backup) before each try must wait.
+pub const UNLOCK_FREE_TRIES: i64 = 5;
+/// The first wait, doubled with each further wrong password...
+pub const UNLOCK_FIRST_WAIT: i64 = 30;
+/// ...up to this.
+pub const UNLOCK_MAX_WAIT: i64 = 3600;
+/// How long a challenge's nonce may be answered (deriving the key takes
+/// a second or two on an old PC).
+pub const CHALLENGE_SECONDS: i64 = 300;
+/// How long an unlock ticket lets a PC read the backup.
+pub const TICKET_SECONDS: i64 = 24 * 3600;
+
+/// Seconds a try must wait after the last of `failures` wrong passwords.
+pub fn unlock_wait(failures: i64) -> i64 {
+    if failures < UNLOCK_FREE_TRIES {
+        return 0;
+    }
+    let doublings = (failures - UNLOCK_FREE_TRIES).min(20) as u32;
+    (UNLOCK_FIRST_WAIT << doublings).min(UNLOCK_MAX_WAIT)
+}
+
+/// A locked backup's Argon2id parameters, salt and key (the key is what
+/// the PC derived from the password; the password is never sent).
+#[derive(Clone, PartialEq, Eq)]
+pub struct BackupLock {
+    pub params: LockParams,
+    pub salt: [u8; LOCK_SALT_BYTES],
+    pub key: [u8; 32],
+}
+
+impl std::fmt::Debug for BackupLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackupLock").field("params", &self.params).field("salt", &wire::to_hex(&self.salt)).finish()
+    }
+}
+
+impl BackupLock {
+    /// Parses and checks the lock text (`wire::lock_text`).
+    pub fn from_text(text: &str) -> Result<BackupLock> {
+        let mut key = [0u8; 32];
+        let (params, salt) = wire::parse_lock_text(text.trim(), &mut key).map_err(|e| anyhow!("{e}"))?;
+        Ok(BackupLock { params, salt, key })
+    }
+
+    pub fn to_text(&self) -> String {
+        wire::lock_text(&self.params, &self.salt, &self.key)
+    }
+}
+
+/// What a PC must answer to unlock a backup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    pub params: LockParams,
+    pub salt: [u8; LOCK_SALT_BYTES],
+    pub nonce: [u8; 32],
+}
+
+/// Why an unlock (or a challenge) was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnlockRefused {
+    /// The proof does not match: a wrong password (HTTP 403).
+    Wrong,
+    /// Too many wrong passwords; the proof was not even checked (429).
+    Wait,
+    /// No open challenge: never asked, used, or expired (409).
+    NoChallenge,
+    /// The backup has no password (409).
+    NotLocked,
+    /// No such backup (404).
+    NoBackup,
+    /// The database failed (500).
+    Internal,
+}
+
+/// A refusal and its one-line reason, which the PC's console shows as is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnlockError {
+    pub kind: UnlockRefused,
+    pub message: String,
+}
+
+impl std::fmt::Display for UnlockError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for UnlockError {}
+
+fn internal_unlock(e: impl std::fmt::Display) -> UnlockError {
+    UnlockError { kind: UnlockRefused::Internal, message: e.to_string() }
 }
 
 const BACKUP_COLS: &str = "id, pc, name, state, created, finished, disk_bytes, chunk_size, chunks, zero_chunks, \
-    blob_bytes, received_bytes, received_chunks, digest, reason";
+    blob_bytes, received_bytes, received_chunks, digest, reason, lock_key IS NOT NULL, model";
+
+const JOB_COLS: &str = "id, pc, action, disk, name, backup, state, created, started, finished, lock, unlocked";
+
+fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
+    Ok(JobRow {
+        id: r.get(0)?,
+        pc: r.get(1)?,
+        action: r.get(2)?,
+        disk: r.get(3)?,
+        name: r.get(4)?,
+        backup: r.get(5)?,
+        state: r.get(6)?,
+        created: r.get(7)?,
+        started: r.get(8)?,
+        finished: r.get(9)?,
+        lock: r.get(10)?,
+        unlocked: r.get(11)?,
+    })
+}
 
 fn backup_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BackupRow> {
     Ok(BackupRow {
@@ -140,6 +282,8 @@ fn backup_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BackupRow> {
         received_chunks: r.get::<_, i64>(12)? as u64,
         digest: r.get(13)?,
         reason: r.get(14)?,
+        locked: r.get(15)?,
+        model: r.get(16)?,
     })
 }
 
@@ -177,6 +321,27 @@ fn migrate(db: &Connection) -> Result<()> {
                  last_seen INTEGER NOT NULL, addr TEXT NOT NULL DEFAULT '', count INTEGER NOT NULL DEFAULT 1);
              CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
              UPDATE meta SET value = '3' WHERE key = 'schema_version';
+             COMMIT;",
+        )?;
+    }
+    if version < 4 {
+        // Restore passwords: the lock of a backup (all NULL = none), the
+        // lock a backup job carries to its PC, restore jobs the admin
+        // unlocked, and wrong-password counts per (PC, backup). The disk
+        // model, for the PCs' backup lists.
+        db.execute_batch(
+            "BEGIN;
+             ALTER TABLE backups ADD COLUMN kdf_m INTEGER;
+             ALTER TABLE backups ADD COLUMN kdf_t INTEGER;
+             ALTER TABLE backups ADD COLUMN kdf_p INTEGER;
+             ALTER TABLE backups ADD COLUMN salt BLOB;
+             ALTER TABLE backups ADD COLUMN lock_key BLOB;
+             ALTER TABLE backups ADD COLUMN model TEXT NOT NULL DEFAULT '';
+             ALTER TABLE jobs ADD COLUMN lock TEXT;
+             ALTER TABLE jobs ADD COLUMN unlocked INTEGER NOT NULL DEFAULT 0;
+             CREATE TABLE IF NOT EXISTS unlock_failures (pc TEXT NOT NULL, backup INTEGER NOT NULL,
+                 count INTEGER NOT NULL, last INTEGER NOT NULL, PRIMARY KEY (pc, backup));
+             UPDATE meta SET value = '4' WHERE key = 'schema_version';
              COMMIT;",
         )?;
     }
@@ -257,9 +422,19 @@ impl PcRow {
 
 /// A new secret: 32 random bytes from the kernel, as hex.
 pub fn new_token() -> Result<String> {
+    Ok(wire::to_hex(&random_32()?))
+}
+
+/// 32 random bytes from the kernel (tokens, nonces, tickets).
+fn random_32() -> Result<[u8; 32]> {
     let mut b = [0u8; 32];
-    File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).context("reading /dev/urandom for a PC token")?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+    File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).context("reading /dev/urandom")?;
+    Ok(b)
+}
+
+/// Constant-time equality of two 32-byte values.
+fn bytes_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn fsync_dir(dir: &Path) -> Result<()> {
@@ -278,7 +453,12 @@ impl Vault {
         db.pragma_update(None, "synchronous", "FULL")?;
         db.execute_batch(SCHEMA).with_context(|| format!("creating the schema in {}", path.display()))?;
         migrate(&db).with_context(|| format!("migrating the schema of {}", path.display()))?;
-        let v = Vault { dir: dir.to_owned(), db: Mutex::new(db), tmp_seq: AtomicU64::new(0) };
+        let v = Vault {
+            dir: dir.to_owned(),
+            db: Mutex::new(db),
+            tmp_seq: AtomicU64::new(0),
+            unlocks: Mutex::new(Unlocks::default()),
+        };
         v.ensure_admin_token()?;
         Ok(v)
     }
@@ -605,15 +785,189 @@ impl Vault {
     }
 
     pub fn create_backup(&self, pc: &str, name: &str, disk_bytes: u64, chunk_size: u32) -> Result<i64> {
+        self.create_backup_locked(pc, name, disk_bytes, chunk_size, None)
+    }
+
+    /// A new upload; with `lock`, restoring it will need its password.
+    pub fn create_backup_locked(
+        &self,
+        pc: &str,
+        name: &str,
+        disk_bytes: u64,
+        chunk_size: u32,
+        lock: Option<&BackupLock>,
+    ) -> Result<i64> {
         if chunk_size == 0 || chunk_size > image::MAX_CHUNK_SIZE {
             bail!("chunk size {chunk_size} out of range");
         }
+        if let Some(l) = lock {
+            l.params.check().map_err(|e| anyhow!("lock: {e}"))?;
+        }
         let db = self.db();
         db.execute(
-            "INSERT INTO backups (pc, name, state, created, disk_bytes, chunk_size) VALUES (?1, ?2, 'uploading', ?3, ?4, ?5)",
-            params![pc, name, now(), disk_bytes as i64, chunk_size],
+            "INSERT INTO backups (pc, name, state, created, disk_bytes, chunk_size, kdf_m, kdf_t, kdf_p, salt, lock_key)
+             VALUES (?1, ?2, 'uploading', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                pc,
+                name,
+                now(),
+                disk_bytes as i64,
+                chunk_size,
+                lock.map(|l| l.params.m_kib),
+                lock.map(|l| l.params.t_cost),
+                lock.map(|l| l.params.p),
+                lock.map(|l| l.salt.to_vec()),
+                lock.map(|l| l.key.to_vec())
+            ],
         )?;
         Ok(db.last_insert_rowid())
+    }
+
+    /// The lock of a backup (None: no password, or no such backup).
+    pub fn backup_lock(&self, id: i64) -> Result<Option<BackupLock>> {
+        type Cols = (Option<u32>, Option<u32>, Option<u32>, Option<Vec<u8>>, Option<Vec<u8>>);
+        let cols: Option<Cols> = self
+            .db()
+            .query_row("SELECT kdf_m, kdf_t, kdf_p, salt, lock_key FROM backups WHERE id = ?1", [id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .optional()?;
+        let Some((Some(m_kib), Some(t_cost), Some(p), Some(salt), Some(key))) = cols else { return Ok(None) };
+        let salt = salt.try_into().map_err(|_| anyhow!("backup {id}: stored salt is not {LOCK_SALT_BYTES} bytes"))?;
+        let key = key.try_into().map_err(|_| anyhow!("backup {id}: stored key is not 32 bytes"))?;
+        Ok(Some(BackupLock { params: LockParams { m_kib, t_cost, p }, salt, key }))
+    }
+
+    fn unlocks(&self) -> std::sync::MutexGuard<'_, Unlocks> {
+        self.unlocks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wrong passwords so far for (pc, backup), and when the last was.
+    pub fn unlock_failures(&self, pc: &str, backup: i64) -> Result<(i64, i64)> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT count, last FROM unlock_failures WHERE pc = ?1 AND backup = ?2",
+                params![pc, backup],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?
+            .unwrap_or((0, 0)))
+    }
+
+    /// Refuses while (pc, backup) must wait after too many wrong passwords.
+    fn check_wait(&self, pc: &str, backup: i64, now: i64) -> std::result::Result<(), UnlockError> {
+        let (count, last) = self.unlock_failures(pc, backup).map_err(internal_unlock)?;
+        let until = last + unlock_wait(count);
+        if count >= UNLOCK_FREE_TRIES && now < until {
+            return Err(UnlockError {
+                kind: UnlockRefused::Wait,
+                message: format!(
+                    "too many wrong passwords for backup {backup} from {pc}; try again in {} s",
+                    until - now
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// A challenge for `pc` to unlock `backup` (None: it has no password).
+    /// It replaces any open one for the same pair.
+    pub fn challenge(&self, pc: &str, backup: i64, now: i64) -> std::result::Result<Option<Challenge>, UnlockError> {
+        if self.backup(backup).map_err(internal_unlock)?.is_none() {
+            return Err(UnlockError { kind: UnlockRefused::NoBackup, message: format!("no backup {backup}") });
+        }
+        let Some(lock) = self.backup_lock(backup).map_err(internal_unlock)? else { return Ok(None) };
+        self.check_wait(pc, backup, now)?;
+        let nonce = random_32().map_err(internal_unlock)?;
+        let mut u = self.unlocks();
+        u.challenges.retain(|_, (_, expires)| *expires > now);
+        u.challenges.insert((pc.to_owned(), backup), (nonce, now + CHALLENGE_SECONDS));
+        Ok(Some(Challenge { params: lock.params, salt: lock.salt, nonce }))
+    }
+
+    /// Checks `proof` against the open challenge of (pc, backup), counting
+    /// a wrong one towards the wait. The challenge is used up either way.
+    pub fn verify_unlock(
+        &self,
+        pc: &str,
+        backup: i64,
+        nonce: &[u8; 32],
+        proof: &[u8; 32],
+        now: i64,
+    ) -> std::result::Result<(), UnlockError> {
+        let open = self.unlocks().challenges.remove(&(pc.to_owned(), backup));
+        self.check_wait(pc, backup, now)?;
+        let Some(lock) = self.backup_lock(backup).map_err(internal_unlock)? else {
+            return Err(UnlockError {
+                kind: UnlockRefused::NotLocked,
+                message: format!("backup {backup} has no password"),
+            });
+        };
+        match open {
+            Some((n, expires)) if bytes_eq(&n, nonce) && now < expires => {}
+            _ => {
+                return Err(UnlockError {
+                    kind: UnlockRefused::NoChallenge,
+                    message: format!(
+                        "no open challenge for backup {backup} from {pc} (it expired or was used); ask for a new one"
+                    ),
+                })
+            }
+        }
+        let expected = wire::unlock_proof(&lock.key, nonce, pc, backup);
+        if bytes_eq(&expected, proof) {
+            self.db()
+                .execute("DELETE FROM unlock_failures WHERE pc = ?1 AND backup = ?2", params![pc, backup])
+                .map_err(internal_unlock)?;
+            return Ok(());
+        }
+        let count: i64 = self
+            .db()
+            .query_row(
+                "INSERT INTO unlock_failures (pc, backup, count, last) VALUES (?1, ?2, 1, ?3)
+                 ON CONFLICT(pc, backup) DO UPDATE SET count = count + 1, last = ?3 RETURNING count",
+                params![pc, backup, now],
+                |r| r.get(0),
+            )
+            .map_err(internal_unlock)?;
+        let left = UNLOCK_FREE_TRIES - count;
+        let message = match left {
+            1 => format!("wrong password for backup {backup} (1 try left before a wait)"),
+            l if l > 1 => format!("wrong password for backup {backup} ({l} tries left before a wait)"),
+            _ => format!("wrong password for backup {backup} (try again in {} s)", unlock_wait(count)),
+        };
+        Err(UnlockError { kind: UnlockRefused::Wrong, message })
+    }
+
+    /// [`Vault::verify_unlock`], then a ticket for (pc, backup).
+    pub fn unlock(
+        &self,
+        pc: &str,
+        backup: i64,
+        nonce: &[u8; 32],
+        proof: &[u8; 32],
+        now: i64,
+    ) -> std::result::Result<String, UnlockError> {
+        self.verify_unlock(pc, backup, nonce, proof, now)?;
+        self.issue_ticket(pc, backup, now).map_err(internal_unlock)
+    }
+
+    /// A ticket letting `pc` read locked backup `backup` for a day.
+    pub fn issue_ticket(&self, pc: &str, backup: i64, now: i64) -> Result<String> {
+        let ticket = wire::to_hex(&random_32()?);
+        let mut u = self.unlocks();
+        u.tickets.retain(|_, (_, _, expires)| *expires > now);
+        u.tickets.insert(ticket.clone(), (pc.to_owned(), backup, now + TICKET_SECONDS));
+        Ok(ticket)
+    }
+
+    /// Whether `ticket` lets `pc` read `backup` now.
+    pub fn ticket_ok(&self, pc: &str, backup: i64, ticket: &str, now: i64) -> bool {
+        let u = self.unlocks();
+        // A hash map lookup by the secret itself: tickets are 256-bit
+        // random, so timing can at best tell a prefix of nothing guessable.
+        matches!(u.tickets.get(ticket), Some((p, b, expires)) if p == pc && *b == backup && now < *expires)
     }
 
     /// Stored blob length, if the chunk is in the store.
@@ -678,14 +1032,15 @@ impl Vault {
         self.db()
             .execute(
                 "UPDATE backups SET state = 'complete', finished = ?2, chunks = ?3, zero_chunks = ?4, blob_bytes = ?5,
-                 digest = ?6 WHERE id = ?1",
+                 digest = ?6, model = ?7 WHERE id = ?1",
                 params![
                     id,
                     now(),
                     m.chunks.len() as i64,
                     m.zero_chunks() as i64,
                     m.blob_bytes() as i64,
-                    image::hex(&m.digest())
+                    image::hex(&m.digest()),
+                    m.model
                 ],
             )
             .map_err(|e| bad(e.to_string()))?;
@@ -747,6 +1102,7 @@ impl Vault {
         }
         let _ = fs::remove_file(self.manifest_path(id));
         self.db().execute("DELETE FROM grants WHERE backup = ?1", [id])?;
+        self.db().execute("DELETE FROM unlock_failures WHERE backup = ?1", [id])?;
         self.db().execute("DELETE FROM backups WHERE id = ?1", [id])?;
         Ok(())
     }
@@ -840,23 +1196,60 @@ impl Vault {
     }
 
     pub fn add_job(&self, pc: &str, action: &str, disk: &str, name: &str, backup: Option<i64>) -> Result<i64> {
+        self.add_job_with(pc, action, disk, name, backup, None, false)
+    }
+
+    /// A job with a restore password: `lock` for a backup job (the PC
+    /// locks the backup with it), `unlocked` for a restore job whose proof
+    /// the caller checked ([`Vault::verify_unlock`]) for this PC. A restore
+    /// job of a locked backup without it is refused.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_job_with(
+        &self,
+        pc: &str,
+        action: &str,
+        disk: &str,
+        name: &str,
+        backup: Option<i64>,
+        lock: Option<&BackupLock>,
+        unlocked: bool,
+    ) -> Result<i64> {
         if !matches!(action, "backup" | "restore") {
             bail!("action must be backup or restore, not {action:?}");
         }
         if self.pc(pc)?.is_none() {
             bail!("no registered PC {pc}");
         }
+        if lock.is_some() && action != "backup" {
+            bail!("a lock is for backup jobs; a restore job proves the password instead");
+        }
+        if unlocked && (action != "restore" || backup.is_none()) {
+            bail!("only a restore job of a given backup can be unlocked");
+        }
         if let Some(b) = backup {
             let row = self.backup(b)?.ok_or_else(|| anyhow!("no backup {b}"))?;
+            if action == "restore" && row.locked && !unlocked {
+                bail!("backup {b} is protected by a password: give the job --password-file FILE");
+            }
             // The admin asking this PC to restore another PC's backup is the grant.
             if action == "restore" && row.pc != pc {
                 self.grant(b, pc)?;
             }
+        } else if action == "restore" {
+            if let Some(b) = self.latest(pc, (!name.is_empty()).then_some(name))? {
+                if self.backup_lock(b)?.is_some() {
+                    bail!(
+                        "the latest backup of {pc} ({b}) is protected by a password: give the job --backup {b} \
+                         --password-file FILE"
+                    );
+                }
+            }
         }
         let db = self.db();
         db.execute(
-            "INSERT INTO jobs (pc, action, disk, name, backup, state, created) VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6)",
-            params![pc, action, disk, name, backup, now()],
+            "INSERT INTO jobs (pc, action, disk, name, backup, state, created, lock, unlocked)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8)",
+            params![pc, action, disk, name, backup, now(), lock.map(BackupLock::to_text), unlocked],
         )?;
         Ok(db.last_insert_rowid())
     }
@@ -868,32 +1261,18 @@ impl Vault {
             .query_row("SELECT id FROM jobs WHERE pc = ?1 AND state = 'queued' ORDER BY id LIMIT 1", [pc], |r| r.get(0))
             .optional()?;
         let Some(id) = id else { return Ok(None) };
-        self.db().execute("UPDATE jobs SET state = 'running', started = ?2 WHERE id = ?1", params![id, now()])?;
-        Ok(self.list_jobs(None)?.into_iter().find(|j| j.id == id))
+        let db = self.db();
+        db.execute("UPDATE jobs SET state = 'running', started = ?2 WHERE id = ?1", params![id, now()])?;
+        let job = db.query_row(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?1"), [id], job_row)?;
+        // The lock goes to the PC once, with the job; the backup row keeps it.
+        db.execute("UPDATE jobs SET lock = NULL WHERE id = ?1", [id])?;
+        Ok(Some(job))
     }
 
     pub fn list_jobs(&self, pc: Option<&str>) -> Result<Vec<JobRow>> {
         let db = self.db();
-        let mut st = db.prepare(
-            "SELECT id, pc, action, disk, name, backup, state, created, started, finished FROM jobs
-             WHERE (?1 IS NULL OR pc = ?1) ORDER BY id",
-        )?;
-        let rows = st
-            .query_map(params![pc], |r| {
-                Ok(JobRow {
-                    id: r.get(0)?,
-                    pc: r.get(1)?,
-                    action: r.get(2)?,
-                    disk: r.get(3)?,
-                    name: r.get(4)?,
-                    backup: r.get(5)?,
-                    state: r.get(6)?,
-                    created: r.get(7)?,
-                    started: r.get(8)?,
-                    finished: r.get(9)?,
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut st = db.prepare(&format!("SELECT {JOB_COLS} FROM jobs WHERE (?1 IS NULL OR pc = ?1) ORDER BY id"))?;
+        let rows = st.query_map(params![pc], job_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
 

@@ -2,13 +2,15 @@
 //! The vault's promises, without HTTP: verified chunks only, complete only
 //! when everything is durable and present, dedup across backups and PCs,
 //! abandoned uploads never complete and cleaned by gc, verify finds damage,
-//! export/import round trip, jobs handed out once.
+//! export/import round trip, jobs handed out once, restore passwords
+//! (challenges, waits, tickets, jobs) and schema migrations.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use bootvault_common::image::{self, Chunk, ChunkId, Manifest, TableKind};
-use bootvault_server::vault::Vault;
+use bootvault_common::wire::{self, LockParams};
+use bootvault_server::vault::{self, BackupLock, UnlockError, UnlockRefused, Vault};
 
 fn temp(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("bv-vault-{tag}-{}", std::process::id()));
@@ -299,5 +301,182 @@ fn grants_pending_and_settings() {
     assert_eq!(v.setting("server_urls").unwrap(), None);
     assert!(bootvault_server::vault::secret_eq("abc", "abc"));
     assert!(!bootvault_server::vault::secret_eq("abc", "abd") && !bootvault_server::vault::secret_eq("", ""));
+    let _ = fs::remove_dir_all(&dir);
+}
+
+fn test_lock(key: u8) -> BackupLock {
+    BackupLock { params: LockParams { m_kib: 64, t_cost: 1, p: 1 }, salt: [1; 16], key: [key; 32] }
+}
+
+/// A locked backup, complete, of `pc`.
+fn locked_backup(v: &Vault, pc: &str, lock: &BackupLock) -> i64 {
+    let m = manifest(pc, &[(chunk(3).1, chunk(3).2.len() as u32)]);
+    let id = v.create_backup_locked(pc, "full", m.disk_bytes, 4096, Some(lock)).unwrap();
+    v.put_chunk(&chunk(3).1, &chunk(3).2, Some(id)).unwrap();
+    v.finish_backup(id, pc, &m.encode()).unwrap();
+    id
+}
+
+/// Answers a challenge with the key `key` would derive.
+fn answer(v: &Vault, pc: &str, id: i64, key: &[u8; 32], now: i64) -> Result<String, UnlockError> {
+    let c = v.challenge(pc, id, now)?.expect("locked");
+    v.unlock(pc, id, &c.nonce, &wire::unlock_proof(key, &c.nonce, pc, id), now)
+}
+
+/// Five free tries, then waits of 30 s doubling to an hour since the last
+/// failure, kept in the database across restarts; a success clears them.
+/// Time is passed in, so no test sleeps.
+#[test]
+fn unlock_challenges_waits_and_tickets() {
+    assert_eq!(
+        [0, 4, 5, 6, 7, 11, 12, 60].map(vault::unlock_wait),
+        [0, 0, 30, 60, 120, 1920, 3600, 3600],
+        "seconds to wait after N failures"
+    );
+    let dir = temp("unlock");
+    let v = Vault::open(&dir).unwrap();
+    let lock = test_lock(7);
+    let id = locked_backup(&v, "pc1", &lock);
+    let open = backup(&v, "pc1", &[5]);
+    assert_eq!(v.backup_lock(id).unwrap(), Some(lock.clone()));
+    assert!(v.backup(id).unwrap().unwrap().locked && !v.backup(open).unwrap().unwrap().locked);
+    assert_eq!(v.challenge("pc1", open, 0).unwrap(), None);
+    assert_eq!(v.challenge("pc1", 999, 0).unwrap_err().kind, UnlockRefused::NoBackup);
+
+    let t0 = 1_000_000;
+    let ticket = answer(&v, "pc1", id, &[7; 32], t0).unwrap();
+    assert!(v.ticket_ok("pc1", id, &ticket, t0 + vault::TICKET_SECONDS - 1));
+    assert!(!v.ticket_ok("pc1", id, &ticket, t0 + vault::TICKET_SECONDS), "expired");
+    assert!(!v.ticket_ok("pc2", id, &ticket, t0) && !v.ticket_ok("pc1", open, &ticket, t0), "bound to pc+backup");
+    assert!(!v.ticket_ok("pc1", id, "0000", t0));
+
+    // Nonces: single use, short-lived, one open per pc+backup.
+    let c = v.challenge("pc1", id, t0).unwrap().unwrap();
+    let proof = wire::unlock_proof(&[7; 32], &c.nonce, "pc1", id);
+    v.unlock("pc1", id, &c.nonce, &proof, t0).unwrap();
+    assert_eq!(v.unlock("pc1", id, &c.nonce, &proof, t0).unwrap_err().kind, UnlockRefused::NoChallenge, "replayed");
+    let c = v.challenge("pc1", id, t0).unwrap().unwrap();
+    let proof = wire::unlock_proof(&[7; 32], &c.nonce, "pc1", id);
+    let late = t0 + vault::CHALLENGE_SECONDS;
+    assert_eq!(v.unlock("pc1", id, &c.nonce, &proof, late).unwrap_err().kind, UnlockRefused::NoChallenge, "expired");
+    let first = v.challenge("pc1", id, t0).unwrap().unwrap();
+    let _second = v.challenge("pc1", id, t0).unwrap().unwrap();
+    let proof = wire::unlock_proof(&[7; 32], &first.nonce, "pc1", id);
+    assert_eq!(v.unlock("pc1", id, &first.nonce, &proof, t0).unwrap_err().kind, UnlockRefused::NoChallenge);
+    // A proof made for another PC or backup is wrong here.
+    let c = v.challenge("pc1", id, t0).unwrap().unwrap();
+    let e = v.unlock("pc1", id, &c.nonce, &wire::unlock_proof(&[7; 32], &c.nonce, "pc2", id), t0).unwrap_err();
+    assert_eq!(
+        (e.kind, e.message),
+        (UnlockRefused::Wrong, format!("wrong password for backup {id} (4 tries left before a wait)"))
+    );
+
+    for (n, left) in [(2, "3 tries left before a wait"), (3, "2 tries left"), (4, "1 try left before a wait")] {
+        let e = answer(&v, "pc1", id, &[8; 32], t0 + n).unwrap_err();
+        assert!(e.kind == UnlockRefused::Wrong && e.message.contains(left), "{e:?}");
+    }
+    let e = answer(&v, "pc1", id, &[8; 32], t0 + 5).unwrap_err();
+    assert_eq!(e.message, format!("wrong password for backup {id} (try again in 30 s)"));
+    // Waiting: refused without looking at the proof, the right one included.
+    let e = answer(&v, "pc1", id, &[7; 32], t0 + 25).unwrap_err();
+    assert_eq!(
+        (e.kind, e.message),
+        (UnlockRefused::Wait, format!("too many wrong passwords for backup {id} from pc1; try again in 10 s"))
+    );
+    let c = v.challenge("pc1", id, t0 + 5).err().unwrap();
+    assert_eq!(c.kind, UnlockRefused::Wait, "no challenge while waiting either");
+    assert_eq!(v.unlock_failures("pc1", id).unwrap(), (5, t0 + 5), "waiting tries do not count");
+    // Another PC has its own count.
+    answer(&v, "pc2", id, &[7; 32], t0 + 6).unwrap();
+    // A restart keeps the count.
+    drop(v);
+    let v = Vault::open(&dir).unwrap();
+    assert_eq!(answer(&v, "pc1", id, &[7; 32], t0 + 34).unwrap_err().kind, UnlockRefused::Wait);
+    // After the wait a wrong try doubles it.
+    let e = answer(&v, "pc1", id, &[8; 32], t0 + 35).unwrap_err();
+    assert_eq!(e.message, format!("wrong password for backup {id} (try again in 60 s)"));
+    let e = answer(&v, "pc1", id, &[7; 32], t0 + 94).unwrap_err();
+    assert!(e.message.ends_with("try again in 1 s"), "{e:?}");
+    answer(&v, "pc1", id, &[7; 32], t0 + 95).unwrap();
+    assert_eq!(v.unlock_failures("pc1", id).unwrap(), (0, 0), "a success clears the count");
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// Jobs carry passwords, never in plain text: a backup job its lock (once,
+/// to the PC), a restore job of a locked backup only once unlocked.
+#[test]
+fn jobs_with_passwords() {
+    let dir = temp("job-locks");
+    let v = Vault::open(&dir).unwrap();
+    v.add_pc(&pc_row("pc1", "52:54:00:00:00:01")).unwrap();
+    let lock = test_lock(7);
+    let id = locked_backup(&v, "pc1", &lock);
+    let e = v.add_job("pc1", "restore", "auto", "", Some(id)).unwrap_err().to_string();
+    assert_eq!(e, format!("backup {id} is protected by a password: give the job --password-file FILE"));
+    let e = v.add_job("pc1", "restore", "auto", "", None).unwrap_err().to_string();
+    assert!(e.contains(&format!("the latest backup of pc1 ({id}) is protected by a password")), "{e}");
+    assert!(v.add_job_with("pc1", "restore", "auto", "", None, None, true).is_err(), "unlocked needs an id");
+    assert!(v.add_job_with("pc1", "restore", "auto", "", Some(id), Some(&lock), false).is_err());
+    let b = v.add_job_with("pc1", "backup", "auto", "weekly", None, Some(&lock), false).unwrap();
+    let r = v.add_job_with("pc1", "restore", "auto", "", Some(id), None, true).unwrap();
+    assert!(!serde_json::to_string(&v.list_jobs(None).unwrap()).unwrap().contains("argon2id"), "never listed");
+    let got = v.next_job("pc1").unwrap().unwrap();
+    assert_eq!((got.id, got.lock.as_deref()), (b, Some(lock.to_text().as_str())));
+    assert_eq!(BackupLock::from_text(got.lock.as_deref().unwrap()).unwrap(), lock);
+    assert_eq!(v.list_jobs(None).unwrap()[0].lock, None, "handed to the PC once, then dropped");
+    let got = v.next_job("pc1").unwrap().unwrap();
+    assert_eq!((got.id, got.unlocked, got.backup), (r, true, Some(id)));
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// A schema 3 database (before restore passwords) opens as schema 4 and
+/// keeps its backups and jobs, unlocked.
+#[test]
+fn schema_3_databases_are_migrated() {
+    let dir = temp("migrate-3");
+    fs::create_dir_all(&dir).unwrap();
+    {
+        let db = rusqlite::Connection::open(dir.join("bootvault.db")).unwrap();
+        db.execute_batch(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             INSERT INTO meta VALUES ('schema_version', '3');
+             CREATE TABLE pcs (name TEXT PRIMARY KEY, first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL,
+                 last_mac TEXT NOT NULL DEFAULT '', last_addr TEXT NOT NULL DEFAULT '',
+                 registered INTEGER NOT NULL DEFAULT 0, mac TEXT NOT NULL DEFAULT '', ip TEXT NOT NULL DEFAULT 'dhcp',
+                 gateway TEXT NOT NULL DEFAULT '', dns TEXT NOT NULL DEFAULT '', mode TEXT NOT NULL DEFAULT 'network',
+                 disk TEXT NOT NULL DEFAULT 'auto', default_action TEXT NOT NULL DEFAULT 'menu',
+                 token TEXT NOT NULL DEFAULT '');
+             CREATE TABLE backups (id INTEGER PRIMARY KEY AUTOINCREMENT, pc TEXT NOT NULL, name TEXT NOT NULL,
+                 state TEXT NOT NULL CHECK (state IN ('uploading','complete','failed')),
+                 created INTEGER NOT NULL, finished INTEGER, disk_bytes INTEGER NOT NULL, chunk_size INTEGER NOT NULL,
+                 chunks INTEGER NOT NULL DEFAULT 0, zero_chunks INTEGER NOT NULL DEFAULT 0,
+                 blob_bytes INTEGER NOT NULL DEFAULT 0, received_bytes INTEGER NOT NULL DEFAULT 0,
+                 received_chunks INTEGER NOT NULL DEFAULT 0, digest TEXT NOT NULL DEFAULT '',
+                 reason TEXT NOT NULL DEFAULT '');
+             INSERT INTO backups (pc, name, state, created, disk_bytes, chunk_size) VALUES ('old', 'full', 'failed', 1, 4096, 4096);
+             CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, pc TEXT NOT NULL, action TEXT NOT NULL,
+                 disk TEXT NOT NULL, name TEXT NOT NULL, backup INTEGER,
+                 state TEXT NOT NULL CHECK (state IN ('queued','running','done','failed')),
+                 created INTEGER NOT NULL, started INTEGER, finished INTEGER);
+             INSERT INTO jobs (pc, action, disk, name, state, created) VALUES ('old', 'backup', 'auto', '', 'queued', 1);
+             CREATE TABLE grants (backup INTEGER NOT NULL, pc TEXT NOT NULL, created INTEGER NOT NULL,
+                 PRIMARY KEY (backup, pc));",
+        )
+        .unwrap();
+    }
+    let v = Vault::open(&dir).unwrap();
+    let b = v.backup(1).unwrap().unwrap();
+    assert_eq!((b.state.as_str(), b.locked, b.model.as_str()), ("failed", false, ""));
+    assert_eq!(v.backup_lock(1).unwrap(), None);
+    let j = v.next_job("old").unwrap().unwrap();
+    assert_eq!((j.lock, j.unlocked), (None, false));
+    assert_eq!(v.unlock_failures("old", 1).unwrap(), (0, 0));
+    drop(v);
+    let db = rusqlite::Connection::open(dir.join("bootvault.db")).unwrap();
+    let version: String =
+        db.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, "4");
+    drop(db);
+    Vault::open(&dir).unwrap(); // the migration runs once
     let _ = fs::remove_dir_all(&dir);
 }
