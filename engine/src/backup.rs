@@ -8,10 +8,14 @@
 //! cores; memory stays at `threads × group` chunks. The manifest is
 //! assembled in disk order and sent last; until the server has verified it
 //! against its store, the backup is not complete.
+//!
+//! Cancelling (`BackupOptions::cancel`, set by the console) stops the
+//! workers at their next chunk; the backup then fails like any other, so
+//! the server marks it failed and never complete.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bootvault_common::image::{self, Chunk, ChunkId, Extent, Manifest, TableKind};
@@ -19,8 +23,13 @@ use bootvault_common::partition;
 
 use crate::client::Client;
 use crate::device::Device;
+use crate::lock::Lock;
 use crate::progress::Progress;
 use crate::EngineError;
+
+/// Why a cancelled backup failed: the error's text and the reason the
+/// server records.
+pub const CANCELLED: &str = "cancelled at the console";
 
 #[derive(Debug, Clone)]
 pub struct BackupOptions {
@@ -33,6 +42,10 @@ pub struct BackupOptions {
     pub group: usize,
     pub model: String,
     pub serial: String,
+    /// The restore password's lock, sent when the backup is opened.
+    pub lock: Option<Lock>,
+    /// Set from another thread to stop the backup (it then fails).
+    pub cancel: Arc<AtomicBool>,
 }
 
 impl BackupOptions {
@@ -46,6 +59,8 @@ impl BackupOptions {
             group: 4,
             model: String::new(),
             serial: String::new(),
+            lock: None,
+            cancel: Arc::new(AtomicBool::new(false)),
         }
     }
 }
@@ -149,11 +164,16 @@ impl Shared<'_> {
         (off, (self.dev.bytes - off).min(cs) as usize)
     }
 
+    /// Whether the workers should stop: a failure, or the console cancelled.
+    fn stopping(&self) -> bool {
+        self.abort.load(Ordering::Relaxed) || self.opts.cancel.load(Ordering::Relaxed)
+    }
+
     /// One worker: groups of chunks until none are left or one failed.
     fn work(&self, out: &mpsc::Sender<Result<(usize, Chunk), EngineError>>) {
         let group = self.opts.group.max(1);
         let mut bufs: Vec<Vec<u8>> = (0..group).map(|_| vec![0u8; self.opts.chunk_size as usize]).collect();
-        while !self.abort.load(Ordering::Relaxed) {
+        while !self.stopping() {
             let first = self.next_group.fetch_add(1, Ordering::Relaxed) * group;
             if first >= self.count {
                 return;
@@ -176,6 +196,9 @@ impl Shared<'_> {
     ) -> Result<(), EngineError> {
         let mut ids: Vec<Option<ChunkId>> = Vec::with_capacity(last - first);
         for (k, i) in (first..last).enumerate() {
+            if self.stopping() {
+                return Ok(());
+            }
             let (off, len) = self.range(i);
             let buf = &mut bufs[k][..len];
             self.dev.read_at(buf, off)?;
@@ -185,6 +208,9 @@ impl Shared<'_> {
         let stored = if asked.is_empty() { Vec::new() } else { self.client.missing(self.backup, &asked)? };
         let mut answers = stored.into_iter();
         for (k, i) in (first..last).enumerate() {
+            if self.stopping() {
+                return Ok(());
+            }
             let (off, len) = self.range(i);
             let chunk = match ids[k] {
                 None => Chunk::Zero,
@@ -234,8 +260,9 @@ impl Shared<'_> {
 }
 
 /// Backs up the whole of `dev` to the server. On any failure after the
-/// server opened the backup, it is marked failed there (best effort) and
-/// never becomes complete.
+/// server opened the backup (cancelling included: the error is then
+/// [`CANCELLED`]), it is marked failed there (best effort) and never
+/// becomes complete.
 pub fn backup(
     dev: &Device,
     client: &Client,
@@ -247,7 +274,7 @@ pub fn backup(
         return Err(EngineError::new(format!("chunk size {} out of range", opts.chunk_size)));
     }
     let (table, extents) = table_extents(dev)?;
-    let id = client.open_backup(&opts.name, dev.bytes, opts.chunk_size)?;
+    let id = client.open_backup(&opts.name, dev.bytes, opts.chunk_size, opts.lock.as_ref())?;
     let result = run(dev, client, opts, id, table, extents, start, progress);
     if let Err(e) = &result {
         let _ = client.fail(id, &e.0);
@@ -308,6 +335,9 @@ fn run(
     });
     if let Some(e) = first_error {
         return Err(e);
+    }
+    if opts.cancel.load(Ordering::Relaxed) {
+        return Err(EngineError::new(CANCELLED));
     }
     progress(&shared.progress(start));
     let chunks: Vec<Chunk> = chunks

@@ -9,10 +9,12 @@
 //!   compress and send (or fetch, verify and write) in parallel with a
 //!   bounded number of chunks in memory.
 //! * [`progress`] — the console progress line (pure).
+//! * [`lock`] — restore passwords: Argon2id key, challenge–response unlock.
 
 pub mod backup;
 pub mod client;
 pub mod device;
+pub mod lock;
 pub mod progress;
 pub mod restore;
 

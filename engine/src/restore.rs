@@ -7,9 +7,15 @@
 //! hole in an image file). Writes are whole chunks at chunk-aligned
 //! offsets. At the end: flush, re-read the partition table, and optionally
 //! read everything back and compare.
+//!
+//! A password-protected backup needs an unlock ticket in the client
+//! (`lock::unlock`, or a server job's); without one the manifest is
+//! refused and nothing is written. Cancelling (`RestoreOptions::cancel`)
+//! stops the workers before their next fetch or write; the error then says
+//! how much of the disk was written.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bootvault_common::image::{self, Chunk, Manifest};
@@ -25,11 +31,14 @@ pub struct RestoreOptions {
     pub threads: usize,
     /// Read the whole disk back afterwards and compare with the manifest.
     pub verify: bool,
+    /// Set from another thread to stop the restore (the disk is then
+    /// incomplete).
+    pub cancel: Arc<AtomicBool>,
 }
 
 impl Default for RestoreOptions {
     fn default() -> Self {
-        RestoreOptions { threads: crate::default_threads(), verify: false }
+        RestoreOptions { threads: crate::default_threads(), verify: false, cancel: Arc::new(AtomicBool::new(false)) }
     }
 }
 
@@ -83,6 +92,14 @@ pub fn check_target(m: &Manifest, target_bytes: u64, target_logical: u32) -> Res
     Ok(())
 }
 
+/// The error of a cancelled restore, `written` of `total` bytes done.
+pub fn cancelled_message(written: u64, total: u64) -> String {
+    if written == 0 {
+        return "restore cancelled before anything was written; the disk is unchanged".into();
+    }
+    format!("restore cancelled after {} of {}; the disk is now incomplete", human_bytes(written), human_bytes(total))
+}
+
 pub fn fetch_manifest(client: &Client, backup: i64) -> Result<Manifest, EngineError> {
     let bytes = client.manifest(backup)?;
     Manifest::decode(&bytes).map_err(|e| EngineError::new(format!("manifest of backup {backup} is damaged: {e}")))
@@ -111,6 +128,7 @@ pub fn restore(
             slot.get_or_insert(e);
         }
     };
+    let stopping = || abort.load(Ordering::Relaxed) || opts.cancel.load(Ordering::Relaxed);
     let snapshot = |start: Instant| Progress {
         action: "restore",
         done: done.load(Ordering::Relaxed),
@@ -122,7 +140,7 @@ pub fn restore(
         let mut workers = Vec::new();
         for _ in 0..opts.threads.max(1) {
             workers.push(s.spawn(|| {
-                while !abort.load(Ordering::Relaxed) {
+                while !stopping() {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= count {
                         return;
@@ -130,19 +148,25 @@ pub fn restore(
                     let (off, len) = m.chunk_range(i);
                     let r = match &m.chunks[i] {
                         Chunk::Zero => dev.zero_range(off, len as u64, &zeros),
-                        Chunk::Data { id, .. } => client
-                            .chunk(backup, id, u64::from(image::MAX_CHUNK_SIZE) + 64)
-                            .and_then(|blob| {
-                                fetched.fetch_add(blob.len() as u64, Ordering::Relaxed);
-                                image::decode_verified(&blob, len, id).map_err(|e| EngineError::new(e.to_string()))
-                            })
-                            .map_err(|e| {
-                                EngineError::new(format!(
-                                    "chunk {i} at offset {off} ({}): {e}; restore stopped there",
-                                    human_bytes(off)
-                                ))
-                            })
-                            .and_then(|plain| dev.write_at(&plain, off)),
+                        Chunk::Data { id, .. } => {
+                            let plain = client
+                                .chunk(backup, id, u64::from(image::MAX_CHUNK_SIZE) + 64)
+                                .and_then(|blob| {
+                                    fetched.fetch_add(blob.len() as u64, Ordering::Relaxed);
+                                    image::decode_verified(&blob, len, id).map_err(|e| EngineError::new(e.to_string()))
+                                })
+                                .map_err(|e| {
+                                    EngineError::new(format!(
+                                        "chunk {i} at offset {off} ({}): {e}; restore stopped there",
+                                        human_bytes(off)
+                                    ))
+                                });
+                            // Fetching takes a while: nothing more is written once cancelled.
+                            if stopping() {
+                                return;
+                            }
+                            plain.and_then(|plain| dev.write_at(&plain, off))
+                        }
                     };
                     if let Err(e) = r {
                         fail(e);
@@ -163,6 +187,12 @@ pub fn restore(
     });
     if let Some(e) = error.lock().ok().and_then(|mut e| e.take()) {
         return Err(e);
+    }
+    let written = done.load(Ordering::Relaxed);
+    if opts.cancel.load(Ordering::Relaxed) && written < m.disk_bytes {
+        // What was written stays written: flush it, so the message is true.
+        let _ = dev.sync();
+        return Err(EngineError::new(cancelled_message(written, m.disk_bytes)));
     }
     dev.sync()?;
     progress(&snapshot(start));
@@ -233,5 +263,14 @@ mod tests {
         assert!(e.contains("nothing was written"), "{e}");
         let e = check_target(&m, 64 << 20, 4096).unwrap_err().to_string();
         assert!(e.contains("4096-byte logical sectors"), "{e}");
+    }
+
+    #[test]
+    fn cancelled_messages() {
+        assert_eq!(
+            cancelled_message(12 << 20, 64 << 20),
+            "restore cancelled after 12.0 MiB of 64.0 MiB; the disk is now incomplete"
+        );
+        assert!(cancelled_message(0, 64 << 20).contains("the disk is unchanged"));
     }
 }

@@ -1,15 +1,19 @@
 //! The engine against the real server, on the host: the same pipelines the
 //! PID 1 runs, on image files, with a server started in this process on
-//! 127.0.0.1.
+//! 127.0.0.1: round trips, refusals, password-protected restores and
+//! cancelling.
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bootvault_common::testdata::noise;
 use bootvault_engine::backup::{backup, BackupOptions};
 use bootvault_engine::client::Client;
 use bootvault_engine::device::Device;
+use bootvault_engine::lock::{derive, unlock, Lock, Params};
 use bootvault_engine::restore::{restore, RestoreOptions};
 use bootvault_server::vault::{PcRow, Vault};
 
@@ -266,4 +270,187 @@ fn walk(d: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// A lock with tiny Argon2id costs, so the test is fast in debug builds
+/// (the costs travel with the challenge; the defaults are unit-tested).
+fn cheap_lock(password: &[u8]) -> Lock {
+    let params = Params { m_kib: 64, t_cost: 1, p: 1 };
+    let salt = [7u8; 16];
+    Lock { params, salt, key: derive(password, &salt, &params).expect("derive") }
+}
+
+/// A locked backup: listed as locked, refused without a ticket before
+/// anything is written, a wrong password refused with the server's own
+/// line and then rate-limited, the right one restores (through clones of
+/// the client, as the restore workers use it).
+#[test]
+fn password_protected_restore() {
+    let dir = temp_dir("locked");
+    let data_dir = dir.join("data");
+    let (tokens, admin) = register(&data_dir, &["pc-one", "pc-two"]);
+    let url = server(&data_dir);
+    let src = dir.join("src.img");
+    let data = source_image(&src);
+    let dev = Device::open(&src, false).expect("open source");
+    let one = Client::new(&url, "pc-one", &tokens[0]);
+    let mut opts = BackupOptions::new("pc-one", "locked");
+    opts.lock = Some(cheap_lock(b"open sesame"));
+    opts.model = "QEMU HARDDISK".into();
+    let id = backup(&dev, &one, &opts, &mut |_| {}).expect("locked backup").id;
+    let plain = backup(&dev, &one, &BackupOptions::new("pc-one", "plain"), &mut |_| {}).expect("backup").id;
+
+    let listed = one.backups().expect("list");
+    assert_eq!(listed.iter().map(|b| (b.id, b.locked)).collect::<Vec<_>>(), vec![(plain, false), (id, true)]);
+    assert_eq!((listed[1].pc.as_str(), listed[1].name.as_str()), ("pc-one", "locked"));
+    assert_eq!((listed[1].disk_bytes, listed[1].model.as_str()), (data.len() as u64, "QEMU HARDDISK"));
+    assert!(listed[1].stored_bytes > 0 && listed[1].created > 0);
+    assert_eq!(one.challenge(plain).expect("challenge"), None);
+    assert!(!unlock(&one, plain, b"anything").expect("no password"));
+
+    // No ticket: refused before a byte is written, with the line a person reads.
+    let dst = dir.join("dst.img");
+    fs::write(&dst, noise(9, data.len())).expect("target");
+    let before = fs::read(&dst).expect("read");
+    let t = Device::open(&dst, true).expect("open target");
+    let e = restore(&t, &one, id, &RestoreOptions::default(), &mut |_| {}).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        format!(
+            "backup {id} is protected by a password; restore it at the PC's console, or through a server job made \
+             with --password-file"
+        )
+    );
+    assert!(fs::read(&dst).expect("read") == before, "nothing written");
+    let m =
+        bootvault_common::image::Manifest::decode(&fs::read(data_dir.join(format!("manifests/{id}.bvm"))).expect("m"))
+            .expect("manifest");
+    let e = one.chunk(id, &m.data_ids()[0], 32 << 20).unwrap_err().to_string();
+    assert!(e.contains("protected by a password"), "{e}");
+    // The admin owns the store: no ticket needed.
+    Client::new(&url, "-", &admin).manifest(id).expect("admin reads the manifest");
+
+    // Wrong password: the server's reason alone, no URL.
+    let e = unlock(&one, id, b"open sesame!").unwrap_err().to_string();
+    assert_eq!(e, format!("wrong password for backup {id} (4 tries left before a wait)"));
+    // Right password: a ticket that clones share.
+    let worker = one.clone();
+    assert!(unlock(&one, id, b"open sesame").expect("unlock"));
+    let opts = RestoreOptions { verify: true, ..Default::default() };
+    restore(&t, &worker, id, &opts, &mut |_| {}).expect("restore with the ticket");
+    assert!(fs::read(&dst).expect("read back") == data);
+
+    // The ticket is pc-one's: pc-two, granted the backup, needs its own.
+    Vault::open(&data_dir).expect("vault").grant(id, "pc-two").expect("grant");
+    let two = Client::new(&url, "pc-two", &tokens[1]);
+    let e = two.manifest(id).unwrap_err().to_string();
+    assert!(e.starts_with(&format!("backup {id} is protected by a password")), "{e}");
+    for n in 1..=5 {
+        let e = unlock(&two, id, b"guess").unwrap_err().to_string();
+        let expect = match 5 - n {
+            0 => format!("wrong password for backup {id} (try again in 30 s)"),
+            1 => format!("wrong password for backup {id} (1 try left before a wait)"),
+            left => format!("wrong password for backup {id} ({left} tries left before a wait)"),
+        };
+        assert_eq!(e, expect);
+    }
+    // Now even the right password waits; the challenge itself says so.
+    let e = unlock(&two, id, b"open sesame").unwrap_err().to_string();
+    assert!(e.starts_with(&format!("too many wrong passwords for backup {id} from pc-two; try again in ")), "{e}");
+    assert!(e.ends_with(" s") && !e.contains("http"), "{e}");
+    // pc-one's limit is its own.
+    assert!(unlock(&one, id, b"open sesame").expect("pc-one still unlocks"));
+    let v = Vault::open(&data_dir).expect("vault");
+    assert_eq!(v.unlock_failures("pc-two", id).expect("failures").0, 5, "waiting tries are not counted");
+    let events = fs::read_to_string(data_dir.join("events.log")).expect("events");
+    assert!(events.contains(&format!("unlock-ok pc=pc-one backup={id}")), "{events}");
+    assert!(events.contains(&format!("unlock-refused pc=pc-two backup={id}")), "{events}");
+    assert!(!events.contains("open sesame"));
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// A TCP proxy in front of `upstream` that sets `flag` when the client has
+/// sent `pattern` for the `nth` time, before passing that request on: a
+/// way to cancel at an exact point of a pipeline.
+fn tripwire(upstream: String, pattern: &'static [u8], nth: usize, flag: Arc<AtomicBool>) -> String {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").expect("proxy port");
+    let port = listener.local_addr().expect("addr").port();
+    let seen = Arc::new(AtomicUsize::new(0));
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(upstream.trim_start_matches("http://")) else { continue };
+            let (mut back_from, mut back_to) = (server.try_clone().expect("clone"), client.try_clone().expect("clone"));
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut back_from, &mut back_to);
+                let _ = back_to.shutdown(std::net::Shutdown::Both);
+            });
+            let (seen, flag) = (seen.clone(), flag.clone());
+            std::thread::spawn(move || {
+                let (mut from, mut to) = (client, server);
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut tail: Vec<u8> = Vec::new();
+                while let Ok(n) = from.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let mut window = std::mem::take(&mut tail);
+                    window.extend_from_slice(&buf[..n]);
+                    let hits = window.windows(pattern.len()).filter(|w| *w == pattern).count();
+                    if hits > 0 && seen.fetch_add(hits, Ordering::SeqCst) + hits >= nth {
+                        flag.store(true, Ordering::SeqCst);
+                    }
+                    tail = window[window.len().saturating_sub(pattern.len() - 1)..].to_vec();
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = to.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}
+
+/// Cancelling: a backup stops at once and the server marks it failed
+/// (never complete); a restore writes nothing after the flag is seen and
+/// says how much of the disk it wrote.
+#[test]
+fn cancel_backup_and_restore() {
+    let dir = temp_dir("cancel");
+    let data_dir = dir.join("data");
+    let (tokens, _) = register(&data_dir, &["pc-one"]);
+    let url = server(&data_dir);
+    let src = dir.join("src.img");
+    let data = source_image(&src);
+    let dev = Device::open(&src, false).expect("open source");
+
+    let mut opts = BackupOptions::new("pc-one", "cancelled");
+    (opts.threads, opts.group) = (1, 1);
+    let proxied =
+        Client::new(&tripwire(url.clone(), b"PUT /api/v1/chunks/", 2, opts.cancel.clone()), "pc-one", &tokens[0]);
+    let e = backup(&dev, &proxied, &opts, &mut |_| {}).unwrap_err().to_string();
+    assert!(e.starts_with("cancelled"), "{e}");
+    let rows = Vault::open(&data_dir).expect("vault").list_backups(None, true).expect("list");
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].state.as_str(), rows[0].reason.as_str()), ("failed", "cancelled at the console"));
+    assert_eq!(rows[0].received_chunks, 2, "nothing sent after the flag was seen");
+
+    let client = Client::new(&url, "pc-one", &tokens[0]);
+    let id = backup(&dev, &client, &BackupOptions::new("pc-one", "full"), &mut |_| {}).expect("backup").id;
+    let dst = dir.join("dst.img");
+    let dirty = noise(9, data.len());
+    fs::write(&dst, &dirty).expect("target");
+    let t = Device::open(&dst, true).expect("open target");
+    let opts = RestoreOptions { threads: 1, ..Default::default() };
+    // The third chunk is fetched after the flag is up, and not written.
+    let proxied =
+        Client::new(&tripwire(url.clone(), b"GET /api/v1/chunks/", 3, opts.cancel.clone()), "pc-one", &tokens[0]);
+    let e = restore(&t, &proxied, id, &opts, &mut |_| {}).unwrap_err().to_string();
+    assert_eq!(e, "restore cancelled after 2.0 MiB of 10.0 MiB; the disk is now incomplete");
+    let back = fs::read(&dst).expect("read back");
+    assert!(back[..2 << 20] == data[..2 << 20], "what was written is the backup's");
+    assert!(back[2 << 20..] == dirty[2 << 20..], "nothing written after the flag");
+    let _ = fs::remove_dir_all(&dir);
 }
