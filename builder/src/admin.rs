@@ -4,12 +4,13 @@
 //! `--json` for scripts.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use bootvault_common::config::Config;
 use bootvault_common::units::human_bytes;
+use bootvault_engine::lock::Zeroizing;
 use bootvault_server::vault::{self, BackupRow, PcRow, Vault};
 
 #[derive(clap::Subcommand)]
@@ -85,6 +86,11 @@ pub enum JobsCmd {
         /// Backup id to restore (default: the PC's latest).
         #[arg(long)]
         backup: Option<i64>,
+        /// Restore password, the first line of FILE (`-`: standard input).
+        /// A backup job locks the backup with it; a restore job of a
+        /// locked backup proves it now, for this PC.
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
     },
     /// Results reported by PCs (jobs and headless runs).
     Results {
@@ -319,12 +325,12 @@ fn json(v: &impl serde::Serialize) -> Result<()> {
 
 fn print_backups(rows: &[BackupRow]) {
     println!(
-        "{:>5}  {:<16} {:<16} {:<10} {:<16} {:>10} {:>7} {:>10}",
+        "{:>5}  {:<16} {:<16} {:<10} {:<16} {:>10} {:>7} {:>10}  PASSWORD",
         "ID", "PC", "NAME", "STATE", "CREATED (UTC)", "DISK", "CHUNKS", "STORED"
     );
     for b in rows {
         println!(
-            "{:>5}  {:<16} {:<16} {:<10} {:<16} {:>10} {:>7} {:>10}",
+            "{:>5}  {:<16} {:<16} {:<10} {:<16} {:>10} {:>7} {:>10}  {}",
             b.id,
             b.pc,
             b.name,
@@ -332,7 +338,8 @@ fn print_backups(rows: &[BackupRow]) {
             when(b.created),
             human_bytes(b.disk_bytes),
             b.chunks,
-            human_bytes(b.blob_bytes)
+            human_bytes(b.blob_bytes),
+            if b.locked { "yes" } else { "-" }
         );
     }
 }
@@ -355,6 +362,9 @@ pub fn backups(data: &Path, as_json: bool, cmd: BackupsCmd) -> Result<()> {
                 return json(&b);
             }
             print_backups(std::slice::from_ref(&b));
+            if b.locked {
+                println!("protected by a restore password (PCs need it, or a job made with --password-file)");
+            }
             let grants = v.grants(id)?;
             if !grants.is_empty() {
                 println!("also restorable by: {}", grants.join(" "));
@@ -495,12 +505,41 @@ pub fn jobs(data: &Path, as_json: bool, cmd: JobsCmd) -> Result<()> {
             }
             Ok(())
         }
-        JobsCmd::Add { pc, action, disk, name, backup } => {
-            if action == "restore" && backup.is_none() {
-                eprintln!("note: no --backup given; the PC restores its latest backup");
+        JobsCmd::Add { pc, action, disk, name, backup, password_file } => {
+            let name = name.as_deref().unwrap_or("");
+            let Some(file) = password_file else {
+                if action == "restore" && backup.is_none() {
+                    eprintln!("note: no --backup given; the PC restores its latest backup");
+                }
+                let id = v.add_job(&pc, &action, &disk, name, backup)?;
+                println!("job {id} queued for {pc}");
+                return Ok(());
+            };
+            let password = read_password(&file)?;
+            match action.as_str() {
+                "backup" => {
+                    // The key is derived here; the job carries the lock, never the password.
+                    let lock = bootvault_engine::lock::Lock::new(password.as_bytes())?;
+                    let lock = vault::BackupLock::from_text(&Zeroizing::new(lock.to_text()))?;
+                    let id = v.add_job_with(&pc, &action, &disk, name, backup, Some(&lock), false)?;
+                    println!("job {id} queued for {pc}: the backup will be protected by the password");
+                }
+                "restore" => {
+                    let b = match backup {
+                        Some(b) => b,
+                        None => v
+                            .latest(&pc, (!name.is_empty()).then_some(name))?
+                            .with_context(|| format!("no complete backup of {pc} to restore"))?,
+                    };
+                    if v.backup_lock(b)?.is_none() {
+                        bail!("backup {b} has no password; queue the job without --password-file");
+                    }
+                    prove(&v, &pc, b, &password)?;
+                    let id = v.add_job_with(&pc, &action, &disk, name, Some(b), None, true)?;
+                    println!("job {id} queued for {pc}: restore of backup {b}, unlocked with its password");
+                }
+                other => bail!("action must be backup or restore, not {other:?}"),
             }
-            let id = v.add_job(&pc, &action, &disk, name.as_deref().unwrap_or(""), backup)?;
-            println!("job {id} queued for {pc}");
             Ok(())
         }
         JobsCmd::Results { pc } => {
@@ -525,6 +564,35 @@ pub fn jobs(data: &Path, as_json: bool, cmd: JobsCmd) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The first line of `file` (`-`: standard input), without its line end.
+fn read_password(file: &Path) -> Result<Zeroizing<String>> {
+    let mut all = Zeroizing::new(String::new());
+    if file == Path::new("-") {
+        std::io::stdin().read_to_string(&mut all).context("reading the password from standard input")?;
+    } else {
+        File::open(file)
+            .and_then(|mut f| f.read_to_string(&mut all))
+            .with_context(|| format!("reading the password from {}", file.display()))?;
+    }
+    let first = Zeroizing::new(all.lines().next().unwrap_or("").to_owned());
+    if first.is_empty() {
+        bail!("{}: the first line (the password) is empty", file.display());
+    }
+    Ok(first)
+}
+
+/// Answers the backup's challenge as PC `pc` would, counting towards the
+/// same wrong-password limit; the job then hands `pc` a ticket.
+fn prove(v: &Vault, pc: &str, backup: i64, password: &str) -> Result<()> {
+    use bootvault_engine::lock;
+    let ch = v.challenge(pc, backup, vault::now())?.with_context(|| format!("backup {backup} has no password"))?;
+    let params = ch.params;
+    let key = lock::derive(password.as_bytes(), &ch.salt, &params)?;
+    let proof = lock::proof(&key, &ch.nonce, pc, backup);
+    v.verify_unlock(pc, backup, &ch.nonce, &proof, vault::now())?;
+    Ok(())
 }
 
 pub fn gc(data: &Path, as_json: bool, max_age: i64) -> Result<()> {

@@ -1,0 +1,111 @@
+//! `bootvault jobs add ... --password-file` through the real binary: a
+//! backup job carries a lock (never the password), a restore job of a
+//! locked backup is refused without the password, counts a wrong one, and
+//! is queued unlocked with the right one.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use bootvault_common::image::{self, Chunk, Manifest, TableKind};
+use bootvault_engine::lock::{derive, Params};
+use bootvault_server::vault::{BackupLock, PcRow, Vault};
+
+fn jobs(data: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bootvault"))
+        .arg("jobs")
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs bootvault");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin.unwrap_or("").as_bytes()).expect("write stdin");
+    drop(input);
+    let out = child.wait_with_output().expect("bootvault ends");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// A complete backup of `pc` locked with `password` (small Argon2id costs;
+/// the CLI derives with whatever the challenge says).
+fn locked_backup(v: &Vault, pc: &str, password: &[u8]) -> i64 {
+    let params = Params { m_kib: 64, t_cost: 1, p: 1 };
+    let salt = [5u8; 16];
+    let key = derive(password, &salt, &params).expect("derive");
+    let lock = BackupLock { params, salt, key: *key };
+    let plain = vec![7u8; 4096];
+    let cid = image::chunk_id(&plain);
+    let blob = image::encode_blob(&plain, 1);
+    let m = Manifest {
+        created: 1,
+        chunk_size: 4096,
+        disk_bytes: 4096,
+        logical: 512,
+        physical: 512,
+        table: TableKind::None,
+        pc: pc.into(),
+        name: "full".into(),
+        model: String::new(),
+        serial: String::new(),
+        extents: vec![],
+        chunks: vec![Chunk::Data { id: cid, blob_len: blob.len() as u32 }],
+    };
+    let id = v.create_backup_locked(pc, "full", 4096, 4096, Some(&lock)).expect("create");
+    v.put_chunk(&cid, &blob, Some(id)).expect("chunk");
+    v.finish_backup(id, pc, &m.encode()).expect("finish");
+    id
+}
+
+#[test]
+fn job_add_with_a_password_file() {
+    let dir = std::env::temp_dir().join(format!("bv-jobs-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = dir.join("data");
+    let v = Vault::open(&data).expect("vault");
+    v.add_pc(&PcRow::new("lab-1", "52:54:00:aa:00:01")).expect("add pc");
+    let id = locked_backup(&v, "lab-1", b"correct horse");
+    let right = dir.join("right.txt");
+    std::fs::write(&right, "correct horse\nsecond line is not the password\n").expect("password file");
+    let wrong = dir.join("wrong.txt");
+    std::fs::write(&wrong, "battery staple\n").expect("password file");
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, "\n").expect("password file");
+
+    // A backup job: the lock is derived here; the database never sees the password.
+    let (ok, out) = jobs(&data, &["add", "lab-1", "backup", "--password-file", right.to_str().expect("path")], None);
+    assert!(ok && out.contains("will be protected by the password"), "{out}");
+    let job = v.next_job("lab-1").expect("next").expect("a job");
+    let lock = BackupLock::from_text(job.lock.as_deref().expect("the job carries a lock")).expect("lock");
+    assert_eq!(lock.params, Params::DEFAULT);
+    assert_eq!(*derive(b"correct horse", &lock.salt, &lock.params).expect("derive"), lock.key);
+
+    // Restore jobs of the locked backup.
+    let (ok, out) = jobs(&data, &["add", "lab-1", "restore", "--backup", &id.to_string()], None);
+    assert!(
+        !ok && out.contains(&format!("backup {id} is protected by a password: give the job --password-file")),
+        "{out}"
+    );
+    let (ok, out) = jobs(&data, &["add", "lab-1", "restore", "--password-file", wrong.to_str().expect("path")], None);
+    assert!(!ok && out.contains(&format!("wrong password for backup {id} (4 tries left before a wait)")), "{out}");
+    assert_eq!(v.unlock_failures("lab-1", id).expect("failures").0, 1, "counted under the target PC");
+    let (ok, out) = jobs(&data, &["add", "lab-1", "restore", "--password-file", empty.to_str().expect("path")], None);
+    assert!(!ok && out.contains("the first line (the password) is empty"), "{out}");
+    // `latest` is resolved now, and standard input works.
+    let (ok, out) = jobs(&data, &["add", "lab-1", "restore", "--password-file", "-"], Some("correct horse\n"));
+    assert!(ok && out.contains(&format!("restore of backup {id}, unlocked with its password")), "{out}");
+    let job = v.next_job("lab-1").expect("next").expect("a job");
+    assert_eq!((job.backup, job.unlocked), (Some(id), true));
+    assert_eq!(v.unlock_failures("lab-1", id).expect("failures").0, 0, "a success clears the count");
+    // No password anywhere in the database files (read once the vault is
+    // closed: reading a SQLite file while this process has it open would
+    // drop the process's POSIX locks on it).
+    drop(v);
+    for f in std::fs::read_dir(&data).expect("data dir").flatten() {
+        let bytes = std::fs::read(f.path()).unwrap_or_default();
+        assert!(!bytes.windows(13).any(|w| w == b"correct horse"), "password in {}", f.path().display());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
