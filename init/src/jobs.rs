@@ -14,6 +14,7 @@ use bootvault_common::units::human_bytes;
 use bootvault_engine::backup::{backup, BackupOptions};
 use bootvault_engine::client::{kv_get, Client};
 use bootvault_engine::device::Device;
+use bootvault_engine::lock::Lock;
 use bootvault_engine::restore::{restore, RestoreOptions};
 
 use crate::disks;
@@ -28,11 +29,23 @@ pub struct Job {
     pub disk: String,
     pub name: String,
     pub backup: BackupRef,
+    /// A backup job's restore password lock (from the server's job).
+    pub lock: Option<Lock>,
+    /// A restore job's unlock ticket (the admin gave the password).
+    pub ticket: Option<String>,
 }
 
 impl Job {
     pub fn from_config(c: &Config) -> Job {
-        Job { id: None, action: c.action, disk: c.disk.clone(), name: c.name.clone(), backup: c.backup }
+        Job {
+            id: None,
+            action: c.action,
+            disk: c.disk.clone(),
+            name: c.name.clone(),
+            backup: c.backup,
+            lock: None,
+            ticket: None,
+        }
     }
 
     /// A job from the server's `key=value` answer; the rest from `c`.
@@ -47,12 +60,15 @@ impl Job {
             None | Some("") | Some("latest") => BackupRef::Latest,
             Some(v) => BackupRef::Id(v.parse().map_err(|_| format!("job {id}: bad backup id {v:?}"))?),
         };
+        let lock = kv_get(kv, "lock").map(Lock::from_text).transpose().map_err(|e| format!("job {id}: {e}"))?;
         Ok(Job {
             id: Some(id),
             action,
             disk: kv_get(kv, "disk").filter(|d| !d.is_empty()).unwrap_or(&c.disk).to_owned(),
             name: kv_get(kv, "name").unwrap_or(&c.name).to_owned(),
             backup,
+            lock,
+            ticket: kv_get(kv, "ticket").filter(|t| !t.is_empty()).map(str::to_owned),
         })
     }
 }
@@ -171,6 +187,7 @@ fn execute(job: &Job, config: &Config, client: &Client) -> Result<Outcome, Strin
             opts.level = config.level;
             opts.model = disk.model.clone();
             opts.serial = disk.serial.clone();
+            opts.lock = job.lock.clone();
             say(format!("backup: {} ({}) as {:?} to {}", disk.name, human_bytes(dev.bytes), opts.name, client.base()));
             let r = backup(&dev, client, &opts, &mut progress).map_err(|e| format!("backup of {}: {e}", disk.name))?;
             Ok(Outcome {
@@ -188,6 +205,9 @@ fn execute(job: &Job, config: &Config, client: &Client) -> Result<Outcome, Strin
                     .latest(&config.pc, (!job.name.is_empty()).then_some(job.name.as_str()))
                     .map_err(|e| format!("finding the latest backup of {}: {e}", config.pc))?,
             };
+            if let Some(t) = &job.ticket {
+                client.set_ticket(id, t.clone());
+            }
             let dev = Device::open(&path, true).map_err(|e| e.to_string())?;
             say(format!("restore: backup {id} onto {} ({})", disk.name, human_bytes(dev.bytes)));
             let opts = RestoreOptions { verify: config.verify, ..RestoreOptions::default() };
@@ -230,7 +250,9 @@ mod tests {
                 action: Action::Restore,
                 disk: "sdb".into(),
                 name: "".into(),
-                backup: BackupRef::Id(12)
+                backup: BackupRef::Id(12),
+                lock: None,
+                ticket: None,
             }
         );
         let j = Job::from_server(&kv(&[("job", "8"), ("action", "backup"), ("name", "weekly")]), &c).unwrap();
@@ -239,5 +261,17 @@ mod tests {
         assert!(Job::from_server(&kv(&[("job", "1"), ("action", "format")]), &c)
             .unwrap_err()
             .contains("unknown action"));
+        // Passwords: a backup job's lock, a restore job's ticket.
+        let lock = "argon2id m=19456 t=2 p=1 salt=000102030405060708090a0b0c0d0e0f key=".to_string() + &"ab".repeat(32);
+        let j = Job::from_server(&kv(&[("job", "9"), ("action", "backup"), ("lock", &lock)]), &c).unwrap();
+        assert_eq!(j.lock.map(|l| l.to_text()), Some(lock.clone()));
+        let j = Job::from_server(&kv(&[("job", "9"), ("action", "restore"), ("backup", "3"), ("ticket", "t1")]), &c);
+        assert_eq!(j.unwrap().ticket.as_deref(), Some("t1"));
+        let e = Job::from_server(
+            &kv(&[("job", "9"), ("action", "backup"), ("lock", &lock.replace("m=19456", "m=4194304"))]),
+            &c,
+        )
+        .unwrap_err();
+        assert!(e.starts_with("job 9: lock: argon2id memory"), "{e}");
     }
 }
