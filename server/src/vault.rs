@@ -965,8 +965,9 @@ impl Vault {
     /// Whether `ticket` lets `pc` read `backup` now.
     pub fn ticket_ok(&self, pc: &str, backup: i64, ticket: &str, now: i64) -> bool {
         let u = self.unlocks();
-        // A hash map lookup by the secret itself: tickets are 256-bit
-        // random, so timing can at best tell a prefix of nothing guessable.
+        // Looked up by the ticket itself (a keyed hash map, not a
+        // constant-time compare): tickets are 256 random bits, so nothing
+        // timing might tell helps anyone guess one.
         matches!(u.tickets.get(ticket), Some((p, b, expires)) if p == pc && *b == backup && now < *expires)
     }
 
