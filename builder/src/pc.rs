@@ -185,7 +185,7 @@ mod tests {
         assert_eq!(pc.config.get("action").as_deref(), Some("backup"));
         assert!(!pc.cmdline().contains("ab12"), "the token never goes on the command line");
         row.default_action = "menu".into();
-        assert!(settings_of(&row).contains(&"action=job".to_string()));
+        assert!(settings_of(&row).contains(&"action=menu".to_string()));
     }
 
     #[test]

@@ -13,15 +13,16 @@
 //! ```
 
 mod coldplug;
+mod console;
 mod disks;
 mod early;
 mod jobs;
 mod net;
 mod pid1;
 mod sys;
-mod tui;
 #[cfg(test)]
 mod testutil;
+mod tui;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -13,12 +13,12 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use bootvault_common::config::{Config, Finish, CMDLINE_PREFIX};
+use bootvault_common::config::{Action, Config, Finish, CMDLINE_PREFIX};
 use bootvault_common::modules::Index;
 
 use bootvault_engine::client::Client;
 
-use crate::{coldplug, disks, early, jobs, net, sys};
+use crate::{coldplug, console, disks, early, jobs, net, sys};
 
 /// Path of the per-PC configuration the builder embeds.
 pub const CONFIG_PATH: &str = "/etc/bootvault.conf";
@@ -118,9 +118,9 @@ pub fn main() -> ! {
             run(&config, &mut state)
         };
         match result {
-            Ok(()) => {
+            Ok(chosen) => {
                 say("done");
-                if finish(&config, config.finish, &mut state) == Next::Retry {
+                if finish(&config, chosen.unwrap_or(config.finish), &mut state) == Next::Retry {
                     continue;
                 }
             }
@@ -140,7 +140,9 @@ struct State {
     lease: Option<net::Lease>,
 }
 
-fn run(config: &Config, state: &mut State) -> Result<(), String> {
+/// Brings the PC up and does its action. Ok(Some) when the person at the
+/// console chose how to finish.
+fn run(config: &Config, state: &mut State) -> Result<Option<Finish>, String> {
     if !state.modules_loaded {
         load_modules(config);
         state.modules_loaded = true;
@@ -167,8 +169,22 @@ fn run(config: &Config, state: &mut State) -> Result<(), String> {
         .hello(&mac, &addr, Duration::from_secs(u64::from(config.server_timeout)), &mut |m| say(format!("server: {m}")))
         .map_err(|e| format!("server: {e}"))?;
     say(format!("server: {} answered: {answer}", client.base()));
+    if config.action == Action::Menu {
+        // An administrator's job for this PC comes first; otherwise the
+        // person at the PC is asked.
+        if let Some(job) = jobs::server_job(config, &client)? {
+            say("job: the server has a job for this PC; running it instead of the menu");
+            jobs::run_job(&job, config, &client)?;
+            return Ok(None);
+        }
+        return Ok(Some(match console::run(config, &client) {
+            console::Exit::Reboot => Finish::Reboot,
+            console::Exit::Poweroff => Finish::Poweroff,
+            console::Exit::Rescue => Finish::Rescue,
+        }));
+    }
     jobs::run(config, &client)?;
-    Ok(())
+    Ok(None)
 }
 
 struct KernelLoader;

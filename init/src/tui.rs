@@ -7,8 +7,6 @@
 //! reverse video, cursor position), fit in 80×25, and always end the text
 //! a person must read with a newline, so a serial log shows every prompt.
 
-use std::time::Duration;
-
 use bootvault_common::units::{human_bytes, utc_date};
 use bootvault_engine::progress::{format_duration, Progress};
 use zeroize::Zeroizing;
@@ -370,11 +368,7 @@ pub fn confirms_disk(typed: &str, disk: &str) -> bool {
 /// Whether a disk of `disk_bytes` can hold a backup of `backup_bytes`.
 pub fn fits(backup_bytes: u64, disk_bytes: u64) -> Result<(), String> {
     if disk_bytes < backup_bytes {
-        return Err(format!(
-            "too small: holds {}, the backup needs {}",
-            human_bytes(disk_bytes),
-            human_bytes(backup_bytes)
-        ));
+        return Err(format!("too small: the backup needs {}", human_bytes(backup_bytes)));
     }
     Ok(())
 }
@@ -406,14 +400,10 @@ pub fn progress_lines(p: &Progress) -> [String; 3] {
     [bar, figures, net]
 }
 
-/// Seconds as the console shows a wait: `45 s`, `2m05s`.
-pub fn wait_text(d: Duration) -> String {
-    format_duration(d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn keys(bytes: &[u8]) -> Vec<Key> {
         let mut d = Decoder::default();
@@ -541,7 +531,7 @@ mod tests {
         assert!(!confirms_disk("VDA", "vda"));
 
         assert!(fits(64 << 20, 64 << 20).is_ok());
-        assert_eq!(fits(64 << 20, 32 << 20).unwrap_err(), "too small: holds 32.0 MiB, the backup needs 64.0 MiB");
+        assert_eq!(fits(64 << 20, 32 << 20).unwrap_err(), "too small: the backup needs 64.0 MiB");
     }
 
     #[test]

@@ -1,0 +1,138 @@
+//! The console service, driven as a person would drive it: QEMU PCs boot
+//! into the menu, the test types on the serial console and waits for each
+//! prompt. One PC backs its disk up with a restore password; another
+//! restores it onto its blank disk after a too-small disk, a wrong disk
+//! name, a cancel at the confirmation and a wrong password were each
+//! refused without touching a disk. The screens seen are written to
+//! `console-screens.txt` in the test's scratch directory (docs/CONSOLE.md
+//! shows them).
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use bootvault_qemu_tests::*;
+
+const STEP: Duration = Duration::from_secs(60);
+const PASSWORD: &str = "correct horse battery";
+
+fn step(vm: &Running, prompt: &str) -> String {
+    vm.console.expect(prompt, STEP).unwrap_or_else(|e| panic!("waiting for {prompt:?}: {e}")).0
+}
+
+fn save_screens(dir: &Path, name: &str, vm: &Running) {
+    let shots = screens(&vm.console.all());
+    let text: String = shots.iter().enumerate().map(|(i, s)| format!("--- screen {} ---\n{s}\n\n", i + 1)).collect();
+    fs::write(dir.join(format!("console-screens-{name}.txt")), text).expect("write screens");
+}
+
+#[test]
+fn a_person_backs_up_and_restores_a_pc_at_the_console() {
+    let dir = scratch("console");
+    let server = Server::start(&dir).expect("server");
+    let source = make_source_disk(&dir, "gpt").expect("source disk");
+    // Registered PCs default to the menu.
+    let boot = dir.join("boot");
+    build_for(&boot, "pc-c", &server, "qemu", &["--set", "error_wait=1"]).expect("build");
+
+    // --- Backup ---
+    let mut vm = Guest::new(&boot).disk(&source, "SRC00001").boot(&dir.join("console-backup.log")).expect("boots");
+    step(&vm, "What do you want to do?");
+    step(&vm, "1) Back up a disk of this PC to the server");
+    vm.send("1").expect("type");
+    // The disk list shows partitions with their filesystems and labels.
+    step(&vm, "Choose the disk to back up:");
+    let (line, _) = vm.console.expect("vda", STEP).expect("disk line");
+    assert!(line.contains("96.0 MiB"), "{line}");
+    vm.console
+        .expect_fn("the FAT partition and its label", STEP, |l| l.contains("vfat") && l.contains("BVFAT"))
+        .expect("fat");
+    vm.send("1").expect("type");
+    // The local destination is shown, and refused.
+    step(&vm, "Choose where to store the backup:");
+    vm.send("2").expect("type");
+    step(&vm, "! A local disk or USB drive of this PC: not available yet");
+    vm.send("1").expect("type");
+    // A bad name is refused with the reason; the default is PC + date.
+    step(&vm, "Suggested: pc-c-20");
+    vm.keys("\x15").expect("clear");
+    vm.send("my backup").expect("type");
+    step(&vm, "! ' ' is not allowed");
+    vm.keys("\x15").expect("clear");
+    vm.send("console-test").expect("type");
+    // The password, twice, never echoed; a mismatch is caught.
+    step(&vm, "Password:");
+    vm.send(PASSWORD).expect("type");
+    step(&vm, "The same password again:");
+    vm.send("something else entirely").expect("type");
+    step(&vm, "! the two passwords differ");
+    vm.send(PASSWORD).expect("type");
+    step(&vm, "The same password again:");
+    vm.send(PASSWORD).expect("type");
+    step(&vm, "Name:        console-test");
+    step(&vm, "Password:    set");
+    vm.send("1").expect("type");
+    step(&vm, "The backup is complete and stored on the server.");
+    step(&vm, "Back to the main menu");
+    vm.send("2").expect("type");
+    vm.wait_exit(Duration::from_secs(60)).expect("powers off");
+    save_screens(&dir, "backup", &vm);
+    let log = vm.console.all().join("\n");
+    assert!(!log.contains(PASSWORD) && !log.contains("something else"), "a password was echoed");
+    let events = server.events();
+    assert!(events.contains("backup 1 of pc=pc-c complete"), "{events}");
+
+    // --- Restore onto a blank disk, after every refusal ---
+    let target = dir.join("target.img");
+    fs::write(&target, noise(31, (SOURCE_MIB << 20) as usize)).expect("target disk");
+    let small = dir.join("small.img");
+    fs::write(&small, vec![0u8; 16 << 20]).expect("small disk");
+    let before = fs::read(&target).expect("read");
+    let mut vm = Guest::new(&boot)
+        .disk(&target, "DST00001")
+        .disk(&small, "SMALL001")
+        .boot(&dir.join("console-restore.log"))
+        .expect("boots");
+    step(&vm, "What do you want to do?");
+    vm.send("2").expect("type");
+    let (line, _) = vm.console.expect("console-test", STEP).expect("backup listed");
+    assert!(line.contains("[password]"), "{line}");
+    step(&vm, "backup 1: disk 96.0 MiB, stored");
+    vm.send("1").expect("type");
+    let (line, _) = vm.console.expect("vdb", STEP).expect("small disk listed");
+    assert!(line.contains("16.0 MiB  (too small: the backup needs 96.0 MiB)"), "{line}");
+    vm.send("2").expect("type");
+    step(&vm, "! vdb");
+    vm.send("1").expect("type");
+    // The strong confirmation: anything but the disk's name is refused.
+    step(&vm, "Type the disk name (vda) to overwrite it:");
+    vm.send("yes").expect("type");
+    step(&vm, "You typed \"yes\", not \"vda\"; nothing was written.");
+    // Ctrl-C at the confirmation: back to the menu, the disk untouched.
+    vm.keys("\x03").expect("ctrl-c");
+    step(&vm, "Cancelled; nothing was changed.");
+    assert!(fs::read(&target).expect("read") == before, "the cancelled restore touched the disk");
+    vm.send("2").expect("type");
+    step(&vm, "Choose the backup to restore:");
+    vm.send("1").expect("type");
+    step(&vm, "Choose the disk to overwrite");
+    vm.send("1").expect("type");
+    step(&vm, "Type the disk name (vda) to overwrite it:");
+    vm.send("vda").expect("type");
+    // A wrong password: refused by the server, asked again.
+    step(&vm, "Password:");
+    vm.send("not the password").expect("type");
+    step(&vm, "! wrong password for backup 1");
+    assert!(fs::read(&target).expect("read") == before, "a wrong password let the restore write");
+    vm.send(PASSWORD).expect("type");
+    step(&vm, "Backup \"console-test\" is now on vda.");
+    step(&vm, "Back to the main menu");
+    vm.send("2").expect("type");
+    vm.wait_exit(Duration::from_secs(60)).expect("powers off");
+    save_screens(&dir, "restore", &vm);
+    assert_eq!(compare_prefix(&source, &target, SOURCE_MIB << 20).expect("compare"), None, "restored bytes differ");
+    assert!(fs::read(&small).expect("read").iter().all(|&b| b == 0), "the too-small disk was written");
+    let events = server.events();
+    assert!(events.contains("unlock-refused pc=pc-c backup=1"), "{events}");
+    assert!(events.contains("unlock-ok pc=pc-c backup=1"), "{events}");
+}
