@@ -185,8 +185,11 @@ impl Session<'_> {
     /// shown above the prompt (the last answer's problem).
     fn ask(&mut self, title: &str, body: &str, prompt: &str, edit: &mut LineEdit, message: &str) -> Result<(), Nav> {
         let mut text = String::from(body);
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
         if !message.is_empty() {
-            text.push_str(&format!("\n! {message}\n"));
+            text.push_str(&format!("! {message}\n"));
         }
         // The keys go above the prompt: the cursor stays on the input line.
         text.push_str("\nEnter to confirm, Esc to go back, Ctrl-C to cancel\n\n");
@@ -397,7 +400,8 @@ impl Session<'_> {
     /// also watches for Ctrl-C (twice, to be sure) and sets `cancel`.
     fn progress_screen(&mut self, title: &str, intro: &str) -> u16 {
         let screen = frame(&self.header, title, intro, "");
-        let row = screen.matches('\n').count() as u16 + 1;
+        // One blank row under the intro, then the progress block.
+        let row = screen.matches('\n').count() as u16 + 2;
         self.term.write(&screen);
         row
     }
@@ -515,7 +519,7 @@ impl Session<'_> {
                     };
                     disk_menu = Menu::new(Self::disk_items(&all, &refuse));
                     let intro = format!(
-                        "Choose the disk to overwrite with {:?} ({}). What is on each disk now:",
+                        "Choose the disk to overwrite with {:?} ({}).\nUnder each disk: what is on it now.",
                         b.name,
                         human_bytes(b.disk_bytes)
                     );
@@ -732,7 +736,7 @@ fn backup_item(b: &BackupInfo, pc: &str) -> Item {
     if b.pc != pc {
         detail.push(format!("from PC {}, made available to this PC by the administrator", b.pc));
     }
-    if !b.model.is_empty() {
+    if !b.model.is_empty() && b.model != "-" {
         detail.push(format!("disk model {}", b.model));
     }
     Item::new(label).detail(detail)

@@ -264,7 +264,7 @@ pub fn render(disks: &[Disk]) -> String {
 /// ```
 ///
 /// or a single line for a disk without partitions (`no partition table,
-/// ext4 "data"`, `empty (no partition table, no filesystem)`).
+/// ext4 "data"`, `no partition table or filesystem found`).
 pub fn contents(d: &Disk) -> Vec<String> {
     let fs_text = |fs: &Filesystem| {
         if fs.label.is_empty() {
@@ -281,7 +281,7 @@ pub fn contents(d: &Disk) -> Vec<String> {
         Ok(None) => vec![match &d.fs {
             Some(fs) if fs.label.is_empty() => format!("no partition table, {}", fs.kind),
             Some(fs) => format!("no partition table, {} {:?}", fs.kind, fs.label),
-            None => "empty (no partition table, no filesystem)".into(),
+            None => "no partition table or filesystem found".into(),
         }],
         Ok(Some(t)) if d.parts.is_empty() => {
             let kind = match t.kind {
@@ -437,7 +437,7 @@ mod tests {
             ]
         );
         assert_eq!(contents(&disks[3]), [r#"no partition table, ext4 "data""#]);
-        assert_eq!(contents(&disks[4]), ["empty (no partition table, no filesystem)"]);
+        assert_eq!(contents(&disks[4]), ["no partition table or filesystem found"]);
         let vdd = &disks[5];
         assert!(matches!(vdd.table, Ok(None)), "a FAT boot sector is not an MBR: {:?}", vdd.table);
         assert_eq!(contents(vdd), [r#"no partition table, vfat "STICK""#]);

@@ -17,7 +17,8 @@ pub const REVERSE: &str = "\x1b[7m";
 pub const NORMAL: &str = "\x1b[0m";
 /// Erase to the end of the line.
 pub const ERASE: &str = "\x1b[K";
-/// Width of every line a screen draws (VGA text mode is 80 columns).
+/// Width of every line a screen draws (VGA text mode is 80 columns); the
+/// longest screen is 22 rows, so none scrolls on a 24-row terminal.
 pub const WIDTH: usize = 78;
 
 /// One key press, decoded.
@@ -136,7 +137,7 @@ pub fn frame(header: &str, title: &str, body: &str, keys: &str) -> String {
     out.push_str(&fit(header));
     out.push('\n');
     out.push_str(&"=".repeat(WIDTH.min(header.chars().count().max(title.chars().count()))));
-    out.push_str("\n\n");
+    out.push('\n');
     out.push_str(&fit(title));
     out.push_str("\n\n");
     out.push_str(body);
@@ -266,7 +267,7 @@ impl Menu {
     }
 }
 
-pub const MENU_KEYS: &str = "Up/Down or a number to choose, Enter to confirm, Esc to go back, Ctrl-C to cancel";
+pub const MENU_KEYS: &str = "Arrows or a number to choose, Enter to confirm, Esc: back, Ctrl-C: cancel";
 
 /// A line being typed. Secret lines are never echoed and live in a
 /// zeroizing buffer.
@@ -479,10 +480,7 @@ mod tests {
     #[test]
     fn frames() {
         let f = frame("bootvault - PC pc-one", "Back up", "body\n", "Enter to go on");
-        assert_eq!(
-            f,
-            "\x1b[H\x1b[2Jbootvault - PC pc-one\n=====================\n\nBack up\n\nbody\n\nEnter to go on\n"
-        );
+        assert_eq!(f, "\x1b[H\x1b[2Jbootvault - PC pc-one\n=====================\nBack up\n\nbody\n\nEnter to go on\n");
         assert!(frame("h", "t", "no newline", "").ends_with("no newline\n"));
     }
 
