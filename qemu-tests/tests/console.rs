@@ -136,3 +136,54 @@ fn a_person_backs_up_and_restores_a_pc_at_the_console() {
     assert!(events.contains("unlock-refused pc=pc-c backup=1"), "{events}");
     assert!(events.contains("unlock-ok pc=pc-c backup=1"), "{events}");
 }
+
+/// Headless imaging of a PC in menu mode: the administrator's jobs run
+/// before the menu and carry the password through the server (never the
+/// kernel command line). A backup job locks the backup; a restore job with
+/// a wrong password is refused when it is added; with the right one the PC
+/// restores it unattended, byte for byte.
+#[test]
+fn server_jobs_carry_the_password_and_run_before_the_menu() {
+    let dir = scratch("console-jobs");
+    let server = Server::start(&dir).expect("server");
+    let boot = dir.join("boot");
+    build_for(&boot, "pc-j", &server, "qemu", &["--set", "error_wait=1"]).expect("build");
+    let cmdline = fs::read_to_string(boot.join("cmdline")).expect("cmdline");
+    assert!(!cmdline.contains("password") && !cmdline.contains("token"), "{cmdline}");
+    let password = dir.join("password.txt");
+    fs::write(&password, format!("{PASSWORD}\n")).expect("password file");
+    let wrong = dir.join("wrong.txt");
+    fs::write(&wrong, "not the password\n").expect("password file");
+
+    let source = dir.join("source.img");
+    fs::write(&source, noise(51, 16 << 20)).expect("source");
+    let p = password.to_str().expect("utf-8");
+    server.admin("jobs", &["add", "pc-j", "backup", "--name", "locked", "--password-file", p]).expect("backup job");
+    let mut vm = Guest::new(&boot).disk(&source, "JOB00001").boot(&dir.join("console-backup.log")).expect("boots");
+    step(&vm, "job: the server has a job for this PC; running it instead of the menu");
+    step(&vm, "bootvault: backup 1 complete");
+    vm.console.expect("reboot: Power down", STEP).expect("powers off");
+    vm.wait_exit(Duration::from_secs(30)).expect("qemu exits");
+    let listing = server.admin("backups", &["list"]).expect("list");
+    assert!(listing.contains("locked"), "{listing}");
+    for f in ["bootvault.db", "bootvault.db-wal", "events.log"] {
+        let bytes = fs::read(dir.join("server-data").join(f)).unwrap_or_default();
+        assert!(!String::from_utf8_lossy(&bytes).contains(PASSWORD), "the password is in {f}");
+    }
+
+    let refused = server
+        .admin("jobs", &["add", "pc-j", "restore", "--backup", "1", "--password-file", wrong.to_str().expect("utf-8")]);
+    let err = refused.expect_err("a wrong password is refused when the job is added");
+    assert!(err.contains("wrong password for backup 1"), "{err}");
+    let refused = server.admin("jobs", &["add", "pc-j", "restore", "--backup", "1"]);
+    assert!(refused.expect_err("no password").contains("protected by a password"));
+    server.admin("jobs", &["add", "pc-j", "restore", "--backup", "1", "--password-file", p]).expect("restore job");
+    let target = dir.join("target.img");
+    fs::write(&target, vec![0u8; 16 << 20]).expect("target");
+    let mut vm = Guest::new(&boot).disk(&target, "JOB00002").boot(&dir.join("console-restore.log")).expect("boots");
+    step(&vm, "job: the server has a job for this PC; running it instead of the menu");
+    step(&vm, "bootvault: restore of backup 1 complete");
+    vm.console.expect("reboot: Power down", STEP).expect("powers off");
+    vm.wait_exit(Duration::from_secs(30)).expect("qemu exits");
+    assert_eq!(compare_prefix(&source, &target, 16 << 20).expect("compare"), None, "restored bytes differ");
+}
