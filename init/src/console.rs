@@ -111,16 +111,26 @@ impl Term {
         self.keys.pop_front()
     }
 
-    /// Forgets keys typed ahead (before a question that matters).
+    /// Forgets keys typed ahead (before a question that matters), and
+    /// overwrites every slot of the key queue: typed secrets passed
+    /// through it.
     fn discard_typeahead(&mut self) {
         sys::flush_input(STDIN);
-        self.keys.clear();
+        self.wipe();
         self.decoder = tui::Decoder::default();
+    }
+
+    fn wipe(&mut self) {
+        let slots = self.keys.capacity();
+        self.keys.clear();
+        self.keys.extend(std::iter::repeat_n(Key::Enter, slots));
+        self.keys.clear();
     }
 }
 
 impl Drop for Term {
     fn drop(&mut self) {
+        self.wipe();
         if let Some(m) = &self.saved {
             sys::restore_mode(STDIN, m);
         }
@@ -377,7 +387,10 @@ impl Session<'_> {
             let mut first = LineEdit::new("", true, tui::MAX_PASSWORD);
             self.ask("Back up - 4/5: restore password", &body, "Password:\n", &mut first, &message)?;
             let mut second = LineEdit::new("", true, tui::MAX_PASSWORD);
-            self.ask("Back up - 4/5: restore password", &body, "The same password again:\n", &mut second, "")?;
+            let asked =
+                self.ask("Back up - 4/5: restore password", &body, "The same password again:\n", &mut second, "");
+            self.term.wipe();
+            asked?;
             if let Err(e) = tui::check_new_password(&first.text, &second.text) {
                 message = format!("{e}.");
                 continue;
@@ -577,13 +590,15 @@ impl Session<'_> {
         loop {
             self.term.discard_typeahead();
             let mut edit = LineEdit::new("", true, tui::MAX_PASSWORD);
-            self.ask(
+            let asked = self.ask(
                 "Restore - 4/4: password",
                 &format!("Backup {:?} is protected by a password. What you type is not shown.", b.name),
                 "Password:\n",
                 &mut edit,
                 &message,
-            )?;
+            );
+            self.term.wipe();
+            asked?;
             self.term.write(&frame(&self.header, "Restore - 4/4: password", "Checking the password...", ""));
             let password: Zeroizing<Vec<u8>> = Zeroizing::new(edit.text.as_bytes().to_vec());
             drop(edit);

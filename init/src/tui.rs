@@ -44,7 +44,10 @@ pub enum Key {
 #[derive(Debug, Default)]
 pub struct Decoder {
     state: State,
-    utf8: Vec<u8>,
+    /// A UTF-8 character being read (wiped once decoded: it may be part
+    /// of a password).
+    utf8: [u8; 4],
+    utf8_len: usize,
     after_cr: bool,
 }
 
@@ -86,20 +89,18 @@ impl Decoder {
             }
             State::Ground => {}
         }
-        if !self.utf8.is_empty() || b >= 0x80 {
-            self.utf8.push(b);
-            match std::str::from_utf8(&self.utf8) {
-                Ok(s) => {
-                    let c = s.chars().next();
-                    self.utf8.clear();
-                    return c.map(Key::Char);
-                }
-                Err(e) if e.error_len().is_some() || self.utf8.len() >= 4 => {
-                    self.utf8.clear();
-                    return None;
-                }
-                Err(_) => return None,
+        if self.utf8_len > 0 || b >= 0x80 {
+            self.utf8[self.utf8_len] = b;
+            self.utf8_len += 1;
+            let (key, done) = match std::str::from_utf8(&self.utf8[..self.utf8_len]) {
+                Ok(s) => (s.chars().next().map(Key::Char), true),
+                Err(e) => (None, e.error_len().is_some() || self.utf8_len >= 4),
+            };
+            if done {
+                self.utf8 = [0; 4];
+                self.utf8_len = 0;
             }
+            return key;
         }
         match b {
             0x1b => {
@@ -289,7 +290,12 @@ pub enum Edit {
 
 impl LineEdit {
     pub fn new(initial: &str, secret: bool, max: usize) -> LineEdit {
-        LineEdit { text: Zeroizing::new(initial.to_owned()), secret, max }
+        // Room for `max` characters of up to 4 bytes from the start: the
+        // buffer never grows, so no copy of a secret is left behind in
+        // memory freed by a reallocation.
+        let mut text = Zeroizing::new(String::with_capacity(max * 4 + initial.len()));
+        text.push_str(initial);
+        LineEdit { text, secret, max }
     }
 
     pub fn key(&mut self, k: Key) -> Edit {
@@ -502,6 +508,13 @@ mod tests {
         }
         assert_eq!(s.key(Key::Backspace), Edit::Echo(String::new()));
         assert_eq!(s.text.as_str(), "hunter2");
+        // The buffer never moves while typing (no stale copies).
+        let mut full = LineEdit::new("", true, 8);
+        let at = full.text.as_ptr();
+        for c in "éééééééé".chars() {
+            full.key(Key::Char(c));
+        }
+        assert_eq!((full.text.as_ptr(), full.text.chars().count()), (at, 8));
     }
 
     #[test]
