@@ -74,7 +74,8 @@ pub enum JobsCmd {
         #[arg(long)]
         pc: Option<String>,
     },
-    /// Queue a job for a PC booted with action=job.
+    /// Queue a job for a PC booted with action=job or menu (a job runs
+    /// before the menu).
     Add {
         pc: String,
         /// backup or restore
