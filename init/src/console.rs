@@ -655,6 +655,10 @@ impl Session<'_> {
                     r.reread_error.map(|e| format!("\n  Note: the kernel did not re-read the partition table ({e})")).unwrap_or_default()
                 ),
             ),
+            Err(e) if cancel.load(Ordering::Relaxed) && e.contains("the disk is unchanged") => (
+                "Restore: cancelled",
+                format!("The restore was cancelled before anything was written:\n  {e}\n\n{} is unchanged.", d.name),
+            ),
             Err(e) if cancel.load(Ordering::Relaxed) => (
                 "Restore: CANCELLED - the disk is incomplete",
                 format!(

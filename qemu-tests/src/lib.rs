@@ -191,6 +191,64 @@ impl Server {
     }
 }
 
+/// A TCP proxy on 127.0.0.1 in front of a server whose bandwidth the test
+/// sets while a guest uses it: slow enough that a person can cancel a
+/// running backup or restore, or unlimited (0).
+pub struct Throttle {
+    pub port: u16,
+    rate: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Throttle {
+    pub fn start(target_port: u16) -> Result<Throttle> {
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("throttle: {e}"))?;
+        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        let rate = Arc::new(AtomicU64::new(0));
+        let rate2 = rate.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(upstream) = TcpStream::connect(("127.0.0.1", target_port)) else { continue };
+                let pipe = |mut from: TcpStream, mut to: TcpStream, rate: Arc<AtomicU64>| {
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            let r = rate.load(Ordering::Relaxed);
+                            if r > 0 {
+                                std::thread::sleep(Duration::from_secs_f64(n as f64 / r as f64));
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                };
+                let (Ok(c2), Ok(u2)) = (client.try_clone(), upstream.try_clone()) else { continue };
+                pipe(client, upstream, rate2.clone());
+                pipe(u2, c2, rate2.clone());
+            }
+        });
+        Ok(Throttle { port, rate })
+    }
+
+    /// Bytes per second in each direction; 0 = as fast as it goes.
+    pub fn set_rate(&self, bytes_per_s: u64) {
+        self.rate.store(bytes_per_s, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The URL a guest uses to reach the server through the throttle.
+    pub fn guest_url(&self) -> String {
+        format!("http://10.0.2.2:{}", self.port)
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -187,3 +187,91 @@ fn server_jobs_carry_the_password_and_run_before_the_menu() {
     vm.wait_exit(Duration::from_secs(30)).expect("qemu exits");
     assert_eq!(compare_prefix(&source, &target, 16 << 20).expect("compare"), None, "restored bytes differ");
 }
+
+/// Ctrl-C while a backup or a restore runs (the link to the server slowed
+/// down so there is time to press it): the cancelled backup is failed on
+/// the server, never complete; the cancelled restore says plainly that the
+/// disk is incomplete. A backup between the two runs at full speed.
+#[test]
+fn cancelling_a_running_backup_and_restore() {
+    let dir = scratch("console-cancel");
+    let server = Server::start(&dir).expect("server");
+    let throttle = Throttle::start(server.port).expect("throttle");
+    let boot = dir.join("boot");
+    let url = throttle.guest_url();
+    build_for(&boot, "pc-x", &server, "qemu", &["--set", &format!("server={url}"), "--set", "error_wait=1"]).expect("build");
+    let source = dir.join("source.img");
+    fs::write(&source, noise(61, 16 << 20)).expect("source");
+    let target = dir.join("target.img");
+    fs::write(&target, vec![0u8; 16 << 20]).expect("target");
+    let mut vm = Guest::new(&boot)
+        .disk(&source, "CAN00001")
+        .disk(&target, "CAN00002")
+        .boot(&dir.join("console.log"))
+        .expect("boots");
+    let backup = |vm: &mut Running| {
+        step(vm, "What do you want to do?");
+        vm.send("1").expect("type");
+        step(vm, "Choose the disk to back up:");
+        vm.send("1").expect("type");
+        step(vm, "Choose where to store the backup:");
+        vm.send("1").expect("type");
+        step(vm, "Suggested: pc-x-");
+        vm.send("").expect("type");
+        step(vm, "Password:");
+        vm.send("").expect("type");
+        step(vm, "The same password again:");
+        vm.send("").expect("type");
+        step(vm, "Start the backup");
+        vm.send("1").expect("type");
+        step(vm, "Press Ctrl-C twice to cancel");
+    };
+
+    throttle.set_rate(256 << 10);
+    backup(&mut vm);
+    vm.console.expect_fn("progress", STEP, |l| l.contains("sent to the server")).expect("running");
+    vm.keys("\x03").expect("ctrl-c");
+    step(&vm, "Press Ctrl-C again to cancel the backup.");
+    vm.keys("\x03").expect("ctrl-c");
+    step(&vm, "Back up: cancelled");
+    step(&vm, "Nothing was stored as a complete backup");
+    step(&vm, "Back to the main menu");
+    vm.send("1").expect("type");
+    let events = server.events();
+    assert!(events.contains("backup-failed id=1 reason=\"cancelled at the console\""), "{events}");
+
+    throttle.set_rate(0);
+    backup(&mut vm);
+    step(&vm, "The backup is complete and stored on the server.");
+    step(&vm, "Back to the main menu");
+    vm.send("1").expect("type");
+
+    throttle.set_rate(256 << 10);
+    step(&vm, "What do you want to do?");
+    vm.send("2").expect("type");
+    step(&vm, "Choose the backup to restore:");
+    vm.send("1").expect("type");
+    step(&vm, "Choose the disk to overwrite");
+    vm.send("2").expect("type");
+    step(&vm, "Type the disk name (vdb) to overwrite it:");
+    vm.send("vdb").expect("type");
+    step(&vm, "Press Ctrl-C twice to cancel");
+    // Once part of the backup is on the disk:
+    vm.console
+        .expect_fn("some bytes written", STEP, |l| l.contains(" of 16.0 MiB") && !l.starts_with("0 B"))
+        .expect("running");
+    vm.keys("\x03\x03").expect("ctrl-c twice");
+    step(&vm, "Restore: CANCELLED - the disk is incomplete");
+    step(&vm, "The disk vdb is now INCOMPLETE");
+    step(&vm, "Back to the main menu");
+    vm.send("2").expect("type");
+    vm.wait_exit(Duration::from_secs(60)).expect("powers off");
+    save_screens(&dir, "cancel", &vm);
+    let listing = server.admin("backups", &["list", "--all"]).expect("list");
+    let state = |id: &str| listing.lines().find(|l| l.trim_start().starts_with(id)).unwrap_or("").to_owned();
+    assert!(state("1 ").contains("failed"), "{listing}");
+    assert!(state("2 ").contains("complete"), "{listing}");
+    let target_bytes = fs::read(&target).expect("read");
+    assert!(target_bytes.iter().any(|&b| b != 0), "part of the backup was written");
+    assert!(target_bytes != fs::read(&source).expect("read"), "the cancelled restore finished anyway");
+}
