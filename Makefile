@@ -57,13 +57,14 @@ test: unit test-qemu
 
 # Measurements (not tests): boot times and smallest RAM, backup against gzip/pigz/partclone,
 # boot media against grub-mkrescue. See BENCHMARKS.md.
-BENCH_PACKAGES := pigz partclone time grub-common grub-pc-bin grub-efi-amd64-bin
+BENCH_PACKAGES := pigz partclone time grub-common grub-pc-bin grub-efi-amd64-bin argon2
 bench: build kernel
 	$(call apt_ensure,$(BENCH_PACKAGES))
 	@mkdir -p target/bench
 	target/release/bench-boot | tee target/bench/boot.md
 	target/release/bench-backup | tee target/bench/backup.md
 	target/release/bench-media | tee target/bench/media.md
+	$(CARGO) run --release -q -p bootvault-engine --example lock_cost | tee target/bench/lock.md
 
 # Coverage-guided fuzzing of every parser with libFuzzer, on stable Rust
 # (cargo-fuzz's instrumentation flags, without the nightly-only sanitizer).

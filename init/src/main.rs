@@ -9,6 +9,7 @@
 //! init cmdline [--file CONF] [PARAM...]    the merged configuration, and its problems
 //! init partitions FILE [--sector-size N]   the partition table of an image or device
 //! init coldplug --modules DIR [--root DIR] what coldplug would load (dry run)
+//! init lock-cost                          ms of one restore-password derivation (median min max of 5)
 //! init version
 //! ```
 
@@ -44,7 +45,7 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: init probe [--root DIR] | cmdline [--file CONF] [PARAM...] | partitions FILE [--sector-size N] | coldplug --modules DIR [--root DIR] | version";
+const USAGE: &str = "usage: init probe [--root DIR] | cmdline [--file CONF] [PARAM...] | partitions FILE [--sector-size N] | coldplug --modules DIR [--root DIR] | lock-cost | version";
 
 /// Takes `--name VALUE` out of `args`.
 fn take_opt(args: &mut Vec<String>, name: &str) -> Result<Option<String>, String> {
@@ -132,6 +133,21 @@ fn cli(args: &[String]) -> Result<ExitCode, String> {
             if !report.missing.is_empty() {
                 println!("not available: {}", report.missing.join(" "));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        "lock-cost" => {
+            // What a restore password costs with this binary's build (the
+            // init profile: opt-level z), for `make bench`.
+            let p = bootvault_engine::lock::Params::DEFAULT;
+            let mut ms = Vec::new();
+            for _ in 0..5 {
+                let t = std::time::Instant::now();
+                bootvault_engine::lock::derive(b"correct horse battery staple", &[7u8; 16], &p)
+                    .map_err(|e| e.to_string())?;
+                ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            ms.sort_by(f64::total_cmp);
+            println!("{:.1} {:.1} {:.1}", ms[2], ms[0], ms[4]);
             Ok(ExitCode::SUCCESS)
         }
         _ => Err(USAGE.into()),
