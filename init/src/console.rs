@@ -339,12 +339,7 @@ impl Session<'_> {
                 }
                 _ => return Ok(None),
             };
-            match r {
-                Ok(()) => step += 1,
-                Err(Nav::Back) if step == 0 => return Err(Nav::Back),
-                Err(Nav::Back) => step -= 1,
-                Err(e) => return Err(e),
-            }
+            advance(&mut step, r)?;
         }
     }
 
@@ -548,12 +543,7 @@ impl Session<'_> {
                 },
                 _ => return Ok(None),
             };
-            match r {
-                Ok(()) => step += 1,
-                Err(Nav::Back) if step == 0 => return Err(Nav::Back),
-                Err(Nav::Back) => step -= 1,
-                Err(e) => return Err(e),
-            }
+            advance(&mut step, r)?;
         }
     }
 
@@ -724,6 +714,18 @@ impl<'a> Watch<'a> {
     }
 }
 
+/// Moves a task's steps on: an answer goes to the next step, Esc to the
+/// one before (out of the task from the first), anything else leaves.
+fn advance(step: &mut usize, answer: Result<(), Nav>) -> Result<(), Nav> {
+    match answer {
+        Ok(()) => *step += 1,
+        Err(Nav::Back) if *step == 0 => return Err(Nav::Back),
+        Err(Nav::Back) => *step -= 1,
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
 /// Whether the kernel says the disk is read-only (a CD, a locked card).
 fn read_only(name: &str) -> bool {
     std::fs::read_to_string(Path::new("/sys/block").join(name).join("ro")).is_ok_and(|s| s.trim() == "1")
@@ -764,6 +766,21 @@ fn backup_item(b: &BackupInfo, pc: &str) -> Item {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steps_go_on_back_and_out() {
+        let mut step = 0;
+        assert_eq!(advance(&mut step, Ok(())), Ok(()));
+        assert_eq!(advance(&mut step, Ok(())), Ok(()));
+        assert_eq!(step, 2);
+        assert_eq!(advance(&mut step, Err(Nav::Back)), Ok(()));
+        assert_eq!(step, 1);
+        assert_eq!(advance(&mut step, Err(Nav::Cancel)), Err(Nav::Cancel));
+        assert_eq!(advance(&mut step, Err(Nav::Closed)), Err(Nav::Closed));
+        assert_eq!(step, 1, "leaving does not move");
+        assert_eq!(advance(&mut step, Err(Nav::Back)), Ok(()));
+        assert_eq!(advance(&mut step, Err(Nav::Back)), Err(Nav::Back), "Esc on the first step leaves the task");
+    }
 
     #[test]
     fn backup_items() {
