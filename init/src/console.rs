@@ -239,7 +239,7 @@ impl Session<'_> {
             let mut menu = Menu::new(vec![
                 Item::new("Back up a disk of this PC to the server"),
                 Item::new("Restore a backup onto this PC"),
-                Item::new("Rescue prompt (disks, network, logs)"),
+                Item::new("Shell: the rescue prompt (disks, network, logs)"),
                 Item::new("Reboot"),
                 Item::new("Power off"),
             ]);
