@@ -231,7 +231,10 @@ impl Menu {
             Key::Enter if n > 0 => {
                 let item = &self.items[self.selected];
                 return match &item.unavailable {
-                    Some(why) => Pick::Refused(format!("{}: {why}", item.label)),
+                    // The label without its column padding.
+                    Some(why) => {
+                        Pick::Refused(format!("{}: {why}", item.label.split_whitespace().collect::<Vec<_>>().join(" ")))
+                    }
                     None => Pick::Chosen(self.selected),
                 };
             }
@@ -460,8 +463,11 @@ mod tests {
         assert_eq!(m.key(Key::Back), Pick::Back);
         assert_eq!(m.key(Key::Cancel), Pick::Cancel);
         // The first available item starts highlighted.
-        let m = Menu::new(vec![Item::new("a").unavailable("no"), Item::new("b")]);
+        let mut m = Menu::new(vec![Item::new("a").unavailable("no"), Item::new("b")]);
         assert_eq!(m.selected, 1);
+        let mut padded = Menu::new(vec![Item::new("vdb        16.0 MiB").unavailable("too small")]);
+        assert_eq!(padded.key(Key::Enter), Pick::Refused("vdb 16.0 MiB: too small".into()));
+        m.selected = 0;
         // An empty menu only goes back.
         let mut e = Menu::new(Vec::new());
         assert_eq!(e.key(Key::Enter), Pick::Stay);
