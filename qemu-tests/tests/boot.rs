@@ -50,7 +50,7 @@ fn boot_and_check(name: &str, hw: Hardware, modules: &[&str], disk_prefix: &str)
     let dir = scratch(name);
     let server = Server::start(&dir).expect("server starts");
     let boot = dir.join("boot");
-    build_for(&boot, name, &server, "qemu", &[]).expect("build");
+    build_for(&boot, name, &server, "qemu", &["--set", "action=job"]).expect("build");
     let (gpt, mbr) = disks(&dir);
     let guest = Guest::new(&boot).hardware(hw).disk(&gpt, "BVGPT0001").disk(&mbr, "BVMBR0002");
     let mut vm = guest.boot(&dir.join("console.log")).expect("boots");
@@ -111,7 +111,7 @@ fn bad_setting_is_reported_and_pc_powers_off() {
     let dir = scratch("bad-setting");
     let server = Server::start(&dir).expect("server starts");
     let boot = dir.join("boot");
-    build_for(&boot, "badcfg", &server, "qemu", &[]).expect("build");
+    build_for(&boot, "badcfg", &server, "qemu", &["--set", "action=job"]).expect("build");
     let guest = Guest::new(&boot).append("bootvault.ip=10.0.0.300/24");
     let mut vm = guest.boot(&dir.join("console.log")).expect("boots");
     let c = &vm.console;
@@ -180,7 +180,7 @@ fn static_address_on_the_named_interface() {
         )
         .expect("register");
     server.admin("pc", &["edit", "static-pc", "--dns", "10.0.2.3"]).expect("edit");
-    build_for(&boot, "static-pc", &server, "qemu", &["--set", "iface=eth1"]).expect("build");
+    build_for(&boot, "static-pc", &server, "qemu", &["--set", "iface=eth1", "--set", "action=job"]).expect("build");
     let guest = Guest::new(&boot).nic("52:54:00:b0:07:02");
     let mut vm = guest.boot(&dir.join("console.log")).expect("boots");
     let (line, _) = vm.console.expect(" static ", BOOT_TIMEOUT).expect("static address");

@@ -199,7 +199,8 @@ fn cancelling_a_running_backup_and_restore() {
     let throttle = Throttle::start(server.port).expect("throttle");
     let boot = dir.join("boot");
     let url = throttle.guest_url();
-    build_for(&boot, "pc-x", &server, "qemu", &["--set", &format!("server={url}"), "--set", "error_wait=1"]).expect("build");
+    build_for(&boot, "pc-x", &server, "qemu", &["--set", &format!("server={url}"), "--set", "error_wait=1"])
+        .expect("build");
     let source = dir.join("source.img");
     fs::write(&source, noise(61, 16 << 20)).expect("source");
     let target = dir.join("target.img");

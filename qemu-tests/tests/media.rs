@@ -101,7 +101,7 @@ fn iso_boots_on_bios_with_a_backup_and_on_uefi() {
     // The same ISO on UEFI, without a disk the backup fails after the
     // greeting, which is all this boot checks.
     let probe = dir.join("probe");
-    build_for(&probe, name, &server, "qemu", &["--media", "iso"]).expect("build probe iso");
+    build_for(&probe, name, &server, "qemu", &["--media", "iso", "--set", "action=job"]).expect("build probe iso");
     let probe_iso = probe.join(format!("{name}.iso"));
     boot_medium(&dir, "iso-uefi", name, &server, Medium::Cdrom(probe_iso), true, None);
 }
@@ -113,7 +113,7 @@ fn usb_image_boots_on_bios_and_uefi() {
     let name = "media-usb";
     let dir = scratch(name);
     let server = Server::start(&dir).expect("server starts");
-    let report = build_media(&dir.join("boot"), name, &server, &[]);
+    let report = build_media(&dir.join("boot"), name, &server, &["action=job"]);
     let (_, usb) = media_paths(&dir, name);
     let line = report_line(&report, "usb");
     assert!(
@@ -132,7 +132,7 @@ fn iso_as_a_usb_stick_boots_on_bios_and_uefi() {
     let name = "media-iso-stick";
     let dir = scratch(name);
     let server = Server::start(&dir).expect("server starts");
-    build_for(&dir.join("boot"), name, &server, "qemu", &["--media", "iso"]).expect("build");
+    build_for(&dir.join("boot"), name, &server, "qemu", &["--media", "iso", "--set", "action=job"]).expect("build");
     let (iso, _) = media_paths(&dir, name);
     boot_medium(&dir, "iso-stick-bios", name, &server, Medium::UsbStick(iso.clone()), false, None);
     boot_medium(&dir, "iso-stick-uefi", name, &server, Medium::UsbStick(iso), true, None);
@@ -148,7 +148,7 @@ fn media_are_reproducible() {
     let mut images = Vec::new();
     for round in ["first", "second"] {
         let out = dir.join(round);
-        build_for(&out, name, &server, "qemu", &["--media", "iso,usb"]).expect("build");
+        build_for(&out, name, &server, "qemu", &["--media", "iso,usb", "--set", "action=job"]).expect("build");
         let read = |p: PathBuf| fs::read(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()));
         images.push((read(out.join(format!("{name}.iso"))), read(out.join(format!("{name}-usb.img")))));
         std::thread::sleep(Duration::from_millis(1100));

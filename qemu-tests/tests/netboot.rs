@@ -96,7 +96,8 @@ fn unknown_mac_is_listed_then_registered() {
     let lines = boot_until(&dir, "unpublished", &server, mac, "bootvault: powering off in 60 s");
     find_line(&lines, "PC newcomer has no network boot files yet");
 
-    build_for(&dir.join("boot"), "newcomer", &server, "qemu", &["--media", "pxe"]).expect("build");
+    build_for(&dir.join("boot"), "newcomer", &server, "qemu", &["--media", "pxe", "--set", "action=job"])
+        .expect("build");
     boot_until(&dir, "registered", &server, mac, "bootvault: this is PC newcomer");
 
     server.admin("pc", &["edit", "newcomer", "--mode", "local"]).expect("edit");

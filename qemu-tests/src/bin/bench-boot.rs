@@ -41,7 +41,7 @@ fn bench() -> Result<()> {
     let dir = scratch("bench-boot");
     let server = Server::start(&dir)?;
     let boot = dir.join("boot");
-    let report = build_for(&boot, "bench-pc", &server, "qemu", &["--set", "error_wait=1"])?;
+    let report = build_for(&boot, "bench-pc", &server, "qemu", &["--set", "error_wait=1", "--set", "action=job"])?;
     let disk = dir.join("disk.img");
     make_disk(&disk, 256, GPT_LAYOUT)?;
 
