@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use bootvault_common::image::{self, Chunk, Manifest, TableKind};
+use bootvault_common::image::{self, Chunk};
 use bootvault_engine::lock::{derive, Params};
 use bootvault_server::vault::{BackupLock, PcRow, Vault};
 
@@ -39,20 +39,7 @@ fn locked_backup(v: &Vault, pc: &str, password: &[u8]) -> i64 {
     let plain = vec![7u8; 4096];
     let cid = image::chunk_id(&plain);
     let blob = image::encode_blob(&plain, 1);
-    let m = Manifest {
-        created: 1,
-        chunk_size: 4096,
-        disk_bytes: 4096,
-        logical: 512,
-        physical: 512,
-        table: TableKind::None,
-        pc: pc.into(),
-        name: "full".into(),
-        model: String::new(),
-        serial: String::new(),
-        extents: vec![],
-        chunks: vec![Chunk::Data { id: cid, blob_len: blob.len() as u32 }],
-    };
+    let m = bootvault_common::testdata::manifest_of(pc, vec![Chunk::Data { id: cid, blob_len: blob.len() as u32 }]);
     let id = v.create_backup_locked(pc, "full", 4096, 4096, Some(&lock)).expect("create");
     v.put_chunk(&cid, &blob, Some(id)).expect("chunk");
     v.finish_backup(id, pc, &m.encode()).expect("finish");

@@ -15,6 +15,25 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// A manifest of 4096-byte chunks named "full" for PC `pc`, for tests
+/// that need a backup on the server without a disk behind it.
+pub fn manifest_of(pc: &str, chunks: Vec<crate::image::Chunk>) -> crate::image::Manifest {
+    crate::image::Manifest {
+        created: 1,
+        chunk_size: 4096,
+        disk_bytes: 4096 * chunks.len() as u64,
+        logical: 512,
+        physical: 512,
+        table: crate::image::TableKind::None,
+        pc: pc.into(),
+        name: "full".into(),
+        model: String::new(),
+        serial: String::new(),
+        extents: vec![],
+        chunks,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bootvault_common::image::{self, Chunk, Manifest, TableKind};
+use bootvault_common::image::{self, Chunk};
 use bootvault_common::wire::{self, LockParams};
 use bootvault_server::vault::{BackupLock, PcRow, Vault};
 
@@ -112,20 +112,9 @@ fn challenge_unlock_ticket_matrix() {
     let plain: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
     let cid = image::chunk_id(&plain);
     let blob = image::encode_blob(&plain, 1);
-    let m = Manifest {
-        created: 1,
-        chunk_size: 4096,
-        disk_bytes: 4096,
-        logical: 512,
-        physical: 512,
-        table: TableKind::None,
-        pc: "pc-one".into(),
-        name: "full".into(),
-        model: "Disk\tModel 1".into(),
-        serial: String::new(),
-        extents: vec![],
-        chunks: vec![Chunk::Data { id: cid, blob_len: blob.len() as u32 }],
-    };
+    let mut m =
+        bootvault_common::testdata::manifest_of("pc-one", vec![Chunk::Data { id: cid, blob_len: blob.len() as u32 }]);
+    m.model = "Disk\tModel 1".into();
     let key = [42u8; 32];
     let lock = BackupLock { params: LockParams { m_kib: 64, t_cost: 1, p: 1 }, salt: [3; 16], key };
     let mut ids = Vec::new();

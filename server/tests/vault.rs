@@ -8,7 +8,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use bootvault_common::image::{self, Chunk, ChunkId, Manifest, TableKind};
+use bootvault_common::image::{self, Chunk, ChunkId, Manifest};
 use bootvault_common::wire::{self, LockParams};
 use bootvault_server::vault::{self, BackupLock, UnlockError, UnlockRefused, Vault};
 
@@ -28,20 +28,7 @@ fn chunk(seed: u8) -> (Vec<u8>, ChunkId, Vec<u8>) {
 fn manifest(pc: &str, ids: &[(ChunkId, u32)]) -> Manifest {
     let mut chunks: Vec<Chunk> = ids.iter().map(|(id, l)| Chunk::Data { id: *id, blob_len: *l }).collect();
     chunks.push(Chunk::Zero);
-    Manifest {
-        created: 1,
-        chunk_size: 4096,
-        disk_bytes: 4096 * chunks.len() as u64,
-        logical: 512,
-        physical: 512,
-        table: TableKind::None,
-        pc: pc.into(),
-        name: "full".into(),
-        model: String::new(),
-        serial: String::new(),
-        extents: vec![],
-        chunks,
-    }
+    bootvault_common::testdata::manifest_of(pc, chunks)
 }
 
 fn backup(v: &Vault, pc: &str, seeds: &[u8]) -> i64 {
