@@ -84,8 +84,7 @@ impl Term {
         match sys::read_some(STDIN, &mut buf) {
             Ok(0) | Err(_) => Err(Nav::Closed),
             Ok(n) => {
-                let keys: Vec<Key> = buf[..n].iter().filter_map(|&b| self.decoder.feed(b)).collect();
-                self.keys.extend(keys);
+                self.keys.extend(buf[..n].iter().filter_map(|&b| self.decoder.feed(b)));
                 buf.fill(0);
                 Ok(())
             }
@@ -271,13 +270,13 @@ impl Session<'_> {
         all.iter()
             .map(|d| {
                 let mut label = format!("{:<8} {:>10}", d.name, human_bytes(d.bytes));
-                if d.model != "-" {
-                    label.push_str(&format!("  {}", d.model));
+                if let Some(model) = known_model(&d.model) {
+                    label.push_str(&format!("  {model}"));
                 }
                 if d.removable {
                     label.push_str("  (removable)");
                 }
-                let item = Item::new(label).detail(disk_contents(d));
+                let item = Item::new(label).detail(disks::contents(d));
                 match refuse(d) {
                     Some(why) => item.unavailable(why),
                     None => item,
@@ -318,7 +317,7 @@ impl Session<'_> {
                     let summary = format!(
                         "Disk:        {}\n{}Destination: the bootvault server at {}\nName:        {name}\nPassword:    {}\n\nThe disk is only read; nothing on it changes.",
                         disk_title(d),
-                        disk_contents(d).iter().map(|l| format!("             {l}\n")).collect::<String>(),
+                        disks::contents(d).iter().map(|l| format!("             {l}\n")).collect::<String>(),
                         self.client.base(),
                         if lock.is_some() {
                             "set (needed to restore this backup)"
@@ -355,16 +354,10 @@ impl Session<'_> {
                 &mut edit,
                 &message,
             )?;
-            let typed = edit.text.trim().to_owned();
-            match tui::check_backup_name(&typed) {
-                Ok(()) => {
-                    *name = typed;
-                    return Ok(());
-                }
-                Err(e) => {
-                    message = format!("{e}.");
-                    *name = typed;
-                }
+            *name = edit.text.trim().to_owned();
+            match tui::check_backup_name(name) {
+                Ok(()) => return Ok(()),
+                Err(e) => message = format!("{e}."),
             }
         }
     }
@@ -404,8 +397,8 @@ impl Session<'_> {
         }
     }
 
-    /// Draws the progress screen and returns the engine's callback, which
-    /// also watches for Ctrl-C (twice, to be sure) and sets `cancel`.
+    /// Draws the progress screen's frame; returns the row the progress
+    /// block (`Watch`) redraws itself at.
     fn progress_screen(&mut self, title: &str, intro: &str) -> u16 {
         let screen = frame(&self.header, title, intro, "");
         // One blank row under the intro, then the progress block.
@@ -436,11 +429,22 @@ impl Session<'_> {
             let mut watch = Watch::new(&mut self.term, row, &cancel, "backup");
             backup(&dev, self.client, &opts, &mut |p| watch.update(p)).map_err(|e| e.to_string())
         });
-        let (ok, summary, id, bytes, sent) = match &result {
-            Ok(r) => (true, r.summary(), r.id.to_string(), r.disk_bytes, r.sent_bytes),
-            Err(e) => (false, e.clone(), String::new(), 0, 0),
+        let summary = match &result {
+            Ok(r) => r.summary(),
+            Err(e) => e.clone(),
         };
-        jobs::report(self.client, None, "backup", &d.name, &id, ok, &summary, bytes, sent, start.elapsed());
+        jobs::Report {
+            job: None,
+            action: "backup",
+            disk: &d.name,
+            backup: result.as_ref().map(|r| r.id.to_string()).unwrap_or_default(),
+            ok: result.is_ok(),
+            message: &summary,
+            bytes: result.as_ref().map_or(0, |r| r.disk_bytes),
+            sent: result.as_ref().map_or(0, |r| r.sent_bytes),
+            elapsed: start.elapsed(),
+        }
+        .send(self.client);
         let (title, body) = match result {
             Ok(r) => (
                 "Back up: done",
@@ -558,7 +562,7 @@ impl Session<'_> {
                 utc_datetime(b.created),
                 b.pc,
                 d.name,
-                disk_contents(d).iter().map(|l| format!("  {l}\n")).collect::<String>()
+                disks::contents(d).iter().map(|l| format!("  {l}\n")).collect::<String>()
             );
             let mut edit = LineEdit::new("", false, 32);
             let prompt = format!("Type the disk name ({}) to overwrite it:\n", d.name);
@@ -615,22 +619,22 @@ impl Session<'_> {
             let mut watch = Watch::new(&mut self.term, row, &cancel, "restore");
             restore(&dev, self.client, b.id, &opts, &mut |p| watch.update(p)).map_err(|e| e.to_string())
         });
-        let (ok, summary, bytes, fetched) = match &result {
-            Ok(r) => (true, r.summary(&d.name), r.disk_bytes, r.fetched_bytes),
-            Err(e) => (false, e.clone(), 0, 0),
+        let summary = match &result {
+            Ok(r) => r.summary(&d.name),
+            Err(e) => e.clone(),
         };
-        jobs::report(
-            self.client,
-            None,
-            "restore",
-            &d.name,
-            &b.id.to_string(),
-            ok,
-            &summary,
-            bytes,
-            fetched,
-            start.elapsed(),
-        );
+        jobs::Report {
+            job: None,
+            action: "restore",
+            disk: &d.name,
+            backup: b.id.to_string(),
+            ok: result.is_ok(),
+            message: &summary,
+            bytes: result.as_ref().map_or(0, |r| r.disk_bytes),
+            sent: result.as_ref().map_or(0, |r| r.fetched_bytes),
+            elapsed: start.elapsed(),
+        }
+        .send(self.client);
         let (title, body) = match result {
             Ok(r) => (
                 "Restore: done",
@@ -668,6 +672,9 @@ impl Session<'_> {
     }
 }
 
+/// How long a first Ctrl-C waits for the second that cancels.
+const CONFIRM_CANCEL: Duration = Duration::from_secs(5);
+
 /// The engine's progress callback on the console: redraws the progress
 /// block in place and turns two Ctrl-C into a cancel.
 struct Watch<'a> {
@@ -689,7 +696,7 @@ impl<'a> Watch<'a> {
                 continue;
             }
             match self.armed {
-                Some(t) if t.elapsed() < Duration::from_secs(5) => self.cancel.store(true, Ordering::Relaxed),
+                Some(t) if t.elapsed() < CONFIRM_CANCEL => self.cancel.store(true, Ordering::Relaxed),
                 _ => self.armed = Some(Instant::now()),
             }
         }
@@ -701,7 +708,7 @@ impl<'a> Watch<'a> {
         }
         let note = if self.cancel.load(Ordering::Relaxed) {
             format!("Cancelling the {}...", self.action)
-        } else if self.armed.is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
+        } else if self.armed.is_some_and(|t| t.elapsed() < CONFIRM_CANCEL) {
             format!("Press Ctrl-C again to cancel the {}.", self.action)
         } else {
             String::new()
@@ -733,16 +740,16 @@ fn read_only(name: &str) -> bool {
 
 /// `vda (96.0 MiB, QEMU HARDDISK)`; the model only when the disk has one.
 fn disk_title(d: &Disk) -> String {
-    if d.model == "-" || d.model.is_empty() {
-        format!("{} ({})", d.name, human_bytes(d.bytes))
-    } else {
-        format!("{} ({}, {})", d.name, human_bytes(d.bytes), d.model)
+    match known_model(&d.model) {
+        Some(model) => format!("{} ({}, {model})", d.name, human_bytes(d.bytes)),
+        None => format!("{} ({})", d.name, human_bytes(d.bytes)),
     }
 }
 
-/// What is on a disk, one short line per partition.
-fn disk_contents(d: &Disk) -> Vec<String> {
-    disks::contents(d)
+/// A disk model worth showing: the probe (and so a backup's manifest)
+/// says `-` when the disk did not name one.
+fn known_model(model: &str) -> Option<&str> {
+    (!model.is_empty() && model != "-").then_some(model)
 }
 
 /// One backup on the restore list: name, date and whether it has a
@@ -757,8 +764,8 @@ fn backup_item(b: &BackupInfo, pc: &str) -> Item {
     if b.pc != pc {
         detail.push(format!("from PC {}, made available to this PC by the administrator", b.pc));
     }
-    if !b.model.is_empty() && b.model != "-" {
-        detail.push(format!("disk model {}", b.model));
+    if let Some(model) = known_model(&b.model) {
+        detail.push(format!("disk model {model}"));
     }
     Item::new(label).detail(detail)
 }

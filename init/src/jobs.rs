@@ -117,54 +117,59 @@ pub fn run_job(job: &Job, config: &Config, client: &Client) -> Result<(), String
     ));
     let start = Instant::now();
     let outcome = execute(job, config, client);
-    match &outcome {
-        Ok(o) => report(
-            client,
-            job.id,
-            job.action.as_str(),
-            &o.disk,
-            &o.backup.to_string(),
-            true,
-            &o.summary,
-            o.bytes,
-            o.sent,
-            start.elapsed(),
-        ),
-        Err(e) => report(client, job.id, job.action.as_str(), &job.disk, "", false, e, 0, 0, start.elapsed()),
+    let (disk, backup, message, bytes, sent) = match &outcome {
+        Ok(o) => (o.disk.as_str(), o.backup.to_string(), o.summary.as_str(), o.bytes, o.sent),
+        Err(e) => (job.disk.as_str(), String::new(), e.as_str(), 0, 0),
+    };
+    Report {
+        job: job.id,
+        action: job.action.as_str(),
+        disk,
+        backup,
+        ok: outcome.is_ok(),
+        message,
+        bytes,
+        sent,
+        elapsed: start.elapsed(),
     }
+    .send(client);
     let o = outcome?;
     say(o.summary);
     Ok(())
 }
 
-/// Tells the server how a backup or restore went (the console's too).
-/// A failure to report is said on the console, not fatal.
-#[allow(clippy::too_many_arguments)]
-pub fn report(
-    client: &Client,
-    job: Option<i64>,
-    action: &str,
-    disk: &str,
-    backup: &str,
-    ok: bool,
-    message: &str,
-    bytes: u64,
-    sent: u64,
-    elapsed: Duration,
-) {
-    let report = [
-        ("job", job.map(|i| i.to_string()).unwrap_or_default()),
-        ("action", action.to_owned()),
-        ("disk", disk.to_owned()),
-        ("backup", backup.to_owned()),
-        ("ok", if ok { "yes" } else { "no" }.to_owned()),
-        ("message", message.to_owned()),
-        ("bytes", bytes.to_string()),
-        ("sent", sent.to_string()),
-        ("seconds", format!("{:.1}", elapsed.as_secs_f64())),
-    ];
-    if let Err(e) = client.report(&report) {
-        say(format!("result: could not report to the server: {e}"));
+/// How a backup or restore went, for the server's results (the
+/// console's runs report the same way).
+pub struct Report<'a> {
+    pub job: Option<i64>,
+    pub action: &'a str,
+    pub disk: &'a str,
+    /// The backup's id; empty when there is none.
+    pub backup: String,
+    pub ok: bool,
+    pub message: &'a str,
+    pub bytes: u64,
+    pub sent: u64,
+    pub elapsed: Duration,
+}
+
+impl Report<'_> {
+    /// Sends it. A failure to report is said on the console, not fatal.
+    pub fn send(&self, client: &Client) {
+        let kv = [
+            ("job", self.job.map(|i| i.to_string()).unwrap_or_default()),
+            ("action", self.action.to_owned()),
+            ("disk", self.disk.to_owned()),
+            ("backup", self.backup.clone()),
+            ("ok", if self.ok { "yes" } else { "no" }.to_owned()),
+            ("message", self.message.to_owned()),
+            ("bytes", self.bytes.to_string()),
+            ("sent", self.sent.to_string()),
+            ("seconds", format!("{:.1}", self.elapsed.as_secs_f64())),
+        ];
+        if let Err(e) = client.report(&kv) {
+            say(format!("result: could not report to the server: {e}"));
+        }
     }
 }
 
