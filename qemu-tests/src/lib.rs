@@ -543,10 +543,7 @@ pub struct Running {
 impl Running {
     /// Types a line on the guest's serial console.
     pub fn send(&mut self, line: &str) -> Result<()> {
-        use std::io::Write;
-        let stdin = self.child.stdin.as_mut().ok_or("no qemu stdin")?;
-        stdin.write_all(format!("{line}\n").as_bytes()).map_err(|e| format!("typing {line:?}: {e}"))?;
-        stdin.flush().map_err(|e| format!("typing {line:?}: {e}"))
+        self.keys(&format!("{line}\n"))
     }
 
     /// Types raw bytes (Ctrl-C is `\x03`, Ctrl-U `\x15`, Esc `\x1b`), no Enter.
