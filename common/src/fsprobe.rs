@@ -179,15 +179,8 @@ fn uuid(b: &[u8]) -> String {
     if b.len() != 16 || b.iter().all(|&c| c == 0) {
         return String::new();
     }
-    let h: Vec<String> = b.iter().map(|c| format!("{c:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        h[0..4].concat(),
-        h[4..6].concat(),
-        h[6..8].concat(),
-        h[8..10].concat(),
-        h[10..16].concat()
-    )
+    let h = crate::wire::to_hex(b);
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
 /// A DOS volume serial (FAT, exFAT): `ABCD-1234`, high word first.

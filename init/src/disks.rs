@@ -106,8 +106,14 @@ pub fn probe_one(root: &Path, name: &str) -> Disk {
     let model = read_trim(&sys.join("device/model")).unwrap_or_else(|| "-".into());
     let serial = serial(&sys).unwrap_or_else(|| "-".into());
     let dev = root.join("dev").join(name);
-    let mut table = if bytes == 0 { Ok(None) } else { read_table(&dev, logical, bytes) };
-    let file = File::open(&dev).ok().filter(|_| bytes > 0);
+    // One open for the table and every filesystem on the disk.
+    let file = (bytes > 0).then(|| File::open(&dev).map_err(|e| format!("opening {}: {e}", dev.display())));
+    let mut table = match &file {
+        None => Ok(None),
+        Some(Ok(f)) => table_of(f, &dev, logical, bytes),
+        Some(Err(e)) => Err(e.clone()),
+    };
+    let file = file.and_then(Result::ok);
     let whole = |f: &File| probe_fs_at(f, 0, bytes);
     let mut fs = None;
     match (&table, &file) {
@@ -171,26 +177,30 @@ fn part_infos(disk: &str, t: &PartitionTable, disk_bytes: u64, dev: Option<&File
         .collect()
 }
 
+/// Reads `len` bytes at `start + off` of an open device: what the pure
+/// parsers read through.
+fn read_at(dev: &File, start: u64, off: u64, len: usize) -> Result<Vec<u8>, String> {
+    let at = start.checked_add(off).ok_or("offset overflows")?;
+    let mut buf = vec![0u8; len];
+    dev.read_exact_at(&mut buf, at).map_err(|e| format!("reading at {at}: {e}"))?;
+    Ok(buf)
+}
+
 /// The filesystem in the `bytes` bytes at `start` of an open device.
 fn probe_fs_at(dev: &File, start: u64, bytes: u64) -> Option<Filesystem> {
-    let mut read = |off: u64, len: usize| -> Result<Vec<u8>, String> {
-        let at = start.checked_add(off).ok_or("offset overflows")?;
-        let mut buf = vec![0u8; len];
-        dev.read_exact_at(&mut buf, at).map_err(|e| format!("reading at {at}: {e}"))?;
-        Ok(buf)
-    };
-    fsprobe::probe(&mut read, bytes)
+    fsprobe::probe(&mut |off, len| read_at(dev, start, off, len), bytes)
 }
 
 /// Reads and parses the partition table of a device or image file.
 pub fn read_table(dev: &Path, sector_size: u32, bytes: u64) -> Result<Option<PartitionTable>, String> {
     let f = File::open(dev).map_err(|e| format!("opening {}: {e}", dev.display()))?;
-    let mut read = |offset: u64, len: usize| -> Result<Vec<u8>, String> {
-        let mut buf = vec![0u8; len];
-        f.read_exact_at(&mut buf, offset).map_err(|e| format!("reading {} at {offset}: {e}", dev.display()))?;
-        Ok(buf)
-    };
-    partition::parse(&mut read, sector_size, bytes).map_err(|e| format!("{}: {e}", dev.display()))
+    table_of(&f, dev, sector_size, bytes)
+}
+
+/// The partition table of `f`, opened from `dev` (named in errors).
+fn table_of(f: &File, dev: &Path, sector_size: u32, bytes: u64) -> Result<Option<PartitionTable>, String> {
+    partition::parse(&mut |off, len| read_at(f, 0, off, len), sector_size, bytes)
+        .map_err(|e| format!("{}: {e}", dev.display()))
 }
 
 /// The disks as a console table, partitions indented under their disk.
@@ -226,17 +236,15 @@ pub fn render(disks: &[Disk]) -> String {
                     TableKind::Gpt => "gpt",
                 };
                 out.push_str(&format!("  table {kind} id {} ({} partitions)\n", t.disk_id, t.partitions.len()));
-                for (i, p) in t.partitions.iter().enumerate() {
-                    let bytes = p.sectors.saturating_mul(u64::from(t.sector_size));
-                    let part = partition_name(&d.name, p.number);
-                    let fs =
-                        d.parts.get(i).and_then(|x| x.fs.as_ref()).map_or_else(|| "-".to_owned(), |f| f.to_string());
+                // `parts` has one entry per partition of the table.
+                for (p, info) in t.partitions.iter().zip(&d.parts) {
+                    let fs = info.fs.as_ref().map_or_else(|| "-".to_owned(), |f| f.to_string());
                     let line = format!(
                         "  {:<10} start {:>10} {:>10} {:>14}  {:<22} {:<24} {}{}",
-                        part,
+                        info.name,
                         p.start_lba,
-                        human_bytes(bytes),
-                        bytes,
+                        human_bytes(info.bytes),
+                        info.bytes,
                         p.type_name,
                         fs,
                         if p.name.is_empty() { String::new() } else { format!("{:?} ", p.name) },
@@ -279,11 +287,10 @@ pub fn contents(d: &Disk) -> Vec<String> {
     match &d.table {
         Err(e) => vec![format!("partition table unreadable: {e}")],
         Ok(None) => vec![match &d.fs {
-            Some(fs) if fs.label.is_empty() => format!("no partition table, {}", fs.kind),
-            Some(fs) => format!("no partition table, {} {:?}", fs.kind, fs.label),
+            Some(fs) => format!("no partition table, {fs}"),
             None => "no partition table or filesystem found".into(),
         }],
-        Ok(Some(t)) if d.parts.is_empty() => {
+        Ok(Some(t)) if t.partitions.is_empty() => {
             let kind = match t.kind {
                 TableKind::Mbr => "MBR",
                 TableKind::Gpt => "GPT",
