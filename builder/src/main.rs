@@ -301,10 +301,13 @@ fn build(a: BuildArgs) -> Result<()> {
     };
     // A registered PC: its database settings come first, so the file and
     // the flags can still override them.
-    let registered = match &a.data {
-        Some(data) => {
+    // The server's database, opened once for the settings and for
+    // publishing network-boot files.
+    let vault = a.data.as_deref().map(bootvault_server::vault::Vault::open).transpose()?;
+    let registered = match &vault {
+        Some(vault) => {
             let name = a.name.as_deref().context("--data needs the PC's name")?;
-            Some(pc::registered(data, name)?)
+            Some(pc::registered(vault, name)?)
         }
         None => None,
     };
@@ -380,8 +383,8 @@ fn build(a: BuildArgs) -> Result<()> {
     for m in &a.media {
         match m.as_str() {
             "pxe" => {
-                let data = a.data.as_ref().context("--media pxe needs --data (the server's data directory)")?;
-                let (bytes, dir) = netboot::publish(data, &pc.config.pc, &out)?;
+                let vault = vault.as_ref().context("--media pxe needs --data (the server's data directory)")?;
+                let (bytes, dir) = netboot::publish(vault, &pc.config.pc, &out)?;
                 println!("  pxe        {}  {} (served by MAC to iPXE: /boot/ipxe)", human_bytes(bytes), dir.display());
             }
             "iso" => images.push(media::iso(&out, &pc.config.pc)?),

@@ -9,10 +9,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use bootvault_server::vault::Vault;
 
-/// Publishes `boot_dir`'s files for PC `name` into the data directory
-/// `data`; returns the bytes published and where they went.
-pub fn publish(data: &Path, name: &str, boot_dir: &Path) -> Result<(u64, PathBuf)> {
-    let vault = Vault::open(data)?;
+/// Publishes `boot_dir`'s files for PC `name` into the server's data
+/// directory; returns the bytes published and where they went.
+pub fn publish(vault: &Vault, name: &str, boot_dir: &Path) -> Result<(u64, PathBuf)> {
     let files = ["vmlinuz", "initrd.img", "cmdline"]
         .into_iter()
         .map(|f| {

@@ -53,11 +53,10 @@ pub struct Registered {
     pub server: Option<String>,
 }
 
-/// Reads PC `name` from the server's data directory `data`.
-pub fn registered(data: &std::path::Path, name: &str) -> Result<Registered> {
-    let vault = bootvault_server::vault::Vault::open(data)?;
+/// Reads PC `name` from the server's database.
+pub fn registered(vault: &bootvault_server::vault::Vault, name: &str) -> Result<Registered> {
     let row = vault.pc(name)?.with_context(|| {
-        format!("PC {name} is not registered in {} (bootvault pc add {name} --mac ...)", data.display())
+        format!("PC {name} is not registered in {} (bootvault pc add {name} --mac ...)", vault.dir().display())
     })?;
     let server = vault
         .setting(bootvault_server::vault::SERVER_URLS)?
