@@ -268,13 +268,7 @@ fn lvm2(s: &mut Source) -> Option<Filesystem> {
 
 /// LVM2's label CRC: reflected CRC-32, seeded 0xf597a6cf, no final xor.
 fn lvm2_crc(b: &[u8]) -> u32 {
-    b.iter().fold(0xf597_a6cf_u32, |mut crc, &byte| {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = (crc >> 1) ^ (0xedb8_8320 & (crc & 1).wrapping_neg());
-        }
-        crc
-    })
+    crate::partition::crc32_update(0xf597_a6cf, b)
 }
 
 // ---------------------------------------------------------------------

@@ -73,6 +73,13 @@ fn bad(offset: u64, what: impl Into<String>) -> PartitionError {
 
 /// CRC-32 (IEEE 802.3, reflected, as GPT uses it).
 pub fn crc32(bytes: &[u8]) -> u32 {
+    !crc32_update(!0, bytes)
+}
+
+/// The reflected IEEE CRC-32 register after `bytes`, from `seed`, with no
+/// final inversion: [`crc32`] is `!crc32_update(!0, ..)`; LVM2 labels use
+/// their own seed.
+pub fn crc32_update(seed: u32, bytes: &[u8]) -> u32 {
     const TABLE: [u32; 256] = {
         let mut t = [0u32; 256];
         let mut i = 0;
@@ -88,11 +95,11 @@ pub fn crc32(bytes: &[u8]) -> u32 {
         }
         t
     };
-    let mut crc = !0u32;
+    let mut crc = seed;
     for &b in bytes {
         crc = TABLE[((crc ^ u32::from(b)) & 0xFF) as usize] ^ (crc >> 8);
     }
-    !crc
+    crc
 }
 
 // ---------------------------------------------------------------------------
