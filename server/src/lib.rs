@@ -365,6 +365,24 @@ fn body_or(r: Result<Response, Response>) -> Response {
     r.unwrap_or_else(|e| e)
 }
 
+/// A `key=value` lines body (the init-facing format); a repeated key
+/// keeps its last value.
+fn kv_body(body: &[u8]) -> HashMap<String, String> {
+    String::from_utf8_lossy(body)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+/// A backup's lock from its text form; a bad one is a 422 naming why.
+fn lock_of(text_form: Option<&str>) -> Result<Option<vault::BackupLock>, Response> {
+    text_form
+        .map(vault::BackupLock::from_text)
+        .transpose()
+        .map_err(|e| text(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")))
+}
+
 async fn hello(State(app): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap) -> Response {
     let mac = header(&headers, wire::MAC_HEADER);
     let addr = header(&headers, wire::ADDR_HEADER);
@@ -417,13 +435,7 @@ async fn open_backup(
             let num = |k: &str| q(&query, k).and_then(|v| v.parse::<u64>().ok());
             let disk_bytes = num("disk_bytes").ok_or_else(|| text(StatusCode::BAD_REQUEST, "disk_bytes missing"))?;
             let chunk_size = num("chunk_size").unwrap_or(u64::from(image::DEFAULT_CHUNK_SIZE)) as u32;
-            let lock = match lock_text.as_deref() {
-                None => None,
-                Some(t) => Some(
-                    vault::BackupLock::from_text(t)
-                        .map_err(|e| text(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")))?,
-                ),
-            };
+            let lock = lock_of(lock_text.as_deref())?;
             blocking(&app, move |app| {
                 let id = app
                     .vault
@@ -735,11 +747,7 @@ async fn unlock(
     Query(query): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    let kv: HashMap<String, String> = String::from_utf8_lossy(&body)
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
+    let kv = kv_body(&body);
     body_or(
         async {
             let who = auth(&app, &headers).await?;
@@ -922,13 +930,7 @@ async fn add_job(State(app): State<Shared>, headers: HeaderMap, Json(j): Json<Ne
     body_or(
         async {
             admin_only(&auth(&app, &headers).await?)?;
-            let lock = match j.lock.as_deref() {
-                None => None,
-                Some(t) => Some(
-                    vault::BackupLock::from_text(t)
-                        .map_err(|e| text(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")))?,
-                ),
-            };
+            let lock = lock_of(j.lock.as_deref())?;
             let proven = match (&j.nonce, &j.proof) {
                 (Some(n), Some(p)) => Some(nonce_and_proof(n, p)?),
                 (None, None) => None,
@@ -1007,12 +1009,7 @@ async fn result(State(app): State<Shared>, headers: HeaderMap, body: Bytes) -> R
     body_or(
         async {
             let pc = pc_only(auth(&app, &headers).await?)?;
-            let text_body = String::from_utf8_lossy(&body).into_owned();
-            let kv: HashMap<String, String> = text_body
-                .lines()
-                .filter_map(|l| l.split_once('='))
-                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-                .collect();
+            let kv = kv_body(&body);
             let get = |k: &str| kv.get(k).map(String::as_str).unwrap_or("");
             let num = |k: &str| get(k).parse::<u64>().unwrap_or(0);
             let (job, backup) = (get("job").parse().ok(), get("backup").parse().ok());

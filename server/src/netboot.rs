@@ -25,7 +25,7 @@ use axum::Router;
 use bootvault_common::wire;
 
 use crate::vault::{normalize_mac, PcRow, REGISTER_UNKNOWN};
-use crate::{blocking, internal, Shared};
+use crate::{blocking, body_or, internal, Shared};
 
 /// Files a PC may fetch from its boot directory.
 pub const BOOT_FILES: &[&str] = &["vmlinuz", "initrd.img"];
@@ -127,7 +127,7 @@ async fn by_mac(
         }
     })
     .await;
-    r.unwrap_or_else(|e| e)
+    body_or(r)
 }
 
 async fn file(State(app): State<Shared>, Path((name, file)): Path<(String, String)>) -> Response {
@@ -149,7 +149,7 @@ async fn file(State(app): State<Shared>, Path((name, file)): Path<(String, Strin
         Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
     })
     .await;
-    r.unwrap_or_else(|e| e)
+    body_or(r)
 }
 
 #[cfg(test)]

@@ -351,11 +351,13 @@ fn migrate(db: &Connection) -> Result<()> {
 /// Constant-time equality of two secrets (no early exit on the first
 /// differing byte, so timing tells nothing about how much matched).
 pub fn secret_eq(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() || a.is_empty() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    !a.is_empty() && ct_eq(a.as_bytes(), b.as_bytes())
+}
+
+/// Constant-time equality of two byte strings of the same length (the
+/// lengths themselves are not secret).
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A MAC address in the canonical form the database keeps
@@ -430,11 +432,6 @@ fn random_32() -> Result<[u8; 32]> {
     let mut b = [0u8; 32];
     File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).context("reading /dev/urandom")?;
     Ok(b)
-}
-
-/// Constant-time equality of two 32-byte values.
-fn bytes_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn fsync_dir(dir: &Path) -> Result<()> {
@@ -905,7 +902,7 @@ impl Vault {
             });
         };
         match open {
-            Some((n, expires)) if bytes_eq(&n, nonce) && now < expires => {}
+            Some((n, expires)) if ct_eq(&n, nonce) && now < expires => {}
             _ => {
                 return Err(UnlockError {
                     kind: UnlockRefused::NoChallenge,
@@ -916,7 +913,7 @@ impl Vault {
             }
         }
         let expected = wire::unlock_proof(&lock.key, nonce, pc, backup);
-        if bytes_eq(&expected, proof) {
+        if ct_eq(&expected, proof) {
             self.db()
                 .execute("DELETE FROM unlock_failures WHERE pc = ?1 AND backup = ?2", params![pc, backup])
                 .map_err(internal_unlock)?;
