@@ -29,7 +29,7 @@ pub fn chunk_id(plain: &[u8]) -> ChunkId {
 }
 
 pub fn hex(id: &ChunkId) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
+    crate::wire::to_hex(id)
 }
 
 pub fn parse_hex(s: &str) -> Option<ChunkId> {

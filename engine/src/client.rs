@@ -274,10 +274,7 @@ impl Client {
         loop {
             attempt += 1;
             let r = self
-                .agent
-                .get(&url)
-                .header(wire::PC_HEADER, &self.pc)
-                .header(wire::AUTHORIZATION, &self.authorization)
+                .headers(self.agent.get(&url), None)
                 .header(wire::MAC_HEADER, mac)
                 .header(wire::ADDR_HEADER, addr)
                 .call()
