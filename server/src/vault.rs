@@ -871,10 +871,13 @@ impl Vault {
     /// A challenge for `pc` to unlock `backup` (None: it has no password).
     /// It replaces any open one for the same pair.
     pub fn challenge(&self, pc: &str, backup: i64, now: i64) -> std::result::Result<Option<Challenge>, UnlockError> {
-        if self.backup(backup).map_err(internal_unlock)?.is_none() {
-            return Err(UnlockError { kind: UnlockRefused::NoBackup, message: format!("no backup {backup}") });
-        }
-        let Some(lock) = self.backup_lock(backup).map_err(internal_unlock)? else { return Ok(None) };
+        let Some(lock) = self.backup_lock(backup).map_err(internal_unlock)? else {
+            // Only then: whether there is such a backup at all.
+            if self.backup(backup).map_err(internal_unlock)?.is_none() {
+                return Err(UnlockError { kind: UnlockRefused::NoBackup, message: format!("no backup {backup}") });
+            }
+            return Ok(None);
+        };
         self.check_wait(pc, backup, now)?;
         let nonce = random_32().map_err(internal_unlock)?;
         let mut u = self.unlocks();
