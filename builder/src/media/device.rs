@@ -119,12 +119,13 @@ pub fn check_disk(name: &str, roots: &Roots, image_bytes: u64) -> Result<Disk> {
     let mut devices = vec![name.to_owned()];
     devices.extend(partitions(sys, name));
 
+    let ours = |source: &str| dev_name(source).is_some_and(|d| devices.iter().any(|x| x == d));
     let mounts_path = roots.proc.join("mounts");
     let mounts = fs::read_to_string(&mounts_path).with_context(|| format!("reading {}", mounts_path.display()))?;
     for line in mounts.lines() {
         let mut w = line.split_whitespace();
         let (Some(source), Some(target)) = (w.next(), w.next()) else { continue };
-        if dev_name(source).is_some_and(|d| devices.iter().any(|x| x == d)) {
+        if ours(source) {
             bail!("{source} is mounted on {}: unmount it first", target.replace("\\040", " "));
         }
     }
@@ -132,7 +133,7 @@ pub fn check_disk(name: &str, roots: &Roots, image_bytes: u64) -> Result<Disk> {
     let swaps = fs::read_to_string(roots.proc.join("swaps")).unwrap_or_default();
     for line in swaps.lines().skip(1) {
         if let Some(source) = line.split_whitespace().next() {
-            if dev_name(source).is_some_and(|d| devices.iter().any(|x| x == d)) {
+            if ours(source) {
                 bail!("{source} is in use as swap: swapoff it first");
             }
         }
