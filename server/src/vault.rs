@@ -287,63 +287,64 @@ fn backup_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BackupRow> {
     })
 }
 
-/// Schema 2: PCs registered by an admin (`bootvault pc add`), beside the
-/// ones merely seen. Each step runs once, in one transaction.
+/// The schema steps after version 1: (version reached, its SQL).
+const MIGRATIONS: &[(i64, &str)] = &[
+    // Schema 2: PCs registered by an admin (`bootvault pc add`), beside
+    // the ones merely seen.
+    (
+        2,
+        "ALTER TABLE pcs ADD COLUMN registered INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE pcs ADD COLUMN mac TEXT NOT NULL DEFAULT '';
+         ALTER TABLE pcs ADD COLUMN ip TEXT NOT NULL DEFAULT 'dhcp';
+         ALTER TABLE pcs ADD COLUMN gateway TEXT NOT NULL DEFAULT '';
+         ALTER TABLE pcs ADD COLUMN dns TEXT NOT NULL DEFAULT '';
+         ALTER TABLE pcs ADD COLUMN mode TEXT NOT NULL DEFAULT 'network';
+         ALTER TABLE pcs ADD COLUMN disk TEXT NOT NULL DEFAULT 'auto';
+         ALTER TABLE pcs ADD COLUMN default_action TEXT NOT NULL DEFAULT 'menu';
+         ALTER TABLE pcs ADD COLUMN token TEXT NOT NULL DEFAULT '';
+         CREATE UNIQUE INDEX IF NOT EXISTS pcs_mac ON pcs(mac) WHERE mac != '';",
+    ),
+    // Schema 3: grants (which PCs may restore a backup besides its owner;
+    // '*' = every registered PC), pending (unknown MACs that
+    // network-booted), settings (the server's own addresses and other
+    // admin choices).
+    (
+        3,
+        "CREATE TABLE IF NOT EXISTS grants (backup INTEGER NOT NULL, pc TEXT NOT NULL, created INTEGER NOT NULL,
+             PRIMARY KEY (backup, pc));
+         CREATE TABLE IF NOT EXISTS pending (mac TEXT PRIMARY KEY, first_seen INTEGER NOT NULL,
+             last_seen INTEGER NOT NULL, addr TEXT NOT NULL DEFAULT '', count INTEGER NOT NULL DEFAULT 1);
+         CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    ),
+    // Schema 4: restore passwords: the lock of a backup (all NULL = none),
+    // the lock a backup job carries to its PC, restore jobs the admin
+    // unlocked, and wrong-password counts per (PC, backup). The disk
+    // model, for the PCs' backup lists.
+    (
+        4,
+        "ALTER TABLE backups ADD COLUMN kdf_m INTEGER;
+         ALTER TABLE backups ADD COLUMN kdf_t INTEGER;
+         ALTER TABLE backups ADD COLUMN kdf_p INTEGER;
+         ALTER TABLE backups ADD COLUMN salt BLOB;
+         ALTER TABLE backups ADD COLUMN lock_key BLOB;
+         ALTER TABLE backups ADD COLUMN model TEXT NOT NULL DEFAULT '';
+         ALTER TABLE jobs ADD COLUMN lock TEXT;
+         ALTER TABLE jobs ADD COLUMN unlocked INTEGER NOT NULL DEFAULT 0;
+         CREATE TABLE IF NOT EXISTS unlock_failures (pc TEXT NOT NULL, backup INTEGER NOT NULL,
+             count INTEGER NOT NULL, last INTEGER NOT NULL, PRIMARY KEY (pc, backup));",
+    ),
+];
+
+/// Brings an older database up to the current schema: each step of
+/// [`MIGRATIONS`] not yet applied runs once, in one transaction with the
+/// version it reaches.
 fn migrate(db: &Connection) -> Result<()> {
     let version: i64 =
         db.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get::<_, String>(0))?.parse()?;
-    if version < 2 {
-        db.execute_batch(
-            "BEGIN;
-             ALTER TABLE pcs ADD COLUMN registered INTEGER NOT NULL DEFAULT 0;
-             ALTER TABLE pcs ADD COLUMN mac TEXT NOT NULL DEFAULT '';
-             ALTER TABLE pcs ADD COLUMN ip TEXT NOT NULL DEFAULT 'dhcp';
-             ALTER TABLE pcs ADD COLUMN gateway TEXT NOT NULL DEFAULT '';
-             ALTER TABLE pcs ADD COLUMN dns TEXT NOT NULL DEFAULT '';
-             ALTER TABLE pcs ADD COLUMN mode TEXT NOT NULL DEFAULT 'network';
-             ALTER TABLE pcs ADD COLUMN disk TEXT NOT NULL DEFAULT 'auto';
-             ALTER TABLE pcs ADD COLUMN default_action TEXT NOT NULL DEFAULT 'menu';
-             ALTER TABLE pcs ADD COLUMN token TEXT NOT NULL DEFAULT '';
-             CREATE UNIQUE INDEX IF NOT EXISTS pcs_mac ON pcs(mac) WHERE mac != '';
-             UPDATE meta SET value = '2' WHERE key = 'schema_version';
-             COMMIT;",
-        )?;
-    }
-    if version < 3 {
-        // Grants: which PCs may restore a backup besides its owner ('*' =
-        // every registered PC). Pending: unknown MACs that network-booted.
-        // Settings: the server's own addresses and other admin choices.
-        db.execute_batch(
-            "BEGIN;
-             CREATE TABLE IF NOT EXISTS grants (backup INTEGER NOT NULL, pc TEXT NOT NULL, created INTEGER NOT NULL,
-                 PRIMARY KEY (backup, pc));
-             CREATE TABLE IF NOT EXISTS pending (mac TEXT PRIMARY KEY, first_seen INTEGER NOT NULL,
-                 last_seen INTEGER NOT NULL, addr TEXT NOT NULL DEFAULT '', count INTEGER NOT NULL DEFAULT 1);
-             CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-             UPDATE meta SET value = '3' WHERE key = 'schema_version';
-             COMMIT;",
-        )?;
-    }
-    if version < 4 {
-        // Restore passwords: the lock of a backup (all NULL = none), the
-        // lock a backup job carries to its PC, restore jobs the admin
-        // unlocked, and wrong-password counts per (PC, backup). The disk
-        // model, for the PCs' backup lists.
-        db.execute_batch(
-            "BEGIN;
-             ALTER TABLE backups ADD COLUMN kdf_m INTEGER;
-             ALTER TABLE backups ADD COLUMN kdf_t INTEGER;
-             ALTER TABLE backups ADD COLUMN kdf_p INTEGER;
-             ALTER TABLE backups ADD COLUMN salt BLOB;
-             ALTER TABLE backups ADD COLUMN lock_key BLOB;
-             ALTER TABLE backups ADD COLUMN model TEXT NOT NULL DEFAULT '';
-             ALTER TABLE jobs ADD COLUMN lock TEXT;
-             ALTER TABLE jobs ADD COLUMN unlocked INTEGER NOT NULL DEFAULT 0;
-             CREATE TABLE IF NOT EXISTS unlock_failures (pc TEXT NOT NULL, backup INTEGER NOT NULL,
-                 count INTEGER NOT NULL, last INTEGER NOT NULL, PRIMARY KEY (pc, backup));
-             UPDATE meta SET value = '4' WHERE key = 'schema_version';
-             COMMIT;",
-        )?;
+    for (to, sql) in MIGRATIONS.iter().filter(|(to, _)| *to > version) {
+        db.execute_batch(&format!(
+            "BEGIN;\n{sql}\nUPDATE meta SET value = '{to}' WHERE key = 'schema_version';\nCOMMIT;"
+        ))?;
     }
     Ok(())
 }
