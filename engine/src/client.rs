@@ -1,7 +1,10 @@
 //! The client side of docs/PROTOCOL.md, over ureq (HTTP/1.1, keep-alive,
 //! no TLS). Every request names the PC. Non-2xx answers become errors
-//! carrying the server's one-line reason; idempotent requests are retried
-//! a few times on network errors.
+//! carrying the server's one-line reason and are never retried;
+//! idempotent requests are tried again after a network error or a timeout
+//! while their time budget lasts ([`Timeouts`], docs/PROTOCOL.md "Client
+//! timeouts"), so a server that hangs or drips bytes ends a request within
+//! a minute, with a line saying what the server stopped doing.
 //!
 //! Password-protected backups: [`Client::challenge`] then
 //! [`Client::unlock`] (or [`Client::set_ticket`] with a ticket from a
@@ -9,10 +12,12 @@
 //! manifest and chunk requests for that backup carry.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bootvault_common::image::{hex, ChunkId};
+use bootvault_common::units::human_bytes;
 use bootvault_common::wire;
 
 use zeroize::Zeroizing;
@@ -23,6 +28,7 @@ use crate::EngineError;
 #[derive(Clone)]
 pub struct Client {
     agent: ureq::Agent,
+    timeouts: Timeouts,
     base: String,
     pc: String,
     /// `Bearer TOKEN`, sent with every request.
@@ -116,26 +122,222 @@ pub fn kv_get<'a>(kv: &'a [(String, String)], key: &str) -> Option<&'a str> {
     kv.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
-const RETRIES: u32 = 3;
+/// How long the client waits on the server: one limit per phase of an
+/// exchange, so a server that stops doing its part is caught in the phase
+/// it stopped in and the message can say which, and one budget for a whole
+/// request with its tries. docs/PROTOCOL.md "Client timeouts" explains them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Setting up the TCP connection; also handing over the request
+    /// headers, which fit in the socket's buffer.
+    pub connect: Duration,
+    /// From the request sent to the answer's status and headers: the
+    /// server's thinking time.
+    pub answer: Duration,
+    /// The longest silence inside a body, either way; also the grace
+    /// before [`Timeouts::min_rate`] applies to a body.
+    pub stall: Duration,
+    /// Bytes per second a body must average once `stall` has passed: a
+    /// server dripping bytes is as stuck as a silent one.
+    pub min_rate: u64,
+    /// One request with all its tries, for bodies of up to 2 MiB; larger
+    /// bodies add their time at `min_rate`.
+    pub total: Duration,
+}
+
+/// Bodies up to this size fit in [`Timeouts::total`] as it is.
+const SMALL_BODY: u64 = 2 << 20;
+
+/// Tries of an idempotent request, at most.
+const TRIES: u32 = 3;
+
+impl Timeouts {
+    /// What a PC uses. A 1 MiB chunk may take `stall` + 4 s (24 s, about
+    /// 350 kbit/s) either way; a stuck request ends within `total`.
+    pub const DEFAULT: Timeouts = Timeouts {
+        connect: Duration::from_secs(10),
+        answer: Duration::from_secs(20),
+        stall: Duration::from_secs(20),
+        min_rate: 256 << 10,
+        total: Duration::from_secs(60),
+    };
+
+    /// The most a body of `bytes` may take.
+    pub fn body(&self, bytes: u64) -> Duration {
+        self.stall + self.at_min_rate(bytes)
+    }
+
+    /// The most one request may take, all its tries included, when its
+    /// larger body (sent, or the largest answer accepted) is `bytes`. A
+    /// try is started again only within `total`, so a stuck request ends
+    /// within `total` whatever its size; a slow big one may go on.
+    pub fn budget(&self, bytes: u64) -> Duration {
+        self.total + self.at_min_rate(bytes.saturating_sub(SMALL_BODY))
+    }
+
+    /// The longest one try waits on a server that does nothing at all.
+    pub fn stuck(&self) -> Duration {
+        self.connect.max(self.answer).max(self.stall)
+    }
+
+    /// Whether to try a request again, and after what pause: try number
+    /// `tries` failed after `last`, `elapsed` into the request. Only if
+    /// one more try like it (or stuck, if longer) still ends within
+    /// `total`.
+    fn again(&self, tries: u32, elapsed: Duration, last: Duration) -> Option<Duration> {
+        let backoff = Duration::from_millis(500 * u64::from(tries));
+        (tries < TRIES && elapsed + backoff + last.max(self.stuck()) <= self.total).then_some(backoff)
+    }
+
+    fn at_min_rate(&self, bytes: u64) -> Duration {
+        Duration::from_secs_f64(bytes as f64 / self.min_rate.max(1) as f64)
+    }
+
+    /// Whether a body that has moved `bytes` in `elapsed` is too slow to
+    /// go on with (see [`Timeouts::min_rate`]).
+    fn too_slow(&self, bytes: u64, elapsed: Duration) -> bool {
+        elapsed > self.stall && (bytes as f64) < (elapsed - self.stall).as_secs_f64() * self.min_rate as f64
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts::DEFAULT
+    }
+}
+
+/// One exchange with the server, as [`Client::request`] makes it.
+struct Exchange<'a> {
+    method: &'static str,
+    /// Under `/api/v1`, with its query.
+    path: String,
+    /// None: GET; Some: PUT, else POST.
+    body: Option<&'a [u8]>,
+    /// The largest answer body accepted.
+    limit: u64,
+    /// Tried again after a network error or a timeout.
+    idempotent: bool,
+    ticket: Option<String>,
+    /// Statuses whose error is the server's reason alone (see
+    /// [`Client::request`]).
+    plain: &'a [u16],
+    /// What the bodies carry, in messages (`chunk 1a2b3c4d5e6f of backup
+    /// 7`); None: the request's body, the answer.
+    object: Option<String>,
+    extra_headers: Vec<(&'static str, String)>,
+}
+
+impl<'a> Exchange<'a> {
+    fn new(method: &'static str, path: String, limit: u64) -> Exchange<'a> {
+        Exchange {
+            method,
+            path,
+            body: None,
+            limit,
+            idempotent: false,
+            ticket: None,
+            plain: &[],
+            object: None,
+            extra_headers: Vec::new(),
+        }
+    }
+
+    /// How messages name the request: `the request for chunk 1a2b3c4d5e6f
+    /// of backup 7`, `the upload of ...`, or `GET /api/v1/jobs/next`.
+    fn what(&self) -> String {
+        match (&self.object, self.body) {
+            (Some(o), None) => format!("the request for {o}"),
+            (Some(o), Some(_)) => format!("the upload of {o}"),
+            (None, _) => format!("{} {}{}", self.method, wire::API, self.path),
+        }
+    }
+}
+
+/// Why one try got no answer, by the phase the server stopped in.
+#[derive(Debug, Clone, PartialEq)]
+enum Failure {
+    /// No connection within the connect timeout.
+    Connect,
+    /// Connected, but the request headers were not taken.
+    NotTaken,
+    /// The server stopped taking the request body, after this long.
+    StoppedReceiving(Duration),
+    /// The request was sent; no answer came.
+    NoAnswer,
+    /// The answer's body stopped (or dripped), after this long, with
+    /// these bytes of the declared length received.
+    StoppedSending { after: Duration, got: u64, of: Option<u64> },
+    /// The request's whole budget ran out.
+    OutOfTime,
+    /// Anything else (refused, reset, not HTTP), as the transport says it.
+    Other(String),
+}
+
+impl Failure {
+    /// A transport error before the answer's headers.
+    fn sending(e: ureq::Error, has_body: bool, began: Instant) -> Failure {
+        use ureq::Timeout as T;
+        match e {
+            ureq::Error::Timeout(T::Resolve | T::Connect) => Failure::Connect,
+            ureq::Error::Timeout(T::PerWrite | T::SendBody) if has_body => Failure::StoppedReceiving(began.elapsed()),
+            ureq::Error::Timeout(T::SendRequest | T::PerWrite) => Failure::NotTaken,
+            ureq::Error::Timeout(T::RecvResponse | T::PerRead | T::Await100) => Failure::NoAnswer,
+            ureq::Error::Timeout(T::Global | T::PerCall | T::RecvBody) => Failure::OutOfTime,
+            e => Failure::Other(e.to_string()),
+        }
+    }
+
+    /// A transport error while reading the answer's body.
+    fn receiving(e: ureq::Error, after: Duration, got: u64, of: Option<u64>, limit: u64) -> Failure {
+        use ureq::Timeout as T;
+        match e {
+            ureq::Error::Timeout(T::Global | T::PerCall) => Failure::OutOfTime,
+            ureq::Error::Timeout(_) => Failure::StoppedSending { after, got, of },
+            ureq::Error::BodyExceedsLimit(_) => {
+                Failure::Other(format!("the answer is larger than the {} expected", human_bytes(limit)))
+            }
+            e => Failure::Other(format!("reading the answer: {e}")),
+        }
+    }
+
+    /// The failures a person can act on, over the catch-all.
+    fn specific(&self) -> bool {
+        !matches!(self, Failure::OutOfTime)
+    }
+}
+
+/// `20 s`, `2.5 s`.
+fn secs(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
 
 impl Client {
     /// A client for PC `pc`, proving itself with `token` (the PC's, or the
-    /// server's admin token).
+    /// server's admin token), with [`Timeouts::DEFAULT`].
     pub fn new(base: &str, pc: &str, token: &str) -> Client {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(5)))
-            .timeout_global(Some(Duration::from_secs(120)))
-            .max_idle_connections_per_host(8)
-            .build()
-            .into();
         Client {
-            agent,
+            agent: agent(&Timeouts::DEFAULT),
+            timeouts: Timeouts::DEFAULT,
             base: base.trim_end_matches('/').to_owned(),
             pc: pc.to_owned(),
             authorization: format!("{}{token}", wire::BEARER),
             unlocks: Arc::new(Mutex::new(Unlocks::default())),
         }
+    }
+
+    /// The same client with other timeouts (tests use short ones).
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Client {
+        self.agent = agent(&timeouts);
+        self.timeouts = timeouts;
+        self
+    }
+
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
     }
 
     pub fn base(&self) -> &str {
@@ -160,99 +362,151 @@ impl Client {
         self.unlocks().tickets.get(&backup).cloned()
     }
 
-    /// The headers every request carries, plus the unlock ticket if any.
-    fn headers<B>(&self, r: ureq::RequestBuilder<B>, ticket: Option<&str>) -> ureq::RequestBuilder<B> {
-        let r = r.header(wire::PC_HEADER, &self.pc).header(wire::AUTHORIZATION, &self.authorization);
-        match ticket {
-            Some(t) => r.header(wire::UNLOCK_HEADER, t),
-            None => r,
-        }
-    }
-
     fn url(&self, path: &str) -> String {
         format!("{}{}{path}", self.base, wire::API)
     }
 
-    /// One request; `body` None = GET (or DELETE), Some = POST/PUT;
-    /// `ticket` = the unlock ticket to send, if any.
-    fn call(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&[u8]>,
-        limit: u64,
-        ticket: Option<&str>,
-    ) -> Result<(u16, Vec<u8>), EngineError> {
-        let url = self.url(path);
-        let what = format!("{method} {url}");
-        let result = match (method, body) {
-            ("GET", _) => self.headers(self.agent.get(&url), ticket).call(),
-            ("PUT", Some(b)) => self.headers(self.agent.put(&url), ticket).send(b),
-            (_, b) => self.headers(self.agent.post(&url), ticket).send(b.unwrap_or_default()),
+    /// The request's headers and its timeouts: this try may use `left`
+    /// in all, and its body its own time.
+    fn prepare<B>(&self, x: &Exchange, r: ureq::RequestBuilder<B>, left: Duration) -> ureq::RequestBuilder<B> {
+        let sent = x.body.map_or(0, |b| b.len() as u64);
+        let r = r.config().timeout_global(Some(left)).timeout_send_body(Some(self.timeouts.body(sent))).build();
+        let mut r = r.header(wire::PC_HEADER, &self.pc).header(wire::AUTHORIZATION, &self.authorization);
+        if let Some(t) = &x.ticket {
+            r = r.header(wire::UNLOCK_HEADER, t);
+        }
+        for (k, v) in &x.extra_headers {
+            r = r.header(*k, v);
+        }
+        r
+    }
+
+    /// One try, which may take `left` at most: the status and the body.
+    fn call(&self, x: &Exchange, left: Duration) -> Result<(u16, Vec<u8>), Failure> {
+        let url = self.url(&x.path);
+        let began = Instant::now();
+        let result = match (x.method, x.body) {
+            ("GET", _) => self.prepare(x, self.agent.get(&url), left).call(),
+            ("PUT", Some(b)) => self.prepare(x, self.agent.put(&url), left).send(b),
+            (_, b) => self.prepare(x, self.agent.post(&url), left).send(b.unwrap_or_default()),
         };
-        let mut resp = result.map_err(|e| EngineError::new(format!("{what}: {e}")))?;
+        let mut resp = result.map_err(|e| Failure::sending(e, x.body.is_some(), began))?;
         let status = resp.status().as_u16();
-        let bytes = resp
-            .body_mut()
-            .with_config()
-            // Room for a one-line refusal even where the answer is tiny.
-            .limit(limit.max(4096))
-            .read_to_vec()
-            .map_err(|e| EngineError::new(format!("{what}: reading the answer: {e}")))?;
-        Ok((status, bytes))
-    }
-
-    /// A request whose answer must be 2xx; retried on network errors when
-    /// `idempotent`.
-    fn expect_ok(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&[u8]>,
-        limit: u64,
-        idempotent: bool,
-    ) -> Result<(u16, Vec<u8>), EngineError> {
-        self.request(method, path, body, limit, idempotent, None, &[])
-    }
-
-    /// [`Client::expect_ok`] with an unlock ticket, and statuses whose
-    /// error is the server's reason alone: those reach a person at the
-    /// console (wrong password, wait, locked), who has no use for a URL.
-    /// `423 Locked` (a protected backup without a ticket) always is.
-    #[allow(clippy::too_many_arguments)]
-    fn request(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&[u8]>,
-        limit: u64,
-        idempotent: bool,
-        ticket: Option<&str>,
-        plain: &[u16],
-    ) -> Result<(u16, Vec<u8>), EngineError> {
-        let mut attempt = 0;
+        // Room for a one-line refusal even where the answer is tiny.
+        let limit = x.limit.max(4096);
+        let declared = resp.body().content_length();
+        let mut reader = resp.body_mut().with_config().limit(limit).reader();
+        let mut out = Vec::with_capacity(declared.unwrap_or(0).min(limit) as usize);
+        let mut step = [0u8; 16 << 10];
+        let started = Instant::now();
         loop {
-            attempt += 1;
-            match self.call(method, path, body, limit, ticket) {
-                Ok((s, b)) if (200..300).contains(&s) => return Ok((s, b)),
-                Ok((s, b)) => {
-                    let reason = String::from_utf8_lossy(&b);
-                    let reason = reason.lines().next().unwrap_or("").trim();
-                    if (s == 423 || plain.contains(&s)) && !reason.is_empty() {
-                        return Err(EngineError::new(reason));
-                    }
-                    return Err(EngineError::new(format!(
-                        "{method} {}: server answered {s}: {reason}",
-                        self.url(path)
-                    )));
+            match reader.read(&mut step) {
+                Ok(0) => return Ok((status, out)),
+                Ok(n) => out.extend_from_slice(&step[..n]),
+                Err(e) => {
+                    let got = out.len() as u64;
+                    return Err(Failure::receiving(e.into(), started.elapsed(), got, declared, limit));
                 }
-                Err(e) if idempotent && attempt < RETRIES => {
-                    std::thread::sleep(Duration::from_millis(500 * u64::from(attempt)));
-                    let _ = e;
-                }
-                Err(e) => return Err(e),
+            }
+            if self.timeouts.too_slow(out.len() as u64, started.elapsed()) {
+                return Err(Failure::StoppedSending { after: started.elapsed(), got: out.len() as u64, of: declared });
             }
         }
+    }
+
+    /// The line for a failed request: what the server stopped doing.
+    fn describe(&self, x: &Exchange, f: &Failure, budget: Duration) -> String {
+        let (base, t) = (&self.base, &self.timeouts);
+        let what = x.what();
+        match f {
+            Failure::Connect => {
+                format!("could not connect to the server at {base} within {} ({what})", secs(t.connect))
+            }
+            Failure::NotTaken => format!(
+                "the server at {base} accepted the connection but did not take the request ({what}) within {}",
+                secs(t.connect)
+            ),
+            Failure::StoppedReceiving(after) => format!(
+                "the server at {base} stopped receiving {} after {}",
+                x.object.clone().unwrap_or_else(|| format!("the body of {what}")),
+                secs(Duration::from_secs(after.as_secs_f64().round() as u64))
+            ),
+            Failure::NoAnswer => format!(
+                "the server at {base} accepted the connection but sent no answer to {what} within {}",
+                secs(t.answer.min(t.stall))
+            ),
+            Failure::StoppedSending { after, got, of } => format!(
+                "the server at {base} stopped sending {} after {} ({} of {} received)",
+                x.object.clone().unwrap_or_else(|| format!("its answer to {what}")),
+                secs(Duration::from_secs(after.as_secs_f64().round() as u64)),
+                human_bytes(*got),
+                of.map(human_bytes).unwrap_or_else(|| "an unknown length".into())
+            ),
+            Failure::OutOfTime => format!("the server at {base} did not complete {what} within {}", secs(budget)),
+            Failure::Other(e) => format!("{} {}: {e}", x.method, self.url(&x.path)),
+        }
+    }
+
+    /// A request whose answer must be 2xx (the server's one-line reason
+    /// otherwise; statuses in `x.plain`, and `423 Locked` always, give
+    /// the reason alone: those reach a person at the console, who has no
+    /// use for a URL). Definite answers are never tried again; an
+    /// idempotent request is tried again after a network error or a
+    /// timeout while one more such try would still end within
+    /// [`Timeouts::total`]; each try is cut at the request's budget
+    /// ([`Timeouts::budget`]: `total` unless a body is over 2 MiB).
+    fn request(&self, x: &Exchange) -> Result<(u16, Vec<u8>), EngineError> {
+        let start = Instant::now();
+        let budget = self.timeouts.budget(x.body.map_or(0, |b| b.len() as u64).max(x.limit));
+        let mut tries = 0;
+        let mut failure: Option<Failure> = None;
+        loop {
+            tries += 1;
+            let began = Instant::now();
+            match self.call(x, budget.saturating_sub(start.elapsed())) {
+                Ok((s, b)) if (200..300).contains(&s) => return Ok((s, b)),
+                Ok((s, b)) => return Err(self.refusal(x, s, &b)),
+                Err(f) => {
+                    // A try cut short by the budget says less than the one before it.
+                    if f.specific() || failure.is_none() {
+                        failure = Some(f);
+                    }
+                }
+            }
+            match self.timeouts.again(tries, start.elapsed(), began.elapsed()) {
+                Some(pause) if x.idempotent => std::thread::sleep(pause),
+                _ => break,
+            }
+        }
+        let f = failure.unwrap_or(Failure::OutOfTime);
+        let mut line = self.describe(x, &f, budget);
+        if tries > 1 {
+            line.push_str(&format!(" ({tries} tries in {:.0} s)", start.elapsed().as_secs_f64()));
+        }
+        Err(EngineError::new(line))
+    }
+
+    /// The error for a definite non-2xx answer.
+    fn refusal(&self, x: &Exchange, status: u16, body: &[u8]) -> EngineError {
+        let reason = String::from_utf8_lossy(body);
+        let reason: String = reason.lines().next().unwrap_or("").trim().chars().take(500).collect();
+        if (status == 423 || x.plain.contains(&status)) && !reason.is_empty() {
+            return EngineError::new(reason);
+        }
+        EngineError::new(format!("{} {}: server answered {status}: {reason}", x.method, self.url(&x.path)))
+    }
+
+    /// A request whose answer must be 2xx, without a ticket; retried
+    /// when `idempotent`.
+    fn expect_ok(
+        &self,
+        method: &'static str,
+        path: String,
+        body: Option<&[u8]>,
+        limit: u64,
+        idempotent: bool,
+    ) -> Result<(u16, Vec<u8>), EngineError> {
+        self.request(&Exchange { body, idempotent, ..Exchange::new(method, path, limit) })
     }
 
     fn text(bytes: &[u8]) -> String {
@@ -269,39 +523,39 @@ impl Client {
         log: &mut dyn FnMut(String),
     ) -> Result<String, EngineError> {
         let start = Instant::now();
-        let url = self.url("/hello");
+        let x = Exchange {
+            extra_headers: vec![(wire::MAC_HEADER, mac.to_owned()), (wire::ADDR_HEADER, addr.to_owned())],
+            ..Exchange::new("GET", "/hello".into(), 64 * 1024)
+        };
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let r = self
-                .headers(self.agent.get(&url), None)
-                .header(wire::MAC_HEADER, mac)
-                .header(wire::ADDR_HEADER, addr)
-                .call()
-                .map_err(|e| format!("GET {url}: {e}"))
-                .and_then(|mut r| {
-                    let status = r.status().as_u16();
-                    let body = r.body_mut().with_config().limit(64 * 1024).read_to_string();
-                    body.map(|b| (status, b)).map_err(|e| format!("GET {url}: reading the answer: {e}"))
-                });
+            let r = self.call(&x, self.timeouts.total);
             match r {
-                Ok((200, text)) if text.starts_with(wire::HELLO_PREFIX) => return Ok(text.trim().to_owned()),
-                Ok((status @ (401 | 403), text)) => {
-                    let reason: String = text.lines().next().unwrap_or("").chars().take(200).collect();
+                Ok((200, body)) if body.starts_with(wire::HELLO_PREFIX.as_bytes()) => {
+                    return Ok(Self::text(&body).trim().to_owned())
+                }
+                Ok((status @ (401 | 403), body)) => {
+                    let reason: String = Self::text(&body).lines().next().unwrap_or("").chars().take(200).collect();
                     return Err(EngineError::new(format!("{} refused PC {} ({status}): {reason}", self.base, self.pc)));
                 }
-                Ok((status, text)) => {
-                    let first: String = text.lines().next().unwrap_or("").chars().take(80).collect();
+                Ok((status, body)) => {
+                    let first: String = Self::text(&body).lines().next().unwrap_or("").chars().take(80).collect();
                     return Err(EngineError::new(format!(
                         "{} is not a bootvault server (it answered {status} {first:?})",
                         self.base
                     )));
                 }
-                Err(e) if start.elapsed() + Duration::from_secs(2) < patience => {
-                    log(format!("attempt {attempt}: {e}; retrying"));
+                Err(f) if start.elapsed() + Duration::from_secs(2) < patience => {
+                    log(format!("attempt {attempt}: {}; retrying", self.describe(&x, &f, self.timeouts.total)));
                     std::thread::sleep(Duration::from_secs(2));
                 }
-                Err(e) => return Err(EngineError::new(format!("{e} (gave up after {attempt} attempts)"))),
+                Err(f) => {
+                    return Err(EngineError::new(format!(
+                        "{} (gave up after {attempt} attempts)",
+                        self.describe(&x, &f, self.timeouts.total)
+                    )))
+                }
             }
         }
     }
@@ -318,15 +572,18 @@ impl Client {
         let path = format!("/backups?name={}&disk_bytes={disk_bytes}&chunk_size={chunk_size}", url_escape(name));
         let body = Zeroizing::new(lock.map(|l| format!("lock={}\n", Zeroizing::new(l.to_text()).as_str())));
         let body = body.as_deref().unwrap_or("").as_bytes();
-        let (_, answer) = self.expect_ok("POST", &path, Some(body), 4096, false)?;
+        let (_, answer) = self.expect_ok("POST", path, Some(body), 4096, false)?;
         id_from(&Self::text(&answer), "opening a backup")
     }
 
     /// What unlocking `backup` takes (None: it has no password). The
     /// nonce is kept for the [`Client::unlock`] that follows.
     pub fn challenge(&self, backup: i64) -> Result<Option<Challenge>, EngineError> {
-        let (_, body) =
-            self.request("GET", &format!("/backups/{backup}/challenge"), None, 4096, true, None, &[403, 404, 429])?;
+        let (_, body) = self.request(&Exchange {
+            idempotent: true,
+            plain: &[403, 404, 429],
+            ..Exchange::new("GET", format!("/backups/{backup}/challenge"), 4096)
+        })?;
         let ch = parse_challenge(&Self::text(&body))?;
         if let Some(c) = &ch {
             self.unlocks().nonces.insert(backup, c.nonce);
@@ -345,15 +602,11 @@ impl Client {
             .remove(&backup)
             .ok_or_else(|| EngineError::new(format!("unlocking backup {backup}: no challenge asked for it")))?;
         let body = format!("nonce={}\nproof={}\n", wire::to_hex(&nonce), wire::to_hex(proof));
-        let (_, answer) = self.request(
-            "POST",
-            &format!("/backups/{backup}/unlock"),
-            Some(body.as_bytes()),
-            4096,
-            false,
-            None,
-            &[403, 404, 409, 429],
-        )?;
+        let (_, answer) = self.request(&Exchange {
+            body: Some(body.as_bytes()),
+            plain: &[403, 404, 409, 429],
+            ..Exchange::new("POST", format!("/backups/{backup}/unlock"), 4096)
+        })?;
         let kv = parse_kv(&Self::text(&answer));
         let ticket = kv_get(&kv, "ticket")
             .filter(|t| !t.is_empty())
@@ -365,20 +618,15 @@ impl Client {
     /// The complete backups this PC may restore (its own and those granted
     /// to it), newest first.
     pub fn backups(&self) -> Result<Vec<BackupInfo>, EngineError> {
-        let (_, body) = self.expect_ok("GET", "/backups?format=lines", None, 4 << 20, true)?;
+        let (_, body) = self.expect_ok("GET", "/backups?format=lines".into(), None, 4 << 20, true)?;
         parse_backup_lines(&Self::text(&body))
     }
 
     /// Stored blob length per id, 0 where the server lacks the chunk.
     pub fn missing(&self, backup: i64, ids: &[ChunkId]) -> Result<Vec<u32>, EngineError> {
         let body: Vec<u8> = ids.iter().flatten().copied().collect();
-        let (_, answer) = self.expect_ok(
-            "POST",
-            &format!("/backups/{backup}/missing"),
-            Some(&body),
-            4 * ids.len() as u64 + 16,
-            true,
-        )?;
+        let (_, answer) =
+            self.expect_ok("POST", format!("/backups/{backup}/missing"), Some(&body), 4 * ids.len() as u64 + 16, true)?;
         if answer.len() != 4 * ids.len() {
             return Err(EngineError::new(format!(
                 "asking which chunks are missing: {} ids, answer of {} bytes",
@@ -390,16 +638,28 @@ impl Client {
     }
 
     pub fn put_chunk(&self, backup: i64, id: &ChunkId, blob: &[u8]) -> Result<(), EngineError> {
-        self.expect_ok("PUT", &format!("/chunks/{}?backup={backup}", hex(id)), Some(blob), 4096, true).map(|_| ())
+        self.request(&Exchange {
+            body: Some(blob),
+            idempotent: true,
+            object: Some(chunk_words(backup, id)),
+            ..Exchange::new("PUT", format!("/chunks/{}?backup={backup}", hex(id)), 4096)
+        })
+        .map(|_| ())
     }
 
     pub fn finish(&self, backup: i64, manifest: &[u8]) -> Result<(), EngineError> {
-        self.expect_ok("POST", &format!("/backups/{backup}/finish"), Some(manifest), 4096, true).map(|_| ())
+        self.request(&Exchange {
+            body: Some(manifest),
+            idempotent: true,
+            object: Some(format!("the manifest of backup {backup}")),
+            ..Exchange::new("POST", format!("/backups/{backup}/finish"), 4096)
+        })
+        .map(|_| ())
     }
 
     pub fn fail(&self, backup: i64, reason: &str) -> Result<(), EngineError> {
         let reason: String = reason.lines().next().unwrap_or("").chars().take(500).collect();
-        self.expect_ok("POST", &format!("/backups/{backup}/fail"), Some(reason.as_bytes()), 4096, false).map(|_| ())
+        self.expect_ok("POST", format!("/backups/{backup}/fail"), Some(reason.as_bytes()), 4096, false).map(|_| ())
     }
 
     /// The newest complete backup of `pc` (named `name`, if given).
@@ -408,37 +668,67 @@ impl Client {
         if let Some(n) = name {
             path.push_str(&format!("&name={}", url_escape(n)));
         }
-        let (_, body) = self.expect_ok("GET", &path, None, 4096, true)?;
+        let (_, body) = self.expect_ok("GET", path, None, 4096, true)?;
         id_from(&Self::text(&body), "finding the latest backup")
     }
 
     /// The manifest (with the unlock ticket, if the client holds one). A
     /// protected backup without a ticket: the server's one-line reason.
     pub fn manifest(&self, backup: i64) -> Result<Vec<u8>, EngineError> {
-        let ticket = self.ticket(backup);
-        self.request("GET", &format!("/backups/{backup}/manifest"), None, 64 << 20, true, ticket.as_deref(), &[])
-            .map(|(_, b)| b)
+        self.request(&Exchange {
+            idempotent: true,
+            ticket: self.ticket(backup),
+            object: Some(format!("the manifest of backup {backup}")),
+            ..Exchange::new("GET", format!("/backups/{backup}/manifest"), 64 << 20)
+        })
+        .map(|(_, b)| b)
     }
 
     /// A chunk of backup `backup` (the server hands a PC only chunks of
-    /// backups it may read).
+    /// backups it may read), as a blob of at most `limit` bytes.
     pub fn chunk(&self, backup: i64, id: &ChunkId, limit: u64) -> Result<Vec<u8>, EngineError> {
-        let ticket = self.ticket(backup);
-        let path = format!("/chunks/{}?backup={backup}", hex(id));
-        self.request("GET", &path, None, limit, true, ticket.as_deref(), &[]).map(|(_, b)| b)
+        self.request(&Exchange {
+            idempotent: true,
+            ticket: self.ticket(backup),
+            object: Some(chunk_words(backup, id)),
+            ..Exchange::new("GET", format!("/chunks/{}?backup={backup}", hex(id)), limit)
+        })
+        .map(|(_, b)| b)
     }
 
     /// The server's job for this PC, if it has one.
     pub fn next_job(&self) -> Result<Option<Vec<(String, String)>>, EngineError> {
-        let (status, body) = self.expect_ok("GET", "/jobs/next", None, 4096, true)?;
+        let (status, body) = self.expect_ok("GET", "/jobs/next".into(), None, 4096, true)?;
         Ok((status != 204 && !body.is_empty()).then(|| parse_kv(&Self::text(&body))))
     }
 
     /// Reports the outcome of an action.
     pub fn report(&self, kv: &[(&str, String)]) -> Result<(), EngineError> {
         let body: String = kv.iter().map(|(k, v)| format!("{k}={}\n", v.replace('\n', " "))).collect();
-        self.expect_ok("POST", "/results", Some(body.as_bytes()), 4096, false).map(|_| ())
+        self.expect_ok("POST", "/results".into(), Some(body.as_bytes()), 4096, false).map(|_| ())
     }
+}
+
+/// The agent behind a client: keep-alive, statuses as answers, and the
+/// phase timeouts (a request adds its own budget and body time).
+fn agent(t: &Timeouts) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(t.connect))
+        .timeout_send_request(Some(t.connect))
+        .timeout_recv_response(Some(t.answer))
+        .timeout_per_read(Some(t.stall))
+        .timeout_per_write(Some(t.stall))
+        .timeout_global(Some(t.total))
+        .max_idle_connections_per_host(8)
+        .build()
+        .into()
+}
+
+/// `chunk 1a2b3c4d5e6f of backup 7`: a chunk in messages (the id's first
+/// 12 hex digits are enough to find it in the store).
+fn chunk_words(backup: i64, id: &ChunkId) -> String {
+    format!("chunk {} of backup {backup}", &hex(id)[..12])
 }
 
 fn id_from(text: &str, what: &str) -> Result<i64, EngineError> {
@@ -460,6 +750,80 @@ pub fn url_escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stuck request ends within a minute with the production values,
+    /// whichever phase the server stops in, and a stuck server still gets
+    /// a second try.
+    #[test]
+    fn production_timeouts_end_a_stuck_request_within_a_minute() {
+        let t = Timeouts::DEFAULT;
+        let minute = Duration::from_secs(60);
+        assert!(t.total <= minute);
+        // Every try of a request with bodies up to 2 MiB (a default 1 MiB
+        // chunk and its blob, every control message) is cut at `total`.
+        assert_eq!(t.budget(2 << 20), t.total);
+        assert_eq!(t.budget((1 << 20) + 4096), t.total);
+        // One try that connects slowly, is answered slowly and then stalls
+        // in the body still ends within it.
+        assert!(t.connect + t.answer + t.stall <= t.total);
+        // A 1 MiB chunk may take 24 s either way: about 350 kbit/s.
+        assert_eq!(t.body(1 << 20), Duration::from_secs(24));
+        assert!(!t.too_slow(1 << 20, Duration::from_secs(24)));
+        assert!(t.too_slow(5, Duration::from_secs(21)));
+        assert!(!t.too_slow(0, t.stall));
+        // Tries, for a server that fails each try after `each`: how long the
+        // request takes in all.
+        let run = |each: Duration| {
+            let (mut elapsed, mut tries) = (Duration::ZERO, 0);
+            loop {
+                tries += 1;
+                elapsed += each;
+                match t.again(tries, elapsed, each) {
+                    Some(pause) => elapsed += pause,
+                    None => return (tries, elapsed),
+                }
+            }
+        };
+        let ms = Duration::from_millis;
+        for (stops, each, want_tries) in [
+            ("a refused connection", ms(5), 3),
+            ("no connection", t.connect, 3),
+            ("no answer", t.answer, 2),
+            ("a drip, seen a second after the stall", t.stall + ms(1000), 2),
+            ("a drip, seen just before a second stall", t.stall * 2 - ms(1), 1),
+        ] {
+            let (tries, elapsed) = run(each);
+            assert!(elapsed <= minute, "{stops}: {tries} tries in {elapsed:?}");
+            assert_eq!(tries, want_tries, "{stops}");
+        }
+        assert_eq!(t.again(1, ms(5), ms(5)), Some(ms(500)));
+        assert_eq!(t.again(2, ms(600), ms(5)), Some(ms(1000)));
+        assert_eq!(t.again(3, ms(2000), ms(5)), None, "three tries at most");
+    }
+
+    #[test]
+    fn failure_lines() {
+        let c = Client::new("http://10.0.2.2:8080/", "pc", "t");
+        let chunk = Exchange { object: Some(chunk_words(7, &[0xab; 32])), ..Exchange::new("GET", "/c".into(), 9) };
+        let put = Exchange {
+            body: Some(&[1]),
+            ..Exchange { object: chunk.object.clone(), ..Exchange::new("PUT", "/c".into(), 9) }
+        };
+        let job = Exchange::new("GET", "/jobs/next".into(), 9);
+        let s = Duration::from_secs;
+        for (x, f, want) in [
+            (&job, Failure::Connect, "could not connect to the server at http://10.0.2.2:8080 within 10 s (GET /api/v1/jobs/next)"),
+            (&put, Failure::NotTaken, "the server at http://10.0.2.2:8080 accepted the connection but did not take the request (the upload of chunk abababababab of backup 7) within 10 s"),
+            (&put, Failure::StoppedReceiving(s(21)), "the server at http://10.0.2.2:8080 stopped receiving chunk abababababab of backup 7 after 21 s"),
+            (&chunk, Failure::NoAnswer, "the server at http://10.0.2.2:8080 accepted the connection but sent no answer to the request for chunk abababababab of backup 7 within 20 s"),
+            (&chunk, Failure::StoppedSending { after: Duration::from_millis(20_400), got: 3, of: Some(1 << 20) }, "the server at http://10.0.2.2:8080 stopped sending chunk abababababab of backup 7 after 20 s (3 B of 1.0 MiB received)"),
+            (&job, Failure::StoppedSending { after: s(20), got: 0, of: None }, "the server at http://10.0.2.2:8080 stopped sending its answer to GET /api/v1/jobs/next after 20 s (0 B of an unknown length received)"),
+            (&job, Failure::OutOfTime, "the server at http://10.0.2.2:8080 did not complete GET /api/v1/jobs/next within 60 s"),
+            (&job, Failure::Other("io: Connection refused".into()), "GET http://10.0.2.2:8080/api/v1/jobs/next: io: Connection refused"),
+        ] {
+            assert_eq!(c.describe(x, &f, s(60)), want);
+        }
+    }
 
     #[test]
     fn kv_and_escape() {

@@ -8,11 +8,21 @@
 //! offsets. At the end: flush, re-read the partition table, and optionally
 //! read everything back and compare.
 //!
+//! Before fetching a chunk, a worker reads that range of the target: a
+//! chunk whose bytes are already there (BLAKE3 of the range is its id, or
+//! it reads as zeros for an all-zero chunk) is neither fetched nor
+//! written. So a restore that stopped part-way (a damaged chunk, a lost
+//! server, a cancel) is finished by running it again, which fetches and
+//! writes only what still differs; one onto a disk that already holds the
+//! backup fetches nothing.
+//!
 //! A password-protected backup needs an unlock ticket in the client
 //! (`lock::unlock`, or a server job's); without one the manifest is
 //! refused and nothing is written. Cancelling (`RestoreOptions::cancel`)
-//! stops the workers before their next fetch or write; the error then says
-//! how much of the disk was written.
+//! stops the workers before their next fetch or write. A restore that
+//! stops once writing may have begun, cancelled or failed, says in its
+//! error what it left on the target ([`target_state`]): unchanged, or
+//! partly overwritten and by how much.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -49,7 +59,15 @@ pub struct RestoreReport {
     pub target_bytes: u64,
     pub chunks: u64,
     pub zero_chunks: u64,
+    /// Chunks (data or all-zero) the target already held: not fetched,
+    /// not written.
+    pub skipped_chunks: u64,
+    /// Chunks fetched from the server.
+    pub fetched_chunks: u64,
+    /// Blob bytes fetched.
     pub fetched_bytes: u64,
+    /// Disk bytes written (fetched chunks and zeroed ranges).
+    pub written_bytes: u64,
     pub verified: bool,
     /// Why the kernel refused to re-read the partition table, if it did.
     pub reread_error: Option<String>,
@@ -60,13 +78,17 @@ impl RestoreReport {
     /// The one-line outcome; `target` names the disk written.
     pub fn summary(&self, target: &str) -> String {
         format!(
-            "restore of backup {} complete: {} onto {target} ({}), {} chunks ({} all-zero), {} fetched{}, {:.1} s",
+            "restore of backup {} complete: {} onto {target} ({}), {} chunks ({} all-zero): {} already right on \
+             the disk, {} fetched ({}), {} written{}, {:.1} s",
             self.id,
             human_bytes(self.disk_bytes),
             human_bytes(self.target_bytes),
             self.chunks,
             self.zero_chunks,
+            self.skipped_chunks,
+            self.fetched_chunks,
             human_bytes(self.fetched_bytes),
+            human_bytes(self.written_bytes),
             if self.verified { ", verified by reading back" } else { "" },
             self.elapsed.as_secs_f64()
         )
@@ -92,12 +114,30 @@ pub fn check_target(m: &Manifest, target_bytes: u64, target_logical: u32) -> Res
     Ok(())
 }
 
-/// The error of a cancelled restore, `written` of `total` bytes done.
-pub fn cancelled_message(written: u64, total: u64) -> String {
+/// How [`target_state`] words a target that this run wrote to: what the
+/// console looks for to tell an incomplete disk from an unchanged one.
+pub const PARTLY_OVERWRITTEN: &str = "the target disk is now partly overwritten";
+
+/// What a restore that stopped early (cancelled or failed) left on the
+/// target, `written` of the backup's `total` bytes written by this run
+/// and `matched` found already right: the one place that words it.
+pub fn target_state(written: u64, matched: u64, total: u64) -> String {
     if written == 0 {
-        return "restore cancelled before anything was written; the disk is unchanged".into();
+        return "nothing was written; the target disk is unchanged".into();
     }
-    format!("restore cancelled after {} of {}; the disk is now incomplete", human_bytes(written), human_bytes(total))
+    let matched =
+        if matched > 0 { format!(", {} already matched the backup", human_bytes(matched)) } else { String::new() };
+    format!(
+        "{PARTLY_OVERWRITTEN} ({} of {} written{matched}): it will not boot as it is; run the restore again, which \
+         writes only what still differs, or restore another backup",
+        human_bytes(written),
+        human_bytes(total)
+    )
+}
+
+/// The error of a cancelled restore (see [`target_state`]).
+pub fn cancelled_message(written: u64, matched: u64, total: u64) -> String {
+    format!("restore cancelled; {}", target_state(written, matched, total))
 }
 
 pub fn fetch_manifest(client: &Client, backup: i64) -> Result<Manifest, EngineError> {
@@ -119,6 +159,10 @@ pub fn restore(
     let next = AtomicUsize::new(0);
     let abort = AtomicBool::new(false);
     let done = AtomicU64::new(0);
+    let written = AtomicU64::new(0);
+    let matched = AtomicU64::new(0);
+    let skipped = AtomicU64::new(0);
+    let fetched_chunks = AtomicU64::new(0);
     let fetched = AtomicU64::new(0);
     let error: Mutex<Option<EngineError>> = Mutex::new(None);
     let zeros = vec![0u8; m.chunk_size as usize];
@@ -140,19 +184,29 @@ pub fn restore(
         let mut workers = Vec::new();
         for _ in 0..opts.threads.max(1) {
             workers.push(s.spawn(|| {
+                // The worker's one chunk-sized buffer: what the target holds now.
+                let mut current = vec![0u8; m.chunk_size as usize];
                 while !stopping() {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= count {
                         return;
                     }
                     let (off, len) = m.chunk_range(i);
+                    if already_there(dev, &m.chunks[i], off, &mut current[..len]) {
+                        skipped.fetch_add(1, Ordering::Relaxed);
+                        matched.fetch_add(len as u64, Ordering::Relaxed);
+                        done.fetch_add(len as u64, Ordering::Relaxed);
+                        continue;
+                    }
                     let r = match &m.chunks[i] {
                         Chunk::Zero => dev.zero_range(off, len as u64, &zeros),
                         Chunk::Data { id, .. } => {
+                            // A valid blob is at most the chunk plus its tag.
                             let plain = client
-                                .chunk(backup, id, u64::from(image::MAX_CHUNK_SIZE) + 64)
+                                .chunk(backup, id, len as u64 + 4096)
                                 .and_then(|blob| {
                                     fetched.fetch_add(blob.len() as u64, Ordering::Relaxed);
+                                    fetched_chunks.fetch_add(1, Ordering::Relaxed);
                                     image::decode_verified(&blob, len, id).map_err(|e| EngineError::new(e.to_string()))
                                 })
                                 .map_err(|e| {
@@ -172,6 +226,7 @@ pub fn restore(
                         fail(e);
                         return;
                     }
+                    written.fetch_add(len as u64, Ordering::Relaxed);
                     done.fetch_add(len as u64, Ordering::Relaxed);
                 }
             }));
@@ -185,20 +240,26 @@ pub fn restore(
             }
         }
     });
-    if let Some(e) = error.lock().ok().and_then(|mut e| e.take()) {
-        return Err(e);
-    }
-    let written = done.load(Ordering::Relaxed);
-    if opts.cancel.load(Ordering::Relaxed) && written < m.disk_bytes {
+    let written = written.load(Ordering::Relaxed);
+    let matched = matched.load(Ordering::Relaxed);
+    // Whatever stops the restore from here on, the error says what the target holds.
+    let stopped = |e: EngineError| {
         // What was written stays written: flush it, so the message is true.
         let _ = dev.sync();
-        return Err(EngineError::new(cancelled_message(written, m.disk_bytes)));
+        EngineError::new(format!("{e}; {}", target_state(written, matched, m.disk_bytes)))
+    };
+    if let Some(e) = error.lock().ok().and_then(|mut e| e.take()) {
+        return Err(stopped(e));
     }
-    dev.sync()?;
+    if opts.cancel.load(Ordering::Relaxed) && done.load(Ordering::Relaxed) < m.disk_bytes {
+        let _ = dev.sync();
+        return Err(EngineError::new(cancelled_message(written, matched, m.disk_bytes)));
+    }
+    dev.sync().map_err(stopped)?;
     progress(&snapshot(start));
     let reread_error = dev.reread_partitions();
     if opts.verify {
-        verify(dev, &m)?;
+        verify(dev, &m).map_err(stopped)?;
     }
     Ok(RestoreReport {
         id: backup,
@@ -206,11 +267,28 @@ pub fn restore(
         target_bytes: dev.bytes,
         chunks: count as u64,
         zero_chunks: m.zero_chunks(),
+        skipped_chunks: skipped.load(Ordering::Relaxed),
+        fetched_chunks: fetched_chunks.load(Ordering::Relaxed),
         fetched_bytes: fetched.load(Ordering::Relaxed),
+        written_bytes: written,
         verified: opts.verify,
         reread_error,
         elapsed: start.elapsed(),
     })
+}
+
+/// Whether the target already holds chunk `c` at `off` (`buf` is the
+/// chunk's length; it is left holding the target's bytes). A range the
+/// target cannot read (past its end, a read error) does not hold it: the
+/// chunk is then fetched and written, and the write says what is wrong.
+fn already_there(dev: &Device, c: &Chunk, off: u64, buf: &mut [u8]) -> bool {
+    if off + buf.len() as u64 > dev.bytes || dev.read_at(buf, off).is_err() {
+        return false;
+    }
+    match c {
+        Chunk::Zero => image::is_zero(buf),
+        Chunk::Data { id, .. } => image::chunk_id(buf) == *id,
+    }
 }
 
 /// Reads the restored range back and compares every chunk with the
@@ -266,11 +344,20 @@ mod tests {
     }
 
     #[test]
-    fn cancelled_messages() {
+    fn stopped_messages() {
         assert_eq!(
-            cancelled_message(12 << 20, 64 << 20),
-            "restore cancelled after 12.0 MiB of 64.0 MiB; the disk is now incomplete"
+            target_state(180 << 20, 0, 1 << 30),
+            "the target disk is now partly overwritten (180.0 MiB of 1.0 GiB written): it will not boot as it is; \
+             run the restore again, which writes only what still differs, or restore another backup"
         );
-        assert!(cancelled_message(0, 64 << 20).contains("the disk is unchanged"));
+        let again = target_state(20 << 20, 180 << 20, 1 << 30);
+        assert!(again.starts_with(PARTLY_OVERWRITTEN), "{again}");
+        assert!(again.contains("(20.0 MiB of 1.0 GiB written, 180.0 MiB already matched the backup)"), "{again}");
+        assert_eq!(target_state(0, 5 << 20, 1 << 30), "nothing was written; the target disk is unchanged");
+        assert_eq!(
+            cancelled_message(12 << 20, 0, 64 << 20),
+            format!("restore cancelled; {}", target_state(12 << 20, 0, 64 << 20))
+        );
+        assert!(!cancelled_message(0, 0, 64 << 20).contains(PARTLY_OVERWRITTEN));
     }
 }

@@ -18,14 +18,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bootvault_common::config::Config;
+use bootvault_common::config::{check_backup_name, Config};
 use bootvault_common::units::{human_bytes, utc_datetime};
 use bootvault_engine::backup::{backup, BackupOptions};
 use bootvault_engine::client::{BackupInfo, Client};
 use bootvault_engine::device::Device;
 use bootvault_engine::lock::{self, Lock};
 use bootvault_engine::progress::Progress;
-use bootvault_engine::restore::{restore, RestoreOptions};
+use bootvault_engine::restore::{restore, RestoreOptions, PARTLY_OVERWRITTEN};
 use zeroize::Zeroizing;
 
 use crate::disks::{self, Disk};
@@ -355,7 +355,7 @@ impl Session<'_> {
                 &message,
             )?;
             *name = edit.text.trim().to_owned();
-            match tui::check_backup_name(name) {
+            match check_backup_name(name) {
                 Ok(()) => return Ok(()),
                 Err(e) => message = format!("{e}."),
             }
@@ -639,33 +639,40 @@ impl Session<'_> {
             Ok(r) => (
                 "Restore: done",
                 format!(
-                    "Backup {:?} is now on {}.\n\n  Restored: {} in {:.0} s\n  Fetched:  {} from the server{}{}\n\nWhat next: remove the bootvault USB stick or CD, then choose Reboot\nto start the restored system.",
+                    "Backup {:?} is now on {}.\n\n  Restored: {} in {:.0} s\n  Fetched:  {} from the server ({} chunks; {} were already right){}{}\n\nWhat next: remove the bootvault USB stick or CD, then choose Reboot\nto start the restored system.",
                     b.name,
                     d.name,
                     human_bytes(r.disk_bytes),
                     r.elapsed.as_secs_f64(),
                     human_bytes(r.fetched_bytes),
+                    r.fetched_chunks,
+                    r.skipped_chunks,
                     if r.verified { "\n  Verified: every chunk read back and compared" } else { "" },
                     r.reread_error.map(|e| format!("\n  Note: the kernel did not re-read the partition table ({e})")).unwrap_or_default()
                 ),
             ),
-            Err(e) if cancel.load(Ordering::Relaxed) && e.contains("the disk is unchanged") => (
+            // The engine's error says whether this run wrote to the disk.
+            Err(e) if cancel.load(Ordering::Relaxed) && !e.contains(PARTLY_OVERWRITTEN) => (
                 "Restore: cancelled",
                 format!("The restore was cancelled before anything was written:\n  {e}\n\n{} is unchanged.", d.name),
             ),
             Err(e) if cancel.load(Ordering::Relaxed) => (
                 "Restore: CANCELLED - the disk is incomplete",
                 format!(
-                    "The restore was cancelled:\n  {e}\n\nThe disk {} is now INCOMPLETE: it holds part of the backup and will not\nwork as it is. Restore a backup onto it again before using it.",
+                    "The restore was cancelled:\n  {e}\n\nThe disk {} is now INCOMPLETE: it holds part of the backup and will not\nwork as it is. Restore a backup onto it again before using it (again\nthe same backup writes only what still differs).",
+                    d.name
+                ),
+            ),
+            Err(e) if e.contains(PARTLY_OVERWRITTEN) => (
+                "Restore: FAILED - the disk is incomplete",
+                format!(
+                    "The restore failed:\n  {e}\n\nThe disk {} is now INCOMPLETE: it holds part of the backup and will not\nwork as it is. Restore again before using it: the same backup writes only\nwhat still differs, or choose another backup.",
                     d.name
                 ),
             ),
             Err(e) => (
                 "Restore: FAILED",
-                format!(
-                    "The restore failed:\n  {e}\n\nIf the message says nothing was written, {} is unchanged. Otherwise the disk\nis now INCOMPLETE: restore onto it again before using it.",
-                    d.name
-                ),
+                format!("The restore failed:\n  {e}\n\nNothing was written: {} is unchanged.", d.name),
             ),
         };
         self.finish_screen(title, &body)
