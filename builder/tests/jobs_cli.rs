@@ -96,3 +96,25 @@ fn job_add_with_a_password_file() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `jobs add` goes through the vault's checks: a field the PC would refuse
+/// (or read as a second setting) is refused here, naming the field.
+#[test]
+fn job_add_refuses_what_the_pc_would_refuse() {
+    let data = std::env::temp_dir().join(format!("bv-jobs-cli-fields-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let v = Vault::open(&data).expect("vault");
+    v.add_pc(&PcRow::new("lab-1", "52:54:00:aa:00:01")).expect("add pc");
+    for (args, why) in [
+        (&["--disk", "sda\nbackup=3"][..], "disk=\"sda\\nbackup=3\": expected auto or a disk name"),
+        (&["--name", "nightly\nbackup=3"][..], "name=\"nightly\\nbackup=3\": '\\n' is not allowed"),
+        (&["--backup", "0"][..], "backup=0: expected a backup id"),
+    ] {
+        let (ok, out) = jobs(&data, &[&["add", "lab-1", "restore"][..], args].concat(), None);
+        assert!(!ok && out.contains(why), "{args:?}: {out}");
+    }
+    assert!(v.next_job("lab-1").expect("next").is_none(), "nothing queued");
+    let (ok, out) = jobs(&data, &["add", "lab-1", "backup", "--disk", "nvme0n1", "--name", "weekly"], None);
+    assert!(ok, "{out}");
+    let _ = std::fs::remove_dir_all(&data);
+}

@@ -271,6 +271,57 @@ fn valid_pc_name(v: &str) -> Result<String, String> {
     }
 }
 
+/// The `disk` setting: `auto`, or the kernel's name of a whole disk
+/// (`sda`, `nvme0n1`) as `init`'s disk pick looks it up in `/sys/block`.
+pub fn check_disk(v: &str) -> Result<(), String> {
+    let ok = v == "auto" || (!v.is_empty() && v.len() <= 32 && v.chars().all(|c| c.is_ascii_alphanumeric()));
+    if ok {
+        Ok(())
+    } else {
+        Err("expected auto or a disk name like sda".into())
+    }
+}
+
+/// The `backup` setting: `latest` or a backup id.
+pub fn parse_backup_ref(v: &str) -> Result<BackupRef, String> {
+    if v == "latest" {
+        return Ok(BackupRef::Latest);
+    }
+    match v.parse::<i64>() {
+        Ok(id) if check_backup_id(id).is_ok() => Ok(BackupRef::Id(id)),
+        _ => Err("expected latest or a backup id".into()),
+    }
+}
+
+/// A backup id: the server's row id, always positive.
+pub fn check_backup_id(id: i64) -> Result<(), String> {
+    if id > 0 {
+        Ok(())
+    } else {
+        Err("expected a backup id (a positive number)".into())
+    }
+}
+
+/// Backup names, as a person types them at the console and the server and
+/// the PCs pass them on: 1-64 letters, digits, '-', '_' and '.', starting
+/// with a letter or a digit, so a name is never a path, an option or a
+/// second line.
+pub fn check_backup_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("the name is empty".into());
+    }
+    if name.chars().count() > 64 {
+        return Err(format!("the name is {} characters long; at most 64", name.chars().count()));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
+        return Err(format!("{c:?} is not allowed; use letters, digits, '-', '_' and '.'"));
+    }
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err("the name must start with a letter or a digit".into());
+    }
+    Ok(())
+}
+
 fn valid_server(v: &str) -> Result<Option<String>, String> {
     if v.is_empty() {
         return Ok(None);
@@ -308,11 +359,7 @@ impl Config {
                     Action::parse(value).ok_or_else(|| bad("expected probe, backup, restore, job or menu".into()))?
             }
             "disk" => {
-                let ok = value == "auto"
-                    || (!value.is_empty() && value.len() <= 32 && value.chars().all(|c| c.is_ascii_alphanumeric()));
-                if !ok {
-                    return Err(bad("expected auto or a disk name like sda".into()));
-                }
+                check_disk(value).map_err(bad)?;
                 self.disk = value.to_owned();
             }
             "name" => {
@@ -321,17 +368,7 @@ impl Config {
                 }
                 self.name = value.to_owned();
             }
-            "backup" => {
-                self.backup = match value {
-                    "latest" => BackupRef::Latest,
-                    v => BackupRef::Id(
-                        v.parse::<i64>()
-                            .ok()
-                            .filter(|n| *n > 0)
-                            .ok_or_else(|| bad("expected latest or a backup id".into()))?,
-                    ),
-                }
-            }
+            "backup" => self.backup = parse_backup_ref(value).map_err(bad)?,
             "level" => {
                 self.level =
                     value.parse::<u8>().ok().filter(|n| *n <= 10).ok_or_else(|| bad("expected a level 0-10".into()))?
@@ -532,6 +569,32 @@ mod tests {
         assert_eq!(p[0].line, Some(3));
         assert!(p[0].to_string().starts_with("config file line 3: expected key = value"));
         assert_eq!(p[1].line, Some(4));
+    }
+
+    #[test]
+    fn disk_backup_and_name_rules() {
+        for ok in ["auto", "sda", "nvme0n1", "mmcblk0"] {
+            assert_eq!(check_disk(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "/dev/sda", "sda1 ", "sda\nbackup=3", "../sda", &"a".repeat(33)] {
+            assert!(check_disk(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_backup_ref("latest"), Ok(BackupRef::Latest));
+        assert_eq!(parse_backup_ref("12"), Ok(BackupRef::Id(12)));
+        for bad in ["0", "-3", "", "12 ", "1e3"] {
+            assert!(parse_backup_ref(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_backup_id(0).is_err() && check_backup_id(1).is_ok());
+
+        assert!(check_backup_name("pc-one-2026-11-25").is_ok());
+        assert!(check_backup_name("a").is_ok());
+        assert_eq!(check_backup_name("").unwrap_err(), "the name is empty");
+        assert!(check_backup_name(&"a".repeat(65)).unwrap_err().contains("at most 64"));
+        assert!(check_backup_name("my backup").unwrap_err().contains("' ' is not allowed"));
+        assert!(check_backup_name("a/b").unwrap_err().contains("'/' is not allowed"));
+        assert!(check_backup_name("a\nb").unwrap_err().contains("'\\n' is not allowed"));
+        assert!(check_backup_name(".hidden").unwrap_err().contains("must start with a letter"));
+        assert!(check_backup_name("-x").unwrap_err().contains("must start with a letter"));
     }
 
     #[test]

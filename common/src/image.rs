@@ -15,6 +15,13 @@ pub type ChunkId = [u8; 32];
 pub const FORMAT_VERSION: u32 = 1;
 pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
 pub const MAX_CHUNK_SIZE: u32 = 16 << 20;
+/// Smallest chunk size of a new backup. The format reads any size from 1,
+/// but chunks below the largest sector size in use (4 KiB) only make
+/// manifests longer and every request smaller.
+pub const MIN_CHUNK_SIZE: u32 = 4096;
+/// Largest disk a new backup may cover: 64 PiB, beyond any disk made, and
+/// far inside SQLite's `i64` and a `u64` offset plus a chunk.
+pub const MAX_DISK_BYTES: u64 = 1 << 56;
 pub const DEFAULT_LEVEL: u8 = 1;
 
 const MANIFEST_MAGIC: &[u8; 8] = b"BVMANIF1";
@@ -24,6 +31,19 @@ const MAX_EXTENT_BYTES: u64 = 16 << 20;
 const TAG_DEFLATE: u8 = 0;
 const TAG_RAW: u8 = 1;
 
+/// The sizes of a new backup, checked as given (never cut to fit); the
+/// error starts with the field's name, as the open request spells it, and
+/// gives its range.
+pub fn check_new_backup(disk_bytes: u64, chunk_size: u32) -> Result<(), String> {
+    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
+        return Err(format!("chunk_size={chunk_size}: out of range {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}"));
+    }
+    if !(1..=MAX_DISK_BYTES).contains(&disk_bytes) {
+        return Err(format!("disk_bytes={disk_bytes}: out of range 1..={MAX_DISK_BYTES}"));
+    }
+    Ok(())
+}
+
 pub fn chunk_id(plain: &[u8]) -> ChunkId {
     *blake3::hash(plain).as_bytes()
 }
@@ -32,14 +52,11 @@ pub fn hex(id: &ChunkId) -> String {
     crate::wire::to_hex(id)
 }
 
+/// 64 hex digits (either case) to an id; nothing else, not even a sign
+/// (`u8::from_str_radix` takes one), so every id has one spelling.
 pub fn parse_hex(s: &str) -> Option<ChunkId> {
-    if s.len() != 64 || !s.is_ascii() {
-        return None;
-    }
     let mut id = [0u8; 32];
-    for (i, b) in id.iter_mut().enumerate() {
-        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
+    crate::wire::hex_into(s, &mut id).ok()?;
     Some(id)
 }
 
@@ -638,6 +655,20 @@ impl<R: Read> ImageReader<R> {
 mod tests {
     use super::*;
     use crate::testdata::noise;
+
+    /// Chunk ids name files and URL paths: one spelling per id. Before,
+    /// `u8::from_str_radix` took a sign, so `+f` passed as a byte (found by
+    /// fuzzing `units::parse_mac`, which had the same fault; fuzz target
+    /// `blob` checks this one).
+    #[test]
+    fn chunk_ids_parse_only_as_hex_digits() {
+        let id = [0xabu8; 32];
+        assert_eq!(parse_hex(&hex(&id)), Some(id));
+        assert_eq!(parse_hex(&"AB".repeat(32)), Some(id));
+        assert_eq!(parse_hex(&"+f".repeat(32)), None);
+        assert_eq!(parse_hex(&format!("+{}", &hex(&id)[1..])), None);
+        assert_eq!(parse_hex(&"ab".repeat(31)), None);
+    }
     use std::io::Cursor;
 
     fn sample() -> (Manifest, Vec<(ChunkId, Vec<u8>)>) {
@@ -692,6 +723,24 @@ mod tests {
         assert_eq!(decode_blob(&bomb, 4096).unwrap_err(), BlobError::TooLarge { max: 4096 });
         assert!(matches!(decode_blob(&[0, 0xFF, 0xFF, 0xFF], 100), Err(BlobError::Inflate(_))));
         assert!(BlobError::WrongHash { expected: [0; 32], got: [1; 32] }.to_string().contains(&"01".repeat(32)));
+    }
+
+    #[test]
+    fn new_backup_sizes() {
+        assert_eq!(check_new_backup(1, MIN_CHUNK_SIZE), Ok(()));
+        assert_eq!(check_new_backup(MAX_DISK_BYTES, MAX_CHUNK_SIZE), Ok(()));
+        assert!(i64::try_from(MAX_DISK_BYTES + u64::from(MAX_CHUNK_SIZE)).is_ok());
+        for (disk, chunk, why) in [
+            (4096, 0, "chunk_size=0: out of range 4096..=16777216"),
+            (4096, 4095, "chunk_size=4095"),
+            (4096, MAX_CHUNK_SIZE + 1, "chunk_size=16777217"),
+            (0, 4096, "disk_bytes=0: out of range 1..=72057594037927936"),
+            (MAX_DISK_BYTES + 1, 4096, "disk_bytes=72057594037927937"),
+            (u64::MAX, 4096, "disk_bytes=18446744073709551615"),
+        ] {
+            let e = check_new_backup(disk, chunk).unwrap_err();
+            assert!(e.starts_with(why), "{disk} {chunk}: {e}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod cmdline;
 pub mod config;
 pub mod fsprobe;
 pub mod image;
+pub mod job;
 pub mod modules;
 pub mod partition;
 pub mod testdata;

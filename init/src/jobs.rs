@@ -10,9 +10,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bootvault_common::config::{Action, BackupRef, Config};
+use bootvault_common::job::JobMessage;
 use bootvault_common::units::human_bytes;
 use bootvault_engine::backup::{backup, BackupOptions};
-use bootvault_engine::client::{kv_get, Client};
+use bootvault_engine::client::Client;
 use bootvault_engine::device::Device;
 use bootvault_engine::lock::Lock;
 use bootvault_engine::restore::{restore, RestoreOptions};
@@ -48,27 +49,20 @@ impl Job {
         }
     }
 
-    /// A job from the server's `key=value` answer; the rest from `c`.
+    /// A job from the server's `key=value` answer (every field checked,
+    /// unknown and repeated keys refused: [`JobMessage`]); what the
+    /// server leaves out comes from `c`.
     pub fn from_server(kv: &[(String, String)], c: &Config) -> Result<Job, String> {
-        let id = kv_get(kv, "job").and_then(|v| v.parse().ok()).ok_or("the server's job has no id")?;
-        let action = match kv_get(kv, "action") {
-            Some("backup") => Action::Backup,
-            Some("restore") => Action::Restore,
-            other => return Err(format!("job {id}: unknown action {other:?}")),
-        };
-        let backup = match kv_get(kv, "backup") {
-            None | Some("") | Some("latest") => BackupRef::Latest,
-            Some(v) => BackupRef::Id(v.parse().map_err(|_| format!("job {id}: bad backup id {v:?}"))?),
-        };
-        let lock = kv_get(kv, "lock").map(Lock::from_text).transpose().map_err(|e| format!("job {id}: {e}"))?;
+        let m = JobMessage::from_pairs(kv.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+        let lock = m.lock.as_deref().map(Lock::from_text).transpose().map_err(|e| format!("job {}: {e}", m.id))?;
         Ok(Job {
-            id: Some(id),
-            action,
-            disk: kv_get(kv, "disk").filter(|d| !d.is_empty()).unwrap_or(&c.disk).to_owned(),
-            name: kv_get(kv, "name").unwrap_or(&c.name).to_owned(),
-            backup,
+            id: Some(m.id),
+            action: m.action,
+            disk: m.disk.unwrap_or_else(|| c.disk.clone()),
+            name: m.name.unwrap_or_else(|| c.name.clone()),
+            backup: m.backup,
             lock,
-            ticket: kv_get(kv, "ticket").filter(|t| !t.is_empty()).map(str::to_owned),
+            ticket: m.ticket,
         })
     }
 }
@@ -263,15 +257,29 @@ mod tests {
         let j = Job::from_server(&kv(&[("job", "8"), ("action", "backup"), ("name", "weekly")]), &c).unwrap();
         assert_eq!((j.disk.as_str(), j.name.as_str(), j.backup), ("auto", "weekly", BackupRef::Latest));
         assert!(Job::from_server(&kv(&[("action", "backup")]), &c).unwrap_err().contains("no id"));
-        assert!(Job::from_server(&kv(&[("job", "1"), ("action", "format")]), &c)
-            .unwrap_err()
-            .contains("unknown action"));
+        assert_eq!(
+            Job::from_server(&kv(&[("job", "1"), ("action", "format")]), &c).unwrap_err(),
+            "job 1: action=\"format\": expected backup or restore"
+        );
+        // What a newline in the disk field turned into; and what no server sends.
+        let injected =
+            kv(&[("job", "7"), ("action", "restore"), ("disk", "sda"), ("backup", "3"), ("name", ""), ("backup", "1")]);
+        assert_eq!(Job::from_server(&injected, &c).unwrap_err(), "the server's job: backup= given twice");
+        let unknown = kv(&[("job", "7"), ("action", "restore"), ("verify", "no")]);
+        assert_eq!(Job::from_server(&unknown, &c).unwrap_err(), "the server's job: unknown key \"verify\"");
+        let bad_disk = kv(&[("job", "7"), ("action", "restore"), ("disk", "/dev/sda")]);
+        assert!(Job::from_server(&bad_disk, &c).unwrap_err().starts_with("job 7: disk=\"/dev/sda\": expected auto"));
+        // Left out: the PC's own settings.
+        let own = Config { disk: "vdb".into(), name: "mine".into(), ..Config::default() };
+        let j = Job::from_server(&kv(&[("job", "8"), ("action", "backup")]), &own).unwrap();
+        assert_eq!((j.disk.as_str(), j.name.as_str()), ("vdb", "mine"));
         // Passwords: a backup job's lock, a restore job's ticket.
         let lock = "argon2id m=19456 t=2 p=1 salt=000102030405060708090a0b0c0d0e0f key=".to_string() + &"ab".repeat(32);
         let j = Job::from_server(&kv(&[("job", "9"), ("action", "backup"), ("lock", &lock)]), &c).unwrap();
         assert_eq!(j.lock.map(|l| l.to_text()), Some(lock.clone()));
-        let j = Job::from_server(&kv(&[("job", "9"), ("action", "restore"), ("backup", "3"), ("ticket", "t1")]), &c);
-        assert_eq!(j.unwrap().ticket.as_deref(), Some("t1"));
+        let ticket = "t1".repeat(32).replace('t', "a");
+        let j = Job::from_server(&kv(&[("job", "9"), ("action", "restore"), ("backup", "3"), ("ticket", &ticket)]), &c);
+        assert_eq!(j.unwrap().ticket, Some(ticket));
         let e = Job::from_server(
             &kv(&[("job", "9"), ("action", "backup"), ("lock", &lock.replace("m=19456", "m=4194304"))]),
             &c,
