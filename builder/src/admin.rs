@@ -126,6 +126,24 @@ pub struct PcSettings {
     /// What the PC does when it boots: menu, backup or restore.
     #[arg(long)]
     default_action: Option<String>,
+    /// Storage the PC's backups may take on the server (new bytes it
+    /// sends, after deduplication and compression): a size such as 500G
+    /// or 2T, or `none`. Past it, its uploads are refused (HTTP 507).
+    #[arg(long)]
+    quota: Option<String>,
+}
+
+impl PcSettings {
+    /// `--quota`: Some(None) clears it, Some(Some(bytes)) sets it.
+    fn quota(&self) -> Result<Option<Option<u64>>> {
+        let Some(q) = &self.quota else { return Ok(None) };
+        if q == "none" {
+            return Ok(Some(None));
+        }
+        let bytes = bootvault_common::units::parse_size(q)
+            .with_context(|| format!("--quota {q:?}: expected a size such as 500G, 2T or 800M, or none"))?;
+        Ok(Some(Some(bytes)))
+    }
 }
 
 impl PcSettings {
@@ -207,7 +225,32 @@ pub enum PcCmd {
     },
 }
 
-fn print_pc(p: &PcRow, token: bool) {
+/// A PC as `pc show --json` and `pc add --json` print it: its settings,
+/// quota and what its backups take.
+#[derive(serde::Serialize)]
+struct PcView<'a> {
+    #[serde(flatten)]
+    pc: &'a PcRow,
+    quota: Option<u64>,
+    used: u64,
+}
+
+fn pc_view<'a>(v: &Vault, pc: &'a PcRow) -> Result<PcView<'a>> {
+    Ok(PcView { pc, quota: v.pc_quota(&pc.name)?, used: v.pc_usage(&pc.name)? })
+}
+
+fn print_pc(p: &PcRow, token: bool, v: &Vault) -> Result<()> {
+    let view = pc_view(v, p)?;
+    print_pc_row(p, token);
+    println!(
+        "quota          {} ({} used)",
+        view.quota.map(human_bytes).unwrap_or_else(|| "none".into()),
+        human_bytes(view.used)
+    );
+    Ok(())
+}
+
+fn print_pc_row(p: &PcRow, token: bool) {
     println!("pc             {}", p.name);
     println!("mac            {}", if p.mac.is_empty() { "-" } else { &p.mac });
     println!(
@@ -234,12 +277,16 @@ pub fn pcs(data: &Path, as_json: bool, cmd: PcCmd) -> Result<()> {
             }
             let mut pc = PcRow::new(&name, "");
             settings.apply(&mut pc)?;
+            let quota = settings.quota()?;
             let pc = v.add_pc(&pc)?;
+            if let Some(q) = quota {
+                v.set_pc_quota(&pc.name, q)?;
+            }
             v.forget_pending(&pc.mac)?;
             if as_json {
-                return json(&pc);
+                return json(&pc_view(&v, &pc)?);
             }
-            print_pc(&pc, true);
+            print_pc(&pc, true, &v)?;
             println!("registered; the token above goes into the PC's boot media");
             Ok(())
         }
@@ -273,24 +320,26 @@ pub fn pcs(data: &Path, as_json: bool, cmd: PcCmd) -> Result<()> {
                 pc.token.clear();
             }
             if as_json {
-                return json(&pc);
+                return json(&pc_view(&v, &pc)?);
             }
-            print_pc(&pc, token);
-            Ok(())
+            print_pc(&pc, token, &v)
         }
         PcCmd::Edit { name, settings } => {
             let mut pc = v.pc(&name)?.with_context(|| format!("no registered PC {name}"))?;
             settings.apply(&mut pc)?;
+            let quota = settings.quota()?;
             let mut pc = v.edit_pc(&pc)?;
+            if let Some(q) = quota {
+                v.set_pc_quota(&pc.name, q)?;
+            }
             pc.token.clear();
             if as_json {
-                return json(&pc);
+                return json(&pc_view(&v, &pc)?);
             }
-            print_pc(&pc, false);
-            Ok(())
+            print_pc(&pc, false, &v)
         }
         PcCmd::Pending => {
-            let rows = v.list_pending()?;
+            let rows = v.list_pending(vault::now())?;
             if as_json {
                 return json(&rows);
             }
@@ -612,5 +661,23 @@ pub fn gc(data: &Path, as_json: bool, max_age: i64) -> Result<()> {
         human_bytes(r.bytes_freed),
         r.chunks_kept
     );
+    if r.recent_kept > 0 {
+        println!(
+            "gc: {} unreferenced chunks kept: touched after {} UTC ({} min before gc started{})",
+            r.recent_kept,
+            when(r.cutoff),
+            vault::GC_MARGIN / 60,
+            if r.open_uploads.is_empty() { "" } else { ", or before the oldest upload still open" }
+        );
+    }
+    for u in &r.open_uploads {
+        println!(
+            "gc: upload {} of PC {} is open (since {} UTC, last active {} UTC): chunks it may use are kept",
+            u.id,
+            u.pc,
+            when(u.created),
+            when(u.last_active)
+        );
+    }
     Ok(())
 }

@@ -33,6 +33,16 @@ fn register_list_show_edit_remove() {
     assert!(ok && !out.contains("token"), "the token is shown only when asked: {out}");
     let (ok, out) = bootvault(&data, &["edit", "lab-1", "--dhcp", "--default-action", "backup"]);
     assert!(ok && out.contains("ip             dhcp") && out.contains("default action backup"), "{out}");
+    let (ok, out) = bootvault(&data, &["show", "lab-1"]);
+    assert!(ok && out.contains("quota          none (0 B used)"), "{out}");
+    let (ok, out) = bootvault(&data, &["edit", "lab-1", "--quota", "500G"]);
+    assert!(ok && out.contains("quota          500.0 GiB (0 B used)"), "{out}");
+    let (ok, out) = bootvault(&data, &["--json", "show", "lab-1"]);
+    assert!(ok && out.contains(&format!("\"quota\": {}", 500u64 << 30)) && out.contains("\"used\": 0"), "{out}");
+    let (ok, out) = bootvault(&data, &["edit", "lab-1", "--quota", "lots"]);
+    assert!(!ok && out.contains("--quota \"lots\""), "{out}");
+    let (ok, out) = bootvault(&data, &["edit", "lab-1", "--quota", "none"]);
+    assert!(ok && out.contains("quota          none"), "{out}");
     let (ok, out) = bootvault(&data, &["rm", "lab-1"]);
     assert!(ok && out.contains("PC lab-1 unregistered"), "{out}");
     let (ok, out) = bootvault(&data, &["rm", "lab-1"]);

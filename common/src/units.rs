@@ -16,6 +16,33 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 /// Six bytes as `52:54:00:12:34:56`.
+/// A size such as `500G`, `2T`, `800M`, `1.5T`, `4096` (bytes) or with
+/// `iB`/`B` suffixes; powers of 1024. None if it is not one, or overflows.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let s = s.strip_suffix("iB").or_else(|| s.strip_suffix('B')).unwrap_or(s);
+    let (num, shift) = match s.char_indices().last()? {
+        (i, 'K' | 'k') => (&s[..i], 10),
+        (i, 'M' | 'm') => (&s[..i], 20),
+        (i, 'G' | 'g') => (&s[..i], 30),
+        (i, 'T' | 't') => (&s[..i], 40),
+        (i, 'P' | 'p') => (&s[..i], 50),
+        _ => (s, 0),
+    };
+    if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return None;
+    }
+    let (whole, frac) = num.split_once('.').unwrap_or((num, ""));
+    let whole: u64 = whole.parse().ok()?;
+    let mut bytes = whole.checked_mul(1u64 << shift)?;
+    if !frac.is_empty() {
+        let digits = frac.len().min(6) as u32;
+        let f: u64 = frac[..digits as usize].parse().ok()?;
+        bytes = bytes.checked_add(((f as u128 * (1u128 << shift)) / 10u128.pow(digits)) as u64)?;
+    }
+    Some(bytes)
+}
+
 pub fn mac_string(mac: [u8; 6]) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
@@ -26,7 +53,8 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let mut parts = s.trim().split([':', '-']);
     for b in &mut out {
         let p = parts.next()?;
-        if p.len() != 2 {
+        // Two hex digits: from_str_radix alone would also take `+f`.
+        if p.len() != 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
             return None;
         }
         *b = u8::from_str_radix(p, 16).ok()?;
@@ -65,6 +93,19 @@ pub fn utc_datetime(t: i64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sizes() {
+        use super::parse_size;
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("500G"), Some(500 << 30));
+        assert_eq!(parse_size("2TiB"), Some(2 << 40));
+        assert_eq!(parse_size("1.5T"), Some(3 << 39));
+        assert_eq!(parse_size("800MB"), Some(800 << 20));
+        for bad in ["", "G", "1..5G", "-1G", "12X", "99999999999P"] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]
@@ -96,5 +137,15 @@ mod tests {
         for bad in ["", "52:54:00:ab:cd", "52:54:00:ab:cd:0f:00", "5:54:00:ab:cd:0f", "zz:54:00:ab:cd:0f"] {
             assert_eq!(parse_mac(bad), None, "{bad}");
         }
+    }
+
+    /// Found by fuzzing (fuzz/fuzz_targets/mac.rs): `u8::from_str_radix`
+    /// takes a sign, so `+d` passed as a group and one MAC had two spellings.
+    #[test]
+    fn mac_groups_are_two_hex_digits_without_a_sign() {
+        assert_eq!(parse_mac("Ed-+d-Ed-Ed-Ed-dd"), None);
+        assert_eq!(parse_mac("+2:54:00:ab:cd:0f"), None);
+        assert_eq!(parse_mac("52:54:00:ab:cd:-f"), None);
+        assert_eq!(parse_mac("Ed-0d-Ed-Ed-Ed-dd"), Some([0xed, 0x0d, 0xed, 0xed, 0xed, 0xdd]));
     }
 }

@@ -34,6 +34,12 @@ use bootvault_common::wire::{self, LockParams, LOCK_SALT_BYTES};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
+mod gc;
+mod rights;
+
+pub use gc::{GcPhase, GcReport, OpenUpload, GC_MARGIN, TOUCH_SKIP};
+pub use rights::Rights;
+
 pub fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
@@ -118,20 +124,51 @@ pub struct ResultRow {
     pub at: i64,
 }
 
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct GcReport {
-    pub stale_uploads: u64,
-    pub chunks_removed: u64,
-    pub bytes_freed: u64,
-    pub chunks_kept: u64,
-}
-
 /// Why finishing a backup was refused; `conflict` = a chunk is missing
-/// (HTTP 409), otherwise the manifest itself is bad (422).
+/// (HTTP 409), `forbidden` = the manifest names a chunk the PC has no
+/// right to (403), otherwise the manifest itself is bad (422).
 #[derive(Debug)]
 pub struct FinishError {
     pub conflict: bool,
+    pub forbidden: bool,
     pub message: String,
+}
+
+/// Why a chunk was not stored.
+#[derive(Debug)]
+pub enum PutError {
+    /// The blob does not decode or hash to its id (HTTP 422).
+    Bad(String),
+    /// The backup is not being uploaded (409).
+    Closed(String),
+    /// The PC's quota would be exceeded (507).
+    Quota(String),
+    /// Writing failed: the disk is full (507) or another I/O error (500).
+    Storage(anyhow::Error),
+}
+
+impl std::fmt::Display for PutError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PutError::Bad(m) | PutError::Closed(m) | PutError::Quota(m) => f.write_str(m),
+            PutError::Storage(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+impl std::error::Error for PutError {}
+
+/// Whether an error comes from a full disk or an exhausted disk quota
+/// (ENOSPC, EDQUOT) anywhere in its chain.
+pub fn is_storage_full(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            io.kind() == std::io::ErrorKind::StorageFull || matches!(io.raw_os_error(), Some(28) | Some(122))
+        }) || c
+            .downcast_ref::<rusqlite::Error>()
+            .and_then(rusqlite::Error::sqlite_error_code)
+            .is_some_and(|code| code == rusqlite::ErrorCode::DiskFull)
+    })
 }
 
 pub struct Vault {
@@ -139,6 +176,7 @@ pub struct Vault {
     db: Mutex<Connection>,
     tmp_seq: AtomicU64,
     unlocks: Mutex<Unlocks>,
+    manifests: Mutex<rights::ManifestIds>,
 }
 
 /// Open challenges and tickets (in memory, see the module doc).
@@ -333,6 +371,17 @@ const MIGRATIONS: &[(i64, &str)] = &[
          CREATE TABLE IF NOT EXISTS unlock_failures (pc TEXT NOT NULL, backup INTEGER NOT NULL,
              count INTEGER NOT NULL, last INTEGER NOT NULL, PRIMARY KEY (pc, backup));",
     ),
+    // Schema 5: gc ages uploads by their last activity; the chunks each
+    // open upload sent (what its PC may name besides readable backups);
+    // per-PC storage quotas (NULL = none).
+    (
+        5,
+        "ALTER TABLE backups ADD COLUMN last_active INTEGER NOT NULL DEFAULT 0;
+         UPDATE backups SET last_active = created;
+         CREATE TABLE IF NOT EXISTS upload_chunks (backup INTEGER NOT NULL, chunk BLOB NOT NULL,
+             PRIMARY KEY (backup, chunk)) WITHOUT ROWID;
+         ALTER TABLE pcs ADD COLUMN quota INTEGER;",
+    ),
 ];
 
 /// Brings an older database up to the current schema: each step of
@@ -381,6 +430,19 @@ pub struct PendingRow {
     pub last_seen: i64,
     pub addr: String,
     pub count: i64,
+}
+
+/// What [`Vault::note_pending`] did with an unknown MAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pending {
+    /// Newly listed.
+    Added,
+    /// Already listed; its last contact is now.
+    Seen,
+    /// Not listed: the list holds [`Vault::PENDING_MAX`] MACs.
+    Full,
+    /// Not listed: the caller did not admit new MACs (rate limit).
+    NotAdmitted,
 }
 
 /// A PC the admin registered: how it boots and what it does.
@@ -456,6 +518,7 @@ impl Vault {
             db: Mutex::new(db),
             tmp_seq: AtomicU64::new(0),
             unlocks: Mutex::new(Unlocks::default()),
+            manifests: Mutex::new(rights::ManifestIds::default()),
         };
         v.ensure_admin_token()?;
         Ok(v)
@@ -512,22 +575,51 @@ impl Vault {
         Ok(self.list_pcs()?.into_iter().find(|p| p.mac == mac))
     }
 
-    /// Notes an unknown MAC that asked for network boot.
-    pub fn note_pending(&self, mac: &str, addr: &str) -> Result<()> {
+    /// Unknown MACs listed at most: anyone on the imaging network can
+    /// invent MACs, and the admin reads the list by eye. Registered PCs
+    /// are never in it, so a full list locks no one out.
+    pub const PENDING_MAX: usize = 256;
+    /// A listed MAC not seen for this long (seconds) leaves the list.
+    pub const PENDING_EXPIRE: i64 = 7 * 86_400;
+
+    /// Notes an unknown MAC that asked for network boot at `now`: updates
+    /// it if listed; else lists it if `admit_new` and the list has room.
+    /// Entries older than [`Vault::PENDING_EXPIRE`] are dropped first.
+    pub fn note_pending(&self, mac: &str, addr: &str, now: i64, admit_new: bool) -> Result<Pending> {
         let mac = normalize_mac(mac).ok_or_else(|| anyhow!("bad MAC {mac:?}"))?;
-        self.db().execute(
-            "INSERT INTO pending (mac, first_seen, last_seen, addr) VALUES (?1, ?2, ?2, ?3)
-             ON CONFLICT(mac) DO UPDATE SET last_seen = ?2, addr = ?3, count = count + 1",
-            params![mac, now(), addr],
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        tx.execute("DELETE FROM pending WHERE last_seen < ?1", [now - Self::PENDING_EXPIRE])?;
+        let seen = tx.execute(
+            "UPDATE pending SET last_seen = ?2, addr = ?3, count = count + 1 WHERE mac = ?1",
+            params![mac, now, addr],
         )?;
-        Ok(())
+        let listed: i64 = tx.query_row("SELECT COUNT(*) FROM pending", [], |r| r.get(0))?;
+        let outcome = if seen > 0 {
+            Pending::Seen
+        } else if !admit_new {
+            Pending::NotAdmitted
+        } else if usize::try_from(listed).unwrap_or(usize::MAX) >= Self::PENDING_MAX {
+            Pending::Full
+        } else {
+            tx.execute(
+                "INSERT INTO pending (mac, first_seen, last_seen, addr) VALUES (?1, ?2, ?2, ?3)",
+                params![mac, now, addr],
+            )?;
+            Pending::Added
+        };
+        tx.commit()?;
+        Ok(outcome)
     }
 
-    pub fn list_pending(&self) -> Result<Vec<PendingRow>> {
+    /// The listed unknown MACs seen within [`Vault::PENDING_EXPIRE`] of `now`.
+    pub fn list_pending(&self, now: i64) -> Result<Vec<PendingRow>> {
         let db = self.db();
-        let mut st = db.prepare("SELECT mac, first_seen, last_seen, addr, count FROM pending ORDER BY first_seen")?;
+        let mut st = db.prepare(
+            "SELECT mac, first_seen, last_seen, addr, count FROM pending WHERE last_seen >= ?1 ORDER BY first_seen",
+        )?;
         let rows = st
-            .query_map([], |r| {
+            .query_map([now - Self::PENDING_EXPIRE], |r| {
                 Ok(PendingRow {
                     mac: r.get(0)?,
                     first_seen: r.get(1)?,
@@ -618,6 +710,10 @@ impl Vault {
         self.db.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn manifest_cache(&self) -> std::sync::MutexGuard<'_, rights::ManifestIds> {
+        self.manifests.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -641,9 +737,15 @@ impl Vault {
         ));
         let parent = dest.parent().ok_or_else(|| anyhow!("{} has no parent", dest.display()))?;
         fs::create_dir_all(parent)?;
-        let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(bytes).and_then(|()| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, dest).with_context(|| format!("renaming into {}", dest.display()))?;
+        let written = File::create(&tmp)
+            .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+            .with_context(|| format!("writing {}", tmp.display()))
+            .and_then(|()| fs::rename(&tmp, dest).with_context(|| format!("renaming into {}", dest.display())));
+        if written.is_err() {
+            // A full disk must not leave half-written files behind.
+            let _ = fs::remove_file(&tmp);
+        }
+        written?;
         fsync_dir(parent)
     }
 
@@ -795,9 +897,8 @@ impl Vault {
         chunk_size: u32,
         lock: Option<&BackupLock>,
     ) -> Result<i64> {
-        if chunk_size == 0 || chunk_size > image::MAX_CHUNK_SIZE {
-            bail!("chunk size {chunk_size} out of range");
-        }
+        // Also the CLI's and import's way in; `disk_bytes` then fits the i64 column.
+        image::check_new_backup(disk_bytes, chunk_size).map_err(|e| anyhow!(e))?;
         if let Some(l) = lock {
             l.params.check().map_err(|e| anyhow!("lock: {e}"))?;
         }
@@ -977,26 +1078,95 @@ impl Vault {
         fs::metadata(self.chunk_path(id)).ok().map(|m| m.len() as u32)
     }
 
-    /// Verifies and stores a blob. Ok(true) = stored now, Ok(false) = it
-    /// was already there. Err = the blob does not verify; nothing written.
+    /// Verifies and stores a blob, trusted (the admin, an import): as
+    /// [`Vault::put_chunk_for`] without a PC.
     pub fn put_chunk(&self, id: &ChunkId, blob: &[u8], backup: Option<i64>) -> Result<bool> {
-        if self.blob_len(id).is_some() {
-            return Ok(false);
-        }
-        let plain = image::decode_blob(blob, image::MAX_CHUNK_SIZE as usize)
-            .map_err(|e| anyhow!("chunk {}: {e}", image::hex(id)))?;
-        let got = image::chunk_id(&plain);
-        if got != *id {
-            bail!("chunk {}: content hashes to {}", image::hex(id), image::hex(&got));
-        }
-        self.durable_write(&self.chunk_path(id), blob)?;
+        self.put_chunk_for(None, id, blob, backup).map_err(|e| match e {
+            PutError::Storage(e) => e,
+            other => anyhow!("{other}"),
+        })
+    }
+
+    /// Verifies and stores a blob sent by `pc` (None: the admin) into
+    /// upload `backup`. Ok(true) = stored now, Ok(false) = the store had
+    /// it (it is then marked in use, and counts as sent by this upload).
+    /// A blob the PC has no right to name is verified even when stored, so
+    /// the PC proves it holds the data. Nothing is written on an error.
+    pub fn put_chunk_for(
+        &self,
+        pc: Option<&str>,
+        id: &ChunkId,
+        blob: &[u8],
+        backup: Option<i64>,
+    ) -> std::result::Result<bool, PutError> {
+        let storage = PutError::Storage;
         if let Some(b) = backup {
-            self.db().execute(
-                "UPDATE backups SET received_bytes = received_bytes + ?2, received_chunks = received_chunks + 1 WHERE id = ?1",
-                params![b, blob.len() as i64],
-            )?;
+            let row = self.backup(b).map_err(storage)?.ok_or_else(|| PutError::Closed(format!("no backup {b}")))?;
+            if row.state != "uploading" {
+                return Err(PutError::Closed(format!("backup {b} is {}, not being uploaded", row.state)));
+            }
         }
-        Ok(true)
+        let trusted = match (pc, self.blob_len(id)) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(p), Some(_)) => {
+                let rights = self.rights(p, backup).map_err(storage)?;
+                let db = self.db();
+                rights.may_name(&db, id).map_err(storage)?
+            }
+        };
+        if !trusted {
+            let plain = image::decode_blob(blob, image::MAX_CHUNK_SIZE as usize)
+                .map_err(|e| PutError::Bad(format!("chunk {}: {e}", image::hex(id))))?;
+            let got = image::chunk_id(&plain);
+            if got != *id {
+                return Err(PutError::Bad(format!("chunk {}: content hashes to {}", image::hex(id), image::hex(&got))));
+            }
+        }
+        let _lock = self.chunk_lock(false).map_err(storage)?;
+        let stored_now = match self.touch_chunk(id).map_err(storage)? {
+            Some(_) => false,
+            None => {
+                if let Some(p) = pc {
+                    self.check_quota(p, blob.len() as u64).map_err(PutError::Quota)?;
+                }
+                self.durable_write(&self.chunk_path(id), blob).map_err(storage)?;
+                true
+            }
+        };
+        if let Some(b) = backup {
+            let db = self.db();
+            self.note_uploaded(&db, b, id).map_err(storage)?;
+            let (bytes, chunks) = if stored_now { (blob.len() as i64, 1) } else { (0, 0) };
+            db.execute(
+                "UPDATE backups SET received_bytes = received_bytes + ?2, received_chunks = received_chunks + ?3,
+                 last_active = ?4 WHERE id = ?1",
+                params![b, bytes, chunks, now()],
+            )
+            .map_err(|e| storage(e.into()))?;
+        }
+        Ok(stored_now)
+    }
+
+    /// For each id: the stored blob's length if the store has the chunk and
+    /// `pc` (None: the admin) may name it in upload `backup`, else 0 (send
+    /// it). Chunks answered as stored are marked in use (see `gc`).
+    pub fn missing(&self, backup: i64, pc: Option<&str>, ids: &[ChunkId]) -> Result<Vec<u32>> {
+        let rights = pc.map(|p| self.rights(p, Some(backup))).transpose()?;
+        let _lock = self.chunk_lock(false)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let allowed = match &rights {
+                None => true,
+                Some(r) => {
+                    let db = self.db();
+                    r.may_name(&db, id)?
+                }
+            };
+            out.push(if allowed { self.touch_chunk(id)?.unwrap_or(0) } else { 0 });
+        }
+        self.db().execute("UPDATE backups SET last_active = ?2 WHERE id = ?1", params![backup, now()])?;
+        Ok(out)
     }
 
     pub fn backup(&self, id: i64) -> Result<Option<BackupRow>> {
@@ -1006,12 +1176,26 @@ impl Vault {
             .optional()?)
     }
 
-    /// Completes a backup (see the module's promises).
+    /// Completes a backup (see the module's promises), trusted (the
+    /// admin, an import): any stored chunk may be named.
     pub fn finish_backup(&self, id: i64, pc: &str, bytes: &[u8]) -> std::result::Result<BackupRow, FinishError> {
-        let bad = |message: String| FinishError { conflict: false, message };
+        self.finish_backup_for(id, pc, bytes, false)
+    }
+
+    /// Completes a backup; with `check_rights`, every chunk its manifest
+    /// names must be one PC `pc` sent in this upload or may read now
+    /// (see `rights`).
+    pub fn finish_backup_for(
+        &self,
+        id: i64,
+        pc: &str,
+        bytes: &[u8],
+        check_rights: bool,
+    ) -> std::result::Result<BackupRow, FinishError> {
+        let bad = |message: String| FinishError { conflict: false, forbidden: false, message };
         let row = self.backup(id).map_err(|e| bad(e.to_string()))?.ok_or_else(|| bad(format!("no backup {id}")))?;
         if row.pc != pc {
-            return Err(bad(format!("backup {id} belongs to {}", row.pc)));
+            return Err(bad(format!("backup {id} is not {pc}'s")));
         }
         if row.state != "uploading" {
             return Err(bad(format!("backup {id} is {}", row.state)));
@@ -1020,21 +1204,41 @@ impl Vault {
         if m.disk_bytes != row.disk_bytes || m.chunk_size != row.chunk_size {
             return Err(bad("the manifest does not match the backup opened".into()));
         }
-        if let Some((i, _)) = m.chunks.iter().enumerate().find(|(_, c)| match c {
-            image::Chunk::Data { id, .. } => self.blob_len(id).is_none(),
-            image::Chunk::Zero => false,
-        }) {
-            let (off, _) = m.chunk_range(i);
-            return Err(FinishError {
-                conflict: true,
-                message: format!("chunk {i} (offset {off}) is not in the store"),
-            });
+        let rights = if check_rights { Some(self.rights(pc, Some(id)).map_err(|e| bad(e.to_string()))?) } else { None };
+        {
+            // Each chunk named is marked in use under the lock, so a gc
+            // running now either removed it already (refused below) or keeps it.
+            let _lock = self.chunk_lock(false).map_err(|e| bad(e.to_string()))?;
+            for (i, c) in m.chunks.iter().enumerate() {
+                let image::Chunk::Data { id: cid, .. } = c else { continue };
+                let (off, _) = m.chunk_range(i);
+                if let Some(r) = &rights {
+                    let db = self.db();
+                    if !r.may_name(&db, cid).map_err(|e| bad(e.to_string()))? {
+                        return Err(FinishError {
+                            conflict: false,
+                            forbidden: true,
+                            message: format!(
+                                "chunk {i} (offset {off}) was not sent by this backup and is in no backup {pc} may read"
+                            ),
+                        });
+                    }
+                }
+                if self.touch_chunk(cid).map_err(|e| bad(e.to_string()))?.is_none() {
+                    return Err(FinishError {
+                        conflict: true,
+                        forbidden: false,
+                        message: format!("chunk {i} (offset {off}) is not in the store"),
+                    });
+                }
+            }
+            self.durable_write(&self.manifest_path(id), bytes).map_err(|e| bad(format!("{e:#}")))?;
         }
-        self.durable_write(&self.manifest_path(id), bytes).map_err(|e| bad(e.to_string()))?;
-        self.db()
-            .execute(
+        {
+            let db = self.db();
+            db.execute(
                 "UPDATE backups SET state = 'complete', finished = ?2, chunks = ?3, zero_chunks = ?4, blob_bytes = ?5,
-                 digest = ?6, model = ?7 WHERE id = ?1",
+                 digest = ?6, model = ?7, last_active = ?2 WHERE id = ?1",
                 params![
                     id,
                     now(),
@@ -1046,6 +1250,8 @@ impl Vault {
                 ],
             )
             .map_err(|e| bad(e.to_string()))?;
+            db.execute("DELETE FROM upload_chunks WHERE backup = ?1", [id]).map_err(|e| bad(e.to_string()))?;
+        }
         self.backup(id).map_err(|e| bad(e.to_string()))?.ok_or_else(|| bad(format!("backup {id} vanished")))
     }
 
@@ -1057,6 +1263,7 @@ impl Vault {
         if n == 0 {
             bail!("backup {id} is not being uploaded");
         }
+        self.db().execute("DELETE FROM upload_chunks WHERE backup = ?1", [id])?;
         Ok(())
     }
 
@@ -1106,6 +1313,8 @@ impl Vault {
         self.db().execute("DELETE FROM grants WHERE backup = ?1", [id])?;
         self.db().execute("DELETE FROM unlock_failures WHERE backup = ?1", [id])?;
         self.db().execute("DELETE FROM backups WHERE id = ?1", [id])?;
+        self.db().execute("DELETE FROM upload_chunks WHERE backup = ?1", [id])?;
+        self.manifest_cache().forget(id);
         Ok(())
     }
 
@@ -1124,45 +1333,6 @@ impl Vault {
         Ok(checked)
     }
 
-    /// Marks uploads older than `max_age` seconds failed, then removes every
-    /// chunk no complete or in-progress backup references.
-    pub fn gc(&self, max_age: i64) -> Result<GcReport> {
-        let mut report = GcReport::default();
-        let cutoff = now() - max_age;
-        report.stale_uploads = self.db().execute(
-            "UPDATE backups SET state = 'failed', finished = ?2, reason = 'abandoned upload (gc)'
-             WHERE state = 'uploading' AND created <= ?1",
-            params![cutoff, now()],
-        )? as u64;
-        let uploading = !self.list_backups(None, true)?.iter().all(|b| b.state != "uploading");
-        if uploading {
-            // Chunks of an upload in progress are not in any manifest yet.
-            return Ok(report);
-        }
-        let mut keep = std::collections::HashSet::new();
-        for b in self.list_backups(None, false)? {
-            let m = Manifest::decode(&self.manifest(b.id)?).map_err(|e| anyhow!("manifest of backup {}: {e}", b.id))?;
-            keep.extend(m.data_ids());
-        }
-        for sub in fs::read_dir(self.dir.join("chunks"))?.flatten() {
-            for f in fs::read_dir(sub.path())?.flatten() {
-                let name = f.file_name();
-                let id = name.to_str().and_then(image::parse_hex);
-                if id.is_some_and(|id| keep.contains(&id)) {
-                    report.chunks_kept += 1;
-                    continue;
-                }
-                report.bytes_freed += f.metadata().map(|m| m.len()).unwrap_or(0);
-                fs::remove_file(f.path())?;
-                report.chunks_removed += 1;
-            }
-        }
-        for f in fs::read_dir(self.dir.join("tmp"))?.flatten() {
-            let _ = fs::remove_file(f.path());
-        }
-        Ok(report)
-    }
-
     /// Writes the single-file form of a complete backup.
     pub fn export(&self, id: i64, out: impl Write) -> Result<()> {
         let m = Manifest::decode(&self.manifest(id)?).map_err(|e| anyhow!("manifest of backup {id}: {e}"))?;
@@ -1175,22 +1345,45 @@ impl Vault {
     }
 
     /// Reads the single-file form (verifying it as it streams) into a new
-    /// complete backup of `pc` (default: the manifest's PC).
+    /// complete backup of `pc` (default: the manifest's PC). The import is
+    /// an open upload while it runs, so gc keeps what it has stored so far;
+    /// a bad file fails it, and its chunks go at a later gc.
     pub fn import(&self, input: impl Read, pc: Option<&str>) -> Result<i64> {
         let mut r = ImageReader::new(input).map_err(|e| anyhow!("{e}"))?;
+        let upload = {
+            let db = self.db();
+            db.execute(
+                "INSERT INTO backups (pc, name, state, created, last_active, disk_bytes, chunk_size)
+                 VALUES (?1, '(import)', 'uploading', ?2, ?2, 0, ?3)",
+                params![pc.unwrap_or("(import)"), now(), r.chunk_size()],
+            )?;
+            db.last_insert_rowid()
+        };
+        let imported = self.import_into(upload, &mut r, pc);
+        if let Err(e) = &imported {
+            let reason: String = format!("import failed: {e:#}").chars().take(500).collect();
+            let _ = self.fail_backup(upload, &reason);
+        }
+        imported
+    }
+
+    fn import_into<R: Read>(&self, upload: i64, r: &mut ImageReader<R>, pc: Option<&str>) -> Result<i64> {
         loop {
             match r.next_record().map_err(|e| anyhow!("{e}"))? {
                 Some(Record::Chunk { id, blob }) => {
-                    self.put_chunk(&id, &blob, None)?;
+                    self.put_chunk(&id, &blob, Some(upload))?;
                 }
                 Some(Record::Manifest(m)) => {
-                    let pc = pc.unwrap_or(&m.pc).to_owned();
-                    let id = self.create_backup(&pc, &m.name, m.disk_bytes, m.chunk_size)?;
-                    // The manifest keeps its original PC; the row says whose copy it is now.
-                    self.finish_backup(id, &pc, &m.encode()).map_err(|e| anyhow!("{}", e.message))?;
-                    // Drain the trailer check.
+                    // Drain the trailer check before anything is listed.
                     while r.next_record().map_err(|e| anyhow!("{e}"))?.is_some() {}
-                    return Ok(id);
+                    let pc = pc.unwrap_or(&m.pc).to_owned();
+                    self.db().execute(
+                        "UPDATE backups SET pc = ?2, name = ?3, disk_bytes = ?4, chunk_size = ?5 WHERE id = ?1",
+                        params![upload, pc, m.name, m.disk_bytes as i64, m.chunk_size],
+                    )?;
+                    // The manifest keeps its original PC; the row says whose copy it is now.
+                    self.finish_backup(upload, &pc, &m.encode()).map_err(|e| anyhow!("{}", e.message))?;
+                    return Ok(upload);
                 }
                 None => bail!("the image file ended without a manifest"),
             }
@@ -1219,6 +1412,9 @@ impl Vault {
         if !matches!(action, "backup" | "restore") {
             bail!("action must be backup or restore, not {action:?}");
         }
+        // The PC's own rules, so what it would refuse (or read as a second
+        // setting) is refused here, naming the field.
+        bootvault_common::job::check_fields(disk, name, backup).map_err(|e| anyhow!(e))?;
         if self.pc(pc)?.is_none() {
             bail!("no registered PC {pc}");
         }

@@ -82,6 +82,17 @@ fn complete_only_with_every_chunk_and_dedup_across_pcs() {
     let _ = fs::remove_dir_all(&dir);
 }
 
+/// Sets every chunk file's modification time `secs` into the past (as if
+/// written, or last asked about, that long ago).
+fn age_chunks(dir: &Path, secs: u64) {
+    let then = std::time::SystemTime::now() - std::time::Duration::from_secs(secs);
+    for sub in fs::read_dir(dir.join("chunks")).unwrap().flatten() {
+        for f in fs::read_dir(sub.path()).unwrap().flatten() {
+            fs::OpenOptions::new().write(true).open(f.path()).unwrap().set_modified(then).unwrap();
+        }
+    }
+}
+
 #[test]
 fn abandoned_uploads_and_gc() {
     let dir = temp("gc");
@@ -101,12 +112,18 @@ fn abandoned_uploads_and_gc() {
     // Young uploads are left alone, chunks and all.
     let r = v.gc(3600).unwrap();
     assert_eq!((r.stale_uploads, r.chunks_removed), (0, 0));
+    assert_eq!(r.open_uploads.iter().map(|u| u.id).collect::<Vec<_>>(), [kept + 1], "gc says which upload is open");
+    // Chunks written within gc's margin are kept even when unreferenced.
     let r = v.gc(0).unwrap();
-    assert_eq!((r.stale_uploads, r.chunks_removed, r.chunks_kept), (1, 1, 1));
+    assert_eq!((r.stale_uploads, r.chunks_removed, r.chunks_kept, r.recent_kept), (1, 0, 1, 1));
+    age_chunks(&dir, 2 * 3600);
+    let r = v.gc(0).unwrap();
+    assert_eq!((r.stale_uploads, r.chunks_removed, r.chunks_kept), (0, 1, 1));
     assert_eq!(v.list_backups(None, true).unwrap()[1].state, "failed");
     v.verify_backup(kept).unwrap();
     // Removing the last backup frees its chunks at the next gc.
     v.delete_backup(kept).unwrap();
+    age_chunks(&dir, 2 * 3600);
     assert_eq!(v.gc(0).unwrap().chunks_removed, 1);
     assert_eq!(chunk_files(&dir), 0);
     let _ = fs::remove_dir_all(&dir);
@@ -274,12 +291,13 @@ fn grants_pending_and_settings() {
     assert_eq!(fs::read(v.boot_dir("a").join("cmdline")).unwrap(), b"quiet\n");
     assert_eq!(fs::read(v.boot_dir("a").join("vmlinuz")).unwrap(), vec![1; 10]);
 
-    v.note_pending("52:54:00:aa:bb:cc", "10.0.2.15").unwrap();
-    v.note_pending("52:54:00:AA:BB:CC", "10.0.2.16").unwrap();
-    let p = v.list_pending().unwrap();
+    let now = bootvault_server::vault::now();
+    v.note_pending("52:54:00:aa:bb:cc", "10.0.2.15", now, true).unwrap();
+    v.note_pending("52:54:00:AA:BB:CC", "10.0.2.16", now, true).unwrap();
+    let p = v.list_pending(now).unwrap();
     assert_eq!((p.len(), p[0].count, p[0].addr.as_str()), (1, 2, "10.0.2.16"));
     assert!(v.forget_pending("52:54:00:aa:bb:cc").unwrap());
-    assert!(v.list_pending().unwrap().is_empty());
+    assert!(v.list_pending(now).unwrap().is_empty());
 
     assert_eq!(v.setting("server_urls").unwrap(), None);
     v.set_setting("server_urls", Some("http://10.0.0.1:8080")).unwrap();
@@ -462,7 +480,7 @@ fn schema_3_databases_are_migrated() {
     let db = rusqlite::Connection::open(dir.join("bootvault.db")).unwrap();
     let version: String =
         db.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, "4");
+    assert_eq!(version, "5");
     drop(db);
     Vault::open(&dir).unwrap(); // the migration runs once
     let _ = fs::remove_dir_all(&dir);

@@ -1,0 +1,274 @@
+//! gc while backups run, and what a PC may name in a manifest (issue 10,
+//! items 1, 2, 6, 9): gc is held at each of its phases while uploads open,
+//! deduplicate against unreferenced chunks and finish; every backup that
+//! completes keeps every chunk. A PC names only chunks it sent or may read.
+
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime};
+
+use bootvault_common::image::{self, Chunk, ChunkId, Manifest};
+use bootvault_server::vault::{GcPhase, PcRow, PutError, Vault};
+
+fn temp(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("bv-gcsafe-{tag}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&d);
+    d
+}
+
+/// A 4096-byte chunk from a seed: (id, blob).
+fn chunk(seed: u32) -> (ChunkId, Vec<u8>) {
+    let plain = bootvault_common::testdata::noise(u64::from(seed), 4096);
+    (image::chunk_id(&plain), image::encode_blob(&plain, 1))
+}
+
+fn manifest(pc: &str, seeds: &[u32]) -> Manifest {
+    let chunks = seeds
+        .iter()
+        .map(|s| {
+            let (id, blob) = chunk(*s);
+            Chunk::Data { id, blob_len: blob.len() as u32 }
+        })
+        .collect();
+    bootvault_common::testdata::manifest_of(pc, chunks)
+}
+
+fn age_chunks(dir: &Path, secs: u64) {
+    let then = SystemTime::now() - Duration::from_secs(secs);
+    for sub in fs::read_dir(dir.join("chunks")).unwrap().flatten() {
+        for f in fs::read_dir(sub.path()).unwrap().flatten() {
+            fs::OpenOptions::new().write(true).open(f.path()).unwrap().set_modified(then).unwrap();
+        }
+    }
+}
+
+/// A whole backup as a PC makes it: open, ask, send what is asked for,
+/// finish with the rights check.
+fn pc_backup(v: &Vault, pc: &str, seeds: &[u32]) -> i64 {
+    let m = manifest(pc, seeds);
+    let id = v.create_backup(pc, "full", m.disk_bytes, 4096).unwrap();
+    let ids: Vec<ChunkId> = seeds.iter().map(|s| chunk(*s).0).collect();
+    let answers = v.missing(id, Some(pc), &ids).unwrap();
+    for (s, len) in seeds.iter().zip(answers) {
+        if len == 0 {
+            let (cid, blob) = chunk(*s);
+            v.put_chunk_for(Some(pc), &cid, &blob, Some(id)).unwrap();
+        }
+    }
+    v.finish_backup_for(id, pc, &m.encode(), true).unwrap();
+    id
+}
+
+/// 600 unreferenced chunks of seeds 1000.. (a deleted PC's), last touched
+/// two hours ago.
+fn garbage(v: &Vault, dir: &Path) {
+    for s in 1000..1600 {
+        let (cid, blob) = chunk(s);
+        v.put_chunk(&cid, &blob, None).unwrap();
+    }
+    age_chunks(dir, 2 * 3600);
+}
+
+#[test]
+fn backups_completing_while_gc_runs_keep_their_chunks() {
+    let dir = temp("phases");
+    let v = Vault::open(&dir).unwrap();
+    garbage(&v, &dir);
+    // One upload open before gc starts, one opened at each phase; each
+    // reuses (deduplicates against) unreferenced, old chunks.
+    let early_m = manifest("pc-a", &[1000, 1001, 1]);
+    let early = v.create_backup("pc-a", "full", early_m.disk_bytes, 4096).unwrap();
+    for s in [1000, 1001, 1] {
+        let (cid, blob) = chunk(s);
+        v.put_chunk_for(Some("pc-a"), &cid, &blob, Some(early)).unwrap();
+    }
+    // The early upload opened three hours ago and sent its chunks since.
+    let db = rusqlite::Connection::open(dir.join("bootvault.db")).unwrap();
+    db.execute("UPDATE backups SET created = created - 3 * 3600 WHERE id = ?1", [early]).unwrap();
+    age_chunks(&dir, 2 * 3600);
+
+    let (to_test, from_gc) = mpsc::channel::<GcPhase>();
+    let gc_dir = dir.clone();
+    let (to_gc, go_on) = mpsc::channel::<()>();
+    let report = std::thread::scope(|s| {
+        let gc = s.spawn(move || {
+            let gv = Vault::open(&gc_dir).unwrap(); // gc as its own process does
+            let mut seen_swept = false;
+            gv.gc_with(3600, &mut |phase| {
+                if phase == GcPhase::Swept && seen_swept {
+                    return;
+                }
+                seen_swept |= phase == GcPhase::Swept;
+                to_test.send(phase).unwrap();
+                // (Bounded: a failing test must not hang.)
+                let _ = go_on.recv_timeout(Duration::from_secs(60));
+            })
+            .unwrap()
+        });
+        let mut done = Vec::new();
+        // Started: cutoff noted; an upload opens and completes before the mark.
+        assert_eq!(from_gc.recv().unwrap(), GcPhase::Started);
+        done.push(pc_backup(&v, "pc-b", &[1002, 1003, 2]));
+        // The early upload keeps going and finishes after the mark.
+        to_gc.send(()).unwrap();
+        assert_eq!(from_gc.recv().unwrap(), GcPhase::Marked);
+        done.push(pc_backup(&v, "pc-c", &[1004, 1005, 3]));
+        v.finish_backup_for(early, "pc-a", &early_m.encode(), true).unwrap();
+        done.push(early);
+        // After the first directory is swept: one more, with chunks from every directory.
+        to_gc.send(()).unwrap();
+        assert_eq!(from_gc.recv().unwrap(), GcPhase::Swept);
+        let all: Vec<u32> = (1100..1400).collect();
+        done.push(pc_backup(&v, "pc-d", &all));
+        to_gc.send(()).unwrap();
+        (gc.join().unwrap(), done)
+    });
+    let (report, done) = report;
+    assert!(report.open_uploads.iter().any(|u| u.id == early), "{report:?}");
+    for id in done {
+        let b = v.backup(id).unwrap().unwrap();
+        assert_eq!(b.state, "complete");
+        v.verify_backup(id).unwrap_or_else(|e| panic!("backup {id} lost a chunk to gc: {e:#}"));
+    }
+    // The early upload, open since before the garbage was last touched,
+    // held gc back: unreferenced chunks newer than its start were kept.
+    assert_eq!(report.chunks_removed, 0, "{report:?}");
+    assert!(report.recent_kept > 0, "{report:?}");
+    // Once nothing is open, the garbage nobody named goes.
+    age_chunks(&dir, 2 * 3600);
+    let r = v.gc(0).unwrap();
+    assert!(r.open_uploads.is_empty());
+    let kept = 3 + 3 + 3 + 300;
+    assert_eq!((r.chunks_kept, r.chunks_removed), (kept, 603 - kept), "{r:?}");
+    for id in v.list_backups(None, false).unwrap() {
+        v.verify_backup(id.id).unwrap();
+    }
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn uploads_age_by_activity_not_creation() {
+    let dir = temp("activity");
+    let v = Vault::open(&dir).unwrap();
+    let m = manifest("pc-a", &[1, 2]);
+    let id = v.create_backup("pc-a", "full", m.disk_bytes, 4096).unwrap();
+    // Opened three hours ago, but still sending.
+    let db = rusqlite::Connection::open(dir.join("bootvault.db")).unwrap();
+    db.execute("UPDATE backups SET created = created - 3 * 3600, last_active = last_active - 3 * 3600", []).unwrap();
+    let (cid, blob) = chunk(1);
+    v.put_chunk_for(Some("pc-a"), &cid, &blob, Some(id)).unwrap();
+    let r = v.gc(3600).unwrap();
+    assert_eq!(r.stale_uploads, 0, "an upload active now is not abandoned");
+    assert_eq!(r.open_uploads.len(), 1);
+    let (cid, blob) = chunk(2);
+    v.put_chunk_for(Some("pc-a"), &cid, &blob, Some(id)).unwrap();
+    v.finish_backup_for(id, "pc-a", &m.encode(), true).unwrap();
+    v.verify_backup(id).unwrap();
+    // Idle for longer than the age: failed, and its chunks go.
+    let id2 = v.create_backup("pc-a", "full", m.disk_bytes, 4096).unwrap();
+    db.execute("UPDATE backups SET created = created - 2 * 3600 WHERE id = ?1", [id2]).unwrap();
+    let r = v.gc(3600).unwrap();
+    assert_eq!(r.stale_uploads, 1);
+    let b = v.backup(id2).unwrap().unwrap();
+    assert_eq!(b.state, "failed");
+    assert!(b.reason.contains("no activity for 3600 s"), "{}", b.reason);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_pc_names_only_chunks_it_sent_or_may_read() {
+    let dir = temp("rights");
+    let v = Vault::open(&dir).unwrap();
+    for (i, pc) in ["owner", "thief"].iter().enumerate() {
+        v.add_pc(&PcRow::new(pc, &format!("52:54:00:00:01:{i:02x}"))).unwrap();
+    }
+    let theirs = pc_backup(&v, "owner", &[10, 11, 12]);
+    let m = v.manifest(theirs).unwrap();
+    // A grant lets the thief restore it...
+    v.grant(theirs, "thief").unwrap();
+    assert!(v.in_manifest(theirs, &chunk(10).0).unwrap());
+    // ... and, while it holds, name its chunks (no need to send them).
+    let mut mine = Manifest::decode(&m).unwrap();
+    mine.pc = "thief".into();
+    let up = v.create_backup("thief", "full", mine.disk_bytes, 4096).unwrap();
+    let ids: Vec<ChunkId> = [10, 11, 12].iter().map(|s| chunk(*s).0).collect();
+    assert!(v.missing(up, Some("thief"), &ids).unwrap().iter().all(|l| *l > 0));
+    v.fail_backup(up, "test").unwrap();
+    // Revoked: the kept manifest gives it nothing.
+    assert!(v.revoke(theirs, "thief").unwrap());
+    let up = v.create_backup("thief", "full", mine.disk_bytes, 4096).unwrap();
+    assert_eq!(v.missing(up, Some("thief"), &ids).unwrap(), [0, 0, 0], "missing tells nothing of others' chunks");
+    let e = v.finish_backup_for(up, "thief", &mine.encode(), true).unwrap_err();
+    assert!(e.forbidden && e.message.contains("in no backup thief may read"), "{e:?}");
+    assert_eq!(v.backup(up).unwrap().unwrap().state, "uploading");
+    // Sending bad bytes under a stored chunk's id proves nothing.
+    let e = v.put_chunk_for(Some("thief"), &ids[0], &chunk(99).1, Some(up)).unwrap_err();
+    assert!(matches!(e, PutError::Bad(_)), "{e:?}");
+    // Sending the real bytes proves it holds the data: stored once, named.
+    for s in [10, 11, 12] {
+        let (cid, blob) = chunk(s);
+        assert!(!v.put_chunk_for(Some("thief"), &cid, &blob, Some(up)).unwrap(), "already stored, not written again");
+    }
+    v.finish_backup_for(up, "thief", &mine.encode(), true).unwrap();
+    assert_eq!(v.backup(up).unwrap().unwrap().received_bytes, 0, "nothing new stored");
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn quotas_refuse_new_bytes_past_the_limit() {
+    let dir = temp("quota");
+    let v = Vault::open(&dir).unwrap();
+    v.add_pc(&PcRow::new("small", "52:54:00:00:02:01")).unwrap();
+    let one = chunk(1).1.len() as u64;
+    v.set_pc_quota("small", Some(one * 2 + one / 2)).unwrap();
+    assert_eq!(v.pc_quota("small").unwrap(), Some(one * 2 + one / 2));
+    let m = manifest("small", &[1, 2, 3]);
+    let id = v.create_backup("small", "full", m.disk_bytes, 4096).unwrap();
+    for s in [1, 2] {
+        let (cid, blob) = chunk(s);
+        assert!(v.put_chunk_for(Some("small"), &cid, &blob, Some(id)).unwrap());
+    }
+    assert_eq!(v.pc_usage("small").unwrap(), 2 * one);
+    let (cid, blob) = chunk(3);
+    let e = v.put_chunk_for(Some("small"), &cid, &blob, Some(id)).unwrap_err();
+    assert!(matches!(&e, PutError::Quota(m) if m.contains("over its storage quota")), "{e:?}");
+    assert!(v.blob_len(&cid).is_none(), "nothing written");
+    assert!(v.check_quota("small", 1).is_ok());
+    // A failed upload's bytes count until gc has swept them.
+    v.fail_backup(id, "test").unwrap();
+    assert_eq!(v.pc_usage("small").unwrap(), 2 * one);
+    v.gc(3600).unwrap();
+    assert_eq!(v.pc_usage("small").unwrap(), 2 * one, "too recent for gc to remove");
+    let db = rusqlite::Connection::open(dir.join("bootvault.db")).unwrap();
+    db.execute("UPDATE backups SET last_active = last_active - 3600, created = created - 3600", []).unwrap();
+    age_chunks(&dir, 3600);
+    assert_eq!(v.gc(3600).unwrap().chunks_removed, 2);
+    assert_eq!(v.pc_usage("small").unwrap(), 0);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_backup_opened_after_gc_started_keeps_the_old_chunks_it_reuses() {
+    let dir = temp("late");
+    let v = Vault::open(&dir).unwrap();
+    garbage(&v, &dir);
+    let mut late = None;
+    let gv = Vault::open(&dir).unwrap();
+    // No upload is open when gc starts; one opens, reuses old unreferenced
+    // chunks and completes between gc's mark and its sweep.
+    let r = gv
+        .gc_with(3600, &mut |phase| {
+            if phase == GcPhase::Marked {
+                late = Some(pc_backup(&v, "pc-late", &(1500..1510).collect::<Vec<_>>()));
+            }
+        })
+        .unwrap();
+    let late = late.unwrap();
+    assert!(r.open_uploads.is_empty());
+    assert_eq!((r.chunks_removed, r.recent_kept), (590, 10), "{r:?}");
+    v.verify_backup(late).unwrap_or_else(|e| panic!("the late backup lost a chunk to gc: {e:#}"));
+    let _ = fs::remove_dir_all(&dir);
+}
