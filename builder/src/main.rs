@@ -143,7 +143,52 @@ enum Cmd {
         /// Data directory.
         #[arg(long, default_value = "bootvault-data")]
         data: PathBuf,
+        #[command(flatten)]
+        limits: ServeLimits,
     },
+}
+
+/// `bootvault serve`'s timeouts and connection caps (docs/PROTOCOL.md,
+/// "Server limits"); the defaults are the server's.
+#[derive(clap::Args)]
+struct ServeLimits {
+    /// Seconds a request's headers may take to arrive; also how long an
+    /// idle keep-alive connection stays open.
+    #[arg(long, value_name = "SECONDS", default_value_t = LIMITS.header_timeout.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout: u64,
+    /// Seconds a request body may go without data before the request is
+    /// answered 408.
+    #[arg(long, value_name = "SECONDS", default_value_t = LIMITS.body_idle.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    body_idle_timeout: u64,
+    /// Seconds a client may leave the server's answer unread before the
+    /// connection is closed.
+    #[arg(long, value_name = "SECONDS", default_value_t = LIMITS.write_stall.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    write_stall_timeout: u64,
+    /// Connections open at once (lowered to what the open-file limit allows).
+    #[arg(long, default_value_t = LIMITS.max_connections as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+    /// Connections open at once from one IP address (PCs behind one NAT
+    /// share one; a PC uses up to 9).
+    #[arg(long, default_value_t = LIMITS.max_per_address as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections_per_address: u64,
+}
+
+const LIMITS: bootvault_server::listener::Limits = bootvault_server::listener::Limits::DEFAULT;
+
+impl ServeLimits {
+    fn limits(&self) -> bootvault_server::listener::Limits {
+        let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        bootvault_server::listener::Limits {
+            header_timeout: std::time::Duration::from_secs(self.header_timeout),
+            body_idle: std::time::Duration::from_secs(self.body_idle_timeout),
+            write_stall: std::time::Duration::from_secs(self.write_stall_timeout),
+            max_connections: count(self.max_connections),
+            max_per_address: count(self.max_connections_per_address),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -214,9 +259,26 @@ struct BuildArgs {
 
 fn main() {
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Serve { .. }) {
+        default_sigpipe();
+    }
     if let Err(e) = run(cli) {
         eprintln!("bootvault: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// A command whose reader went away (`bootvault pc pending | head`) ends
+/// as Unix tools do, killed by SIGPIPE, instead of panicking in `println!`.
+/// Rust starts every program with SIGPIPE ignored, and the server keeps it
+/// so: a PC closing its socket must not kill it. Sockets are not affected
+/// here either way: std sends with MSG_NOSIGNAL, so the HTTP client of
+/// `backup` and `restore` still sees EPIPE as an error.
+fn default_sigpipe() {
+    // SAFETY: SIG_DFL installs no handler, so none of our code runs in a
+    // signal context; this runs at start, before any thread is spawned.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
@@ -267,7 +329,9 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Pc { data, json, cmd } => admin::pcs(&data, json, cmd),
         Cmd::Settings { data, json, cmd } => admin::settings(&data, json, cmd),
         Cmd::Gc { data, json, max_age } => admin::gc(&data, json, max_age),
-        Cmd::Serve { listen, data } => bootvault_server::serve(bootvault_server::Options { listen, data }),
+        Cmd::Serve { listen, data, limits } => {
+            bootvault_server::serve(bootvault_server::Options { listen, data, limits: limits.limits() })
+        }
     }
 }
 

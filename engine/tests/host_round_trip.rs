@@ -14,7 +14,7 @@ use bootvault_engine::backup::{backup, BackupOptions};
 use bootvault_engine::client::Client;
 use bootvault_engine::device::Device;
 use bootvault_engine::lock::{derive, unlock, Lock, Params};
-use bootvault_engine::restore::{restore, RestoreOptions};
+use bootvault_engine::restore::{cancelled_message, restore, RestoreOptions, PARTLY_OVERWRITTEN};
 use bootvault_server::vault::{PcRow, Vault};
 
 fn temp_dir(tag: &str) -> PathBuf {
@@ -39,8 +39,11 @@ fn register(data: &Path, pcs: &[&str]) -> (Vec<String>, String) {
 /// Starts the real server on a free loopback port; returns its URL.
 fn server(data: &Path) -> String {
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
-    let opts =
-        bootvault_server::Options { listen: format!("127.0.0.1:{port}").parse().expect("addr"), data: data.to_owned() };
+    let opts = bootvault_server::Options {
+        listen: format!("127.0.0.1:{port}").parse().expect("addr"),
+        data: data.to_owned(),
+        limits: Default::default(),
+    };
     std::thread::spawn(move || bootvault_server::serve(opts));
     let url = format!("http://127.0.0.1:{port}");
     let start = Instant::now();
@@ -154,6 +157,7 @@ fn backup_restore_dedup_and_refusals() {
     let t = Device::open(&dst, true).expect("open");
     let e = restore(&t, &client, r.id, &RestoreOptions::default(), &mut |_| {}).unwrap_err().to_string();
     assert!(e.contains("at offset") && e.contains("restore stopped there"), "{e}");
+    assert!(e.contains(PARTLY_OVERWRITTEN) || e.ends_with("the target disk is unchanged"), "{e}");
     let _ = fs::remove_dir_all(&dir);
 }
 
@@ -206,7 +210,7 @@ fn tokens_and_grants() {
     let e = b.latest("pc-a", None).unwrap_err().to_string();
     assert!(e.contains("404") && e.contains("that pc-b may restore"), "{e}");
     let e = b.manifest(r.id).unwrap_err().to_string();
-    assert!(e.contains("403") && e.contains("belongs to PC pc-a"), "{e}");
+    assert!(e.contains("403") && e.contains("is not PC pc-b's") && !e.contains("pc-a"), "{e}");
     let m = bootvault_common::image::Manifest::decode(&a.manifest(r.id).expect("own manifest")).expect("manifest");
     let some_id = m.data_ids()[0];
     let e = b.chunk(r.id, &some_id, 32 << 20).unwrap_err().to_string();
@@ -373,11 +377,30 @@ fn password_protected_restore() {
 /// sent `pattern` for the `nth` time, before passing that request on: a
 /// way to cancel at an exact point of a pipeline.
 fn tripwire(upstream: String, pattern: &'static [u8], nth: usize, flag: Arc<AtomicBool>) -> String {
+    watch(upstream, pattern, move |seen| {
+        if seen >= nth {
+            flag.store(true, Ordering::SeqCst);
+        }
+    })
+}
+
+/// A TCP proxy in front of `upstream` that counts the requests holding
+/// `pattern` (e.g. chunk GETs); returns its URL and the count.
+fn counter(upstream: String, pattern: &'static [u8]) -> (String, Arc<AtomicUsize>) {
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    (watch(upstream, pattern, move |seen| c.store(seen, Ordering::SeqCst)), count)
+}
+
+/// A TCP proxy in front of `upstream` that calls `hit` with the number of
+/// times the client has sent `pattern` so far, before passing it on.
+fn watch(upstream: String, pattern: &'static [u8], hit: impl Fn(usize) + Send + Sync + 'static) -> String {
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
     let listener = TcpListener::bind("127.0.0.1:0").expect("proxy port");
     let port = listener.local_addr().expect("addr").port();
     let seen = Arc::new(AtomicUsize::new(0));
+    let hit = Arc::new(hit);
     std::thread::spawn(move || {
         for client in listener.incoming().flatten() {
             let Ok(server) = TcpStream::connect(upstream.trim_start_matches("http://")) else { continue };
@@ -386,7 +409,7 @@ fn tripwire(upstream: String, pattern: &'static [u8], nth: usize, flag: Arc<Atom
                 let _ = std::io::copy(&mut back_from, &mut back_to);
                 let _ = back_to.shutdown(std::net::Shutdown::Both);
             });
-            let (seen, flag) = (seen.clone(), flag.clone());
+            let (seen, hit) = (seen.clone(), hit.clone());
             std::thread::spawn(move || {
                 let (mut from, mut to) = (client, server);
                 let mut buf = vec![0u8; 64 * 1024];
@@ -398,8 +421,8 @@ fn tripwire(upstream: String, pattern: &'static [u8], nth: usize, flag: Arc<Atom
                     let mut window = std::mem::take(&mut tail);
                     window.extend_from_slice(&buf[..n]);
                     let hits = window.windows(pattern.len()).filter(|w| *w == pattern).count();
-                    if hits > 0 && seen.fetch_add(hits, Ordering::SeqCst) + hits >= nth {
-                        flag.store(true, Ordering::SeqCst);
+                    if hits > 0 {
+                        hit(seen.fetch_add(hits, Ordering::SeqCst) + hits);
                     }
                     tail = window[window.len().saturating_sub(pattern.len() - 1)..].to_vec();
                     if to.write_all(&buf[..n]).is_err() {
@@ -448,9 +471,102 @@ fn cancel_backup_and_restore() {
     let proxied =
         Client::new(&tripwire(url.clone(), b"GET /api/v1/chunks/", 3, opts.cancel.clone()), "pc-one", &tokens[0]);
     let e = restore(&t, &proxied, id, &opts, &mut |_| {}).unwrap_err().to_string();
-    assert_eq!(e, "restore cancelled after 2.0 MiB of 10.0 MiB; the disk is now incomplete");
+    assert_eq!(e, cancelled_message(2 << 20, 0, data.len() as u64));
+    assert!(e.contains("partly overwritten (2.0 MiB of 10.0 MiB written)"), "{e}");
     let back = fs::read(&dst).expect("read back");
     assert!(back[..2 << 20] == data[..2 << 20], "what was written is the backup's");
     assert!(back[2 << 20..] == dirty[2 << 20..], "nothing written after the flag");
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// A restore stopped by a damaged chunk says the target is now partly
+/// overwritten; once the chunk is repaired, running it again fetches only
+/// the chunks not yet right on the disk, and a restore onto a disk that
+/// already holds the backup fetches none.
+#[test]
+fn resume_after_a_damaged_chunk() {
+    let dir = temp_dir("resume");
+    let data_dir = dir.join("data");
+    let (tokens, _) = register(&data_dir, &["pc-one"]);
+    let url = server(&data_dir);
+    let src = dir.join("src.img");
+    let data = source_image(&src);
+    let client = Client::new(&url, "pc-one", &tokens[0]);
+    let dev = Device::open(&src, false).expect("open source");
+    let id = backup(&dev, &client, &BackupOptions::new("pc-one", "full"), &mut |_| {}).expect("backup").id;
+    // Chunks: 0-2 text, 3-4 noise, 5-7 zeros, 8-9 the same noise, 10 a short tail.
+    let m = bootvault_common::image::Manifest::decode(&client.manifest(id).expect("manifest")).expect("decode");
+    let ids: Vec<_> = m
+        .chunks
+        .iter()
+        .map(|c| match c {
+            bootvault_common::image::Chunk::Data { id, .. } => Some(*id),
+            bootvault_common::image::Chunk::Zero => None,
+        })
+        .collect();
+    assert_eq!(ids.iter().filter(|c| c.is_none()).count(), 3);
+    let hex = bootvault_common::image::hex(&ids[2].expect("chunk 2 holds data"));
+    let blob_path = data_dir.join("chunks").join(&hex[..2]).join(&hex);
+    let good_blob = fs::read(&blob_path).expect("blob of chunk 2");
+    // A raw blob of the right length with the wrong bytes: it fails verification.
+    let mut bad = vec![1u8];
+    bad.extend(vec![0x5a; 1 << 20]);
+    fs::write(&blob_path, &bad).expect("damage chunk 2");
+
+    // A blank target; one worker, so chunks 0 and 1 are written before chunk 2 fails.
+    let dst = dir.join("dst.img");
+    fs::File::create(&dst).and_then(|f| f.set_len(data.len() as u64)).expect("target");
+    let t = Device::open(&dst, true).expect("open target");
+    let one = RestoreOptions { threads: 1, ..Default::default() };
+    let e = restore(&t, &client, id, &one, &mut |_| {}).unwrap_err().to_string();
+    assert!(e.starts_with("chunk 2 at offset 2097152 (2.0 MiB): "), "{e}");
+    assert!(
+        e.ends_with(
+            "; restore stopped there; the target disk is now partly overwritten (2.0 MiB of 10.0 MiB written): it \
+             will not boot as it is; run the restore again, which writes only what still differs, or restore \
+             another backup"
+        ),
+        "{e}"
+    );
+    let back = fs::read(&dst).expect("read back");
+    assert!(back[..2 << 20] == data[..2 << 20] && back[2 << 20..].iter().all(|&b| b == 0));
+
+    // Still damaged, a second run writes nothing new: the disk is as it was.
+    let e = restore(&t, &client, id, &one, &mut |_| {}).unwrap_err().to_string();
+    assert!(e.ends_with("restore stopped there; nothing was written; the target disk is unchanged"), "{e}");
+
+    // Repaired: the re-run fetches the 6 data chunks not yet on the disk
+    // (2, 3, 4, 8, 9, 10); 0 and 1 are right, and so are the zero chunks
+    // of the blank file.
+    fs::write(&blob_path, &good_blob).expect("repair chunk 2");
+    let (proxied, gets) = counter(url.clone(), b"GET /api/v1/chunks/");
+    let via_proxy = Client::new(&proxied, "pc-one", &tokens[0]);
+    let opts = RestoreOptions { verify: true, ..Default::default() };
+    let r = restore(&t, &via_proxy, id, &opts, &mut |_| {}).expect("restore again");
+    assert_eq!(gets.load(Ordering::SeqCst), 6, "only the chunks not yet right are fetched");
+    assert_eq!((r.chunks, r.skipped_chunks, r.fetched_chunks), (11, 5, 6));
+    assert_eq!(r.written_bytes, data.len() as u64 - (5 << 20));
+    assert!(
+        r.summary("dst.img").contains("11 chunks (3 all-zero): 5 already right on the disk, 6 fetched"),
+        "{}",
+        r.summary("dst.img")
+    );
+    assert!(fs::read(&dst).expect("read back") == data, "restored bytes differ");
+
+    // Done: nothing left to fetch or write.
+    let r = restore(&t, &via_proxy, id, &opts, &mut |_| {}).expect("restore a third time");
+    assert_eq!(gets.load(Ordering::SeqCst), 6, "no chunk fetched");
+    assert_eq!((r.skipped_chunks, r.fetched_chunks, r.fetched_bytes, r.written_bytes), (11, 0, 0, 0));
+
+    // A disk that already holds the image (larger than it, too): no chunk fetched.
+    let copy = dir.join("copy.img");
+    let mut bytes = data.clone();
+    bytes.extend(noise(3, 1 << 20));
+    fs::write(&copy, &bytes).expect("copy");
+    let t = Device::open(&copy, true).expect("open copy");
+    let r = restore(&t, &via_proxy, id, &opts, &mut |_| {}).expect("restore onto the same bytes");
+    assert_eq!(gets.load(Ordering::SeqCst), 6, "no chunk fetched");
+    assert_eq!((r.skipped_chunks, r.fetched_chunks, r.written_bytes), (11, 0, 0));
+    assert!(fs::read(&copy).expect("read") == bytes);
     let _ = fs::remove_dir_all(&dir);
 }

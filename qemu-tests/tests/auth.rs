@@ -66,7 +66,7 @@ fn tokens_are_enforced_and_pcs_see_only_their_own_backups() {
     let two = build(&dir, &server, "pc-two", &["action=restore", "backup=1"]);
     let lines = boot_until_off(&dir, "two-refused", &two, &target, "");
     let err = find_line(&lines, "bootvault: error:");
-    assert!(err.contains("backup 1 belongs to PC pc-one, and PC pc-two has no grant for it"), "{err}");
+    assert!(err.contains("backup 1 is not PC pc-two's, and PC pc-two has no grant for it"), "{err}");
     assert!(fs::read(&target).expect("read") == before, "the refused restore touched the disk");
     assert!(server.events().contains("access-refused pc=pc-two backup=1 owner=pc-one"));
 

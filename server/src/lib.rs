@@ -16,14 +16,17 @@
 // built once where the failure is understood; its size does not matter here.
 #![allow(clippy::result_large_err)]
 
+pub mod listener;
 mod netboot;
+mod refusals;
 pub mod vault;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::body::{Body, Bytes};
@@ -40,17 +43,22 @@ use vault::Vault;
 pub struct Options {
     pub listen: SocketAddr,
     pub data: PathBuf,
+    /// Timeouts and connection caps (docs/PROTOCOL.md "Server limits").
+    pub limits: listener::Limits,
 }
 
 struct App {
     vault: Vault,
     events: Mutex<std::fs::File>,
-    /// Data chunk ids of recently read manifests, so a PC fetching chunks
-    /// can be held to the backups it may read without re-parsing.
-    manifest_ids: Mutex<HashMap<i64, Arc<HashSet<ChunkId>>>>,
     /// DATA/admin.token, read once at start (it never changes while the
     /// server runs; every request is checked against it).
     admin_token: String,
+    /// The HTTP limits in effect (handlers read bodies with `body_idle`).
+    limits: listener::Limits,
+    /// Refused and unauthenticated requests: what of them is logged.
+    refusal_log: Mutex<refusals::RefusalLog>,
+    /// New `pending` MACs per peer address (netboot, unauthenticated).
+    new_pending: Mutex<refusals::PeerRate>,
 }
 
 /// Who sent a request, proven by a token.
@@ -74,13 +82,42 @@ impl Who {
 type Shared = Arc<App>;
 
 impl App {
-    /// One line to stdout and events.log.
+    /// One line to stdout and events.log, synced: backup and job events
+    /// must outlive a crash.
     fn event(&self, what: &str) {
+        self.log_line(what, true);
+    }
+
+    /// A refused (or unauthenticated) request from `peer`: the first few
+    /// per peer and kind a minute are logged in full (`line` is built only
+    /// then), the rest counted into one summary line per minute. Not
+    /// synced: a flood must cost neither the disk nor an fsync each.
+    fn aggregated(&self, peer: IpAddr, kind: refusals::Kind, line: impl FnOnce() -> String) {
+        let Ok((full, summary)) = self.refusal_log.lock().map(|mut l| l.note(peer, kind, Instant::now())) else {
+            return;
+        };
+        if let Some(s) = summary {
+            self.log_line(&s, false);
+        }
+        if full {
+            self.log_line(&line(), false);
+        }
+    }
+
+    /// The summaries of refusal windows that ended (run every few seconds).
+    fn flush_refusals(&self) {
+        let lines = self.refusal_log.lock().map(|mut l| l.flush(Instant::now())).unwrap_or_default();
+        for l in lines {
+            self.log_line(&l, false);
+        }
+    }
+
+    fn log_line(&self, what: &str, sync: bool) {
         let line = format!("{} {what}\n", vault::now());
         print!("{line}");
         let _ = std::io::stdout().flush();
         if let Ok(mut f) = self.events.lock() {
-            let _ = f.write_all(line.as_bytes()).and_then(|()| f.sync_data());
+            let _ = f.write_all(line.as_bytes()).and_then(|()| if sync { f.sync_data() } else { Ok(()) });
         }
     }
 }
@@ -101,8 +138,20 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         .with_context(|| format!("opening {}", events_path.display()))?;
     let unfinished = vault.list_backups(None, true)?.iter().filter(|b| b.state == "uploading").count();
     let admin_token = vault.admin_token()?;
-    let app =
-        Arc::new(App { vault, events: Mutex::new(events), manifest_ids: Mutex::new(HashMap::new()), admin_token });
+    let mut limits = opts.limits;
+    let fds = listener::raise_fd_limit();
+    let fd_capped = fds.filter(|f| limits.max_connections > listener::fd_budget(*f).max(8));
+    if let Some(f) = fd_capped {
+        limits.max_connections = listener::fd_budget(f).max(8);
+    }
+    let app = Arc::new(App {
+        vault,
+        events: Mutex::new(events),
+        admin_token,
+        limits,
+        refusal_log: Mutex::new(refusals::RefusalLog::default()),
+        new_pending: Mutex::new(netboot::new_pending_rate()),
+    });
     let listener =
         tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("binding {}", opts.listen))?;
     let local = listener.local_addr().context("reading the bound address")?;
@@ -112,10 +161,30 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     if unfinished > 0 {
         println!("{unfinished} backups were left uploading (never complete; `bootvault gc` clears them)");
     }
-    axum::serve(listener, router(app).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving HTTP")?;
+    if let Some(f) = fd_capped {
+        println!(
+            "at most {} connections (not {}): the open-file limit is {f}",
+            limits.max_connections, opts.limits.max_connections
+        );
+    }
+    // Refusal summaries are written when their minute ends, also when
+    // the flood has stopped.
+    let flusher = app.clone();
+    let summaries = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tick.tick().await;
+            flusher.flush_refusals();
+        }
+    });
+    let refusing = app.clone();
+    let on_refusal = move |peer: IpAddr, kind: &'static str, reason: String| {
+        refusing.aggregated(peer, refusals::Kind::new("conn-refused", kind), || {
+            format!("conn-refused peer={peer} reason={reason:?}")
+        });
+    };
+    listener::serve(listener, router(app.clone()), limits, on_refusal, shutdown_signal()).await;
+    summaries.abort();
     println!("bootvault server stopped");
     Ok(())
 }
@@ -139,7 +208,9 @@ fn router(app: Shared) -> Router {
         .route("/api/v1/jobs", post(add_job).get(list_jobs))
         .route("/api/v1/jobs/next", get(next_job))
         .route("/api/v1/results", post(result).get(list_results))
-        .layer(DefaultBodyLimit::max(64 << 20))
+        // Bodies are read by each handler after the caller is known, with
+        // the route's own limit (see `take_body`).
+        .layer(DefaultBodyLimit::disable())
         .with_state(app)
 }
 
@@ -190,25 +261,41 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
 /// PC's console shows as is, and an `auth-refused` event.
 fn authenticate(app: &App, headers: &HeaderMap) -> Result<Who, Response> {
     let pc = header(headers, wire::PC_HEADER);
-    let refuse = |reason: String| {
-        app.event(&format!("auth-refused pc={pc} reason={reason:?}"));
+    // Aggregated per (peer, kind): a flood of refusals is counted, not
+    // written line by line (see `App::refused`).
+    let peer = headers
+        .get(listener::PEER_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse::<IpAddr>().ok())
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let refuse = |kind: &'static str, reason: String| {
+        app.aggregated(peer, refusals::Kind::new("auth-refused", kind), || {
+            format!("auth-refused pc={pc} peer={peer} reason={reason:?}")
+        });
         Err(text(StatusCode::UNAUTHORIZED, reason))
     };
     let Some(token) = bearer(headers) else {
-        return refuse(format!(
-            "no token: PC {pc} sent none (build its boot media from the server's database: bootvault build {pc} --data DIR)"
-        ));
+        return refuse(
+            "no-token",
+            format!(
+                "no token: PC {pc} sent none (build its boot media from the server's database: bootvault build {pc} --data DIR)"
+            ),
+        );
     };
     if vault::secret_eq(&token, &app.admin_token) {
         return Ok(Who::Admin);
     }
     if pc == "-" {
-        return refuse("unknown token, and no PC named in the request".into());
+        return refuse("no-pc", "unknown token, and no PC named in the request".into());
     }
     match app.vault.pc_token(&pc).map_err(internal)? {
-        None => refuse(format!("PC {pc} is not registered with this server (bootvault pc add {pc} --mac ...)")),
+        None => refuse(
+            "unregistered",
+            format!("PC {pc} is not registered with this server (bootvault pc add {pc} --mac ...)"),
+        ),
         Some(t) if vault::secret_eq(&token, &t) => Ok(Who::Pc(pc)),
-        Some(_) => refuse(format!("wrong token for PC {pc}: its boot media is out of date or not its own")),
+        Some(_) => {
+            refuse("wrong-token", format!("wrong token for PC {pc}: its boot media is out of date or not its own"))
+        }
     }
 }
 
@@ -236,10 +323,7 @@ fn readable(app: &App, who: &Who, id: i64) -> Result<vault::BackupRow, Response>
         Who::Pc(p) if app.vault.can_read(p, &row).map_err(internal)? => Ok(row),
         Who::Pc(p) => {
             app.event(&format!("access-refused pc={p} backup={id} owner={}", row.pc));
-            Err(text(
-                StatusCode::FORBIDDEN,
-                format!("backup {id} belongs to PC {}, and PC {p} has no grant for it", row.pc),
-            ))
+            Err(text(StatusCode::FORBIDDEN, format!("backup {id} is not PC {p}'s, and PC {p} has no grant for it")))
         }
     }
 }
@@ -251,31 +335,10 @@ fn writable(app: &App, who: &Who, id: i64) -> Result<vault::BackupRow, Response>
     if let Who::Pc(p) = who {
         if &row.pc != p {
             app.event(&format!("access-refused pc={p} backup={id} owner={}", row.pc));
-            return Err(text(StatusCode::FORBIDDEN, format!("backup {id} belongs to PC {}", row.pc)));
+            return Err(text(StatusCode::FORBIDDEN, format!("backup {id} is not PC {p}'s")));
         }
     }
     Ok(row)
-}
-
-/// Whether chunk `cid` is part of backup `id` (manifest ids cached).
-fn in_manifest(app: &App, id: i64, cid: &ChunkId) -> Result<bool, Response> {
-    let cached = app.manifest_ids.lock().ok().and_then(|m| m.get(&id).cloned());
-    let ids = match cached {
-        Some(ids) => ids,
-        None => {
-            let m = app.vault.manifest(id).map_err(|e| text(StatusCode::NOT_FOUND, e.to_string()))?;
-            let m = image::Manifest::decode(&m).map_err(internal)?;
-            let ids: Arc<HashSet<ChunkId>> = Arc::new(m.data_ids().into_iter().collect());
-            if let Ok(mut cache) = app.manifest_ids.lock() {
-                if cache.len() >= 32 {
-                    cache.clear();
-                }
-                cache.insert(id, ids.clone());
-            }
-            ids
-        }
-    };
-    Ok(ids.contains(cid))
 }
 
 /// The one-line refusal of a locked backup without a ticket; the PC's
@@ -348,8 +411,36 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response {
     (status, b).into_response()
 }
 
+/// A failure of the server itself: the detail (paths, SQL) goes to the
+/// server's output only; the caller reads that the server failed, or that
+/// its storage is full (507).
 fn internal(e: impl std::fmt::Display) -> Response {
-    text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    eprintln!("{} internal-error {e:#}", vault::now());
+    text(StatusCode::INTERNAL_SERVER_ERROR, "the server failed to answer (the reason is in its log)")
+}
+
+/// [`internal`] for vault errors, telling a full disk apart.
+fn storage(e: anyhow::Error) -> Response {
+    if vault::is_storage_full(&e) {
+        eprintln!("{} storage-full {e:#}", vault::now());
+        return text(StatusCode::INSUFFICIENT_STORAGE, "the server's storage is full; try again after its admin frees space");
+    }
+    internal(e)
+}
+
+/// Largest bodies per route: small `key=value` requests, a batch of chunk
+/// ids, a blob, a manifest (32 bytes and a length per chunk: 64 MiB is a
+/// 2 TiB disk at 1 MiB chunks).
+const SMALL_BODY: usize = 16 << 10;
+const MISSING_BODY: usize = 1024 * 32;
+const CHUNK_BODY: usize = image::MAX_CHUNK_SIZE as usize + 64;
+const MANIFEST_BODY: usize = 64 << 20;
+
+/// Reads a request's body once the caller is authenticated, within the
+/// route's `limit` (413, from the declared length before any byte is
+/// read) and the server's idle limit (408).
+async fn take_body(app: &App, body: Body, limit: usize) -> Result<Bytes, Response> {
+    listener::read_body(body, limit, app.limits.body_idle).await.map_err(IntoResponse::into_response)
 }
 
 /// Runs vault work on the blocking pool.
@@ -414,17 +505,18 @@ async fn open_backup(
     State(app): State<Shared>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
+    body: Body,
 ) -> Response {
-    // The body: optional `key=value` lines; `lock=TEXT` locks the backup.
-    let lock_text = String::from_utf8_lossy(&body)
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .find(|(k, _)| k.trim() == "lock")
-        .map(|(_, v)| v.trim().to_owned());
     body_or(
         async {
             let who = auth(&app, &headers).await?;
+            // The body: optional `key=value` lines; `lock=TEXT` locks the backup.
+            let body = take_body(&app, body, SMALL_BODY).await?;
+            let lock_text = String::from_utf8_lossy(&body)
+                .lines()
+                .filter_map(|l| l.split_once('='))
+                .find(|(k, _)| k.trim() == "lock")
+                .map(|(_, v)| v.trim().to_owned());
             let pc = match &who {
                 Who::Pc(p) => p.clone(),
                 Who::Admin => q(&query, "pc")
@@ -432,11 +524,29 @@ async fn open_backup(
                     .ok_or_else(|| text(StatusCode::BAD_REQUEST, "pc missing (whose backup is it?)"))?,
             };
             let name = q(&query, "name").unwrap_or("full").to_owned();
-            let num = |k: &str| q(&query, k).and_then(|v| v.parse::<u64>().ok());
-            let disk_bytes = num("disk_bytes").ok_or_else(|| text(StatusCode::BAD_REQUEST, "disk_bytes missing"))?;
-            let chunk_size = num("chunk_size").unwrap_or(u64::from(image::DEFAULT_CHUNK_SIZE)) as u32;
+            // Parsed as the types they are stored in and range-checked, never cut to fit.
+            let bad_size = |k: &str, v: &str| {
+                let range = if k == "chunk_size" {
+                    format!("{}..={}", image::MIN_CHUNK_SIZE, image::MAX_CHUNK_SIZE)
+                } else {
+                    format!("1..={}", image::MAX_DISK_BYTES)
+                };
+                text(StatusCode::BAD_REQUEST, format!("{k}={v:?}: expected a number {range}"))
+            };
+            let disk_bytes = q(&query, "disk_bytes")
+                .ok_or_else(|| text(StatusCode::BAD_REQUEST, "disk_bytes missing"))
+                .and_then(|v| v.parse::<u64>().map_err(|_| bad_size("disk_bytes", v)))?;
+            let chunk_size = match q(&query, "chunk_size") {
+                Some(v) => v.parse::<u32>().map_err(|_| bad_size("chunk_size", v))?,
+                None => image::DEFAULT_CHUNK_SIZE,
+            };
+            image::check_new_backup(disk_bytes, chunk_size).map_err(|e| text(StatusCode::BAD_REQUEST, e))?;
             let lock = lock_of(lock_text.as_deref())?;
             blocking(&app, move |app| {
+                if let Err(m) = app.vault.check_quota(&pc, 1) {
+                    app.event(&format!("quota-refused pc={pc} backup=new"));
+                    return Err(text(StatusCode::INSUFFICIENT_STORAGE, m));
+                }
                 let id = app
                     .vault
                     .create_backup_locked(&pc, &name, disk_bytes, chunk_size, lock.as_ref())
@@ -453,21 +563,23 @@ async fn open_backup(
     )
 }
 
-async fn missing(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<i64>, body: Bytes) -> Response {
-    if !body.len().is_multiple_of(32) || body.len() > 1024 * 32 {
-        return text(StatusCode::BAD_REQUEST, "expected up to 1024 chunk ids of 32 bytes");
-    }
+async fn missing(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<i64>, body: Body) -> Response {
     body_or(
         async {
             let who = auth(&app, &headers).await?;
+            let body = take_body(&app, body, MISSING_BODY).await?;
+            if !body.len().is_multiple_of(32) {
+                return Err(text(StatusCode::BAD_REQUEST, "expected up to 1024 chunk ids of 32 bytes"));
+            }
             blocking(&app, move |app| {
                 writable(app, &who, id)?;
-                let mut out = Vec::with_capacity(body.len() / 8);
-                for c in body.chunks_exact(32) {
-                    let mut cid: ChunkId = [0; 32];
-                    cid.copy_from_slice(c);
-                    out.extend_from_slice(&app.vault.blob_len(&cid).unwrap_or(0).to_le_bytes());
-                }
+                let ids: Vec<ChunkId> = body.chunks_exact(32).filter_map(|c| c.try_into().ok()).collect();
+                let pc = match &who {
+                    Who::Pc(p) => Some(p.as_str()),
+                    Who::Admin => None,
+                };
+                let lens = app.vault.missing(id, pc, &ids).map_err(storage)?;
+                let out: Vec<u8> = lens.iter().flat_map(|l| l.to_le_bytes()).collect();
                 Ok((StatusCode::OK, out).into_response())
             })
             .await
@@ -481,31 +593,38 @@ async fn put_chunk(
     headers: HeaderMap,
     Path(hex): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let Some(cid) = image::parse_hex(&hex) else {
         return text(StatusCode::BAD_REQUEST, format!("bad chunk id {hex:?}"));
     };
-    if body.len() > image::MAX_CHUNK_SIZE as usize + 64 {
-        return text(StatusCode::PAYLOAD_TOO_LARGE, "blob larger than the largest chunk");
-    }
     let backup: Option<i64> = q(&query, "backup").and_then(|v| v.parse().ok());
     body_or(
         async {
             let who = auth(&app, &headers).await?;
+            // A PC stores chunks only into an upload of its own.
+            if let (Who::Pc(_), None) = (&who, backup) {
+                return Err(text(StatusCode::BAD_REQUEST, "backup=ID missing"));
+            }
+            let body = take_body(&app, body, CHUNK_BODY).await?;
             blocking(&app, move |app| {
-                // A PC stores chunks only into an upload of its own.
-                match (&who, backup) {
-                    (Who::Pc(_), None) => return Err(text(StatusCode::BAD_REQUEST, "backup=ID missing")),
-                    (_, Some(b)) => {
-                        writable(app, &who, b)?;
-                    }
-                    (Who::Admin, None) => {}
+                if let Some(b) = backup {
+                    writable(app, &who, b)?;
                 }
-                match app.vault.put_chunk(&cid, &body, backup) {
+                let pc = match &who {
+                    Who::Pc(p) => Some(p.as_str()),
+                    Who::Admin => None,
+                };
+                match app.vault.put_chunk_for(pc, &cid, &body, backup) {
                     Ok(true) => Ok(text(StatusCode::CREATED, "stored")),
                     Ok(false) => Ok(text(StatusCode::OK, "already stored")),
-                    Err(e) => Err(text(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())),
+                    Err(vault::PutError::Bad(m)) => Err(text(StatusCode::UNPROCESSABLE_ENTITY, m)),
+                    Err(vault::PutError::Closed(m)) => Err(text(StatusCode::CONFLICT, m)),
+                    Err(vault::PutError::Quota(m)) => {
+                        app.event(&format!("quota-refused pc={} backup={backup:?}", who.name()));
+                        Err(text(StatusCode::INSUFFICIENT_STORAGE, m))
+                    }
+                    Err(vault::PutError::Storage(e)) => Err(storage(e)),
                 }
             })
             .await
@@ -514,13 +633,15 @@ async fn put_chunk(
     )
 }
 
-async fn finish(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<i64>, body: Bytes) -> Response {
+async fn finish(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<i64>, body: Body) -> Response {
     body_or(
         async {
             let who = auth(&app, &headers).await?;
+            let body = take_body(&app, body, MANIFEST_BODY).await?;
             blocking(&app, move |app| {
                 let pc = writable(app, &who, id)?.pc;
-                match app.vault.finish_backup(id, &pc, &body) {
+                let check_rights = matches!(who, Who::Pc(_));
+                match app.vault.finish_backup_for(id, &pc, &body, check_rights) {
                     Ok(b) => {
                         app.event(&format!(
                             "backup {id} of pc={pc} complete: {} chunks ({} zero), {} received in {} new chunks, {} already stored",
@@ -533,7 +654,13 @@ async fn finish(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<i6
                         Ok(text(StatusCode::OK, format!("id={id}\nstate=complete")))
                     }
                     Err(e) => {
-                        let status = if e.conflict { StatusCode::CONFLICT } else { StatusCode::UNPROCESSABLE_ENTITY };
+                        let status = if e.conflict {
+                            StatusCode::CONFLICT
+                        } else if e.forbidden {
+                            StatusCode::FORBIDDEN
+                        } else {
+                            StatusCode::UNPROCESSABLE_ENTITY
+                        };
                         app.event(&format!("backup-refused id={id} pc={pc} reason={:?}", e.message));
                         Err(text(status, e.message))
                     }
@@ -545,11 +672,13 @@ async fn finish(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<i6
     )
 }
 
-async fn fail(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<i64>, body: Bytes) -> Response {
-    let reason: String = String::from_utf8_lossy(&body).lines().next().unwrap_or("").chars().take(500).collect();
+async fn fail(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<i64>, body: Body) -> Response {
     body_or(
         async {
             let who = auth(&app, &headers).await?;
+            let body = take_body(&app, body, SMALL_BODY).await?;
+            let reason: String =
+                String::from_utf8_lossy(&body).lines().next().unwrap_or("").chars().take(500).collect();
             blocking(&app, move |app| {
                 writable(app, &who, id)?;
                 app.vault.fail_backup(id, &reason).map_err(|e| text(StatusCode::CONFLICT, e.to_string()))?;
@@ -674,9 +803,6 @@ async fn delete_backup(State(app): State<Shared>, headers: HeaderMap, Path(id): 
             admin_only(&auth(&app, &headers).await?)?;
             blocking(&app, move |app| {
                 app.vault.delete_backup(id).map_err(|e| text(StatusCode::NOT_FOUND, e.to_string()))?;
-                if let Ok(mut cache) = app.manifest_ids.lock() {
-                    cache.remove(&id);
-                }
                 app.event(&format!("backup-deleted id={id}"));
                 Ok(text(StatusCode::OK, "deleted"))
             })
@@ -745,12 +871,12 @@ async fn unlock(
     headers: HeaderMap,
     Path(id): Path<i64>,
     Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
+    body: Body,
 ) -> Response {
-    let kv = kv_body(&body);
     body_or(
         async {
             let who = auth(&app, &headers).await?;
+            let kv = kv_body(&take_body(&app, body, SMALL_BODY).await?);
             let get = |k: &str| kv.get(k).map(String::as_str).unwrap_or("");
             let (nonce, proof) = nonce_and_proof(get("nonce"), get("proof"))?;
             blocking(&app, move |app| {
@@ -775,7 +901,10 @@ async fn manifest(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<
             blocking(&app, move |app| {
                 let row = readable(app, &who, id)?;
                 unlocked_for(app, &who, &row, ticket.as_deref())?;
-                let m = app.vault.manifest(id).map_err(|e| text(StatusCode::NOT_FOUND, e.to_string()))?;
+                let m = app.vault.manifest(id).map_err(|e| {
+                    eprintln!("{} manifest-unreadable backup={id} {e:#}", vault::now());
+                    text(StatusCode::NOT_FOUND, format!("backup {id} has no readable manifest"))
+                })?;
                 if row.pc != who.name() {
                     app.event(&format!("restore-granted pc={} backup={id} owner={}", who.name(), row.pc));
                 }
@@ -808,11 +937,14 @@ async fn get_chunk(
                     let b = backup.ok_or_else(|| text(StatusCode::BAD_REQUEST, "backup=ID missing"))?;
                     let row = readable(app, &who, b)?;
                     unlocked_for(app, &who, &row, ticket.as_deref())?;
-                    if !in_manifest(app, b, &cid)? {
+                    if !app.vault.in_manifest(b, &cid).map_err(storage)? {
                         return Err(text(StatusCode::FORBIDDEN, format!("chunk {hex} is not part of backup {b}")));
                     }
                 }
-                let blob = app.vault.chunk(&cid).map_err(|e| text(StatusCode::NOT_FOUND, e.to_string()))?;
+                let blob = app
+                    .vault
+                    .chunk(&cid)
+                    .map_err(|_| text(StatusCode::NOT_FOUND, format!("chunk {hex} is not in the store")))?;
                 Ok((StatusCode::OK, blob).into_response())
             })
             .await
@@ -856,8 +988,9 @@ async fn export(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<i6
     (StatusCode::OK, Body::from_stream(stream)).into_response()
 }
 
-/// Spools the upload to a temporary file, then imports it (verified as it
-/// is read).
+/// Streams the upload into the vault as it arrives (no spool file): the
+/// header is checked first, every chunk verified as it is read, and a bad
+/// file is refused at its first bad byte.
 async fn import(
     State(app): State<Shared>,
     headers: HeaderMap,
@@ -874,35 +1007,67 @@ async fn import(
         Err(r) => return r,
     }
     let pc = q(&query, "pc").map(str::to_owned);
-    let tmp = app.vault.dir().join("tmp").join(format!("import-{}-{}.bvimg", std::process::id(), vault::now()));
-    let mut file = match tokio::fs::File::create(&tmp).await {
-        Ok(f) => f,
-        Err(e) => return internal(e),
-    };
+    let (tx, rx) = std::sync::mpsc::sync_channel::<std::io::Result<Bytes>>(8);
+    let worker = tokio::task::spawn_blocking({
+        let app = app.clone();
+        move || {
+            let r = app.vault.import(std::io::BufReader::with_capacity(1 << 20, ChannelReader::new(rx)), pc.as_deref());
+            if let Ok(id) = &r {
+                app.event(&format!("backup-imported id={id}"));
+            }
+            r
+        }
+    });
+    // Feed the body to the importer; it stops reading (and the channel
+    // closes) as soon as it refuses the file.
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let r = match chunk {
-            Ok(b) => tokio::io::AsyncWriteExt::write_all(&mut file, &b).await.map_err(internal),
-            Err(e) => Err(text(StatusCode::BAD_REQUEST, e.to_string())),
+    let idle = app.limits.body_idle;
+    loop {
+        let item = match tokio::time::timeout(idle, stream.next()).await {
+            Ok(None) => break,
+            Ok(Some(frame)) => frame.map_err(|e| std::io::Error::other(format!("reading the upload: {e}"))),
+            Err(_) => Err(std::io::Error::other(format!("no data for {} s: the upload stopped", idle.as_secs()))),
         };
-        if let Err(resp) = r {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return resp;
+        let failed = item.is_err();
+        let tx2 = tx.clone();
+        let sent = tokio::task::spawn_blocking(move || tx2.send(item).is_ok()).await.unwrap_or(false);
+        if !sent || failed {
+            break;
         }
     }
-    drop(file);
-    body_or(
-        blocking(&app, move |app| {
-            let r = std::fs::File::open(&tmp)
-                .map_err(anyhow::Error::from)
-                .and_then(|f| app.vault.import(std::io::BufReader::new(f), pc.as_deref()));
-            let _ = std::fs::remove_file(&tmp);
-            let id = r.map_err(|e| text(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")))?;
-            app.event(&format!("backup-imported id={id}"));
-            Ok(text(StatusCode::CREATED, format!("id={id}")))
-        })
-        .await,
-    )
+    drop(tx);
+    match worker.await {
+        Ok(Ok(id)) => text(StatusCode::CREATED, format!("id={id}")),
+        Ok(Err(e)) if vault::is_storage_full(&e) => storage(e),
+        Ok(Err(e)) => text(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")),
+        Err(e) => internal(e),
+    }
+}
+
+/// A blocking reader over the body's frames, for the importer.
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    current: Bytes,
+}
+
+impl ChannelReader {
+    fn new(rx: std::sync::mpsc::Receiver<std::io::Result<Bytes>>) -> ChannelReader {
+        ChannelReader { rx, current: Bytes::new() }
+    }
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.recv() {
+                Ok(frame) => self.current = frame?,
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -926,11 +1091,19 @@ struct NewJob {
     proof: Option<String>,
 }
 
-async fn add_job(State(app): State<Shared>, headers: HeaderMap, Json(j): Json<NewJob>) -> Response {
+async fn add_job(State(app): State<Shared>, headers: HeaderMap, body: Body) -> Response {
     body_or(
         async {
             admin_only(&auth(&app, &headers).await?)?;
+            let j: NewJob = serde_json::from_slice(&take_body(&app, body, SMALL_BODY).await?)
+                .map_err(|e| text(StatusCode::UNPROCESSABLE_ENTITY, format!("the job: {e}")))?;
             let lock = lock_of(j.lock.as_deref())?;
+            let (disk, name) = (j.disk.as_deref().unwrap_or("auto"), j.name.as_deref().unwrap_or(""));
+            // By the PC's own rules, before a proof uses up the admin's nonce
+            // (the vault checks them again, for the CLI).
+            bootvault_common::job::check_fields(disk, name, j.backup)
+                .map_err(|e| text(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+            let (disk, name) = (disk.to_owned(), name.to_owned());
             let proven = match (&j.nonce, &j.proof) {
                 (Some(n), Some(p)) => Some(nonce_and_proof(n, p)?),
                 (None, None) => None,
@@ -943,15 +1116,7 @@ async fn add_job(State(app): State<Shared>, headers: HeaderMap, Json(j): Json<Ne
                 }
                 let id = app
                     .vault
-                    .add_job_with(
-                        &j.pc,
-                        &j.action,
-                        j.disk.as_deref().unwrap_or("auto"),
-                        j.name.as_deref().unwrap_or(""),
-                        j.backup,
-                        lock.as_ref(),
-                        proven.is_some(),
-                    )
+                    .add_job_with(&j.pc, &j.action, &disk, &name, j.backup, lock.as_ref(), proven.is_some())
                     .map_err(|e| text(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
                 Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response())
             })
@@ -984,18 +1149,39 @@ async fn next_job(State(app): State<Shared>, headers: HeaderMap) -> Response {
             blocking(&app, move |app| match app.vault.next_job(&pc).map_err(internal)? {
                 None => Ok(StatusCode::NO_CONTENT.into_response()),
                 Some(j) => {
-                    app.event(&format!("job-start id={} pc={pc} action={}", j.id, j.action));
-                    let mut body = format!("job={}\naction={}\ndisk={}\nname={}\n", j.id, j.action, j.disk, j.name);
-                    if let Some(b) = j.backup {
-                        body.push_str(&format!("backup={b}\n"));
-                    }
-                    if let Some(lock) = &j.lock {
-                        body.push_str(&format!("lock={lock}\n"));
-                    }
+                    use bootvault_common::config::BackupRef;
+                    use bootvault_common::job::{parse_action, JobMessage};
+                    let message = parse_action(&j.action).and_then(|action| {
+                        let m = JobMessage {
+                            id: j.id,
+                            action,
+                            // An empty disk: the PC's own setting.
+                            disk: Some(j.disk.clone()).filter(|d| !d.is_empty()),
+                            name: Some(j.name.clone()),
+                            backup: j.backup.map_or(BackupRef::Latest, BackupRef::Id),
+                            lock: j.lock.clone(),
+                            ticket: None,
+                        };
+                        m.check().map(|()| m)
+                    });
+                    let mut message = match message {
+                        Ok(m) => m,
+                        Err(e) => {
+                            // A job stored before its fields were checked: it fails
+                            // here, where the admin sees why, and never reaches the PC.
+                            app.event(&format!("job-refused id={} pc={pc} reason={e:?}", j.id));
+                            let why = format!("the server did not send job {}: {e}", j.id);
+                            app.vault
+                                .record_result(&pc, Some(j.id), &j.action, &j.disk, j.backup, false, &why, 0, 0, 0.0)
+                                .map_err(internal)?;
+                            return Err(text(StatusCode::INTERNAL_SERVER_ERROR, why));
+                        }
+                    };
                     if let (true, Some(b)) = (j.unlocked, j.backup) {
-                        let ticket = app.vault.issue_ticket(&pc, b, vault::now()).map_err(internal)?;
-                        body.push_str(&format!("ticket={ticket}\n"));
+                        message.ticket = Some(app.vault.issue_ticket(&pc, b, vault::now()).map_err(internal)?);
                     }
+                    let body = message.encode().map_err(internal)?;
+                    app.event(&format!("job-start id={} pc={pc} action={}", j.id, j.action));
                     Ok(text(StatusCode::OK, body))
                 }
             })
@@ -1005,11 +1191,11 @@ async fn next_job(State(app): State<Shared>, headers: HeaderMap) -> Response {
     )
 }
 
-async fn result(State(app): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+async fn result(State(app): State<Shared>, headers: HeaderMap, body: Body) -> Response {
     body_or(
         async {
             let pc = pc_only(auth(&app, &headers).await?)?;
-            let kv = kv_body(&body);
+            let kv = kv_body(&take_body(&app, body, SMALL_BODY).await?);
             let get = |k: &str| kv.get(k).map(String::as_str).unwrap_or("");
             let num = |k: &str| get(k).parse::<u64>().unwrap_or(0);
             let (job, backup) = (get("job").parse().ok(), get("backup").parse().ok());

@@ -14,8 +14,14 @@
 //! network who knows a registered MAC can fetch it; see docs/PROTOCOL.md.
 //! This module owns the scripts and the file serving; the PC records are
 //! the vault's.
+//!
+//! Anyone may call these, so what they log goes through `App::aggregated`
+//! (a few lines per peer a minute, then a count), and the MACs they add to
+//! `pending` are limited per peer address ([`new_pending_rate`]) and in
+//! number ([`Vault::PENDING_MAX`](crate::vault::Vault::PENDING_MAX)).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, StatusCode};
@@ -24,11 +30,25 @@ use axum::routing::get;
 use axum::Router;
 use bootvault_common::wire;
 
-use crate::vault::{normalize_mac, PcRow, REGISTER_UNKNOWN};
-use crate::{blocking, body_or, internal, Shared};
+use crate::refusals::{Kind, PeerRate};
+use crate::vault::{self, normalize_mac, PcRow, Pending, REGISTER_UNKNOWN};
+use crate::{blocking, body_or, internal, App, Shared};
 
 /// Files a PC may fetch from its boot directory.
 pub const BOOT_FILES: &[&str] = &["vmlinuz", "initrd.img"];
+
+/// New MACs one peer address may add to `pending` per [`NEW_PENDING_WINDOW`]:
+/// a PC network-boots with one MAC (a few with several NICs); a peer
+/// inventing MACs stops here.
+const NEW_PENDING_PER_PEER: u32 = 8;
+const NEW_PENDING_WINDOW: Duration = Duration::from_secs(600);
+/// Peer addresses tracked for that; more at once wait for the window.
+const NEW_PENDING_PEERS: usize = 1024;
+
+/// The limit on new `pending` MACs per peer address.
+pub fn new_pending_rate() -> PeerRate {
+    PeerRate::new(NEW_PENDING_WINDOW, NEW_PENDING_PER_PEER, NEW_PENDING_PEERS)
+}
 
 pub fn router() -> Router<Shared> {
     Router::new()
@@ -76,8 +96,38 @@ pub fn refusal_script(lines: &[String]) -> String {
 }
 
 async fn entry(State(app): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
-    app.event(&format!("netboot-entry peer={peer}"));
+    app.aggregated(peer.ip(), Kind::new("netboot-entry", ""), || format!("netboot-entry peer={peer}"));
     ipxe(entry_script())
+}
+
+/// Lists an unknown MAC for the admin, if the peer's rate and the list's
+/// cap allow: the line for the PC's screen and the log's word for it.
+fn list_pending(app: &App, mac: &str, peer: IpAddr) -> Result<(String, &'static str), Response> {
+    let now = Instant::now();
+    let admit = app.new_pending.lock().is_ok_and(|mut r| r.allows(peer, now));
+    match app.vault.note_pending(mac, &peer.to_string(), vault::now(), admit).map_err(internal)? {
+        Pending::Added => {
+            if let Ok(mut r) = app.new_pending.lock() {
+                r.spend(peer, now);
+            }
+            Ok(("It is now listed for the admin in: bootvault pc pending".into(), "listed"))
+        }
+        Pending::Seen => Ok(("It is listed for the admin in: bootvault pc pending".into(), "listed")),
+        Pending::Full => Ok((
+            format!(
+                "It was not listed: the list of unknown PCs is full ({}); ask an admin.",
+                vault::Vault::PENDING_MAX
+            ),
+            "list-full",
+        )),
+        Pending::NotAdmitted => Ok((
+            format!(
+                "It was not listed: too many unknown PCs from {peer}; retry in {} minutes or ask an admin.",
+                NEW_PENDING_WINDOW.as_secs() / 60
+            ),
+            "rate",
+        )),
+    }
 }
 
 async fn by_mac(
@@ -95,15 +145,22 @@ async fn by_mac(
                 format!("this PC (MAC {mac}) is not registered with the server."),
                 format!("An admin registers it with: bootvault pc add NAME --mac {mac}"),
             ];
-            if register {
-                app.vault.note_pending(&mac, &peer.ip().to_string()).map_err(internal)?;
-                lines.push("It is now listed for the admin in: bootvault pc pending".into());
-            }
-            app.event(&format!("netboot-unknown mac={mac} peer={peer} listed={}", if register { "yes" } else { "no" }));
+            let listed = if register {
+                let (line, listed) = list_pending(app, &mac, peer.ip())?;
+                lines.push(line);
+                listed
+            } else {
+                "no"
+            };
+            app.aggregated(peer.ip(), Kind::new("netboot-unknown", listed), || {
+                format!("netboot-unknown mac={mac} peer={peer} listed={listed}")
+            });
             return Ok(ipxe(refusal_script(&lines)));
         };
         if pc.mode != "network" {
-            app.event(&format!("netboot-refused pc={} mac={mac} reason=mode-{}", pc.name, pc.mode));
+            app.aggregated(peer.ip(), Kind::new("netboot-refused", "mode"), || {
+                format!("netboot-refused pc={} mac={mac} peer={peer} reason=mode-{}", pc.name, pc.mode)
+            });
             return Ok(ipxe(refusal_script(&[format!(
                 "PC {} is set to boot from its own media (mode {}); bootvault pc edit {} --mode network",
                 pc.name, pc.mode, pc.name
@@ -114,11 +171,15 @@ async fn by_mac(
         let present = BOOT_FILES.iter().all(|f| dir.join(f).is_file());
         match cmdline {
             Some(c) if present => {
-                app.event(&format!("netboot pc={} mac={mac} peer={peer}", pc.name));
+                app.aggregated(peer.ip(), Kind::new("netboot", ""), || {
+                    format!("netboot pc={} mac={mac} peer={peer}", pc.name)
+                });
                 Ok(ipxe(pc_script(&pc, &c)))
             }
             _ => {
-                app.event(&format!("netboot-refused pc={} mac={mac} reason=no-boot-files", pc.name));
+                app.aggregated(peer.ip(), Kind::new("netboot-refused", "no-boot-files"), || {
+                    format!("netboot-refused pc={} mac={mac} peer={peer} reason=no-boot-files", pc.name)
+                });
                 Ok(ipxe(refusal_script(&[format!(
                     "PC {} has no network boot files yet: bootvault build {} --data DIR --media pxe",
                     pc.name, pc.name
@@ -130,7 +191,11 @@ async fn by_mac(
     body_or(r)
 }
 
-async fn file(State(app): State<Shared>, Path((name, file)): Path<(String, String)>) -> Response {
+async fn file(
+    State(app): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((name, file)): Path<(String, String)>,
+) -> Response {
     let safe_name = !name.is_empty()
         && !name.starts_with('.')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
@@ -143,9 +208,15 @@ async fn file(State(app): State<Shared>, Path((name, file)): Path<(String, Strin
             return Err((StatusCode::NOT_FOUND, format!("no registered PC {name}\n")).into_response());
         }
         let path = app.vault.boot_dir(&name).join(&file);
-        let bytes = std::fs::read(&path)
-            .map_err(|e| (StatusCode::NOT_FOUND, format!("{}: {e}\n", path.display())).into_response())?;
-        app.event(&format!("netboot-file pc={name} file={file} bytes={}", bytes.len()));
+        // The path and the cause go to the server's output, not to the network.
+        let bytes = std::fs::read(&path).map_err(|e| {
+            eprintln!("{} netboot-file-unreadable pc={name} {}: {e}", crate::vault::now(), path.display());
+            let hint = format!("PC {name} has no {file} published (bootvault build {name} --media pxe)\n");
+            (StatusCode::NOT_FOUND, hint).into_response()
+        })?;
+        app.aggregated(peer.ip(), Kind::new("netboot-file", ""), || {
+            format!("netboot-file pc={name} file={file} bytes={} peer={peer}", bytes.len())
+        });
         Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
     })
     .await;
