@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bootvault_common::testdata::noise;
 use bootvault_engine::backup::{backup, BackupOptions};
@@ -38,20 +38,8 @@ fn register(data: &Path, pcs: &[&str]) -> (Vec<String>, String) {
 
 /// Starts the real server on a free loopback port; returns its URL.
 fn server(data: &Path) -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
-    let opts = bootvault_server::Options {
-        listen: format!("127.0.0.1:{port}").parse().expect("addr"),
-        data: data.to_owned(),
-        limits: Default::default(),
-    };
-    std::thread::spawn(move || bootvault_server::serve(opts));
-    let url = format!("http://127.0.0.1:{port}");
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(20), "server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    url
+    let port = bootvault_server::spawn_on_loopback(data, Default::default()).expect("the server starts");
+    format!("http://127.0.0.1:{port}")
 }
 
 /// 10 MiB + 12 KiB (a short last chunk): text, noise, zeros, a repeat.

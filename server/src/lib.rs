@@ -122,6 +122,24 @@ impl App {
     }
 }
 
+/// Starts a server on a free port of 127.0.0.1 in a background thread and
+/// returns the port once it accepts connections (tests, benchmarks).
+pub fn spawn_on_loopback(data: &std::path::Path, limits: listener::Limits) -> anyhow::Result<u16> {
+    let port =
+        std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).context("finding a free port")?.port();
+    let listen = SocketAddr::from(([127, 0, 0, 1], port));
+    let opts = Options { listen, data: data.to_owned(), limits };
+    std::thread::spawn(move || serve(opts));
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(listen).is_err() {
+        if start.elapsed() > std::time::Duration::from_secs(20) {
+            anyhow::bail!("the server on {listen} did not start within 20 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(port)
+}
+
 /// Starts the server and runs until Ctrl-C / SIGTERM.
 pub fn serve(opts: Options) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
@@ -423,7 +441,10 @@ fn internal(e: impl std::fmt::Display) -> Response {
 fn storage(e: anyhow::Error) -> Response {
     if vault::is_storage_full(&e) {
         eprintln!("{} storage-full {e:#}", vault::now());
-        return text(StatusCode::INSUFFICIENT_STORAGE, "the server's storage is full; try again after its admin frees space");
+        return text(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "the server's storage is full; try again after its admin frees space",
+        );
     }
     internal(e)
 }

@@ -20,19 +20,7 @@ fn temp(tag: &str) -> PathBuf {
 }
 
 fn start(data: &Path) -> u16 {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
-    let opts = bootvault_server::Options {
-        listen: format!("127.0.0.1:{port}").parse().expect("addr"),
-        data: data.to_owned(),
-        limits: Default::default(),
-    };
-    std::thread::spawn(move || bootvault_server::serve(opts));
-    let t = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(20), "server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    port
+    bootvault_server::spawn_on_loopback(data, Default::default()).expect("the server starts")
 }
 
 /// Sends a request's head and the first `send` bytes of a body declared
@@ -79,7 +67,8 @@ fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: 
 fn bodies_are_read_only_after_the_token_and_within_limits() {
     let dir = temp("auth-first");
     let data = dir.join("data");
-    let token = Vault::open(&data).expect("vault").add_pc(&PcRow::new("pc-one", "52:54:00:00:03:01")).expect("pc").token;
+    let token =
+        Vault::open(&data).expect("vault").add_pc(&PcRow::new("pc-one", "52:54:00:00:03:01")).expect("pc").token;
     let port = start(&data);
     let hex = image::hex(&[7u8; 32]);
     // 16 connections at once, each declaring 60 MiB and sending 1 KiB: each
@@ -161,7 +150,11 @@ fn imports_stream_verify_and_never_fail_at_random() {
     let (status, body) = answer(&mut s);
     assert_eq!(status, 422, "{body}");
     assert!(t.elapsed() < Duration::from_secs(10));
-    let spooled: u64 = fs::read_dir(data.join("tmp")).expect("tmp").flatten().map(|f| f.metadata().map(|m| m.len()).unwrap_or(0)).sum();
+    let spooled: u64 = fs::read_dir(data.join("tmp"))
+        .expect("tmp")
+        .flatten()
+        .map(|f| f.metadata().map(|m| m.len()).unwrap_or(0))
+        .sum();
     assert_eq!(spooled, 0, "nothing spooled");
     // A file cut short is refused and never listed complete.
     let (status, _) = request(port, "POST", "/api/v1/import?pc=pc-one", &headers, &file[..file.len() - 10]);
@@ -192,11 +185,13 @@ fn a_full_disk_answers_507_without_paths() {
         }
     }
     let _unmount = Unmount(data.clone());
-    let token = Vault::open(&data).expect("vault").add_pc(&PcRow::new("pc-one", "52:54:00:00:03:02")).expect("pc").token;
+    let token =
+        Vault::open(&data).expect("vault").add_pc(&PcRow::new("pc-one", "52:54:00:00:03:02")).expect("pc").token;
     let port = start(&data);
     let auth = format!("Bearer {token}");
     let headers = [("authorization", auth.as_str()), ("x-bootvault-pc", "pc-one")];
-    let (status, body) = request(port, "POST", "/api/v1/backups?name=full&disk_bytes=67108864&chunk_size=262144", &headers, b"");
+    let (status, body) =
+        request(port, "POST", "/api/v1/backups?name=full&disk_bytes=67108864&chunk_size=262144", &headers, b"");
     assert_eq!(status, 201, "{body}");
     let id = body.trim().trim_start_matches("id=").to_owned();
     let mut full = None;

@@ -27,20 +27,7 @@ fn small() -> Limits {
 }
 
 fn start(data: &Path, limits: Limits) -> u16 {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
-    let opts = bootvault_server::Options {
-        listen: format!("127.0.0.1:{port}").parse().expect("addr"),
-        data: data.to_owned(),
-        limits,
-    };
-    std::thread::spawn(move || bootvault_server::serve(opts));
-    let t = Instant::now();
-    // Probe until the server answers (a bare connect would hold a slot).
-    while !matches!(get(port, "/boot/ipxe").map(|(s, _)| s), Ok(200)) {
-        assert!(t.elapsed() < Duration::from_secs(20), "server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    port
+    bootvault_server::spawn_on_loopback(data, limits).expect("the server starts")
 }
 
 fn connect(port: u16) -> TcpStream {

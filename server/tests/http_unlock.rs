@@ -9,7 +9,6 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use bootvault_common::image::{self, Chunk};
 use bootvault_common::wire::{self, LockParams};
@@ -22,19 +21,7 @@ fn temp(tag: &str) -> PathBuf {
 }
 
 fn start(data: &Path) -> u16 {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
-    let opts = bootvault_server::Options {
-        listen: format!("127.0.0.1:{port}").parse().expect("addr"),
-        data: data.to_owned(),
-        limits: Default::default(),
-    };
-    std::thread::spawn(move || bootvault_server::serve(opts));
-    let t = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(20), "server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    port
+    bootvault_server::spawn_on_loopback(data, Default::default()).expect("the server starts")
 }
 
 /// One HTTP/1.1 request, `Connection: close`; (status, body as text).

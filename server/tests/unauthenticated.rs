@@ -18,19 +18,7 @@ fn temp(tag: &str) -> PathBuf {
 }
 
 fn start(data: &Path) -> u16 {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
-    let opts = bootvault_server::Options {
-        listen: format!("127.0.0.1:{port}").parse().expect("addr"),
-        data: data.to_owned(),
-        limits: Default::default(),
-    };
-    std::thread::spawn(move || bootvault_server::serve(opts));
-    let t = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(20), "server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    port
+    bootvault_server::spawn_on_loopback(data, Default::default()).expect("the server starts")
 }
 
 /// A keep-alive connection sending GETs one after another.
