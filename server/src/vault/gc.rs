@@ -139,12 +139,17 @@ impl Vault {
                  WHERE state = 'uploading' AND MAX(last_active, created) <= ?1",
                 params![start - max_age, start, max_age],
             )? as u64;
-            db.execute("DELETE FROM upload_chunks WHERE backup NOT IN (SELECT id FROM backups WHERE state = 'uploading')", [])?;
+            db.execute(
+                "DELETE FROM upload_chunks WHERE backup NOT IN (SELECT id FROM backups WHERE state = 'uploading')",
+                [],
+            )?;
             let mut st = db.prepare(
                 "SELECT id, pc, created, MAX(last_active, created) FROM backups WHERE state = 'uploading' ORDER BY created",
             )?;
             report.open_uploads = st
-                .query_map([], |r| Ok(OpenUpload { id: r.get(0)?, pc: r.get(1)?, created: r.get(2)?, last_active: r.get(3)? }))?
+                .query_map([], |r| {
+                    Ok(OpenUpload { id: r.get(0)?, pc: r.get(1)?, created: r.get(2)?, last_active: r.get(3)? })
+                })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
         }
         let oldest = report.open_uploads.iter().map(|u| u.created).min().unwrap_or(start);

@@ -106,11 +106,7 @@ impl Vault {
 
     /// What `pc` may name in upload `upload` (None: outside an upload).
     pub fn rights(&self, pc: &str, upload: Option<i64>) -> Result<Rights> {
-        let readable = self
-            .visible_backups(pc)?
-            .iter()
-            .map(|b| self.manifest_ids(b.id))
-            .collect::<Result<Vec<_>>>()?;
+        let readable = self.visible_backups(pc)?.iter().map(|b| self.manifest_ids(b.id)).collect::<Result<Vec<_>>>()?;
         Ok(Rights { upload, readable })
     }
 
