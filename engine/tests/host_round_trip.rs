@@ -558,3 +558,31 @@ fn resume_after_a_damaged_chunk() {
     assert!(fs::read(&copy).expect("read") == bytes);
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// A PC over its storage quota: the backup stops at the first chunk past
+/// it with the server's one-line reason (507, not retried), is failed on
+/// the server, and nothing past the quota is stored.
+#[test]
+fn quota_stops_a_backup_with_a_clear_line() {
+    let dir = temp_dir("quota");
+    let (tokens, _) = register(&dir.join("data"), &["small-pc"]);
+    let v = Vault::open(&dir.join("data")).expect("vault");
+    v.set_pc_quota("small-pc", Some(3 << 20)).expect("quota");
+    let url = server(&dir.join("data"));
+    let src = dir.join("src.img");
+    fs::write(&src, noise(77, 8 << 20)).expect("source"); // incompressible: 8 MiB to store
+    let client = Client::new(&url, "small-pc", &tokens[0]);
+    let dev = Device::open(&src, false).expect("open source");
+    let e = backup(&dev, &client, &BackupOptions::new("small-pc", "full"), &mut |_| {}).unwrap_err().to_string();
+    assert!(e.contains("507") && e.contains("over its storage quota"), "{e}");
+    let rows = v.list_backups(None, true).expect("list");
+    assert_eq!(rows.iter().map(|b| b.state.as_str()).collect::<Vec<_>>(), ["failed"]);
+    assert!(v.pc_usage("small-pc").expect("usage") <= 3 << 20);
+    // At the quota, a new backup is refused before it opens.
+    v.set_pc_quota("small-pc", Some(1)).expect("quota");
+    let e = backup(&dev, &client, &BackupOptions::new("small-pc", "full"), &mut |_| {}).unwrap_err().to_string();
+    assert!(e.contains("507") && e.contains("over its storage quota"), "{e}");
+    assert_eq!(v.list_backups(None, true).expect("list").len(), 1, "no second upload opened");
+    let _ = fs::remove_dir_all(&dir);
+}
+
