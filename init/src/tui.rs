@@ -142,7 +142,7 @@ pub fn frame(header: &str, title: &str, body: &str, keys: &str) -> String {
     out.push('\n');
     out.push_str(&fit(title));
     out.push_str("\n\n");
-    out.push_str(body);
+    out.push_str(&wrap(body));
     if !body.ends_with('\n') && !body.is_empty() {
         out.push('\n');
     }
@@ -150,6 +150,36 @@ pub fn frame(header: &str, title: &str, body: &str, keys: &str) -> String {
         out.push('\n');
         out.push_str(&fit(keys));
         out.push('\n');
+    }
+    out
+}
+
+/// Breaks body lines longer than the screen at spaces (an error from the
+/// engine can be long), continuing with the line's own indent; a word
+/// longer than the screen is cut by [`fit`].
+pub fn wrap(body: &str) -> String {
+    let mut out = String::with_capacity(body.len() + 16);
+    for (n, line) in body.split('\n').enumerate() {
+        if n > 0 {
+            out.push('\n');
+        }
+        let indent: String = line.chars().take_while(|c| *c == ' ').collect();
+        let mut current = String::new();
+        for word in line[indent.len()..].split(' ') {
+            let used = current.chars().count();
+            if used > indent.len() && used + 1 + word.chars().count() > WIDTH {
+                out.push_str(&fit(&current));
+                out.push('\n');
+                current.clear();
+            }
+            if current.is_empty() {
+                current.push_str(&indent);
+            } else {
+                current.push(' ');
+            }
+            current.push_str(word);
+        }
+        out.push_str(&fit(&current));
     }
     out
 }
@@ -395,6 +425,21 @@ pub fn progress_lines(p: &Progress) -> [String; 3] {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn long_body_lines_wrap_at_spaces_with_their_indent() {
+        let long = format!("  restore cancelled; {}", "the target disk is now partly overwritten ".repeat(3));
+        let w = super::wrap(&format!("Title line\n{long}\n\nshort"));
+        let lines: Vec<&str> = w.split('\n').collect();
+        assert!(lines.iter().all(|l| l.chars().count() <= super::WIDTH), "{w}");
+        assert_eq!(lines[0], "Title line");
+        assert!(lines[1].starts_with("  restore cancelled;") && lines[2].starts_with("  ") && lines.len() > 5, "{w}");
+        assert_eq!(lines[lines.len() - 1], "short");
+        assert_eq!(lines[lines.len() - 2], "");
+        let words: Vec<&str> = long.split_whitespace().collect();
+        assert_eq!(w.split_whitespace().skip(2).take(words.len()).collect::<Vec<_>>(), words, "no word lost");
+        assert_eq!(super::wrap("a\nb"), "a\nb");
+    }
+
     use super::*;
     use std::time::Duration;
 
