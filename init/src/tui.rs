@@ -432,7 +432,10 @@ mod tests {
         let lines: Vec<&str> = w.split('\n').collect();
         assert!(lines.iter().all(|l| l.chars().count() <= super::WIDTH), "{w}");
         assert_eq!(lines[0], "Title line");
-        assert!(lines[1].starts_with("  restore cancelled;") && lines[2].starts_with("  ") && lines.len() > 5, "{w}");
+        assert!(
+            lines[1].starts_with("  restore cancelled;") && lines[2].starts_with("  is now") && lines.len() == 5,
+            "{w}"
+        );
         assert_eq!(lines[lines.len() - 1], "short");
         assert_eq!(lines[lines.len() - 2], "");
         let words: Vec<&str> = long.split_whitespace().collect();
