@@ -1309,12 +1309,14 @@ impl Vault {
         if self.backup(id)?.is_none() {
             bail!("no backup {id}");
         }
-        let _ = fs::remove_file(self.manifest_path(id));
+        // The row goes first: a gc reading manifests meanwhile then sees
+        // the backup gone, not a complete backup without its manifest.
         self.db().execute("DELETE FROM grants WHERE backup = ?1", [id])?;
         self.db().execute("DELETE FROM unlock_failures WHERE backup = ?1", [id])?;
         self.db().execute("DELETE FROM backups WHERE id = ?1", [id])?;
         self.db().execute("DELETE FROM upload_chunks WHERE backup = ?1", [id])?;
         self.manifest_cache().forget(id);
+        let _ = fs::remove_file(self.manifest_path(id));
         Ok(())
     }
 

@@ -272,3 +272,29 @@ fn a_backup_opened_after_gc_started_keeps_the_old_chunks_it_reuses() {
     v.verify_backup(late).unwrap_or_else(|e| panic!("the late backup lost a chunk to gc: {e:#}"));
     let _ = fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_backup_removed_while_gc_marks_does_not_stop_it_and_an_unreadable_one_does() {
+    let dir = temp("removed");
+    let v = Vault::open(&dir).unwrap();
+    let gone = pc_backup(&v, "pc-a", &[1, 2]);
+    let kept = pc_backup(&v, "pc-a", &[3]);
+    age_chunks(&dir, 2 * 3600);
+    let gv = Vault::open(&dir).unwrap();
+    let r = gv
+        .gc_with(3600, &mut |phase| {
+            if phase == GcPhase::Started {
+                v.delete_backup(gone).unwrap();
+            }
+        })
+        .unwrap();
+    assert_eq!((r.chunks_removed, r.chunks_kept), (2, 1), "{r:?}");
+    v.verify_backup(kept).unwrap();
+    // A complete backup whose manifest is unreadable: gc removes nothing.
+    fs::write(dir.join("manifests").join(format!("{kept}.bvm")), b"garbage").unwrap();
+    age_chunks(&dir, 2 * 3600);
+    let e = v.gc(3600).unwrap_err();
+    assert!(format!("{e:#}").contains("nothing removed"), "{e:#}");
+    assert!(v.blob_len(&chunk(3).0).is_some());
+    let _ = fs::remove_dir_all(&dir);
+}

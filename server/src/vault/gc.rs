@@ -160,7 +160,16 @@ impl Vault {
         // the two steps is then in one of them).
         let mut keep: HashSet<ChunkId> = HashSet::new();
         for b in self.list_backups(None, false)? {
-            let m = Manifest::decode(&self.manifest(b.id)?).map_err(|e| anyhow!("manifest of backup {}: {e}", b.id))?;
+            let bytes = match self.manifest(b.id) {
+                Ok(bytes) => bytes,
+                // Deleted since it was listed (`backups rm` meanwhile): nothing to keep.
+                Err(_) if self.backup(b.id)?.is_none() => continue,
+                // A complete backup whose manifest cannot be read: removing
+                // anything now could remove its chunks. Stop.
+                Err(e) => return Err(e.context(format!("gc stopped, nothing removed: backup {} is unreadable", b.id))),
+            };
+            let m = Manifest::decode(&bytes)
+                .map_err(|e| anyhow!("gc stopped, nothing removed: manifest of backup {}: {e}", b.id))?;
             keep.extend(m.data_ids());
         }
         hook(GcPhase::Marked);
