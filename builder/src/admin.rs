@@ -666,7 +666,7 @@ pub fn gc(data: &Path, as_json: bool, max_age: i64) -> Result<()> {
             "gc: {} unreferenced chunks kept: touched after {} UTC ({} min before gc started{})",
             r.recent_kept,
             when(r.cutoff),
-            vault::GC_MARGIN / 60,
+            vault::gc_margins().0 / 60,
             if r.open_uploads.is_empty() { "" } else { ", or before the oldest upload still open" }
         );
     }

@@ -37,7 +37,7 @@ use serde::Serialize;
 mod gc;
 mod rights;
 
-pub use gc::{GcPhase, GcReport, OpenUpload, GC_MARGIN, TOUCH_SKIP};
+pub use gc::{margins as gc_margins, GcPhase, GcReport, OpenUpload, GC_MARGIN, TOUCH_SKIP};
 pub use rights::Rights;
 
 pub fn now() -> i64 {

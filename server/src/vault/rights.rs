@@ -131,7 +131,7 @@ impl Vault {
         let used: i64 = db.query_row(
             "SELECT COALESCE(SUM(received_bytes), 0) FROM backups WHERE pc = ?1
              AND (state != 'failed' OR MAX(last_active, created) >= ?2)",
-            params![pc, last_gc - super::GC_MARGIN],
+            params![pc, last_gc - super::gc::margins().0],
             |r| r.get(0),
         )?;
         Ok(used.max(0) as u64)
