@@ -449,6 +449,14 @@ fn storage(e: anyhow::Error) -> Response {
     internal(e)
 }
 
+/// A vault refusal (a bad value: 422 with its reason), or a full disk (507).
+fn refused(e: anyhow::Error) -> Response {
+    if vault::is_storage_full(&e) {
+        return storage(e);
+    }
+    text(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+}
+
 /// Largest bodies per route: small `key=value` requests, a batch of chunk
 /// ids, a blob, a manifest (32 bytes and a length per chunk: 64 MiB is a
 /// 2 TiB disk at 1 MiB chunks).
@@ -571,7 +579,7 @@ async fn open_backup(
                 let id = app
                     .vault
                     .create_backup_locked(&pc, &name, disk_bytes, chunk_size, lock.as_ref())
-                    .map_err(|e| text(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+                    .map_err(refused)?;
                 app.event(&format!(
                     "backup-open id={id} pc={pc} name={name:?} disk_bytes={disk_bytes}{}",
                     if lock.is_some() { " locked=yes" } else { "" }
@@ -1138,7 +1146,7 @@ async fn add_job(State(app): State<Shared>, headers: HeaderMap, body: Body) -> R
                 let id = app
                     .vault
                     .add_job_with(&j.pc, &j.action, &disk, &name, j.backup, lock.as_ref(), proven.is_some())
-                    .map_err(|e| text(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+                    .map_err(refused)?;
                 Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response())
             })
             .await
