@@ -1197,10 +1197,15 @@ impl Vault {
         if row.pc != pc {
             return Err(bad(format!("backup {id} is not {pc}'s")));
         }
+        let m = Manifest::decode(bytes).map_err(|e| bad(format!("bad manifest: {e}")))?;
+        // A retried finish whose first answer was lost (the server died
+        // after completing it): the same manifest again is a success.
+        if row.state == "complete" && row.digest == image::hex(&m.digest()) {
+            return Ok(row);
+        }
         if row.state != "uploading" {
             return Err(bad(format!("backup {id} is {}", row.state)));
         }
-        let m = Manifest::decode(bytes).map_err(|e| bad(format!("bad manifest: {e}")))?;
         if m.disk_bytes != row.disk_bytes || m.chunk_size != row.chunk_size {
             return Err(bad("the manifest does not match the backup opened".into()));
         }

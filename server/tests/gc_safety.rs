@@ -298,3 +298,20 @@ fn a_backup_removed_while_gc_marks_does_not_stop_it_and_an_unreadable_one_does()
     assert!(v.blob_len(&chunk(3).0).is_some());
     let _ = fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_retried_finish_of_the_same_manifest_succeeds() {
+    let dir = temp("refinish");
+    let v = Vault::open(&dir).unwrap();
+    let m = manifest("pc-a", &[1, 2]);
+    let id = pc_backup(&v, "pc-a", &[1, 2]);
+    // The first answer was lost: the PC sends the same manifest again.
+    let row = v.finish_backup_for(id, "pc-a", &m.encode(), true).unwrap();
+    assert_eq!(row.state, "complete");
+    // Another manifest for a complete backup is still refused.
+    let other = manifest("pc-a", &[1, 3]);
+    let e = v.finish_backup_for(id, "pc-a", &other.encode(), true).unwrap_err();
+    assert!(e.message.contains("is complete"), "{e:?}");
+    let _ = fs::remove_dir_all(&dir);
+}
+
