@@ -177,7 +177,13 @@ pub struct Vault {
     tmp_seq: AtomicU64,
     unlocks: Mutex<Unlocks>,
     manifests: Mutex<rights::ManifestIds>,
+    /// When each upload's `last_active` was last written (see `note_active`).
+    active: Mutex<HashMap<i64, i64>>,
 }
+
+/// Seconds between two writes of an upload's `last_active` (far below any
+/// sensible `gc --max-age`).
+const ACTIVE_EVERY: i64 = 2;
 
 /// Open challenges and tickets (in memory, see the module doc).
 #[derive(Default)]
@@ -519,6 +525,7 @@ impl Vault {
             tmp_seq: AtomicU64::new(0),
             unlocks: Mutex::new(Unlocks::default()),
             manifests: Mutex::new(rights::ManifestIds::default()),
+            active: Mutex::new(HashMap::new()),
         };
         v.ensure_admin_token()?;
         Ok(v)
@@ -1135,15 +1142,19 @@ impl Vault {
             }
         };
         if let Some(b) = backup {
+            // One transaction (one fsync) for both rows.
             let db = self.db();
-            self.note_uploaded(&db, b, id).map_err(storage)?;
+            let tx = db.unchecked_transaction().map_err(|e| storage(e.into()))?;
+            self.note_uploaded(&tx, b, id).map_err(storage)?;
             let (bytes, chunks) = if stored_now { (blob.len() as i64, 1) } else { (0, 0) };
-            db.execute(
+            tx.execute(
                 "UPDATE backups SET received_bytes = received_bytes + ?2, received_chunks = received_chunks + ?3,
                  last_active = ?4 WHERE id = ?1",
                 params![b, bytes, chunks, now()],
             )
             .map_err(|e| storage(e.into()))?;
+            tx.commit().map_err(|e| storage(e.into()))?;
+            self.active_written(b, now());
         }
         Ok(stored_now)
     }
@@ -1165,8 +1176,30 @@ impl Vault {
             };
             out.push(if allowed { self.touch_chunk(id)?.unwrap_or(0) } else { 0 });
         }
-        self.db().execute("UPDATE backups SET last_active = ?2 WHERE id = ?1", params![backup, now()])?;
+        self.note_active(backup)?;
         Ok(out)
+    }
+
+    /// Records activity on an upload for gc's idle check, at most every
+    /// [`ACTIVE_EVERY`] seconds per upload (each write is an fsync; a
+    /// deduplicated backup asks `missing` hundreds of times a second).
+    fn note_active(&self, backup: i64) -> Result<()> {
+        let t = now();
+        let due = self.active.lock().map(|m| m.get(&backup).is_none_or(|last| t - last >= ACTIVE_EVERY)).unwrap_or(true);
+        if due {
+            self.db().execute("UPDATE backups SET last_active = ?2 WHERE id = ?1", params![backup, t])?;
+            self.active_written(backup, t);
+        }
+        Ok(())
+    }
+
+    fn active_written(&self, backup: i64, t: i64) {
+        if let Ok(mut m) = self.active.lock() {
+            if m.len() > 4096 {
+                m.retain(|_, last| t - *last < ACTIVE_EVERY);
+            }
+            m.insert(backup, t);
+        }
     }
 
     pub fn backup(&self, id: i64) -> Result<Option<BackupRow>> {
