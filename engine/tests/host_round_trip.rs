@@ -585,4 +585,3 @@ fn quota_stops_a_backup_with_a_clear_line() {
     assert_eq!(v.list_backups(None, true).expect("list").len(), 1, "no second upload opened");
     let _ = fs::remove_dir_all(&dir);
 }
-
