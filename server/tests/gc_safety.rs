@@ -314,4 +314,3 @@ fn a_retried_finish_of_the_same_manifest_succeeds() {
     assert!(e.message.contains("is complete"), "{e:?}");
     let _ = fs::remove_dir_all(&dir);
 }
-

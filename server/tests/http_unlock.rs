@@ -4,10 +4,11 @@
 //! backup's manifest and chunks only with its own ticket, the PCs' backup
 //! list, locks sent when opening a backup, and jobs that carry passwords.
 
+mod support;
+use support::http;
+
 use std::collections::HashMap;
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 
 use bootvault_common::image::{self, Chunk};
@@ -22,23 +23,6 @@ fn temp(tag: &str) -> PathBuf {
 
 fn start(data: &Path) -> u16 {
     bootvault_server::spawn_on_loopback(data, Default::default()).expect("the server starts")
-}
-
-/// One HTTP/1.1 request, `Connection: close`; (status, body as text).
-fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    let mut req = format!("{method} /api/v1{path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
-    s.write_all(req.as_bytes()).and_then(|()| s.write_all(body)).expect("send");
-    let mut answer = Vec::new();
-    s.read_to_end(&mut answer).expect("read");
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let status = text.get(9..12).and_then(|c| c.parse().ok()).expect("status line");
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
 }
 
 fn kv(text: &str) -> HashMap<String, String> {

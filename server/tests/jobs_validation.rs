@@ -4,9 +4,10 @@
 //! newline cannot smuggle a setting to the PC; a backup's sizes are checked
 //! as the numbers they are, never cut to fit.
 
+mod support;
+use support::http;
+
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 
 use bootvault_common::config::BackupRef;
@@ -21,23 +22,6 @@ fn temp(tag: &str) -> PathBuf {
 
 fn start(data: &Path) -> u16 {
     bootvault_server::spawn_on_loopback(data, Default::default()).expect("the server starts")
-}
-
-/// One HTTP/1.1 request, `Connection: close`; (status, body as text).
-fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    let mut req = format!("{method} /api/v1{path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
-    s.write_all(req.as_bytes()).and_then(|()| s.write_all(body)).expect("send");
-    let mut answer = Vec::new();
-    s.read_to_end(&mut answer).expect("read");
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let status = text.get(9..12).and_then(|c| c.parse().ok()).expect("status line");
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
 }
 
 /// The vault with `pc-one` and a complete backup of it; (pc token, admin token).
