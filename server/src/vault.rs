@@ -1185,7 +1185,8 @@ impl Vault {
     /// deduplicated backup asks `missing` hundreds of times a second).
     fn note_active(&self, backup: i64) -> Result<()> {
         let t = now();
-        let due = self.active.lock().map(|m| m.get(&backup).is_none_or(|last| t - last >= ACTIVE_EVERY)).unwrap_or(true);
+        let due =
+            self.active.lock().map(|m| m.get(&backup).is_none_or(|last| t - last >= ACTIVE_EVERY)).unwrap_or(true);
         if due {
             self.db().execute("UPDATE backups SET last_active = ?2 WHERE id = ?1", params![backup, t])?;
             self.active_written(backup, t);
