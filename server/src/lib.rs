@@ -53,8 +53,6 @@ struct App {
     /// DATA/admin.token, read once at start (it never changes while the
     /// server runs; every request is checked against it).
     admin_token: String,
-    /// The HTTP limits in effect (handlers read bodies with `body_idle`).
-    limits: listener::Limits,
     /// Refused and unauthenticated requests: what of them is logged.
     refusal_log: Mutex<refusals::RefusalLog>,
     /// New `pending` MACs per peer address (netboot, unauthenticated).
@@ -71,6 +69,14 @@ enum Who {
 }
 
 impl Who {
+    /// The PC, or None for the admin.
+    fn pc(&self) -> Option<&str> {
+        match self {
+            Who::Pc(p) => Some(p),
+            Who::Admin => None,
+        }
+    }
+
     fn name(&self) -> &str {
         match self {
             Who::Admin => "admin",
@@ -130,12 +136,12 @@ pub fn spawn_on_loopback(data: &std::path::Path, limits: listener::Limits) -> an
     let listen = SocketAddr::from(([127, 0, 0, 1], port));
     let opts = Options { listen, data: data.to_owned(), limits };
     std::thread::spawn(move || serve(opts));
-    let start = std::time::Instant::now();
+    let start = Instant::now();
     while std::net::TcpStream::connect(listen).is_err() {
-        if start.elapsed() > std::time::Duration::from_secs(20) {
+        if start.elapsed() > Duration::from_secs(20) {
             anyhow::bail!("the server on {listen} did not start within 20 s");
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(50));
     }
     Ok(port)
 }
@@ -166,7 +172,6 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         vault,
         events: Mutex::new(events),
         admin_token,
-        limits,
         refusal_log: Mutex::new(refusals::RefusalLog::default()),
         new_pending: Mutex::new(netboot::new_pending_rate()),
     });
@@ -437,24 +442,24 @@ fn internal(e: impl std::fmt::Display) -> Response {
     text(StatusCode::INTERNAL_SERVER_ERROR, "the server failed to answer (the reason is in its log)")
 }
 
+/// 507 for a vault error from a full disk (the detail to the server's
+/// output only), or `otherwise` for any other.
+fn full_or(e: anyhow::Error, otherwise: impl FnOnce(anyhow::Error) -> Response) -> Response {
+    if !vault::is_storage_full(&e) {
+        return otherwise(e);
+    }
+    eprintln!("{} storage-full {e:#}", vault::now());
+    text(StatusCode::INSUFFICIENT_STORAGE, "the server's storage is full; try again after its admin frees space")
+}
+
 /// [`internal`] for vault errors, telling a full disk apart.
 fn storage(e: anyhow::Error) -> Response {
-    if vault::is_storage_full(&e) {
-        eprintln!("{} storage-full {e:#}", vault::now());
-        return text(
-            StatusCode::INSUFFICIENT_STORAGE,
-            "the server's storage is full; try again after its admin frees space",
-        );
-    }
-    internal(e)
+    full_or(e, internal)
 }
 
 /// A vault refusal (a bad value: 422 with its reason), or a full disk (507).
 fn refused(e: anyhow::Error) -> Response {
-    if vault::is_storage_full(&e) {
-        return storage(e);
-    }
-    text(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+    full_or(e, |e| text(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))
 }
 
 /// Largest bodies per route: small `key=value` requests, a batch of chunk
@@ -467,9 +472,9 @@ const MANIFEST_BODY: usize = 64 << 20;
 
 /// Reads a request's body once the caller is authenticated, within the
 /// route's `limit` (413, from the declared length before any byte is
-/// read) and the server's idle limit (408).
-async fn take_body(app: &App, body: Body, limit: usize) -> Result<Bytes, Response> {
-    listener::read_body(body, limit, app.limits.body_idle).await.map_err(IntoResponse::into_response)
+/// read); a body that stops sending is a 408 (the connection's idle limit).
+async fn take_body(body: Body, limit: usize) -> Result<Bytes, Response> {
+    listener::read_body(body, limit).await.map_err(IntoResponse::into_response)
 }
 
 /// Runs vault work on the blocking pool.
@@ -540,7 +545,7 @@ async fn open_backup(
         async {
             let who = auth(&app, &headers).await?;
             // The body: optional `key=value` lines; `lock=TEXT` locks the backup.
-            let body = take_body(&app, body, SMALL_BODY).await?;
+            let body = take_body(body, SMALL_BODY).await?;
             let lock_text = String::from_utf8_lossy(&body)
                 .lines()
                 .filter_map(|l| l.split_once('='))
@@ -596,18 +601,14 @@ async fn missing(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<i
     body_or(
         async {
             let who = auth(&app, &headers).await?;
-            let body = take_body(&app, body, MISSING_BODY).await?;
+            let body = take_body(body, MISSING_BODY).await?;
             if !body.len().is_multiple_of(32) {
                 return Err(text(StatusCode::BAD_REQUEST, "expected up to 1024 chunk ids of 32 bytes"));
             }
             blocking(&app, move |app| {
                 writable(app, &who, id)?;
                 let ids: Vec<ChunkId> = body.chunks_exact(32).filter_map(|c| c.try_into().ok()).collect();
-                let pc = match &who {
-                    Who::Pc(p) => Some(p.as_str()),
-                    Who::Admin => None,
-                };
-                let lens = app.vault.missing(id, pc, &ids).map_err(storage)?;
+                let lens = app.vault.missing(id, who.pc(), &ids).map_err(storage)?;
                 let out: Vec<u8> = lens.iter().flat_map(|l| l.to_le_bytes()).collect();
                 Ok((StatusCode::OK, out).into_response())
             })
@@ -635,16 +636,12 @@ async fn put_chunk(
             if let (Who::Pc(_), None) = (&who, backup) {
                 return Err(text(StatusCode::BAD_REQUEST, "backup=ID missing"));
             }
-            let body = take_body(&app, body, CHUNK_BODY).await?;
+            let body = take_body(body, CHUNK_BODY).await?;
             blocking(&app, move |app| {
                 if let Some(b) = backup {
                     writable(app, &who, b)?;
                 }
-                let pc = match &who {
-                    Who::Pc(p) => Some(p.as_str()),
-                    Who::Admin => None,
-                };
-                match app.vault.put_chunk_for(pc, &cid, &body, backup) {
+                match app.vault.put_chunk_for(who.pc(), &cid, &body, backup) {
                     Ok(true) => Ok(text(StatusCode::CREATED, "stored")),
                     Ok(false) => Ok(text(StatusCode::OK, "already stored")),
                     Err(vault::PutError::Bad(m)) => Err(text(StatusCode::UNPROCESSABLE_ENTITY, m)),
@@ -666,11 +663,10 @@ async fn finish(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<i6
     body_or(
         async {
             let who = auth(&app, &headers).await?;
-            let body = take_body(&app, body, MANIFEST_BODY).await?;
+            let body = take_body(body, MANIFEST_BODY).await?;
             blocking(&app, move |app| {
                 let pc = writable(app, &who, id)?.pc;
-                let check_rights = matches!(who, Who::Pc(_));
-                match app.vault.finish_backup_for(id, &pc, &body, check_rights) {
+                match app.vault.finish_backup_for(id, &pc, &body, who.pc().is_some()) {
                     Ok(b) => {
                         app.event(&format!(
                             "backup {id} of pc={pc} complete: {} chunks ({} zero), {} received in {} new chunks, {} already stored",
@@ -705,7 +701,7 @@ async fn fail(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<i64>
     body_or(
         async {
             let who = auth(&app, &headers).await?;
-            let body = take_body(&app, body, SMALL_BODY).await?;
+            let body = take_body(body, SMALL_BODY).await?;
             let reason: String =
                 String::from_utf8_lossy(&body).lines().next().unwrap_or("").chars().take(500).collect();
             blocking(&app, move |app| {
@@ -905,7 +901,7 @@ async fn unlock(
     body_or(
         async {
             let who = auth(&app, &headers).await?;
-            let kv = kv_body(&take_body(&app, body, SMALL_BODY).await?);
+            let kv = kv_body(&take_body(body, SMALL_BODY).await?);
             let get = |k: &str| kv.get(k).map(String::as_str).unwrap_or("");
             let (nonce, proof) = nonce_and_proof(get("nonce"), get("proof"))?;
             blocking(&app, move |app| {
@@ -1036,7 +1032,7 @@ async fn import(
         Err(r) => return r,
     }
     let pc = q(&query, "pc").map(str::to_owned);
-    let (tx, rx) = std::sync::mpsc::sync_channel::<std::io::Result<Bytes>>(8);
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(8);
     let worker = tokio::task::spawn_blocking({
         let app = app.clone();
         move || {
@@ -1048,39 +1044,32 @@ async fn import(
         }
     });
     // Feed the body to the importer; it stops reading (and the channel
-    // closes) as soon as it refuses the file.
+    // closes) as soon as it refuses the file. A body that stops sending
+    // fails by the connection's idle limit.
     let mut stream = body.into_data_stream();
-    let idle = app.limits.body_idle;
-    loop {
-        let item = match tokio::time::timeout(idle, stream.next()).await {
-            Ok(None) => break,
-            Ok(Some(frame)) => frame.map_err(|e| std::io::Error::other(format!("reading the upload: {e}"))),
-            Err(_) => Err(std::io::Error::other(format!("no data for {} s: the upload stopped", idle.as_secs()))),
-        };
+    while let Some(frame) = stream.next().await {
+        let item = frame.map_err(|e| std::io::Error::other(format!("reading the upload: {e}")));
         let failed = item.is_err();
-        let tx2 = tx.clone();
-        let sent = tokio::task::spawn_blocking(move || tx2.send(item).is_ok()).await.unwrap_or(false);
-        if !sent || failed {
+        if tx.send(item).await.is_err() || failed {
             break;
         }
     }
     drop(tx);
     match worker.await {
         Ok(Ok(id)) => text(StatusCode::CREATED, format!("id={id}")),
-        Ok(Err(e)) if vault::is_storage_full(&e) => storage(e),
-        Ok(Err(e)) => text(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")),
+        Ok(Err(e)) => full_or(e, |e| text(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}"))),
         Err(e) => internal(e),
     }
 }
 
 /// A blocking reader over the body's frames, for the importer.
 struct ChannelReader {
-    rx: std::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
     current: Bytes,
 }
 
 impl ChannelReader {
-    fn new(rx: std::sync::mpsc::Receiver<std::io::Result<Bytes>>) -> ChannelReader {
+    fn new(rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>) -> ChannelReader {
         ChannelReader { rx, current: Bytes::new() }
     }
 }
@@ -1088,9 +1077,9 @@ impl ChannelReader {
 impl std::io::Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.current.is_empty() {
-            match self.rx.recv() {
-                Ok(frame) => self.current = frame?,
-                Err(_) => return Ok(0),
+            match self.rx.blocking_recv() {
+                Some(frame) => self.current = frame?,
+                None => return Ok(0),
             }
         }
         let n = buf.len().min(self.current.len());
@@ -1124,7 +1113,7 @@ async fn add_job(State(app): State<Shared>, headers: HeaderMap, body: Body) -> R
     body_or(
         async {
             admin_only(&auth(&app, &headers).await?)?;
-            let j: NewJob = serde_json::from_slice(&take_body(&app, body, SMALL_BODY).await?)
+            let j: NewJob = serde_json::from_slice(&take_body(body, SMALL_BODY).await?)
                 .map_err(|e| text(StatusCode::UNPROCESSABLE_ENTITY, format!("the job: {e}")))?;
             let lock = lock_of(j.lock.as_deref())?;
             let (disk, name) = (j.disk.as_deref().unwrap_or("auto"), j.name.as_deref().unwrap_or(""));
@@ -1224,7 +1213,7 @@ async fn result(State(app): State<Shared>, headers: HeaderMap, body: Body) -> Re
     body_or(
         async {
             let pc = pc_only(auth(&app, &headers).await?)?;
-            let kv = kv_body(&take_body(&app, body, SMALL_BODY).await?);
+            let kv = kv_body(&take_body(body, SMALL_BODY).await?);
             let get = |k: &str| kv.get(k).map(String::as_str).unwrap_or("");
             let num = |k: &str| get(k).parse::<u64>().unwrap_or(0);
             let (job, backup) = (get("job").parse().ok(), get("backup").parse().ok());

@@ -321,35 +321,53 @@ fn refuse(stream: TcpStream, reason: &str, lingering: &Arc<AtomicUsize>) {
     });
 }
 
+/// A limit on how long an operation may stay pending without progress:
+/// the timer runs only while it is pending and restarts after progress.
+struct StallTimer {
+    limit: Duration,
+    running: Option<Pin<Box<Sleep>>>,
+}
+
+impl StallTimer {
+    fn new(limit: Duration) -> StallTimer {
+        StallTimer { limit, running: None }
+    }
+
+    /// After polling the operation: `pending` says whether it made no
+    /// progress. True once it has made none for the limit (the waker is
+    /// registered until then).
+    fn expired(&mut self, cx: &mut Context<'_>, pending: bool) -> bool {
+        if !pending {
+            self.running = None;
+            return false;
+        }
+        let limit = self.limit;
+        self.running.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit))).as_mut().poll(cx).is_ready()
+    }
+}
+
 /// A stream whose writes fail with `TimedOut` once a write has made no
 /// progress for `limit`: a peer that stops reading our answer does not
 /// hold the connection (and a buffer of our answer) forever.
 pub struct StallGuard<S> {
     inner: S,
-    limit: Duration,
-    /// Runs while writes are blocked; dropped on any progress.
-    stalled: Option<Pin<Box<Sleep>>>,
+    /// Runs while writes are blocked.
+    stalled: StallTimer,
 }
 
 impl<S> StallGuard<S> {
     pub fn new(inner: S, limit: Duration) -> StallGuard<S> {
-        StallGuard { inner, limit, stalled: None }
+        StallGuard { inner, stalled: StallTimer::new(limit) }
     }
 
     fn watch<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
-        if r.is_ready() {
-            self.stalled = None;
+        if !self.stalled.expired(cx, r.is_pending()) {
             return r;
         }
-        let limit = self.limit;
-        let timer = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("the peer read nothing of the answer for {} s", limit.as_secs()),
-            ))),
-            Poll::Pending => Poll::Pending,
-        }
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the peer read nothing of the answer for {} s", self.stalled.limit.as_secs()),
+        )))
     }
 }
 
@@ -413,13 +431,13 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// be held by a peer dripping a byte a minute.
 pub struct IdleBody<B> {
     inner: B,
-    idle: Duration,
-    waiting: Option<Pin<Box<Sleep>>>,
+    /// Runs while no frame comes.
+    waiting: StallTimer,
 }
 
 impl<B> IdleBody<B> {
     pub fn new(inner: B, idle: Duration) -> IdleBody<B> {
-        IdleBody { inner, idle, waiting: None }
+        IdleBody { inner, waiting: StallTimer::new(idle) }
     }
 }
 
@@ -436,20 +454,11 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(r) => {
-                this.waiting = None;
-                Poll::Ready(r.map(|f| f.map_err(Into::into)))
-            }
-            Poll::Pending => {
-                let idle = this.idle;
-                let timer = this.waiting.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdle(idle))))),
-                    Poll::Pending => Poll::Pending,
-                }
-            }
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        if this.waiting.expired(cx, r.is_pending()) {
+            return Poll::Ready(Some(Err(Box::new(BodyIdle(this.waiting.limit)))));
         }
+        r.map(|f| f.map(|f| f.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -516,9 +525,10 @@ impl IntoResponse for BodyError {
 }
 
 /// Reads a whole request body of at most `limit` bytes: refused at once
-/// when its Content-Length says more, or as soon as more arrives; an
-/// error when no data comes for `idle`.
-pub async fn read_body(body: Body, limit: usize, idle: Duration) -> Result<Bytes, BodyError> {
+/// when its Content-Length says more, or as soon as more arrives. A body
+/// that stops sending fails by its [`IdleBody`] (every request's, see
+/// `prepare`), which comes out as [`BodyError::Idle`].
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, BodyError> {
     use futures_util::StreamExt;
     let declared = body.size_hint().lower();
     if declared > limit as u64 {
@@ -529,11 +539,10 @@ pub async fn read_body(body: Body, limit: usize, idle: Duration) -> Result<Bytes
     let mut first: Option<Bytes> = None;
     let mut all: Vec<u8> = Vec::new();
     loop {
-        let piece = match tokio::time::timeout(idle, stream.next()).await {
-            Err(_) => return Err(BodyError::Idle { idle }),
-            Ok(None) => break,
-            Ok(Some(Err(e))) => return Err(BodyError::of(e)),
-            Ok(Some(Ok(b))) => b,
+        let piece = match stream.next().await {
+            None => break,
+            Some(Err(e)) => return Err(BodyError::of(e)),
+            Some(Ok(b)) => b,
         };
         let so_far = first.as_ref().map_or(0, Bytes::len) + all.len();
         if so_far + piece.len() > limit {
@@ -589,34 +598,39 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
+    /// `body` as the router hands it over: with the connection's idle limit.
+    fn idle_after(body: Body, idle: Duration) -> Body {
+        Body::new(IdleBody::new(body, idle))
+    }
+
     #[tokio::test]
     async fn read_body_limits() {
         // Whole bodies, in one piece or several.
-        let b = read_body(dripping(vec![b"abc"], MS, Some(3)), 3, 100 * MS).await;
+        let b = read_body(idle_after(dripping(vec![b"abc"], MS, Some(3)), 100 * MS), 3).await;
         assert_eq!(b.as_deref(), Ok(&b"abc"[..]));
-        let b = read_body(dripping(vec![b"ab", b"c", b"de"], MS, None), 5, 100 * MS).await;
+        let b = read_body(idle_after(dripping(vec![b"ab", b"c", b"de"], MS, None), 100 * MS), 5).await;
         assert_eq!(b.as_deref(), Ok(&b"abcde"[..]));
-        assert_eq!(read_body(Body::empty(), 0, 100 * MS).await.as_deref(), Ok(&b""[..]));
+        assert_eq!(read_body(Body::empty(), 0).await.as_deref(), Ok(&b""[..]));
         // Too large: declared (refused before any data, which would take
         // an hour), or as read.
         let t = Instant::now();
-        let b = read_body(dripping(vec![b"abcd"], Duration::from_secs(3600), Some(4)), 3, 100 * MS).await;
+        let b = read_body(idle_after(dripping(vec![b"abcd"], Duration::from_secs(3600), Some(4)), 100 * MS), 3).await;
         assert_eq!(b, Err(BodyError::TooLarge { limit: 3 }));
         assert!(t.elapsed() < Duration::from_secs(1));
-        let b = read_body(dripping(vec![b"ab", b"cd"], MS, None), 3, 100 * MS).await;
+        let b = read_body(idle_after(dripping(vec![b"ab", b"cd"], MS, None), 100 * MS), 3).await;
         assert_eq!(b, Err(BodyError::TooLarge { limit: 3 }));
         // Dripping slower than the idle limit.
-        let b = read_body(dripping(vec![b"ab", b"cd"], 300 * MS, None), 10, 100 * MS).await;
+        let b = read_body(idle_after(dripping(vec![b"ab", b"cd"], 300 * MS, None), 100 * MS), 10).await;
         assert_eq!(b, Err(BodyError::Idle { idle: 100 * MS }));
         // The connection's own idle limit (IdleBody) is a 408 too.
-        let idle = Body::new(IdleBody::new(dripping(vec![b"ab"], 300 * MS, None), 50 * MS));
-        assert_eq!(read_body(idle, 10, Duration::from_secs(5)).await, Err(BodyError::Idle { idle: 50 * MS }));
+        let idle = idle_after(dripping(vec![b"ab"], 300 * MS, None), 50 * MS);
+        assert_eq!(read_body(idle, 10).await, Err(BodyError::Idle { idle: 50 * MS }));
         // A broken body.
         let broken = Body::from_stream(futures_util::stream::iter(vec![
             Ok(Bytes::from_static(b"ab")),
             Err(io::Error::other("peer closed")),
         ]));
-        let e = read_body(broken, 10, 100 * MS).await.expect_err("broken");
+        let e = read_body(idle_after(broken, 100 * MS), 10).await.expect_err("broken");
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
         assert!(e.to_string().contains("peer closed"), "{e}");
         assert_eq!(BodyError::TooLarge { limit: 1 }.into_response().status(), StatusCode::PAYLOAD_TOO_LARGE);
