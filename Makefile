@@ -76,7 +76,7 @@ bench: build kernel
 # Each target starts from its corpus (fuzz/corpus/T, not in git) plus the
 # seeds in git (fuzz/seeds/T, if any); `FUZZ_TARGETS=fsprobe` runs one.
 FUZZ_SECONDS ?= 30
-FUZZ_TARGETS ?= cmdline config modules partition cpio_read image fsprobe blob lock_text client_answers job mac
+FUZZ_TARGETS ?= cmdline config modules partition cpio_read image fsprobe blob lock_text client_answers job mac usedmap_ext usedmap_fat usedmap_exfat usedmap_ntfs usedmap_swap
 FUZZ_FLAGS := -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
   -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
   -Cllvm-args=-sanitizer-coverage-trace-compares -Cdebug-assertions -Coverflow-checks

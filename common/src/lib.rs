@@ -13,4 +13,5 @@ pub mod modules;
 pub mod partition;
 pub mod testdata;
 pub mod units;
+pub mod usedmap;
 pub mod wire;
