@@ -408,10 +408,31 @@ pub fn backups(data: &Path, as_json: bool, cmd: BackupsCmd) -> Result<()> {
         }
         BackupsCmd::Show { id } => {
             let b = v.backup(id)?.with_context(|| format!("no backup {id}"))?;
+            // How each partition was taken, from the manifest (complete backups only).
+            let partitions = match v.manifest(id) {
+                Ok(bytes) => bootvault_common::image::Manifest::decode(&bytes)
+                    .with_context(|| format!("manifest of backup {id} is damaged"))?
+                    .partitions,
+                Err(_) => Vec::new(),
+            };
             if as_json {
-                return json(&b);
+                let mut value = serde_json::to_value(&b)?;
+                value["partitions"] = partitions
+                    .iter()
+                    .map(|p| {
+                        serde_json::json!({
+                            "number": p.number, "start": p.start, "bytes": p.bytes, "fs": p.fs,
+                            "mode": if p.used_only { "used-only" } else { "whole" },
+                            "used_bytes": p.used_bytes, "note": p.note,
+                        })
+                    })
+                    .collect();
+                return json(&value);
             }
             print_backups(std::slice::from_ref(&b));
+            for p in &partitions {
+                println!("{}", p.describe());
+            }
             if b.locked {
                 println!("protected by a restore password (PCs need it, or a job made with --password-file)");
             }

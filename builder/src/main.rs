@@ -66,6 +66,11 @@ enum Cmd {
         /// Worker threads (default: one per core, at least 2).
         #[arg(long)]
         threads: Option<usize>,
+        /// Keep every byte, free space and deleted files included (forensic
+        /// copies); by default the free space of ext2/3/4, FAT, exFAT, NTFS
+        /// and swap is left out.
+        #[arg(long)]
+        raw: bool,
     },
     /// Restore a backup onto a disk or image file (which must be at least as large).
     Restore {
@@ -87,6 +92,10 @@ enum Cmd {
         verify: bool,
         #[arg(long)]
         threads: Option<usize>,
+        /// Read the target first and skip chunks it already holds: `auto`
+        /// (while it pays), `always` or `never`.
+        #[arg(long, default_value = "auto", value_parser = ["auto", "always", "never"])]
+        compare: String,
     },
     /// Backups in a server's data directory.
     Backups {
@@ -296,12 +305,13 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Build(args) => build(args),
         Cmd::Inspect { initrd } => inspect(&initrd),
-        Cmd::Backup { disk, server, pc, token, name, level, chunk_kib, threads } => {
+        Cmd::Backup { disk, server, pc, token, name, level, chunk_kib, threads, raw } => {
             let dev = bootvault_engine::device::Device::open(&disk, false)?;
             let client = bootvault_engine::client::Client::new(&server, &pc, &token);
             let mut opts = bootvault_engine::backup::BackupOptions::new(&pc, &name);
             opts.level = level;
             opts.chunk_size = chunk_kib.saturating_mul(1024);
+            opts.raw = raw;
             if let Some(t) = threads {
                 opts.threads = t;
             }
@@ -309,14 +319,20 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", r.summary());
             Ok(())
         }
-        Cmd::Restore { disk, server, backup, pc, token, verify, threads } => {
+        Cmd::Restore { disk, server, backup, pc, token, verify, threads, compare } => {
             let client = bootvault_engine::client::Client::new(&server, &pc, &token);
             let id = match backup.as_str() {
                 "latest" => client.latest(&pc, None)?,
                 v => v.parse().with_context(|| format!("--backup {v}: expected an id or latest"))?,
             };
             let dev = bootvault_engine::device::Device::open(&disk, true)?;
-            let mut opts = bootvault_engine::restore::RestoreOptions { verify, ..Default::default() };
+            use bootvault_engine::restore::Compare;
+            let compare = match compare.as_str() {
+                "always" => Compare::Always,
+                "never" => Compare::Never,
+                _ => Compare::Auto,
+            };
+            let mut opts = bootvault_engine::restore::RestoreOptions { verify, compare, ..Default::default() };
             if let Some(t) = threads {
                 opts.threads = t;
             }

@@ -96,8 +96,12 @@ pub struct Config {
     /// looks for, empty = any).
     pub name: String,
     pub backup: BackupRef,
-    /// Deflate level for backups (0-10).
+    /// Compression level for backups (0-10).
     pub level: u8,
+    /// `mode=raw`: back up every byte, free space included (forensic
+    /// copies); `mode=used` (the default): leave the free space of the
+    /// filesystems the engine can read out.
+    pub raw: bool,
     /// After a restore, read the disk back and compare.
     pub verify: bool,
     /// What to do when the action succeeded.
@@ -132,6 +136,7 @@ impl Default for Config {
             name: String::new(),
             backup: BackupRef::Latest,
             level: 1,
+            raw: false,
             verify: false,
             finish: Finish::Poweroff,
             on_error: Finish::Poweroff,
@@ -194,6 +199,7 @@ pub const KEYS: &[&str] = &[
     "name",
     "backup",
     "level",
+    "mode",
     "verify",
     "finish",
     "on_error",
@@ -373,6 +379,13 @@ impl Config {
                 self.level =
                     value.parse::<u8>().ok().filter(|n| *n <= 10).ok_or_else(|| bad("expected a level 0-10".into()))?
             }
+            "mode" => {
+                self.raw = match value {
+                    "used" => false,
+                    "raw" => true,
+                    _ => return Err(bad("expected used or raw".into())),
+                }
+            }
             "verify" => self.verify = parse_bool(value).map_err(bad)?,
             "finish" => self.finish = parse_finish(value).map_err(bad)?,
             "on_error" => self.on_error = parse_finish(value).map_err(bad)?,
@@ -409,6 +422,7 @@ impl Config {
                 BackupRef::Id(n) => n.to_string(),
             }),
             "level" => Some(self.level.to_string()),
+            "mode" => Some(if self.raw { "raw" } else { "used" }.into()),
             "verify" => Some(if self.verify { "yes" } else { "no" }.into()),
             "finish" => Some(finish_str(self.finish).into()),
             "on_error" => Some(finish_str(self.on_error).into()),
@@ -545,6 +559,7 @@ mod tests {
             ("bootvault.disk=/dev/sda", "expected auto or a disk name", true),
             ("bootvault.backup=-3", "expected latest or a backup id", true),
             ("bootvault.level=11", "expected a level 0-10", true),
+            ("bootvault.mode=forensic", "expected used or raw", true),
             ("bootvault.dhcp_timeout=soon", "expected a number of seconds", true),
             ("bootvault.server=ftp://x", "server must be an http:// URL", true),
             ("bootvault.pc", "bootvault.pc needs a value", true),
@@ -611,6 +626,7 @@ mod tests {
             name: "nightly full".into(),
             backup: BackupRef::Id(42),
             level: 6,
+            raw: true,
             verify: true,
             ..Config::default()
         };

@@ -12,7 +12,12 @@ use std::io::{self, Read, Write};
 
 pub type ChunkId = [u8; 32];
 
+/// The single-file form's version.
 pub const FORMAT_VERSION: u32 = 1;
+/// The manifest version written when a manifest needs what version 1
+/// cannot say (partition records, unused chunks); version 1 manifests are
+/// still read and written unchanged, so their digests stay the same.
+pub const MANIFEST_VERSION: u32 = 2;
 pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
 pub const MAX_CHUNK_SIZE: u32 = 16 << 20;
 /// Smallest chunk size of a new backup. The format reads any size from 1,
@@ -150,8 +155,52 @@ pub enum TableKind {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Chunk {
+    /// All zeros on the disk.
     Zero,
-    Data { id: ChunkId, blob_len: u32 },
+    Data {
+        id: ChunkId,
+        blob_len: u32,
+    },
+    /// Free space of a filesystem taken used-only: nothing was read or
+    /// stored, and a restore may leave or discard whatever the target
+    /// holds there (manifest version 2).
+    Unused,
+}
+
+/// How one partition was taken (manifest version 2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionRecord {
+    /// As Linux numbers it; 0 for a filesystem on a disk without a table.
+    pub number: u32,
+    /// Byte offset and length on the disk.
+    pub start: u64,
+    pub bytes: u64,
+    /// fsprobe's `TYPE` (`ext4`, `ntfs`, ...); empty when not recognised.
+    pub fs: String,
+    /// Only the bytes the filesystem uses were read; the rest was zeroed.
+    pub used_only: bool,
+    /// Bytes taken: the used bytes, or `bytes` when taken whole.
+    pub used_bytes: u64,
+    /// Why the partition was taken whole; empty when used-only.
+    pub note: String,
+}
+
+impl PartitionRecord {
+    /// `partition 2 (ext4): used only, 1.2 GiB of 20.0 GiB` or `partition
+    /// 3 (ntfs): whole, NTFS volume is dirty`.
+    pub fn describe(&self) -> String {
+        let fs = if self.fs.is_empty() { "unknown" } else { &self.fs };
+        if self.used_only {
+            format!(
+                "partition {} ({fs}): used only, {} of {}",
+                self.number,
+                crate::units::human_bytes(self.used_bytes),
+                crate::units::human_bytes(self.bytes)
+            )
+        } else {
+            format!("partition {} ({fs}): whole, {}", self.number, self.note)
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,6 +222,8 @@ pub struct Manifest {
     pub model: String,
     pub serial: String,
     pub extents: Vec<Extent>,
+    /// Empty in version 1 manifests.
+    pub partitions: Vec<PartitionRecord>,
     pub chunks: Vec<Chunk>,
 }
 
@@ -273,8 +324,9 @@ impl Manifest {
 
     fn body(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.chunks.len() * 37);
+        let version = self.version();
         out.extend_from_slice(MANIFEST_MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&version.to_le_bytes());
         out.extend_from_slice(&self.created.to_le_bytes());
         out.extend_from_slice(&self.chunk_size.to_le_bytes());
         out.extend_from_slice(&self.disk_bytes.to_le_bytes());
@@ -294,6 +346,18 @@ impl Manifest {
             out.extend_from_slice(&(e.data.len() as u32).to_le_bytes());
             out.extend_from_slice(&e.data);
         }
+        if version >= 2 {
+            out.extend_from_slice(&(self.partitions.len() as u32).to_le_bytes());
+            for p in &self.partitions {
+                out.extend_from_slice(&p.number.to_le_bytes());
+                out.extend_from_slice(&p.start.to_le_bytes());
+                out.extend_from_slice(&p.bytes.to_le_bytes());
+                put_string(&mut out, &p.fs);
+                out.push(u8::from(p.used_only));
+                out.extend_from_slice(&p.used_bytes.to_le_bytes());
+                put_string(&mut out, &p.note);
+            }
+        }
         out.extend_from_slice(&(self.chunks.len() as u64).to_le_bytes());
         for c in &self.chunks {
             match c {
@@ -303,9 +367,20 @@ impl Manifest {
                     out.extend_from_slice(id);
                     out.extend_from_slice(&blob_len.to_le_bytes());
                 }
+                Chunk::Unused => out.push(2),
             }
         }
         out
+    }
+
+    /// 1 when version 1 can say everything (old manifests keep their
+    /// bytes and digest), else [`MANIFEST_VERSION`].
+    pub fn version(&self) -> u32 {
+        if self.partitions.is_empty() && !self.chunks.iter().any(|c| matches!(c, Chunk::Unused)) {
+            1
+        } else {
+            MANIFEST_VERSION
+        }
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -335,8 +410,8 @@ impl Manifest {
             return ferr(base, "not a bootvault manifest (bad magic)");
         }
         let version = c.u32("version")?;
-        if version != FORMAT_VERSION {
-            return ferr(base + 8, format!("manifest version {version}, this program reads {FORMAT_VERSION}"));
+        if !(1..=MANIFEST_VERSION).contains(&version) {
+            return ferr(base + 8, format!("manifest version {version}, this program reads 1 to {MANIFEST_VERSION}"));
         }
         // Check the digest before trusting any field.
         if chunk_id(&bytes[..split]) != bytes[split..] {
@@ -375,6 +450,30 @@ impl Manifest {
             }
             extents.push(Extent { offset, data: c.take(len as usize, "extent data")?.to_vec() });
         }
+        let mut partitions = Vec::new();
+        if version >= 2 {
+            let at = c.at();
+            let n = c.u32("partition count")?;
+            // The table formats hold at most 128 (GPT) or a chain of MBR logicals.
+            if n > 4096 {
+                return ferr(at, format!("{n} partition records, more than any table holds"));
+            }
+            for _ in 0..n {
+                let number = c.u32("partition number")?;
+                let start = c.u64("partition start")?;
+                let bytes = c.u64("partition length")?;
+                let fs = c.string("partition filesystem")?;
+                let at = c.at();
+                let used_only = match c.u8("partition mode")? {
+                    0 => false,
+                    1 => true,
+                    k => return ferr(at, format!("unknown partition mode {k}")),
+                };
+                let used_bytes = c.u64("partition used bytes")?;
+                let note = c.string("partition note")?;
+                partitions.push(PartitionRecord { number, start, bytes, fs, used_only, used_bytes, note });
+            }
+        }
         let at = c.at();
         let count = c.u64("chunk count")?;
         let want = Self::chunk_count(disk_bytes, chunk_size);
@@ -395,6 +494,7 @@ impl Manifest {
                     let blob_len = c.u32("blob length")?;
                     chunks.push(Chunk::Data { id, blob_len });
                 }
+                2 if version >= 2 => chunks.push(Chunk::Unused),
                 k => return ferr(at, format!("unknown chunk kind {k}")),
             }
         }
@@ -413,6 +513,7 @@ impl Manifest {
             model,
             serial,
             extents,
+            partitions,
             chunks,
         })
     }
@@ -441,6 +542,11 @@ impl Manifest {
 
     pub fn zero_chunks(&self) -> u64 {
         self.chunks.iter().filter(|c| matches!(c, Chunk::Zero)).count() as u64
+    }
+
+    /// Chunks of free space that were neither read nor stored.
+    pub fn unused_chunks(&self) -> u64 {
+        self.chunks.iter().filter(|c| matches!(c, Chunk::Unused)).count() as u64
     }
 }
 
@@ -690,6 +796,7 @@ mod tests {
             model: "QEMU HARDDISK".into(),
             serial: "S1".into(),
             extents: vec![Extent { offset: 0, data: vec![0xAB; 512] }, Extent { offset: 16384, data: vec![1; 33] }],
+            partitions: Vec::new(),
             chunks: vec![
                 Chunk::Data { id: blobs[0].0, blob_len: blobs[0].1.len() as u32 },
                 Chunk::Zero,
@@ -800,6 +907,7 @@ mod tests {
             model: String::new(),
             serial: String::new(),
             extents: vec![],
+            partitions: Vec::new(),
             chunks: vec![Chunk::Zero, Chunk::Zero, Chunk::Data { id: [0x11; 32], blob_len: 7 }],
         };
         let b = m.encode();

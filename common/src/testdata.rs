@@ -30,6 +30,7 @@ pub fn manifest_of(pc: &str, chunks: Vec<crate::image::Chunk>) -> crate::image::
         model: String::new(),
         serial: String::new(),
         extents: vec![],
+        partitions: Vec::new(),
         chunks,
     }
 }

@@ -9,6 +9,13 @@
 //! assembled in disk order and sent last; until the server has verified it
 //! against its store, the backup is not complete.
 //!
+//! Before any chunk, the disk's plan is made ([`usedmap::disk::plan`]):
+//! each partition's filesystem and, unless `raw`, its allocation map. A
+//! chunk that lies wholly in free space is recorded `Unused` and never
+//! read; one partly free is read and its free ranges zeroed before it is
+//! hashed, so deleted files are neither sent nor stored. The partition
+//! table copy kept in the manifest is masked the same way.
+//!
 //! Cancelling (`BackupOptions::cancel`, set by the console) stops the
 //! workers at their next chunk; the backup then fails like any other, so
 //! the server marks it failed and never complete.
@@ -18,8 +25,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bootvault_common::image::{self, Chunk, ChunkId, Extent, Manifest, TableKind};
+use bootvault_common::image::{self, Chunk, ChunkId, Extent, Manifest, PartitionRecord, TableKind};
 use bootvault_common::partition;
+use bootvault_common::usedmap::disk::{self as plan, ChunkUse, DiskPlan};
 
 use crate::client::Client;
 use crate::device::Device;
@@ -44,6 +52,9 @@ pub struct BackupOptions {
     pub serial: String,
     /// The restore password's lock, sent when the backup is opened.
     pub lock: Option<Lock>,
+    /// Every byte of every partition (`mode=raw`, forensic copies);
+    /// otherwise free space of the filesystems it can read is left out.
+    pub raw: bool,
     /// Set from another thread to stop the backup (it then fails).
     pub cancel: Arc<AtomicBool>,
 }
@@ -60,6 +71,7 @@ impl BackupOptions {
             model: String::new(),
             serial: String::new(),
             lock: None,
+            raw: false,
             cancel: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -71,6 +83,12 @@ pub struct BackupReport {
     pub disk_bytes: u64,
     pub chunks: u64,
     pub zero_chunks: u64,
+    /// Chunks wholly in free space: not read, not stored.
+    pub unused_chunks: u64,
+    /// Free bytes left out (read as zeros by a restore, or left as they are).
+    pub unused_bytes: u64,
+    /// How each partition was taken.
+    pub partitions: Vec<PartitionRecord>,
     /// Chunks the server did not have, uploaded now.
     pub new_chunks: u64,
     /// Blob bytes uploaded.
@@ -81,10 +99,16 @@ pub struct BackupReport {
 }
 
 impl BackupReport {
-    /// The one-line outcome the console, the CLI and the server's result show.
+    /// The one-line outcome the console, the CLI and the server's result
+    /// show, ending with how each partition was taken.
     pub fn summary(&self) -> String {
+        let free = if self.unused_bytes > 0 {
+            format!(", {} of free space left out", bootvault_common::units::human_bytes(self.unused_bytes))
+        } else {
+            String::new()
+        };
         format!(
-            "backup {} complete: {} in {} chunks ({} all-zero), {} new chunks, {} sent, {} stored for this backup, {:.1} s ({:.1} MB/s)",
+            "backup {} complete: {} in {} chunks ({} all-zero{free}), {} new chunks, {} sent, {} stored for this backup, {:.1} s ({:.1} MB/s)",
             self.id,
             bootvault_common::units::human_bytes(self.disk_bytes),
             self.chunks,
@@ -94,13 +118,24 @@ impl BackupReport {
             bootvault_common::units::human_bytes(self.blob_bytes),
             self.elapsed.as_secs_f64(),
             self.disk_bytes as f64 / 1e6 / self.elapsed.as_secs_f64().max(1e-9)
-        )
+        ) + &self.partition_lines().iter().map(|l| format!("; {l}")).collect::<String>()
+    }
+
+    /// One line per partition: `partition 2 (ext4): used only, ...`.
+    pub fn partition_lines(&self) -> Vec<String> {
+        self.partitions.iter().map(PartitionRecord::describe).collect()
     }
 }
 
 /// The raw partition table copy: the first MiB (MBR, the gap after it,
 /// the primary GPT) and, for GPT, the backup header and entries at the end.
 pub fn table_extents(dev: &Device) -> Result<(TableKind, Vec<Extent>), EngineError> {
+    table_extents_masked(dev, &DiskPlan::default())
+}
+
+/// [`table_extents`] with the plan's free space zeroed (a partition that
+/// starts inside the first MiB, as on old MBR disks, is masked there too).
+fn table_extents_masked(dev: &Device, plan: &DiskPlan) -> Result<(TableKind, Vec<Extent>), EngineError> {
     let mut read = |off: u64, len: usize| -> Result<Vec<u8>, String> {
         let mut b = vec![0u8; len];
         dev.read_at(&mut b, off).map_err(|e| e.to_string())?;
@@ -121,17 +156,40 @@ pub fn table_extents(dev: &Device) -> Result<(TableKind, Vec<Extent>), EngineErr
             extents.push(Extent { offset: off, data: read(off, tail as usize).map_err(EngineError::new)? });
         }
     }
+    for e in &mut extents {
+        plan.mask(e.offset, &mut e.data);
+    }
     Ok((kind, extents))
+}
+
+/// The disk's plan: its partitions, their filesystems and (unless `raw`)
+/// their free space, read through the device.
+pub fn disk_plan(dev: &Device, raw: bool) -> DiskPlan {
+    let mut read = |off: u64, len: usize| -> Result<Vec<u8>, String> {
+        let mut b = vec![0u8; len];
+        dev.read_at(&mut b, off).map_err(|e| e.to_string())?;
+        Ok(b)
+    };
+    plan::plan(&mut read, dev.bytes, dev.logical, raw)
 }
 
 fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// One chunk of a group once read.
+#[derive(Clone, Copy)]
+enum Slot {
+    Zero,
+    Unused,
+    Data(ChunkId),
+}
+
 struct Shared<'a> {
     dev: &'a Device,
     client: &'a Client,
     opts: &'a BackupOptions,
+    plan: &'a DiskPlan,
     backup: i64,
     count: usize,
     next_group: AtomicUsize,
@@ -194,17 +252,29 @@ impl Shared<'_> {
         bufs: &mut [Vec<u8>],
         out: &mpsc::Sender<Result<(usize, Chunk), EngineError>>,
     ) -> Result<(), EngineError> {
-        let mut ids: Vec<Option<ChunkId>> = Vec::with_capacity(last - first);
+        let mut ids: Vec<Slot> = Vec::with_capacity(last - first);
         for (k, i) in (first..last).enumerate() {
             if self.stopping() {
                 return Ok(());
             }
             let (off, len) = self.range(i);
             let buf = &mut bufs[k][..len];
+            let holes = match self.plan.chunk(off, len) {
+                ChunkUse::Unused => {
+                    ids.push(Slot::Unused);
+                    continue;
+                }
+                ChunkUse::Used => Vec::new(),
+                ChunkUse::Partly(holes) => holes,
+            };
             self.dev.read_at(buf, off)?;
-            ids.push((!image::is_zero(buf)).then(|| image::chunk_id(buf)));
+            for (s, e) in holes {
+                buf[s..e].fill(0);
+            }
+            ids.push(if image::is_zero(buf) { Slot::Zero } else { Slot::Data(image::chunk_id(buf)) });
         }
-        let asked: Vec<ChunkId> = ids.iter().flatten().copied().collect();
+        let asked: Vec<ChunkId> =
+            ids.iter().filter_map(|s| if let Slot::Data(id) = s { Some(*id) } else { None }).collect();
         let stored = if asked.is_empty() { Vec::new() } else { self.client.missing(self.backup, &asked)? };
         let mut answers = stored.into_iter();
         for (k, i) in (first..last).enumerate() {
@@ -213,8 +283,9 @@ impl Shared<'_> {
             }
             let (off, len) = self.range(i);
             let chunk = match ids[k] {
-                None => Chunk::Zero,
-                Some(id) => {
+                Slot::Zero => Chunk::Zero,
+                Slot::Unused => Chunk::Unused,
+                Slot::Data(id) => {
                     let mut blob_len = answers.next().unwrap_or(0);
                     if blob_len == 0 {
                         let plain = &bufs[k][..len];
@@ -273,9 +344,10 @@ pub fn backup(
     if opts.chunk_size == 0 || opts.chunk_size > image::MAX_CHUNK_SIZE {
         return Err(EngineError::new(format!("chunk size {} out of range", opts.chunk_size)));
     }
-    let (table, extents) = table_extents(dev)?;
+    let plan = disk_plan(dev, opts.raw);
+    let (table, extents) = table_extents_masked(dev, &plan)?;
     let id = client.open_backup(&opts.name, dev.bytes, opts.chunk_size, opts.lock.as_ref())?;
-    let result = run(dev, client, opts, id, table, extents, start, progress);
+    let result = run(dev, client, opts, &plan, id, table, extents, start, progress);
     if let Err(e) = &result {
         let _ = client.fail(id, &e.0);
     }
@@ -287,6 +359,7 @@ fn run(
     dev: &Device,
     client: &Client,
     opts: &BackupOptions,
+    plan: &DiskPlan,
     id: i64,
     table: TableKind,
     extents: Vec<Extent>,
@@ -298,6 +371,7 @@ fn run(
         dev,
         client,
         opts,
+        plan,
         backup: id,
         count,
         next_group: AtomicUsize::new(0),
@@ -357,6 +431,7 @@ fn run(
         model: opts.model.clone(),
         serial: opts.serial.clone(),
         extents,
+        partitions: plan.partitions.clone(),
         chunks,
     };
     client.finish(id, &manifest.encode())?;
@@ -365,6 +440,9 @@ fn run(
         disk_bytes: dev.bytes,
         chunks: count as u64,
         zero_chunks: manifest.zero_chunks(),
+        unused_chunks: manifest.unused_chunks(),
+        unused_bytes: plan.unused_bytes(),
+        partitions: plan.partitions.clone(),
         new_chunks: shared.new_chunks.load(Ordering::Relaxed),
         sent_bytes: shared.sent.load(Ordering::Relaxed),
         blob_bytes: manifest.blob_bytes(),

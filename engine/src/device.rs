@@ -16,6 +16,7 @@ const BLKSSZGET: libc::c_ulong = 0x1268;
 const BLKPBSZGET: libc::c_ulong = 0x127B;
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 const BLKZEROOUT: libc::c_ulong = 0x127F;
+const BLKDISCARD: libc::c_ulong = 0x1277;
 
 pub struct Device {
     file: File,
@@ -104,6 +105,33 @@ impl Device {
             at += n as u64;
         }
         Ok(())
+    }
+
+    /// Tells the disk that `len` bytes at `offset` hold nothing worth
+    /// keeping (free space of a restored filesystem): BLKDISCARD on a
+    /// block device, a punched hole in a file. Whether the range then
+    /// reads as zeros is up to the device. Returns whether the range was
+    /// discarded; a device without discard keeps its bytes (never an error:
+    /// the range is free space either way).
+    pub fn discard(&self, offset: u64, len: u64) -> bool {
+        if len == 0 {
+            return true;
+        }
+        if self.is_block {
+            let range = [offset, len];
+            // SAFETY: BLKDISCARD reads two u64 (start, length) from the pointer.
+            unsafe { libc::ioctl(self.file.as_raw_fd(), BLKDISCARD as _, range.as_ptr()) == 0 }
+        } else {
+            // SAFETY: fallocate on an open file with a valid range.
+            unsafe {
+                libc::fallocate(
+                    self.file.as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    offset as libc::off_t,
+                    len as libc::off_t,
+                ) == 0
+            }
+        }
     }
 
     /// Flushes writes to stable storage.

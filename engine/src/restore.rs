@@ -8,13 +8,21 @@
 //! offsets. At the end: flush, re-read the partition table, and optionally
 //! read everything back and compare.
 //!
-//! Before fetching a chunk, a worker reads that range of the target: a
-//! chunk whose bytes are already there (BLAKE3 of the range is its id, or
-//! it reads as zeros for an all-zero chunk) is neither fetched nor
-//! written. So a restore that stopped part-way (a damaged chunk, a lost
-//! server, a cancel) is finished by running it again, which fetches and
-//! writes only what still differs; one onto a disk that already holds the
-//! backup fetches nothing.
+//! Free space of a filesystem backed up used-only (`Unused` chunks) is
+//! neither fetched nor written: its runs are discarded in a few large
+//! requests (BLKDISCARD, a punched hole in an image file) before the
+//! workers start, or left as they are on a disk without discard.
+//!
+//! A differential restore ([`Compare`]): before fetching a chunk, a worker
+//! reads that range of the target; a chunk whose bytes are already there
+//! (BLAKE3 of the range is its id, or it reads as zeros for an all-zero
+//! chunk) is neither fetched nor written. So re-imaging a PC to the image
+//! it already holds reads its used data once and writes next to nothing,
+//! and a restore that stopped part-way (a damaged chunk, a lost server, a
+//! cancel) is finished by running it again. [`Compare::Auto`], the
+//! default, stops reading the target once the first chunks show it holds
+//! something else (a blank or foreign disk), where reading first would
+//! only cost time (BENCHMARKS.md "Differential restore").
 //!
 //! A password-protected backup needs an unlock ticket in the client
 //! (`lock::unlock`, or a server job's); without one the manifest is
@@ -36,9 +44,26 @@ use crate::device::Device;
 use crate::progress::Progress;
 use crate::EngineError;
 
+/// Whether a restore reads the target to skip what it already holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compare {
+    /// Compare while it pays: stop once [`AUTO_PROBE`] data chunks were
+    /// compared and fewer than one in [`AUTO_MIN_HIT`] was already there.
+    Auto,
+    Always,
+    Never,
+}
+
+/// Data chunks [`Compare::Auto`] compares before it judges the target.
+pub const AUTO_PROBE: u64 = 32;
+/// [`Compare::Auto`] keeps comparing while at least one chunk in this
+/// many was already there.
+pub const AUTO_MIN_HIT: u64 = 8;
+
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {
     pub threads: usize,
+    pub compare: Compare,
     /// Read the whole disk back afterwards and compare with the manifest.
     pub verify: bool,
     /// Set from another thread to stop the restore (the disk is then
@@ -48,7 +73,12 @@ pub struct RestoreOptions {
 
 impl Default for RestoreOptions {
     fn default() -> Self {
-        RestoreOptions { threads: crate::default_threads(), verify: false, cancel: Arc::new(AtomicBool::new(false)) }
+        RestoreOptions {
+            threads: crate::default_threads(),
+            compare: Compare::Auto,
+            verify: false,
+            cancel: Arc::new(AtomicBool::new(false)),
+        }
     }
 }
 
@@ -68,6 +98,12 @@ pub struct RestoreReport {
     pub fetched_bytes: u64,
     /// Disk bytes written (fetched chunks and zeroed ranges).
     pub written_bytes: u64,
+    /// Free space of the backed-up filesystems: neither fetched nor written.
+    pub unused_bytes: u64,
+    /// Of that, what the target discarded (the rest kept its old bytes).
+    pub discarded_bytes: u64,
+    /// Target bytes read to find chunks already there.
+    pub compared_bytes: u64,
     pub verified: bool,
     /// Why the kernel refused to re-read the partition table, if it did.
     pub reread_error: Option<String>,
@@ -79,7 +115,7 @@ impl RestoreReport {
     pub fn summary(&self, target: &str) -> String {
         format!(
             "restore of backup {} complete: {} onto {target} ({}), {} chunks ({} all-zero): {} already right on \
-             the disk, {} fetched ({}), {} written{}, {:.1} s",
+             the disk, {} fetched ({}), {} written, {} of free space not written{}, {:.1} s",
             self.id,
             human_bytes(self.disk_bytes),
             human_bytes(self.target_bytes),
@@ -89,6 +125,7 @@ impl RestoreReport {
             self.fetched_chunks,
             human_bytes(self.fetched_bytes),
             human_bytes(self.written_bytes),
+            human_bytes(self.unused_bytes),
             if self.verified { ", verified by reading back" } else { "" },
             self.elapsed.as_secs_f64()
         )
@@ -164,7 +201,22 @@ pub fn restore(
     let skipped = AtomicU64::new(0);
     let fetched_chunks = AtomicU64::new(0);
     let fetched = AtomicU64::new(0);
+    let compared = AtomicU64::new(0);
+    let (checked, hits) = (AtomicU64::new(0), AtomicU64::new(0));
+    let comparing = AtomicBool::new(opts.compare != Compare::Never);
     let error: Mutex<Option<EngineError>> = Mutex::new(None);
+    // Free space first, in runs: a few large discards instead of one per chunk.
+    let (mut unused, mut discarded) = (0u64, 0u64);
+    for (off, len) in unused_runs(&m) {
+        if opts.cancel.load(Ordering::Relaxed) {
+            break;
+        }
+        unused += len;
+        if dev.discard(off, len) {
+            discarded += len;
+        }
+        done.fetch_add(len, Ordering::Relaxed);
+    }
     let zeros = vec![0u8; m.chunk_size as usize];
     let fail = |e: EngineError| {
         abort.store(true, Ordering::Relaxed);
@@ -192,13 +244,28 @@ pub fn restore(
                         return;
                     }
                     let (off, len) = m.chunk_range(i);
-                    if already_there(dev, &m.chunks[i], off, &mut current[..len]) {
-                        skipped.fetch_add(1, Ordering::Relaxed);
-                        matched.fetch_add(len as u64, Ordering::Relaxed);
-                        done.fetch_add(len as u64, Ordering::Relaxed);
+                    if m.chunks[i] == Chunk::Unused {
                         continue;
                     }
+                    if comparing.load(Ordering::Relaxed) {
+                        compared.fetch_add(len as u64, Ordering::Relaxed);
+                        let there = already_there(dev, &m.chunks[i], off, &mut current[..len]);
+                        if let Chunk::Data { .. } = m.chunks[i] {
+                            let n = checked.fetch_add(1, Ordering::Relaxed) + 1;
+                            let h = hits.fetch_add(u64::from(there), Ordering::Relaxed) + u64::from(there);
+                            if opts.compare == Compare::Auto && n >= AUTO_PROBE && h * AUTO_MIN_HIT < n {
+                                comparing.store(false, Ordering::Relaxed);
+                            }
+                        }
+                        if there {
+                            skipped.fetch_add(1, Ordering::Relaxed);
+                            matched.fetch_add(len as u64, Ordering::Relaxed);
+                            done.fetch_add(len as u64, Ordering::Relaxed);
+                            continue;
+                        }
+                    }
                     let r = match &m.chunks[i] {
+                        Chunk::Unused => Ok(()),
                         Chunk::Zero => dev.zero_range(off, len as u64, &zeros),
                         Chunk::Data { id, .. } => {
                             // A valid blob is at most the chunk plus its tag.
@@ -271,6 +338,9 @@ pub fn restore(
         fetched_chunks: fetched_chunks.load(Ordering::Relaxed),
         fetched_bytes: fetched.load(Ordering::Relaxed),
         written_bytes: written,
+        unused_bytes: unused,
+        discarded_bytes: discarded,
+        compared_bytes: compared.load(Ordering::Relaxed),
         verified: opts.verify,
         reread_error,
         elapsed: start.elapsed(),
@@ -288,19 +358,40 @@ fn already_there(dev: &Device, c: &Chunk, off: u64, buf: &mut [u8]) -> bool {
     match c {
         Chunk::Zero => image::is_zero(buf),
         Chunk::Data { id, .. } => image::chunk_id(buf) == *id,
+        Chunk::Unused => true,
     }
 }
 
+/// `(offset, length)` of each run of consecutive `Unused` chunks.
+pub fn unused_runs(m: &Manifest) -> Vec<(u64, u64)> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for (i, c) in m.chunks.iter().enumerate() {
+        if *c != Chunk::Unused {
+            continue;
+        }
+        let (off, len) = m.chunk_range(i);
+        match runs.last_mut() {
+            Some(last) if last.0 + last.1 == off => last.1 += len as u64,
+            _ => runs.push((off, len as u64)),
+        }
+    }
+    runs
+}
+
 /// Reads the restored range back and compares every chunk with the
-/// manifest.
+/// manifest (free space, which holds whatever it held, is skipped).
 pub fn verify(dev: &Device, m: &Manifest) -> Result<(), EngineError> {
     let mut buf = vec![0u8; m.chunk_size as usize];
     for (i, c) in m.chunks.iter().enumerate() {
+        if *c == Chunk::Unused {
+            continue;
+        }
         let (off, len) = m.chunk_range(i);
         dev.read_at(&mut buf[..len], off)?;
         let ok = match c {
             Chunk::Zero => image::is_zero(&buf[..len]),
             Chunk::Data { id, .. } => image::chunk_id(&buf[..len]) == *id,
+            Chunk::Unused => true,
         };
         if !ok {
             return Err(EngineError::new(format!("verify: chunk {i} at offset {off} differs from the backup")));
@@ -327,6 +418,7 @@ mod tests {
             model: String::new(),
             serial: String::new(),
             extents: Vec::new(),
+            partitions: Vec::new(),
             chunks: vec![Chunk::Zero; Manifest::chunk_count(disk_bytes, 1 << 20) as usize],
         }
     }

@@ -315,7 +315,7 @@ impl Session<'_> {
                 4 => {
                     let d = &all[disk_menu.selected];
                     let summary = format!(
-                        "Disk:        {}\n{}Destination: the bootvault server at {}\nName:        {name}\nPassword:    {}\n\nThe disk is only read; nothing on it changes.",
+                        "Disk:        {}\n{}Destination: the bootvault server at {}\nName:        {name}\nPassword:    {}\nCopy:        {}\n\nThe disk is only read; nothing on it changes.",
                         disk_title(d),
                         disks::contents(d).iter().map(|l| format!("             {l}\n")).collect::<String>(),
                         self.client.base(),
@@ -324,12 +324,25 @@ impl Session<'_> {
                         } else {
                             "none (anyone allowed to restore this PC's backups can restore it)"
                         },
+                        if self.config.raw {
+                            "every byte (mode=raw), free space and deleted files included"
+                        } else {
+                            "used space only (free space of ext2/3/4, FAT, exFAT, NTFS, swap left out)"
+                        },
                     );
-                    let mut menu =
-                        Menu::new(vec![Item::new("Start the backup"), Item::new("Go back and change something")]);
+                    let mut menu = Menu::new(vec![
+                        Item::new("Start the backup"),
+                        Item::new("Go back and change something"),
+                        Item::new(if self.config.raw {
+                            "Start a used-space backup instead (free space left out)"
+                        } else {
+                            "Start a raw backup instead (every byte, for a forensic copy)"
+                        }),
+                    ]);
                     match self.choose("Back up - 5/5: ready?", &summary, &mut menu) {
-                        Ok(0) => {
-                            let exit = self.run_backup(&all[disk_menu.selected], &name, lock.take())?;
+                        Ok(choice @ (0 | 2)) => {
+                            let raw = self.config.raw != (choice == 2);
+                            let exit = self.run_backup(&all[disk_menu.selected], &name, lock.take(), raw)?;
                             return Ok(exit);
                         }
                         Ok(_) => Err(Nav::Back),
@@ -407,7 +420,7 @@ impl Session<'_> {
         row
     }
 
-    fn run_backup(&mut self, d: &Disk, name: &str, lock: Option<Lock>) -> Result<Option<Exit>, Nav> {
+    fn run_backup(&mut self, d: &Disk, name: &str, lock: Option<Lock>, raw: bool) -> Result<Option<Exit>, Nav> {
         let title = "Back up: running";
         let intro = format!(
             "Backing up {} ({}) to {} as {name:?}.\nPress Ctrl-C twice to cancel.",
@@ -422,6 +435,7 @@ impl Session<'_> {
         let result = Device::open(&Path::new("/dev").join(&d.name), false).map_err(|e| e.to_string()).and_then(|dev| {
             let mut opts = BackupOptions::new(&self.config.pc, name);
             opts.level = self.config.level;
+            opts.raw = raw;
             opts.model = d.model.clone();
             opts.serial = d.serial.clone();
             opts.lock = lock;
@@ -449,15 +463,16 @@ impl Session<'_> {
             Ok(r) => (
                 "Back up: done",
                 format!(
-                    "The backup is complete and stored on the server.\n\n  Name:     {name}\n  Number:   {}\n  Disk:     {} ({} read)\n  Sent:     {} (after deduplication and compression)\n  Stored:   {} for this backup\n  Time:     {:.0} s ({:.1} MB/s)\n  Password: {}\n\nWhat next: you can power off this PC. To put this disk back as it is now,\nboot bootvault on this PC (or another one) and choose Restore.",
+                    "The backup is complete and stored on the server.\n\n  Name:     {name}\n  Number:   {}\n  Disk:     {} ({} read)\n  Sent:     {} (after deduplication and compression)\n  Stored:   {} for this backup\n  Time:     {:.0} s ({:.1} MB/s)\n  Password: {}\n{}\nWhat next: you can power off this PC. To put this disk back as it is now,\nboot bootvault on this PC (or another one) and choose Restore.",
                     r.id,
                     d.name,
-                    human_bytes(r.disk_bytes),
+                    human_bytes(r.disk_bytes.saturating_sub(r.unused_bytes)),
                     human_bytes(r.sent_bytes),
                     human_bytes(r.blob_bytes),
                     r.elapsed.as_secs_f64(),
                     r.disk_bytes as f64 / 1e6 / r.elapsed.as_secs_f64().max(1e-9),
-                    if had_lock { "set" } else { "none" }
+                    if had_lock { "set" } else { "none" },
+                    r.partition_lines().iter().map(|l| format!("  {l}\n")).collect::<String>(),
                 ),
             ),
             Err(_) if cancel.load(Ordering::Relaxed) => (

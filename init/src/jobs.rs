@@ -184,6 +184,7 @@ fn execute(job: &Job, config: &Config, client: &Client) -> Result<Outcome, Strin
             let dev = Device::open(&path, false).map_err(|e| e.to_string())?;
             let mut opts = BackupOptions::new(&config.pc, if job.name.is_empty() { "full" } else { &job.name });
             opts.level = config.level;
+            opts.raw = config.raw;
             opts.model = disk.model.clone();
             opts.serial = disk.serial.clone();
             opts.lock = job.lock.clone();

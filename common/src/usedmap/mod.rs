@@ -17,6 +17,7 @@
 //! One reader per filesystem, as partclone has: [`ext`] (ext2/3/4),
 //! [`fat`] (FAT12/16/32), [`exfat`], [`ntfs`], [`swap`].
 
+pub mod disk;
 pub mod exfat;
 pub mod ext;
 pub mod fat;
