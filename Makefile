@@ -7,7 +7,7 @@ MUSL := x86_64-unknown-linux-musl
 INIT := target/$(MUSL)/init/init
 BIN := target/release/bootvault
 APT_PACKAGES := qemu-system-x86 cpio fdisk gzip e2fsprogs dosfstools mtools \
-  xorriso isolinux syslinux syslinux-common systemd-boot-efi ovmf ntfs-3g exfatprogs xfsprogs btrfs-progs cryptsetup-bin
+  xorriso isolinux syslinux syslinux-common systemd-boot-efi ovmf ntfs-3g exfatprogs xfsprogs btrfs-progs cryptsetup-bin exfat-fuse
 export BOOTVAULT_BIN := $(CURDIR)/$(BIN)
 export BOOTVAULT_INIT := $(CURDIR)/$(INIT)
 
