@@ -720,6 +720,66 @@ pub fn fsck_partitions(disk: &Path, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Deletes files full of `marker` from both filesystems of a source disk
+/// made by [`make_source_disk`]: written, then deleted, so their bytes
+/// stay in the free space, as on a disk that has been used.
+pub fn add_deleted_files(disk: &Path, dir: &Path, marker: &str) -> Result<()> {
+    let body = marker.repeat(300_000 / marker.len().max(1));
+    let file = dir.join("deleted-marker.dat");
+    fs::write(&file, &body).map_err(|e| e.to_string())?;
+    let bytes = fs::read(disk).map_err(|e| e.to_string())?;
+    let part = |start: u64, sectors: u64| bytes[(start * 512) as usize..((start + sectors) * 512) as usize].to_vec();
+    let fat = dir.join("deleted-fat.img");
+    fs::write(&fat, part(FAT_START, FAT_SECTORS)).map_err(|e| e.to_string())?;
+    run(Command::new("mcopy").arg("-i").arg(&fat).arg(&file).arg("::/gone.dat"))?;
+    run(Command::new("mdel").arg("-i").arg(&fat).arg("::/gone.dat"))?;
+    let ext4 = dir.join("deleted-ext4.img");
+    fs::write(&ext4, part(EXT4_START, EXT4_SECTORS)).map_err(|e| e.to_string())?;
+    run(Command::new("debugfs").args(["-w", "-R"]).arg(format!("write {} gone.dat", file.display())).arg(&ext4))?;
+    run(Command::new("debugfs").args(["-w", "-R", "rm gone.dat"]).arg(&ext4))?;
+    // debugfs leaves the summary counts to the checker, as an unmount would.
+    let _ = Command::new("e2fsck").arg("-fy").arg(&ext4).output();
+    write_at(disk, FAT_START * 512, &fs::read(&fat).map_err(|e| e.to_string())?)?;
+    write_at(disk, EXT4_START * 512, &fs::read(&ext4).map_err(|e| e.to_string())?)?;
+    Ok(())
+}
+
+/// Checks that every file [`make_source_disk`] put on the disk reads back
+/// from a restored disk with the same bytes (a file-identical restore),
+/// through mtools and debugfs.
+pub fn check_files(disk: &Path, dir: &Path, label: &str) -> Result<()> {
+    let files = dir.join(format!("files-{label}"));
+    let bytes = fs::read(disk).map_err(|e| e.to_string())?;
+    let part = |start: u64, sectors: u64| bytes[(start * 512) as usize..((start + sectors) * 512) as usize].to_vec();
+    let fat = dir.join("files-fat.img");
+    fs::write(&fat, part(FAT_START, FAT_SECTORS)).map_err(|e| e.to_string())?;
+    let ext4 = dir.join("files-ext4.img");
+    fs::write(&ext4, part(EXT4_START, EXT4_SECTORS)).map_err(|e| e.to_string())?;
+    let out = dir.join("file-out.bin");
+    for (name, on_fat) in [("docs/readme.txt", true), ("random.bin", true), ("zeros.bin", false)] {
+        let want = fs::read(files.join(name)).map_err(|e| e.to_string())?;
+        if on_fat {
+            let _ = fs::remove_file(&out);
+            run(Command::new("mcopy").arg("-n").arg("-i").arg(&fat).arg(format!("::/{name}")).arg(&out))?;
+            if fs::read(&out).map_err(|e| e.to_string())? != want {
+                return Err(format!("{name} on the FAT partition differs"));
+            }
+        }
+        let _ = fs::remove_file(&out);
+        run(Command::new("debugfs").arg("-R").arg(format!("dump /{name} {}", out.display())).arg(&ext4))?;
+        if fs::read(&out).map_err(|e| e.to_string())? != want {
+            return Err(format!("{name} on the ext4 partition differs"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `needle` occurs in the file at `path`.
+pub fn file_contains(path: &Path, needle: &str) -> Result<bool> {
+    let b = fs::read(path).map_err(|e| e.to_string())?;
+    Ok(b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+}
+
 /// Whether the first `len` bytes of two files are equal; the offset of
 /// the first difference otherwise.
 pub fn compare_prefix(a: &Path, b: &Path, len: u64) -> Result<Option<u64>> {

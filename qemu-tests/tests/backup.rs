@@ -1,7 +1,8 @@
 //! Whole-disk backup and restore end to end: real disks with real
-//! filesystems, backed up by the PID 1 under QEMU to a real server, restored
-//! by another boot onto blank disks, compared byte for byte and checked with
-//! e2fsck / fsck.vfat.
+//! filesystems and deleted files, backed up by the PID 1 under QEMU to a
+//! real server, restored by another boot onto blank disks and checked with
+//! e2fsck / fsck.vfat: file for file, without the deleted files, in the
+//! default mode (GPT disk); byte for byte with `mode=raw` (MBR disk).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -47,22 +48,33 @@ fn backups_json(server: &Server) -> String {
         .expect("backups list")
 }
 
-fn backup_then_restore(label: &str) {
+const MARKER: &str = "BV-QEMU-DELETED-FILE|";
+
+fn backup_then_restore(label: &str, raw: bool) {
     let dir = scratch(&format!("backup-{label}"));
     let server = Server::start(&dir).expect("server");
     let source = make_source_disk(&dir, label).expect("source disk");
+    add_deleted_files(&source, &dir, MARKER).expect("deleted files");
+    assert!(file_contains(&source, MARKER).expect("read"), "the deleted files' bytes are on the source");
     let pc = format!("pc-{label}");
+    let mode = if raw { "mode=raw" } else { "mode=used" };
 
     // 1. Back up the whole disk.
-    let lines = boot_job(&dir, "backup", &server, &pc, &["action=backup", "name=nightly"], &source, "SRC001");
+    let lines = boot_job(&dir, "backup", &server, &pc, &["action=backup", "name=nightly", mode], &source, "SRC001");
     let done = find_line(&lines, "bootvault: backup 1 complete:");
     assert!(done.contains("96.0 MiB in 96 chunks"), "{done}");
+    if raw {
+        assert!(done.contains("partition 1 (vfat): whole, mode=raw"), "{done}");
+    } else {
+        assert!(done.contains("partition 1 (vfat): used only") && done.contains("partition 2 (ext4): used only"), "{done}");
+        assert!(done.contains("of free space left out"), "{done}");
+    }
     assert!(lines.iter().any(|l| l.contains("bootvault: backup ") && l.contains("% ")), "progress lines");
     let listed = backups_json(&server);
     assert!(listed.contains("\"complete\""), "{listed}");
 
     // 2. Again, unchanged: (almost) nothing crosses the network.
-    let lines = boot_job(&dir, "backup2", &server, &pc, &["action=backup", "name=nightly"], &source, "SRC001");
+    let lines = boot_job(&dir, "backup2", &server, &pc, &["action=backup", "name=nightly", mode], &source, "SRC001");
     let again = find_line(&lines, "bootvault: backup 2 complete:");
     assert!(again.contains(", 0 new chunks, 0 B sent"), "{again}");
     let log = fs::read_to_string(dir.join("server.log")).unwrap_or_default();
@@ -86,8 +98,15 @@ fn backup_then_restore(label: &str) {
             find_line(&lines, "bootvault: job: restore of disk auto (server job 1)");
             assert!(done.contains("verified by reading back"), "{done}");
         }
-        let diff = compare_prefix(&source, &target, SOURCE_MIB << 20).expect("compare");
-        assert_eq!(diff, None, "restored disk ({tag}) differs from the source at byte {diff:?}");
+        if raw {
+            let diff = compare_prefix(&source, &target, SOURCE_MIB << 20).expect("compare");
+            assert_eq!(diff, None, "restored disk ({tag}) differs from the source at byte {diff:?}");
+        } else {
+            // The table and the boot loader in the gap, byte for byte; the files, file for file.
+            assert_eq!(compare_prefix(&source, &target, 1 << 20).expect("compare"), None, "first MiB ({tag})");
+            check_files(&target, &dir, label).expect("every file restored");
+            assert!(!file_contains(&target, MARKER).expect("read"), "a deleted file came back ({tag})");
+        }
         fsck_partitions(&target, &dir).expect("filesystems check clean");
     }
     let jobs = admin(&["jobs", "--json", "list"]);
@@ -111,13 +130,13 @@ fn backup_then_restore(label: &str) {
 }
 
 #[test]
-fn gpt_disk_backup_dedup_and_byte_identical_restore() {
-    backup_then_restore("gpt");
+fn gpt_disk_used_only_backup_dedup_and_file_identical_restore() {
+    backup_then_restore("gpt", false);
 }
 
 #[test]
-fn mbr_disk_backup_dedup_and_byte_identical_restore() {
-    backup_then_restore("dos");
+fn mbr_disk_raw_backup_dedup_and_byte_identical_restore() {
+    backup_then_restore("dos", true);
 }
 
 /// A smaller target is refused before anything is written; a damaged
