@@ -1010,7 +1010,7 @@ mod tests {
         let mnt = s.path("mnt");
         std::fs::create_dir_all(&mnt).expect("mount point");
         let ok = Command::new(tool("ntfs-3g")).args([&path, &mnt]).status().is_ok_and(|st| st.success());
-        assert!(ok, "ntfs-3g could not mount {} (needs root and /dev/fuse, as `make unit` has)", path.display());
+        assert!(ok, "ntfs-3g could not mount {} (needs root and /dev/fuse, as `make unit` has)", path);
         let marker = b"BV-FUSE-DELETED-MARKER";
         let mut files = Vec::new();
         let mut write = || -> std::io::Result<()> {
