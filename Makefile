@@ -7,7 +7,7 @@ MUSL := x86_64-unknown-linux-musl
 INIT := target/$(MUSL)/init/init
 BIN := target/release/bootvault
 APT_PACKAGES := qemu-system-x86 cpio fdisk gzip e2fsprogs dosfstools mtools \
-  xorriso isolinux syslinux syslinux-common systemd-boot-efi ovmf ntfs-3g exfatprogs xfsprogs btrfs-progs cryptsetup-bin exfat-fuse
+  musl-tools xorriso isolinux syslinux syslinux-common systemd-boot-efi ovmf ntfs-3g exfatprogs xfsprogs btrfs-progs cryptsetup-bin exfat-fuse
 export BOOTVAULT_BIN := $(CURDIR)/$(BIN)
 export BOOTVAULT_INIT := $(CURDIR)/$(INIT)
 
@@ -61,7 +61,7 @@ test: unit test-qemu
 # fails `make bench` if any backup listed complete does not restore). See BENCHMARKS.md.
 SOAK_SECONDS ?= 300
 export SOAK_SECONDS
-BENCH_PACKAGES := pigz partclone time grub-common grub-pc-bin grub-efi-amd64-bin argon2
+BENCH_PACKAGES := pigz partclone zstd time grub-common grub-pc-bin grub-efi-amd64-bin argon2
 bench: build kernel
 	$(call apt_ensure,$(BENCH_PACKAGES))
 	@mkdir -p target/bench

@@ -57,7 +57,7 @@ enum Cmd {
         /// Backup name.
         #[arg(long, default_value = "full")]
         name: String,
-        /// Deflate level 0-10.
+        /// Compression level: zstd 1-10, 0 stores chunks uncompressed.
         #[arg(long, default_value_t = bootvault_common::image::DEFAULT_LEVEL)]
         level: u8,
         /// Chunk size in KiB.

@@ -135,7 +135,7 @@ impl Default for Config {
             disk: "auto".into(),
             name: String::new(),
             backup: BackupRef::Latest,
-            level: 1,
+            level: crate::image::DEFAULT_LEVEL,
             raw: false,
             verify: false,
             finish: Finish::Poweroff,

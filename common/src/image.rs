@@ -27,7 +27,13 @@ pub const MIN_CHUNK_SIZE: u32 = 4096;
 /// Largest disk a new backup may cover: 64 PiB, beyond any disk made, and
 /// far inside SQLite's `i64` and a `u64` offset plus a chunk.
 pub const MAX_DISK_BYTES: u64 = 1 << 56;
-pub const DEFAULT_LEVEL: u8 = 1;
+/// zstd level 2: smaller than `pigz -1` on installed systems and on
+/// already-compressed data, and faster than `zstd -1 -T2` on two cores
+/// (BENCHMARKS.md "Chunk codec"). 0 stores chunks uncompressed.
+pub const DEFAULT_LEVEL: u8 = 2;
+/// Highest level a backup may ask for (zstd's levels above this cost far
+/// more time than they save).
+pub const MAX_LEVEL: u8 = 19;
 
 const MANIFEST_MAGIC: &[u8; 8] = b"BVMANIF1";
 const IMAGE_MAGIC: &[u8; 8] = b"BVIMAGE1";
@@ -35,6 +41,7 @@ const END_MAGIC: &[u8; 8] = b"BVEND001";
 const MAX_EXTENT_BYTES: u64 = 16 << 20;
 const TAG_DEFLATE: u8 = 0;
 const TAG_RAW: u8 = 1;
+const TAG_ZSTD: u8 = 2;
 
 /// The sizes of a new backup, checked as given (never cut to fit); the
 /// error starts with the field's name, as the open request spells it, and
@@ -103,24 +110,49 @@ impl fmt::Display for BlobError {
 
 impl std::error::Error for BlobError {}
 
-/// Tag 0 + raw deflate, or tag 1 + the plain bytes when deflate does not
-/// make them smaller.
+thread_local! {
+    // One compression and one decompression context per thread: a context
+    // holds about a megabyte of tables, made once instead of per chunk.
+    static ZSTD_ENCODER: std::cell::RefCell<Option<(u8, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+    static ZSTD_DECODER: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Tag 2 + a zstd frame at `level` (1..=[`MAX_LEVEL`]), or tag 1 + the
+/// plain bytes when that is not smaller (or `level` is 0). Tag 0 (raw
+/// deflate, the codec of the first images) is still decoded, never written.
 pub fn encode_blob(plain: &[u8], level: u8) -> Vec<u8> {
-    let packed = miniz_oxide::deflate::compress_to_vec(plain, level.min(10));
-    let mut out = Vec::with_capacity(packed.len().min(plain.len()) + 1);
-    if packed.len() < plain.len() {
-        out.push(TAG_DEFLATE);
-        out.extend_from_slice(&packed);
+    let level = level.min(MAX_LEVEL);
+    let packed = if level == 0 {
+        None
     } else {
+        ZSTD_ENCODER.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+                *slot = zstd::bulk::Compressor::new(i32::from(level)).ok().map(|c| (level, c));
+            }
+            let (_, c) = slot.as_mut()?;
+            // A frame that would not be smaller is not wanted: capacity = plain size.
+            let mut out = vec![0u8; plain.len() + 1];
+            out[0] = TAG_ZSTD;
+            let n = c.compress_to_buffer(plain, &mut out[1..plain.len().max(1)]).ok()?;
+            out.truncate(n + 1);
+            Some(out)
+        })
+    };
+    packed.filter(|p| p.len() - 1 < plain.len()).unwrap_or_else(|| {
+        let mut out = Vec::with_capacity(plain.len() + 1);
         out.push(TAG_RAW);
         out.extend_from_slice(plain);
-    }
-    out
+        out
+    })
 }
 
 pub fn decode_blob(blob: &[u8], max_len: usize) -> Result<Vec<u8>, BlobError> {
     let (&tag, payload) = blob.split_first().ok_or(BlobError::Empty)?;
     match tag {
+        TAG_ZSTD => decode_zstd(payload, max_len),
         TAG_DEFLATE => miniz_oxide::inflate::decompress_to_vec_with_limit(payload, max_len).map_err(|e| {
             if e.status == miniz_oxide::inflate::TINFLStatus::HasMoreOutput {
                 BlobError::TooLarge { max: max_len }
@@ -132,6 +164,34 @@ pub fn decode_blob(blob: &[u8], max_len: usize) -> Result<Vec<u8>, BlobError> {
         TAG_RAW => Err(BlobError::TooLarge { max: max_len }),
         t => Err(BlobError::UnknownTag(t)),
     }
+}
+
+/// One zstd frame, inflating to at most `max_len` bytes (the frame's own
+/// size field is checked before anything is allocated for it).
+fn decode_zstd(payload: &[u8], max_len: usize) -> Result<Vec<u8>, BlobError> {
+    match zstd::zstd_safe::get_frame_content_size(payload) {
+        Ok(Some(n)) if n > max_len as u64 => return Err(BlobError::TooLarge { max: max_len }),
+        Ok(_) => {}
+        Err(_) => return Err(BlobError::Inflate("not a zstd frame".into())),
+    }
+    ZSTD_DECODER.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = zstd::bulk::Decompressor::new().ok();
+        }
+        let d = slot.as_mut().ok_or_else(|| BlobError::Inflate("no zstd context (out of memory?)".into()))?;
+        let mut out = vec![0u8; max_len];
+        match d.decompress_to_buffer(payload, &mut out[..]) {
+            Ok(n) => {
+                out.truncate(n);
+                Ok(out)
+            }
+            Err(e) if e.to_string().contains("Destination buffer is too small") => {
+                Err(BlobError::TooLarge { max: max_len })
+            }
+            Err(e) => Err(BlobError::Inflate(e.to_string())),
+        }
+    })
 }
 
 pub fn decode_verified(blob: &[u8], len: usize, id: &ChunkId) -> Result<Vec<u8>, BlobError> {
@@ -812,8 +872,14 @@ mod tests {
     fn blobs() {
         let text = b"abcabcabc".repeat(1000);
         let blob = encode_blob(&text, 1);
-        assert_eq!(blob[0], TAG_DEFLATE);
+        assert_eq!(blob[0], TAG_ZSTD);
         assert!(blob.len() < text.len() / 10);
+        assert_eq!(encode_blob(&text, 0)[0], TAG_RAW, "level 0 stores");
+        assert_eq!(encode_blob(&text, 200)[0], TAG_ZSTD, "levels above MAX_LEVEL are capped");
+        // Blobs of the first images (raw deflate) still decode.
+        let mut old = vec![TAG_DEFLATE];
+        old.extend(miniz_oxide::deflate::compress_to_vec(&text, 1));
+        assert_eq!(decode_verified(&old, text.len(), &chunk_id(&text)).unwrap(), text);
         let id = chunk_id(&text);
         assert_eq!(decode_verified(&blob, text.len(), &id).unwrap(), text);
         let rnd = noise(1, 5000);
@@ -825,10 +891,26 @@ mod tests {
         assert!(matches!(decode_verified(&encode_blob(&text, 1), 9001, &id), Err(BlobError::WrongLength { .. })));
         assert_eq!(decode_blob(&[], 10).unwrap_err(), BlobError::Empty);
         assert_eq!(decode_blob(&[7, 1], 10).unwrap_err(), BlobError::UnknownTag(7));
-        // A deflate bomb: 1 MiB of zeros refused at a 4 KiB limit.
+        // Bombs: 1 MiB of zeros refused at a 4 KiB limit, by the frame's
+        // size field, and without it (a streamed frame), and as deflate.
         let bomb = encode_blob(&vec![0u8; 1 << 20], 1);
         assert_eq!(decode_blob(&bomb, 4096).unwrap_err(), BlobError::TooLarge { max: 4096 });
+        let mut streamed = vec![TAG_ZSTD];
+        let mut enc = zstd::stream::Encoder::new(&mut streamed, 1).unwrap();
+        std::io::Write::write_all(&mut enc, &vec![0u8; 1 << 20]).unwrap();
+        enc.finish().unwrap();
+        assert_eq!(decode_blob(&streamed, 4096).unwrap_err(), BlobError::TooLarge { max: 4096 });
+        assert_eq!(decode_blob(&streamed, 1 << 20).unwrap().len(), 1 << 20);
+        let mut deflate_bomb = vec![TAG_DEFLATE];
+        deflate_bomb.extend(miniz_oxide::deflate::compress_to_vec(&vec![0u8; 1 << 20], 1));
+        assert_eq!(decode_blob(&deflate_bomb, 4096).unwrap_err(), BlobError::TooLarge { max: 4096 });
         assert!(matches!(decode_blob(&[0, 0xFF, 0xFF, 0xFF], 100), Err(BlobError::Inflate(_))));
+        assert!(matches!(decode_blob(&[TAG_ZSTD, 0xFF, 0xFF, 0xFF], 100), Err(BlobError::Inflate(_))));
+        // A damaged frame is an error, never a panic.
+        let mut broken = encode_blob(&text, 2);
+        let at = broken.len() / 2;
+        broken[at] ^= 0x55;
+        assert!(decode_verified(&broken, text.len(), &id).is_err());
         assert!(BlobError::WrongHash { expected: [0; 32], got: [1; 32] }.to_string().contains(&"01".repeat(32)));
     }
 

@@ -489,7 +489,7 @@ fn resume_after_a_damaged_chunk() {
         .iter()
         .map(|c| match c {
             bootvault_common::image::Chunk::Data { id, .. } => Some(*id),
-            bootvault_common::image::Chunk::Zero => None,
+            bootvault_common::image::Chunk::Zero | bootvault_common::image::Chunk::Unused => None,
         })
         .collect();
     assert_eq!(ids.iter().filter(|c| c.is_none()).count(), 3);
