@@ -72,6 +72,19 @@ enum Cmd {
         #[arg(long)]
         raw: bool,
     },
+    /// Show what a backup of a disk or image file would take: each
+    /// partition's filesystem, used-only or whole (and why), and the free
+    /// space left out. Reads the disk only.
+    Plan {
+        #[arg(long)]
+        disk: PathBuf,
+        /// As `backup --raw` would (every partition whole).
+        #[arg(long)]
+        raw: bool,
+        /// Also list every free byte range (disk offsets).
+        #[arg(long)]
+        ranges: bool,
+    },
     /// Restore a backup onto a disk or image file (which must be at least as large).
     Restore {
         #[arg(long)]
@@ -338,6 +351,24 @@ fn run(cli: Cli) -> Result<()> {
             }
             let r = bootvault_engine::restore::restore(&dev, &client, id, &opts, &mut |p| eprintln!("{}", p.line()))?;
             println!("{}", r.summary(&disk.display().to_string()));
+            Ok(())
+        }
+        Cmd::Plan { disk, raw, ranges } => {
+            let dev = bootvault_engine::device::Device::open(&disk, false)?;
+            let plan = bootvault_engine::backup::disk_plan(&dev, raw);
+            for p in &plan.partitions {
+                println!("{}", p.describe());
+            }
+            println!(
+                "{} of {} is free space a backup leaves out",
+                bootvault_common::units::human_bytes(plan.unused_bytes()),
+                bootvault_common::units::human_bytes(dev.bytes)
+            );
+            if ranges {
+                for (s, e) in plan.unused_ranges() {
+                    println!("free {s}..{e}");
+                }
+            }
             Ok(())
         }
         Cmd::Backups { data, json, cmd } => admin::backups(&data, json, cmd),

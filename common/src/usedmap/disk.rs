@@ -33,6 +33,11 @@ impl DiskPlan {
         self.unused.iter().map(|&(s, e)| e - s).sum()
     }
 
+    /// The free ranges of the disk, sorted.
+    pub fn unused_ranges(&self) -> &[(u64, u64)] {
+        &self.unused
+    }
+
     /// How to take the chunk at `[off, off + len)`.
     pub fn chunk(&self, off: u64, len: usize) -> ChunkUse {
         let end = off + len as u64;

@@ -95,6 +95,8 @@ impl UsedMap {
 pub struct Used {
     size: u64,
     ranges: Vec<(u64, u64)>,
+    /// Ranges that read as zeros whatever else is marked (see [`Used::exclude`]).
+    excluded: Vec<(u64, u64)>,
     sorted: bool,
     /// Gaps smaller than this are merged away; grows when the map gets
     /// too fragmented to hold.
@@ -103,7 +105,7 @@ pub struct Used {
 
 impl Used {
     pub fn new(size: u64) -> Used {
-        Used { size, ranges: Vec::new(), sorted: true, granule: 1 }
+        Used { size, ranges: Vec::new(), excluded: Vec::new(), sorted: true, granule: 1 }
     }
 
     /// The partition size the ranges are clipped to.
@@ -193,9 +195,49 @@ impl Used {
         self.ranges = out;
     }
 
+    /// Makes `[start, start + len)` read as zeros even where it lies in
+    /// a marked range: stale bytes inside an allocated structure that the
+    /// filesystem itself ignores (the attributes of a free NTFS MFT record,
+    /// which keep a deleted small file's contents). At most [`MAX_RANGES`]
+    /// exclusions are kept; past that they are dropped, which only keeps
+    /// more.
+    pub fn exclude(&mut self, start: u64, len: u64) {
+        let end = start.saturating_add(len).min(self.size);
+        if start < end && self.excluded.len() < MAX_RANGES {
+            self.excluded.push((start, end));
+        }
+    }
+
     pub fn finish(mut self) -> UsedMap {
         self.compact();
-        UsedMap { size: self.size, ranges: self.ranges }
+        if self.excluded.is_empty() {
+            return UsedMap { size: self.size, ranges: self.ranges };
+        }
+        self.excluded.sort_unstable();
+        let mut out = Vec::with_capacity(self.ranges.len());
+        let mut ex = self.excluded.iter().peekable();
+        for &(s, e) in &self.ranges {
+            let mut at = s;
+            // Skip exclusions that end before this range.
+            while ex.peek().is_some_and(|&&(_, xe)| xe <= at) {
+                ex.next();
+            }
+            let mut look = ex.clone();
+            while let Some(&&(xs, xe)) = look.peek() {
+                if xs >= e {
+                    break;
+                }
+                if xs > at {
+                    out.push((at, xs));
+                }
+                at = at.max(xe);
+                look.next();
+            }
+            if at < e {
+                out.push((at, e));
+            }
+        }
+        UsedMap { size: self.size, ranges: out }
     }
 }
 
@@ -291,6 +333,19 @@ mod tests {
         u.mark_bits(&[0b1111_1101, 0b0000_0011, 0xFF], 0, 4096, 8192);
         let m = u.finish();
         assert_eq!(m.ranges(), &[(8192, 8192 + 4096), (8192 + 2 * 4096, 8192 + 10 * 4096), (8192 + 16 * 4096, 8192 + 24 * 4096)]);
+    }
+
+    #[test]
+    fn exclusions_cut_marked_ranges() {
+        let mut u = Used::new(1000);
+        u.mark(0, 500);
+        u.mark(600, 100);
+        u.exclude(100, 10);
+        u.exclude(105, 20);
+        u.exclude(490, 120);
+        u.exclude(900, 50);
+        let m = u.finish();
+        assert_eq!(m.ranges(), &[(0, 100), (125, 490), (610, 700)]);
     }
 
     #[test]
