@@ -63,7 +63,7 @@ enum Cmd {
         /// Chunk size in KiB.
         #[arg(long, default_value_t = bootvault_common::image::DEFAULT_CHUNK_SIZE / 1024)]
         chunk_kib: u32,
-        /// Worker threads (default: one per core, at least 2).
+        /// Worker threads (default: two per core, 4 to 8).
         #[arg(long)]
         threads: Option<usize>,
         /// Keep every byte, free space and deleted files included (forensic

@@ -205,6 +205,7 @@ pub fn restore(
     let (checked, hits) = (AtomicU64::new(0), AtomicU64::new(0));
     let comparing = AtomicBool::new(opts.compare != Compare::Never);
     let error: Mutex<Option<EngineError>> = Mutex::new(None);
+    let finished = (Mutex::new(0usize), std::sync::Condvar::new());
     // Free space first, in runs: a few large discards instead of one per chunk.
     let (mut unused, mut discarded) = (0u64, 0u64);
     for (off, len) in unused_runs(&m) {
@@ -233,9 +234,11 @@ pub fn restore(
         elapsed: start.elapsed(),
     };
     std::thread::scope(|s| {
-        let mut workers = Vec::new();
-        for _ in 0..opts.threads.max(1) {
-            workers.push(s.spawn(|| {
+        let workers = opts.threads.max(1);
+        for _ in 0..workers {
+            s.spawn(|| {
+                // Counted out however the worker ends; wakes the progress loop.
+                let _done = Finished(&finished);
                 // The worker's one chunk-sized buffer: what the target holds now.
                 let mut current = vec![0u8; m.chunk_size as usize];
                 while !stopping() {
@@ -296,11 +299,13 @@ pub fn restore(
                     written.fetch_add(len as u64, Ordering::Relaxed);
                     done.fetch_add(len as u64, Ordering::Relaxed);
                 }
-            }));
+            });
         }
         let mut last = Instant::now();
-        while workers.iter().any(|w| !w.is_finished()) {
-            std::thread::sleep(Duration::from_millis(100));
+        let (count, wake) = &finished;
+        let mut ended = count.lock().unwrap_or_else(|p| p.into_inner());
+        while *ended < workers {
+            ended = wake.wait_timeout(ended, Duration::from_millis(250)).unwrap_or_else(|p| p.into_inner()).0;
             if last.elapsed() >= Duration::from_secs(1) {
                 last = Instant::now();
                 progress(&snapshot(start));
@@ -345,6 +350,17 @@ pub fn restore(
         reread_error,
         elapsed: start.elapsed(),
     })
+}
+
+/// Counts a worker out when it ends, however it ends.
+struct Finished<'a>(&'a (Mutex<usize>, std::sync::Condvar));
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        let (count, wake) = self.0;
+        *count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        wake.notify_all();
+    }
 }
 
 /// Whether the target already holds chunk `c` at `off` (`buf` is the

@@ -56,6 +56,17 @@ fn timed(script: &str) -> Result<Duration> {
     Ok(start.elapsed())
 }
 
+/// Runs a measurement `BENCH_RUNS` times (default 3); the median wall time.
+fn median(mut one: impl FnMut() -> Result<Duration>) -> Result<Duration> {
+    let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3).max(1);
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        times.push(one()?);
+    }
+    times.sort();
+    Ok(times[runs / 2])
+}
+
 fn size(p: &Path) -> u64 {
     fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
@@ -288,21 +299,41 @@ fn bench_disk(d: &Disk, work: &Path) -> Result<()> {
     let warm = |p: &Path| sh(&format!("cat {} > /dev/null", p.display()));
     let disk_bytes = d.mib * MIB;
 
-    // Ours: a fresh server, so nothing is deduplicated against earlier runs.
+    // Ours: a fresh server for each run, so nothing is deduplicated against an earlier run.
+    let out = work.join("ours.out");
+    let mut stored = 0;
+    let mut run_no = 0;
+    let ours_backup = median(|| {
+        run_no += 1;
+        let sdir = work.join(format!("ours-{run_no}"));
+        fs::create_dir_all(&sdir).map_err(|e| e.to_string())?;
+        let server = Server::start(&sdir)?;
+        server.register("bench", &mac_for("bench"))?;
+        let token = server.token("bench")?;
+        warm(&disk)?;
+        let t = timed(&format!(
+            "{} backup --disk {} --server {} --pc bench --token {token} --name full > {}",
+            bin.display(),
+            disk.display(),
+            server.url,
+            out.display()
+        ))?;
+        stored = dir_size(&server.data.join("chunks"));
+        drop(server);
+        let _ = fs::remove_dir_all(&sdir);
+        Ok(t)
+    })?;
+    let summary = fs::read_to_string(&out).unwrap_or_default();
+    // The server the restores read from.
     let server = Server::start(&work)?;
     server.register("bench", &mac_for("bench"))?;
     let token = server.token("bench")?;
-    warm(&disk)?;
-    let out = work.join("ours.out");
-    let ours_backup = timed(&format!(
-        "{} backup --disk {} --server {} --pc bench --token {token} --name full > {}",
+    sh(&format!(
+        "{} backup --disk {} --server {} --pc bench --token {token} --name full > /dev/null",
         bin.display(),
         disk.display(),
-        server.url,
-        out.display()
+        server.url
     ))?;
-    let stored = dir_size(&server.data.join("chunks"));
-    let summary = fs::read_to_string(&out).unwrap_or_default();
 
     // partclone per partition | pigz -1 (swap is recreated, not imaged).
     for p in &parts {
@@ -323,13 +354,14 @@ fn bench_disk(d: &Disk, work: &Path) -> Result<()> {
         );
         pc_outputs.push((o, tool, i));
     }
-    let pc_backup = timed(&pc_script)?;
+    let pc_backup = median(|| timed(&pc_script))?;
     let pc_bytes: u64 = pc_outputs.iter().map(|(o, _, _)| size(o)).sum();
 
-    warm(&disk)?;
     let zst = work.join("disk.zst");
-    let zstd_backup =
-        timed(&format!("dd if={} bs=4M status=none | zstd -q -1 -T2 > {}", disk.display(), zst.display()))?;
+    let zstd_backup = median(|| {
+        warm(&disk)?;
+        timed(&format!("dd if={} bs=4M status=none | zstd -q -1 -T2 > {}", disk.display(), zst.display()))
+    })?;
 
     // Restores onto blank files.
     let target = work.join("target.img");
@@ -344,23 +376,33 @@ fn bench_disk(d: &Disk, work: &Path) -> Result<()> {
             work.join("restore.out").display()
         )
     };
-    let ours_restore = timed(&restore_cmd("auto"))?;
+    let ours_restore = median(|| {
+        blank(&target)?;
+        timed(&restore_cmd("auto"))
+    })?;
     let restore_summary = fs::read_to_string(work.join("restore.out")).unwrap_or_default();
     sh("sync")?;
-    let ours_diff = timed(&restore_cmd("auto"))?;
+    let ours_diff = median(|| timed(&restore_cmd("auto")))?;
     let diff_summary = fs::read_to_string(work.join("restore.out")).unwrap_or_default();
     let zst_target = work.join("zstd-target.img");
-    blank(&zst_target)?;
-    let zstd_restore =
-        timed(&format!("zstd -q -d -c {} | dd of={} bs=4M conv=notrunc,sparse status=none", zst.display(), zst_target.display()))?;
+    let zstd_restore = median(|| {
+        blank(&zst_target)?;
+        timed(&format!(
+            "zstd -q -d -c {} | dd of={} bs=4M conv=notrunc,sparse status=none",
+            zst.display(),
+            zst_target.display()
+        ))
+    })?;
     let _ = fs::remove_file(&zst_target);
-    let mut pcr = String::new();
-    for (o, tool, i) in &pc_outputs {
-        let t = work.join(format!("pc-target{}.img", i + 1));
-        blank(&t)?;
-        pcr += &format!("pigz -d -c {} | {tool} -q -r -s - -O {} 2>/dev/null\n", o.display(), t.display());
-    }
-    let pc_restore = timed(&pcr)?;
+    let pc_restore = median(|| {
+        let mut pcr = String::new();
+        for (o, tool, i) in &pc_outputs {
+            let t = work.join(format!("pc-target{}.img", i + 1));
+            blank(&t)?;
+            pcr += &format!("pigz -d -c {} | {tool} -q -r -s - -O {} 2>/dev/null\n", o.display(), t.display());
+        }
+        timed(&pcr)
+    })?;
 
     // Nothing deleted reached our store.
     let leaked = markers_in_store(&server.data.join("chunks"), d);
