@@ -410,9 +410,11 @@ pub fn backups(data: &Path, as_json: bool, cmd: BackupsCmd) -> Result<()> {
             let b = v.backup(id)?.with_context(|| format!("no backup {id}"))?;
             // How each partition was taken, from the manifest (complete backups only).
             let partitions = match v.manifest(id) {
-                Ok(bytes) => bootvault_common::image::Manifest::decode(&bytes)
-                    .with_context(|| format!("manifest of backup {id} is damaged"))?
-                    .partitions,
+                Ok(bytes) => {
+                    bootvault_common::image::Manifest::decode(&bytes)
+                        .with_context(|| format!("manifest of backup {id} is damaged"))?
+                        .partitions
+                }
                 Err(_) => Vec::new(),
             };
             if as_json {

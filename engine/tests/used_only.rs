@@ -114,7 +114,7 @@ fn make_ntfs(dir: &Path) -> PathBuf {
     let mnt = dir.join("ntfs-mnt");
     fs::create_dir_all(&mnt).expect("dir");
     run(Command::new("ntfs-3g").arg(&img).arg(&mnt));
-    let mut write = || -> std::io::Result<()> {
+    let write = || -> std::io::Result<()> {
         for n in 0..3 {
             fs::write(mnt.join(format!("gone{n}.dat")), marker("ntfs", n))?;
         }

@@ -66,7 +66,10 @@ fn backup_then_restore(label: &str, raw: bool) {
     if raw {
         assert!(done.contains("partition 1 (vfat): whole, mode=raw"), "{done}");
     } else {
-        assert!(done.contains("partition 1 (vfat): used only") && done.contains("partition 2 (ext4): used only"), "{done}");
+        assert!(
+            done.contains("partition 1 (vfat): used only") && done.contains("partition 2 (ext4): used only"),
+            "{done}"
+        );
         assert!(done.contains("of free space left out"), "{done}");
     }
     assert!(lines.iter().any(|l| l.contains("bootvault: backup ") && l.contains("% ")), "progress lines");

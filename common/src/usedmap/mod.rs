@@ -154,7 +154,7 @@ impl Used {
         while i < bits {
             // Skip clear bits a byte at a time where possible.
             let byte = bitmap[(i / 8) as usize];
-            if i % 8 == 0 && byte == 0 {
+            if i.is_multiple_of(8) && byte == 0 {
                 i += 8;
                 continue;
             }
@@ -165,7 +165,7 @@ impl Used {
             let run_start = i;
             while i < bits {
                 let byte = bitmap[(i / 8) as usize];
-                if i % 8 == 0 && byte == 0xFF {
+                if i.is_multiple_of(8) && byte == 0xFF {
                     i += 8;
                 } else if byte >> (i % 8) & 1 == 1 {
                     i += 1;
@@ -332,7 +332,10 @@ mod tests {
         // Units 0, 2..=9 and 16..=23, 4 KiB each, from byte 8192.
         u.mark_bits(&[0b1111_1101, 0b0000_0011, 0xFF], 0, 4096, 8192);
         let m = u.finish();
-        assert_eq!(m.ranges(), &[(8192, 8192 + 4096), (8192 + 2 * 4096, 8192 + 10 * 4096), (8192 + 16 * 4096, 8192 + 24 * 4096)]);
+        assert_eq!(
+            m.ranges(),
+            &[(8192, 8192 + 4096), (8192 + 2 * 4096, 8192 + 10 * 4096), (8192 + 16 * 4096, 8192 + 24 * 4096)]
+        );
     }
 
     #[test]

@@ -37,14 +37,9 @@ struct Disk {
     parts: &'static [(u64, u64, &'static str)],
 }
 
-const LINUX: Disk =
-    Disk { name: "linux", mib: 2048, table: "dos", parts: &[(1, 1792, "ext4"), (1793, 255, "swap")] };
-const MIXED: Disk = Disk {
-    name: "mixed",
-    mib: 1024,
-    table: "gpt",
-    parts: &[(1, 100, "vfat"), (101, 412, "ext4"), (513, 510, "ntfs")],
-};
+const LINUX: Disk = Disk { name: "linux", mib: 2048, table: "dos", parts: &[(1, 1792, "ext4"), (1793, 255, "swap")] };
+const MIXED: Disk =
+    Disk { name: "mixed", mib: 1024, table: "gpt", parts: &[(1, 100, "vfat"), (101, 412, "ext4"), (513, 510, "ntfs")] };
 
 fn sh(script: &str) -> Result<()> {
     run(Command::new("bash").args(["-o", "pipefail", "-c", script])).map(|_| ())
@@ -197,7 +192,13 @@ fn make_part(d: &Disk, kind: &str, mib: u64, img: &Path, work: &Path) -> Result<
         let _ = fs::remove_dir_all(&stage);
         fill(&stage, "gone", &sources[1..], budget / 2, Some(&mark))?;
         fill(&stage, "kept", &sources, budget / 2, None)?;
-        run(Command::new("mcopy").arg("-s").arg("-i").arg(img).arg(stage.join("gone")).arg(stage.join("kept")).arg("::/"))?;
+        run(Command::new("mcopy")
+            .arg("-s")
+            .arg("-i")
+            .arg(img)
+            .arg(stage.join("gone"))
+            .arg(stage.join("kept"))
+            .arg("::/"))?;
         run(Command::new("mdeltree").arg("-i").arg(img).arg("::/gone"))?;
         return fs::remove_dir_all(&stage).map_err(|e| e.to_string());
     }
@@ -347,11 +348,8 @@ fn bench_disk(d: &Disk, work: &Path) -> Result<()> {
         }
         let o = work.join(format!("pc{}.gz", i + 1));
         let tool = format!("partclone.{kind}");
-        pc_script += &format!(
-            "{tool} -q -c -s {} -o - 2>/dev/null | pigz -1 -p 2 > {}\n",
-            parts[i].display(),
-            o.display()
-        );
+        pc_script +=
+            &format!("{tool} -q -c -s {} -o - 2>/dev/null | pigz -1 -p 2 > {}\n", parts[i].display(), o.display());
         pc_outputs.push((o, tool, i));
     }
     let pc_backup = median(|| timed(&pc_script))?;
