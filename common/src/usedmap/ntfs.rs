@@ -27,6 +27,7 @@ const MAX_LOG_PAGE: u32 = 64 << 10;
 const AT_VOLUME_INFORMATION: u32 = 0x70;
 const AT_ATTRIBUTE_LIST: u32 = 0x20;
 const AT_DATA: u32 = 0x80;
+const AT_BITMAP: u32 = 0xB0;
 const AT_END: u32 = 0xFFFF_FFFF;
 
 const REC_MFT: u64 = 0;
@@ -34,6 +35,11 @@ const REC_MFTMIRR: u64 = 1;
 const REC_LOGFILE: u64 = 2;
 const REC_VOLUME: u64 = 3;
 const REC_BITMAP: u64 = 6;
+/// Free MFT records from here on lose their attributes in the backup;
+/// 0..15 are the system files and 16..23 are reserved for them.
+const FIRST_WIPED_RECORD: u64 = 24;
+/// Most pieces of free records excluded (three or more per record).
+const MAX_CUTS: usize = 1 << 20;
 
 /// `$VOLUME_INFORMATION` flags that mean "run chkdsk first".
 const VOLUME_IS_DIRTY: u16 = 0x0001;
@@ -104,6 +110,10 @@ pub fn used(read: &mut ReadFn<'_>, size: u64, used: &mut Used) -> Result<(), Str
         used.mark(lcn * geo.cluster, len * geo.cluster);
     }
     used.mark(0, geo.sector);
+    // Deleted small files stay in their free MFT records. Not being able
+    // to tell which records are free only keeps more, so it is no reason
+    // to take the partition whole.
+    let _ = vol.exclude_free_records(&records[REC_MFT as usize], &mft, used);
     // The backup boot sector (at total_sectors * bytes per sector, or the
     // volume's last sector) and the tail no cluster covers.
     used.mark_beyond(geo.clusters * geo.cluster);
@@ -384,26 +394,28 @@ impl Volume<'_, '_> {
                 .map(<[u8]>::to_vec)
                 .ok_or_else(|| format!("ntfs: {what} is short"));
         }
-        let cs = self.geo.cluster;
         let mut out = Vec::with_capacity(len);
         let mut pos = off;
         while pos < end {
-            let vcn = pos / cs;
-            let i = s.runs.partition_point(|r| r.vcn + r.len <= vcn);
-            let run = s
-                .runs
-                .get(i)
-                .filter(|r| r.vcn <= vcn)
-                .ok_or_else(|| format!("ntfs: {what}: VCN {vcn} is not mapped"))?;
-            let lcn = run.lcn;
-            // Runs were checked to lie inside the volume, so none of this overflows.
-            let run_end = (run.vcn + run.len) * cs;
-            let n = (run_end.min(end) - pos) as usize;
-            let disk = (lcn + (vcn - run.vcn)) * cs + pos % cs;
-            out.extend(read_checked(self.read, self.size, disk, n, what).map_err(|e| format!("ntfs: {e}"))?);
-            pos += n as u64;
+            let (disk, n) = self.locate(s, pos, end, what)?;
+            out.extend(read_checked(self.read, self.size, disk, n as usize, what).map_err(|e| format!("ntfs: {e}"))?);
+            pos += n;
         }
         Ok(out)
+    }
+
+    /// Where byte `pos` of non-resident stream `s` lies on the partition,
+    /// and how many bytes from there up to `end` follow it contiguously.
+    fn locate(&self, s: &Stream, pos: u64, end: u64, what: &str) -> Result<(u64, u64), String> {
+        let cs = self.geo.cluster;
+        let vcn = pos / cs;
+        let i = s.runs.partition_point(|r| r.vcn + r.len <= vcn);
+        let run =
+            s.runs.get(i).filter(|r| r.vcn <= vcn).ok_or_else(|| format!("ntfs: {what}: VCN {vcn} is not mapped"))?;
+        // Runs were checked to lie inside the volume, so none of this overflows.
+        let run_end = (run.vcn + run.len) * cs;
+        let disk = (run.lcn + (vcn - run.vcn)) * cs + pos % cs;
+        Ok((disk, run_end.min(end) - pos))
     }
 
     /// A fixed-up, checked, in-use base or extension MFT record read at
@@ -425,11 +437,17 @@ impl Volume<'_, '_> {
     /// The unnamed `$DATA` of base record `rec` (number `n`), following an
     /// `$ATTRIBUTE_LIST` into extension records read through `mft_runs`.
     fn data(&mut self, rec: &[u8], n: u64, mft_runs: &[Run]) -> Result<Stream, String> {
+        self.attr(rec, n, AT_DATA, mft_runs)
+    }
+
+    /// The unnamed attribute `ty` of base record `rec` (number `n`), as
+    /// [`Volume::data`] finds `$DATA`.
+    fn attr(&mut self, rec: &[u8], n: u64, ty: u32, mft_runs: &[Run]) -> Result<Stream, String> {
         let attrs = attributes(rec)?;
         let mut extents: Vec<Value> = Vec::new();
         match attrs.iter().find(|a| a.ty == AT_ATTRIBUTE_LIST) {
             None => {
-                for a in attrs.iter().filter(|a| a.ty == AT_DATA && a.name_len == 0) {
+                for a in attrs.iter().filter(|a| a.ty == ty && a.name_len == 0) {
                     extents.push(value(rec, *a)?);
                 }
             }
@@ -456,8 +474,8 @@ impl Volume<'_, '_> {
                     init_size: mft_runs.last().map_or(0, |r| (r.vcn + r.len) * self.geo.cluster),
                 };
                 let mut read_recs: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
-                for (ty, lowest_vcn, rn) in attribute_list(&list)? {
-                    if ty != AT_DATA {
+                for (entry_ty, lowest_vcn, rn) in attribute_list(&list)? {
+                    if entry_ty != ty {
                         continue;
                     }
                     let ext_rec = if rn == n {
@@ -473,7 +491,7 @@ impl Volume<'_, '_> {
                         r
                     };
                     let mut hit = None;
-                    for a in attributes(&ext_rec)?.into_iter().filter(|a| a.ty == AT_DATA && a.name_len == 0) {
+                    for a in attributes(&ext_rec)?.into_iter().filter(|a| a.ty == ty && a.name_len == 0) {
                         let v = value(&ext_rec, a)?;
                         let low = match &v {
                             Value::Resident(_) => 0,
@@ -484,18 +502,21 @@ impl Volume<'_, '_> {
                         }
                     }
                     extents.push(hit.ok_or_else(|| {
-                        format!("ntfs: attribute list of record {n} names a $DATA extent missing from record {rn}")
+                        format!(
+                            "ntfs: attribute list of record {n} names a {} extent missing from record {rn}",
+                            attr_name(ty)
+                        )
                     })?);
                 }
             }
         }
-        self.combine(extents, n)
+        self.combine(extents, n, ty)
     }
 
     /// One stream from the extents of an attribute, checked to be
     /// contiguous in VCNs and to cover its allocated size.
-    fn combine(&self, mut extents: Vec<Value>, n: u64) -> Result<Stream, String> {
-        let bad = |why: &str| format!("ntfs: $DATA of MFT record {n}: {why}");
+    fn combine(&self, mut extents: Vec<Value>, n: u64, ty: u32) -> Result<Stream, String> {
+        let bad = |why: &str| format!("ntfs: {} of MFT record {n}: {why}", attr_name(ty));
         if extents.len() == 1 {
             if let Value::Resident(v) = &extents[0] {
                 let len = v.len() as u64;
@@ -530,6 +551,62 @@ impl Volume<'_, '_> {
             return Err(bad("runs do not cover the allocated size"));
         }
         Ok(Stream { resident: None, runs, data_size, init_size })
+    }
+
+    /// Makes every free MFT record read as a free record with nothing in
+    /// it: what a deleted file leaves there (the contents of a small
+    /// resident file, its names) is excluded from the map, although the
+    /// MFT's clusters are in use. A record is free when the `$MFT`'s own
+    /// `$BITMAP` and the record's header both say so. Kept, as ntfsclone's
+    /// metadata image keeps them: the header (which the driver reads to
+    /// reuse the record: sequence number, update sequence number) and
+    /// the update sequence's check words at the end of every 512-byte
+    /// block, so that the record stays a valid free record. Err: nothing
+    /// was excluded.
+    fn exclude_free_records(&mut self, rec0: &[u8], mft: &Stream, used: &mut Used) -> Result<(), String> {
+        let rs = self.geo.record;
+        let bmp = self.attr(rec0, REC_MFT, AT_BITMAP, &mft.runs)?;
+        // One bit per record the $MFT holds, in 8-byte granules.
+        let bound = (mft.data_size / rs).div_ceil(8).next_multiple_of(8);
+        let bmp_len = bmp.init_size.min(bound);
+        let bits = self.stream(&bmp, 0, bmp_len as usize, "$MFT's $BITMAP")?;
+        if bits.get(..2) != Some([0xFF, 0xFF].as_slice()) {
+            return Err("ntfs: $MFT's $BITMAP does not mark the system records in use".into());
+        }
+        let free = |i: u64| bits.get((i / 8) as usize).is_some_and(|b| b >> (i % 8) & 1 == 0);
+        // Records past the bitmap or the initialised data are left alone.
+        let records = (mft.init_size / rs).min(bmp_len * 8);
+        let per_read = (super::MAX_READ as u64 / rs).max(1);
+        let mut cut = Vec::new();
+        let mut first = FIRST_WIPED_RECORD;
+        // The map keeps about a million exclusions; stop reading there.
+        while first < records && cut.len() < MAX_CUTS {
+            let end = first.saturating_add(per_read).min(records);
+            let (Some(lo), Some(hi)) = ((first..end).find(|&i| free(i)), (first..end).rev().find(|&i| free(i))) else {
+                first = end;
+                continue;
+            };
+            let buf = self.stream(mft, lo * rs, ((hi - lo + 1) * rs) as usize, "MFT")?;
+            for (k, rec) in buf.chunks_exact(rs as usize).enumerate() {
+                let i = lo + k as u64;
+                if !free(i) {
+                    continue;
+                }
+                for (a, b) in free_record_wipe(rec) {
+                    let (mut pos, stop) = (i * rs + a as u64, i * rs + b as u64);
+                    while pos < stop {
+                        let (disk, n) = self.locate(mft, pos, stop, "MFT")?;
+                        cut.push((disk, n));
+                        pos += n;
+                    }
+                }
+            }
+            first = end;
+        }
+        for (disk, n) in cut {
+            used.exclude(disk, n);
+        }
+        Ok(())
     }
 
     /// `$MFTMirr` must start at the boot sector's mirror cluster and hold
@@ -665,6 +742,49 @@ fn check_record(mut rec: Vec<u8>, n: u64) -> Result<Vec<u8>, String> {
     Ok(rec)
 }
 
+/// The byte ranges of a free MFT record `rec` (read as stored, fixups not
+/// applied) that may read as zeros: everything but its header and the
+/// update sequence number, which ends every 512-byte block and opens the
+/// update sequence array. The array's other entries hold the bytes the
+/// check words stand in for (two bytes of stale data per block); zeroed,
+/// they restore zeros there, as ntfsclone's wiped records have. Nothing
+/// when the record is not a free `FILE` record with a sane header.
+fn free_record_wipe(rec: &[u8]) -> Vec<(usize, usize)> {
+    let header = || -> Result<Option<(usize, usize, usize)>, String> {
+        let (usa_ofs, usa_count) = (usize::from(le16(rec, 4)?), usize::from(le16(rec, 6)?));
+        let (first_attr, flags) = (usize::from(le16(rec, 0x14)?), le16(rec, 0x16)?);
+        let sane = rec.get(..4) == Some(b"FILE".as_slice())
+            && rec.len().is_multiple_of(FIXUP_BLOCK)
+            && flags & 1 == 0
+            && usa_count == rec.len() / FIXUP_BLOCK + 1
+            && usa_ofs.is_multiple_of(2)
+            && usa_ofs >= 0x2A
+            && first_attr.is_multiple_of(8)
+            && first_attr >= usa_ofs + 2 * usa_count
+            && first_attr < FIXUP_BLOCK - 2;
+        Ok(sane.then_some((usa_ofs, usa_count, first_attr)))
+    };
+    let Ok(Some((usa_ofs, usa_count, first_attr))) = header() else {
+        return Vec::new();
+    };
+    let mut out = vec![(usa_ofs + 2, usa_ofs + 2 * usa_count)];
+    for k in 0..rec.len() / FIXUP_BLOCK {
+        let (a, b) = ((k * FIXUP_BLOCK).max(first_attr), (k + 1) * FIXUP_BLOCK - 2);
+        if a < b {
+            out.push((a, b));
+        }
+    }
+    out
+}
+
+fn attr_name(ty: u32) -> String {
+    match ty {
+        AT_DATA => "$DATA".into(),
+        AT_BITMAP => "$BITMAP".into(),
+        _ => format!("attribute {ty:#x}"),
+    }
+}
+
 /// `(type, lowest VCN, MFT record)` of each entry of an attribute list.
 fn attribute_list(list: &[u8]) -> Result<Vec<(u32, u64, u64)>, String> {
     let mut out = Vec::new();
@@ -763,6 +883,41 @@ mod tests {
         let mut short = rec;
         short[6] = 2;
         assert!(apply_fixups(&mut short, "test").unwrap_err().contains("invalid update sequence"));
+    }
+
+    #[test]
+    fn free_record_keeps_header_and_check_words() {
+        // A free 1 KiB NTFS 3.1 record: array at 0x30 (3 entries), first
+        // attribute at 0x38.
+        let mut rec = vec![0xAAu8; 1024];
+        rec[..4].copy_from_slice(b"FILE");
+        rec[4..6].copy_from_slice(&0x30u16.to_le_bytes());
+        rec[6..8].copy_from_slice(&3u16.to_le_bytes());
+        rec[0x14..0x16].copy_from_slice(&0x38u16.to_le_bytes());
+        rec[0x16..0x18].copy_from_slice(&0u16.to_le_bytes());
+        assert_eq!(free_record_wipe(&rec), vec![(0x32, 0x36), (0x38, 510), (512, 1022)]);
+        // 4 KiB records have a check word per 512 bytes.
+        let mut big = rec.clone();
+        big.resize(4096, 0xAA);
+        big[6..8].copy_from_slice(&9u16.to_le_bytes());
+        big[0x14..0x16].copy_from_slice(&0x48u16.to_le_bytes());
+        let w = free_record_wipe(&big);
+        assert_eq!(w.len(), 9);
+        assert_eq!((w[0], w[1], w[8]), ((0x32, 0x42), (0x48, 510), (3584, 4094)));
+        // In use, not a FILE record, or a header that does not add up: nothing.
+        let mut in_use = rec.clone();
+        in_use[0x16] = 1;
+        let mut baad = rec.clone();
+        baad[..4].copy_from_slice(b"BAAD");
+        let mut count = rec.clone();
+        count[6] = 2;
+        let mut attr = rec.clone();
+        attr[0x14] = 0x34;
+        let mut odd = rec.clone();
+        odd[0x14..0x16].copy_from_slice(&0x200u16.to_le_bytes());
+        for r in [in_use, baad, count, attr, odd, vec![0; 1024], vec![0xFF; 8]] {
+            assert!(free_record_wipe(&r).is_empty());
+        }
     }
 
     fn boot(bps: u16, spc: u8, total: u64, mft: u64, cpr: i8) -> Vec<u8> {
@@ -915,6 +1070,21 @@ mod tests {
         false
     }
 
+    /// The `BV-RESIDENT-MARKER-nnn-` strings in `hay`, sorted, once each:
+    /// one pass over the image.
+    fn markers(hay: &[u8]) -> Vec<String> {
+        let prefix = b"BV-RESIDENT-MARKER-";
+        let head = u64::from_le_bytes(prefix[..8].try_into().unwrap());
+        let mut found = std::collections::BTreeSet::new();
+        for i in 0..hay.len().saturating_sub(prefix.len() + 4) {
+            let w = u64::from_le_bytes(hay[i..i + 8].try_into().unwrap());
+            if w == head && hay[i..].starts_with(prefix) {
+                found.insert(String::from_utf8_lossy(&hay[i..i + prefix.len() + 4]).into_owned());
+            }
+        }
+        found.into_iter().collect()
+    }
+
     /// Copies `files` into the image with ntfscp (no mount needed) and
     /// "deletes" the marker files by overwriting each with a short one:
     /// ntfscp truncates, freeing the clusters that held the marker.
@@ -955,10 +1125,14 @@ mod tests {
     fn check_copy(s: &Scratch, copy: &[u8], files: &[(String, Vec<u8>)]) {
         let path = s.path("copy.img");
         std::fs::write(&path, copy).expect("write copy");
-        let out = Command::new(tool("ntfsfix")).args(["-n", &path]).output().expect("ntfsfix");
+        check_copy_file(&path, files);
+    }
+
+    fn check_copy_file(path: &str, files: &[(String, Vec<u8>)]) {
+        let out = Command::new(tool("ntfsfix")).args(["-n", path]).output().expect("ntfsfix");
         assert!(out.status.success(), "ntfsfix -n on the zeroed copy: {}", String::from_utf8_lossy(&out.stdout));
         for (name, data) in files {
-            let got = run("ntfscat", &[&path, &format!("/{name}")]);
+            let got = run("ntfscat", &[path, &format!("/{name}")]);
             assert!(got == *data, "{name} differs in the zeroed copy ({} vs {} bytes)", got.len(), data.len());
         }
     }
@@ -1054,6 +1228,79 @@ mod tests {
                 assert!(same, "{n} differs through the mounted copy");
             }
         }
+    }
+
+    /// Mounts `img` on `mnt` with ntfs-3g, runs `f`, unmounts.
+    fn mounted<T>(img: &str, mnt: &str, f: impl FnOnce() -> std::io::Result<T>) -> T {
+        std::fs::create_dir_all(mnt).expect("mount point");
+        let ok = Command::new(tool("ntfs-3g")).args([img, mnt]).status().is_ok_and(|st| st.success());
+        assert!(ok, "ntfs-3g could not mount {img} (needs root and /dev/fuse, as `make unit` has)");
+        let done = f();
+        let unmounted = Command::new("umount").arg(mnt).status().is_ok_and(|st| st.success());
+        let done = done.expect("writing through the mount");
+        assert!(unmounted, "umount {mnt}");
+        done
+    }
+
+    /// Small files live inside their MFT record; deleting one leaves its
+    /// bytes in a free record of the (in-use) MFT. The zeroed copy must
+    /// lose them and still let ntfs-3g reuse those records.
+    #[test]
+    fn deleted_resident_files_are_wiped() {
+        // With 512-byte clusters every record spans two clusters.
+        deleted_resident_files_case("resident", &[]);
+        deleted_resident_files_case("resident512", &["-c", "512"]);
+    }
+
+    fn deleted_resident_files_case(tag: &str, args: &[&str]) {
+        use std::os::unix::fs::MetadataExt;
+        let s = Scratch::new(tag);
+        let path = mkntfs(&s, 32 * MIB, args);
+        let mnt = s.path("mnt");
+        let marker = |i: u64| format!("BV-RESIDENT-MARKER-{i:03}-").into_bytes();
+        let small = |seed: u64, i: u64| noise(seed + i, 100 + (i as usize * 97) % 500);
+        let mut files = Vec::new();
+        let gone = mounted(&path, &mnt, || {
+            let mut gone = Vec::new();
+            for i in 0..50u64 {
+                let mut data = small(9000, i);
+                data.splice(40..40, marker(i));
+                std::fs::write(format!("{mnt}/m{i}"), &data)?;
+                let name = format!("k{i}");
+                let data = if i % 10 == 0 { noise(9500 + i, 100_000 + i as usize * 5_000) } else { small(9200, i) };
+                std::fs::write(format!("{mnt}/{name}"), &data)?;
+                files.push((name, data));
+            }
+            Command::new("sync").status()?;
+            for i in 0..50u64 {
+                gone.push(std::fs::metadata(format!("{mnt}/m{i}"))?.ino());
+                std::fs::remove_file(format!("{mnt}/m{i}"))?;
+            }
+            Ok(gone)
+        });
+        let img = std::fs::read(&path).expect("read image");
+        let m = used_map(&img);
+        let copy = zeroed(&img, &m);
+        let all: Vec<String> = (0..50).map(|i| String::from_utf8(marker(i)).expect("ascii")).collect();
+        assert_eq!(markers(&img), all, "the markers were not all left in free records");
+        assert_eq!(markers(&copy), Vec::<String>::new(), "deleted resident files survived the zeroing");
+        check_copy(&s, &copy, &files);
+        // The driver reuses the wiped records for new files.
+        let copy_path = s.path("copy.img");
+        let mut new = Vec::new();
+        let reused = mounted(&copy_path, &mnt, || {
+            let mut inos = Vec::new();
+            for i in 0..100u64 {
+                let (name, data) = (format!("n{i}"), small(9700, i));
+                std::fs::write(format!("{mnt}/{name}"), &data)?;
+                inos.push(std::fs::metadata(format!("{mnt}/{name}"))?.ino());
+                new.push((name, data));
+            }
+            Ok(inos)
+        });
+        assert!(gone.iter().all(|ino| reused.contains(ino)), "wiped records {gone:?} not reused: {reused:?}");
+        files.extend(new);
+        check_copy_file(&copy_path, &files);
     }
 
     // ---- damage ----
@@ -1269,6 +1516,44 @@ mod tests {
         assert!(whole(&short).contains("$Bitmap holds 100 bytes"), "{}", whole(&short));
         // A partition cut short of the volume.
         assert!(whole(&img[..16 << 20]).contains("does not fit"));
+    }
+
+    /// Free records lose all but their header and check words; when the
+    /// $MFT's own $BITMAP is in doubt they are kept whole, and the map is
+    /// still read.
+    #[test]
+    fn mft_bitmap_in_doubt_wipes_nothing() {
+        let (s, path, _) = fresh("mftbitmap");
+        // ntfs-3g grows the MFT to 65 records for one more file, in
+        // record 64: records 27..63 are formatted and free.
+        let local = s.path("a");
+        std::fs::write(&local, noise(1, 300)).expect("write file");
+        run("ntfscp", &["-f", &path, &local, "/a"]);
+        let img = std::fs::read(&path).expect("read image");
+        let (cs, rs, mft) = layout(&img);
+        assert_eq!(&img[2 * cs..2 * cs + 9], &[0xFF, 0xFF, 0, 7, 0, 0, 0, 0, 1], "unexpected $MFT $BITMAP");
+        let rec = |n: usize| (mft + n * rs) as u64;
+        let plain = used_map(&img);
+        for n in [27, 63] {
+            assert_eq!(
+                plain.used_in(rec(n), rs as u64).collect::<Vec<_>>(),
+                vec![
+                    (rec(n), rec(n) + 0x32),
+                    (rec(n) + 0x36, rec(n) + 0x38),
+                    (rec(n) + 510, rec(n) + 512),
+                    (rec(n) + 1022, rec(n) + 1024),
+                ]
+            );
+        }
+        // System, reserved and in-use records are never touched.
+        assert_eq!(plain.used_in(rec(0), 27 * rs as u64).map(|(s, e)| e - s).sum::<u64>(), 27 * rs as u64);
+        assert!(plain.used_in(rec(64), rs as u64).eq([(rec(64), rec(65))]));
+        // Record 3 marked free in the $MFT's $BITMAP (at LCN 2): all kept.
+        let mut doubt = img.clone();
+        doubt[2 * cs] &= !(1 << 3);
+        let m = used_map(&doubt);
+        assert!(m.used_in(rec(0), 65 * rs as u64).eq([(rec(0), rec(65))]));
+        assert_eq!(m.used_bytes(), plain.used_bytes() + 37 * (rs as u64 - 0x32 - 2 - 2 - 2));
     }
 
     #[test]
