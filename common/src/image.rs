@@ -27,10 +27,12 @@ pub const MIN_CHUNK_SIZE: u32 = 4096;
 /// Largest disk a new backup may cover: 64 PiB, beyond any disk made, and
 /// far inside SQLite's `i64` and a `u64` offset plus a chunk.
 pub const MAX_DISK_BYTES: u64 = 1 << 56;
-/// zstd level 2: smaller than `pigz -1` on installed systems and on
-/// already-compressed data, and faster than `zstd -1 -T2` on two cores
-/// (BENCHMARKS.md "Chunk codec"). 0 stores chunks uncompressed.
-pub const DEFAULT_LEVEL: u8 = 2;
+/// zstd level 1: at most `pigz -1`'s size on installed systems and on
+/// disks of already-compressed files, and with the server's checks about
+/// as fast as `dd | zstd -1 -T2` on two cores; level 2 stores 5 % less
+/// for 25 % more CPU (BENCHMARKS.md "Chunk codec"). 0 stores chunks
+/// uncompressed.
+pub const DEFAULT_LEVEL: u8 = 1;
 /// Highest level a backup may ask for (zstd's levels above this cost far
 /// more time than they save).
 pub const MAX_LEVEL: u8 = 19;
@@ -169,18 +171,21 @@ pub fn decode_blob(blob: &[u8], max_len: usize) -> Result<Vec<u8>, BlobError> {
 /// One zstd frame, inflating to at most `max_len` bytes (the frame's own
 /// size field is checked before anything is allocated for it).
 fn decode_zstd(payload: &[u8], max_len: usize) -> Result<Vec<u8>, BlobError> {
-    match zstd::zstd_safe::get_frame_content_size(payload) {
+    // The buffer is what the frame says it holds (our frames always say),
+    // not `max_len`: zeroing 16 MiB per chunk cost more than inflating it.
+    let cap = match zstd::zstd_safe::get_frame_content_size(payload) {
         Ok(Some(n)) if n > max_len as u64 => return Err(BlobError::TooLarge { max: max_len }),
-        Ok(_) => {}
+        Ok(Some(n)) => n as usize,
+        Ok(None) => max_len,
         Err(_) => return Err(BlobError::Inflate("not a zstd frame".into())),
-    }
+    };
     ZSTD_DECODER.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
             *slot = zstd::bulk::Decompressor::new().ok();
         }
         let d = slot.as_mut().ok_or_else(|| BlobError::Inflate("no zstd context (out of memory?)".into()))?;
-        let mut out = vec![0u8; max_len];
+        let mut out = vec![0u8; cap];
         match d.decompress_to_buffer(payload, &mut out[..]) {
             Ok(n) => {
                 out.truncate(n);
@@ -285,6 +290,16 @@ pub struct Manifest {
     /// Empty in version 1 manifests.
     pub partitions: Vec<PartitionRecord>,
     pub chunks: Vec<Chunk>,
+    /// Version 2: per chunk, the XXH3-128 of its bytes (0 for chunks that
+    /// are not data), or empty. A differential restore compares the
+    /// target with these: several times faster to compute than BLAKE3, and
+    /// a match is still checked against nothing weaker than 128 bits.
+    pub quick: Vec<u128>,
+}
+
+/// The quick fingerprint of a chunk's plain bytes ([`Manifest::quick`]).
+pub fn quick_id(plain: &[u8]) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(plain)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -430,13 +445,26 @@ impl Manifest {
                 Chunk::Unused => out.push(2),
             }
         }
+        if version >= 2 {
+            // Quick fingerprints: a flag, then one per chunk.
+            let with = !self.quick.is_empty() && self.quick.len() == self.chunks.len();
+            out.push(u8::from(with));
+            if with {
+                for q in &self.quick {
+                    out.extend_from_slice(&q.to_le_bytes());
+                }
+            }
+        }
         out
     }
 
     /// 1 when version 1 can say everything (old manifests keep their
     /// bytes and digest), else [`MANIFEST_VERSION`].
     pub fn version(&self) -> u32 {
-        if self.partitions.is_empty() && !self.chunks.iter().any(|c| matches!(c, Chunk::Unused)) {
+        if self.partitions.is_empty()
+            && self.quick.is_empty()
+            && !self.chunks.iter().any(|c| matches!(c, Chunk::Unused))
+        {
             1
         } else {
             MANIFEST_VERSION
@@ -558,6 +586,26 @@ impl Manifest {
                 k => return ferr(at, format!("unknown chunk kind {k}")),
             }
         }
+        let mut quick = Vec::new();
+        if version >= 2 {
+            let at = c.at();
+            match c.u8("fingerprint flag")? {
+                0 => {}
+                1 => {
+                    if count.saturating_mul(16) > (split - c.pos) as u64 {
+                        return ferr(at, "fingerprints exceed the manifest's size");
+                    }
+                    quick.reserve(count as usize);
+                    for _ in 0..count {
+                        let b = c.take(16, "fingerprint")?;
+                        let mut a = [0u8; 16];
+                        a.copy_from_slice(b);
+                        quick.push(u128::from_le_bytes(a));
+                    }
+                }
+                k => return ferr(at, format!("unknown fingerprint flag {k}")),
+            }
+        }
         if c.pos != split {
             return ferr(c.at(), format!("{} unexpected bytes before the digest", split - c.pos));
         }
@@ -575,6 +623,7 @@ impl Manifest {
             extents,
             partitions,
             chunks,
+            quick,
         })
     }
 
@@ -857,6 +906,7 @@ mod tests {
             serial: "S1".into(),
             extents: vec![Extent { offset: 0, data: vec![0xAB; 512] }, Extent { offset: 16384, data: vec![1; 33] }],
             partitions: Vec::new(),
+            quick: Vec::new(),
             chunks: vec![
                 Chunk::Data { id: blobs[0].0, blob_len: blobs[0].1.len() as u32 },
                 Chunk::Zero,
@@ -866,6 +916,41 @@ mod tests {
             ],
         };
         (m, blobs)
+    }
+
+    #[test]
+    fn version_2_round_trip_and_version_1_unchanged() {
+        let (mut m, _) = sample();
+        assert_eq!(m.version(), 1);
+        let v1 = m.encode();
+        assert_eq!(&v1[8..12], &1u32.to_le_bytes());
+        m.partitions.push(PartitionRecord {
+            number: 1,
+            start: 1 << 20,
+            bytes: 64 << 20,
+            fs: "ext4".into(),
+            used_only: true,
+            used_bytes: 5 << 20,
+            note: String::new(),
+        });
+        m.chunks[1] = Chunk::Unused;
+        m.quick = (0..m.chunks.len() as u128).map(|i| i * 7 + 1).collect();
+        let v2 = m.encode();
+        assert_eq!(&v2[8..12], &2u32.to_le_bytes());
+        assert_eq!(Manifest::decode(&v2).unwrap(), m);
+        assert_eq!(m.unused_chunks(), 1);
+        // Without fingerprints, still version 2, and still round trips.
+        m.quick.clear();
+        assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
+        // Unused is not a version 1 chunk kind.
+        let mut bad = v1.clone();
+        let kinds_at = bad.len() - 32 - (1 + 32 + 4) * 3 - 1;
+        assert_eq!(bad[kinds_at], 0, "the Zero chunk's kind byte");
+        bad[kinds_at] = 2;
+        let n = bad.len() - 32;
+        let digest = chunk_id(&bad[..n]);
+        bad[n..].copy_from_slice(&digest);
+        assert!(Manifest::decode(&bad).unwrap_err().what.contains("unknown chunk kind 2"));
     }
 
     #[test]
@@ -990,6 +1075,7 @@ mod tests {
             serial: String::new(),
             extents: vec![],
             partitions: Vec::new(),
+            quick: Vec::new(),
             chunks: vec![Chunk::Zero, Chunk::Zero, Chunk::Data { id: [0x11; 32], blob_len: 7 }],
         };
         let b = m.encode();

@@ -182,7 +182,7 @@ fn now_unix() -> u64 {
 enum Slot {
     Zero,
     Unused,
-    Data(ChunkId),
+    Data(ChunkId, u128),
 }
 
 struct Shared<'a> {
@@ -228,7 +228,7 @@ impl Shared<'_> {
     }
 
     /// One worker: groups of chunks until none are left or one failed.
-    fn work(&self, out: &mpsc::Sender<Result<(usize, Chunk), EngineError>>) {
+    fn work(&self, out: &mpsc::Sender<Result<(usize, Chunk, u128), EngineError>>) {
         let group = self.opts.group.max(1);
         let mut bufs: Vec<Vec<u8>> = (0..group).map(|_| vec![0u8; self.opts.chunk_size as usize]).collect();
         while !self.stopping() {
@@ -250,7 +250,7 @@ impl Shared<'_> {
         first: usize,
         last: usize,
         bufs: &mut [Vec<u8>],
-        out: &mpsc::Sender<Result<(usize, Chunk), EngineError>>,
+        out: &mpsc::Sender<Result<(usize, Chunk, u128), EngineError>>,
     ) -> Result<(), EngineError> {
         let mut ids: Vec<Slot> = Vec::with_capacity(last - first);
         for (k, i) in (first..last).enumerate() {
@@ -271,10 +271,14 @@ impl Shared<'_> {
             for (s, e) in holes {
                 buf[s..e].fill(0);
             }
-            ids.push(if image::is_zero(buf) { Slot::Zero } else { Slot::Data(image::chunk_id(buf)) });
+            ids.push(if image::is_zero(buf) {
+                Slot::Zero
+            } else {
+                Slot::Data(image::chunk_id(buf), image::quick_id(buf))
+            });
         }
         let asked: Vec<ChunkId> =
-            ids.iter().filter_map(|s| if let Slot::Data(id) = s { Some(*id) } else { None }).collect();
+            ids.iter().filter_map(|s| if let Slot::Data(id, _) = s { Some(*id) } else { None }).collect();
         let stored = if asked.is_empty() { Vec::new() } else { self.client.missing(self.backup, &asked)? };
         let mut answers = stored.into_iter();
         for (k, i) in (first..last).enumerate() {
@@ -282,10 +286,11 @@ impl Shared<'_> {
                 return Ok(());
             }
             let (off, len) = self.range(i);
+            let quick = if let Slot::Data(_, q) = ids[k] { q } else { 0 };
             let chunk = match ids[k] {
                 Slot::Zero => Chunk::Zero,
                 Slot::Unused => Chunk::Unused,
-                Slot::Data(id) => {
+                Slot::Data(id, _) => {
                     let mut blob_len = answers.next().unwrap_or(0);
                     if blob_len == 0 {
                         let plain = &bufs[k][..len];
@@ -312,7 +317,7 @@ impl Shared<'_> {
                 }
             };
             self.done.fetch_add(len as u64, Ordering::Relaxed);
-            if out.send(Ok((i, chunk))).is_err() {
+            if out.send(Ok((i, chunk, quick))).is_err() {
                 return Err(EngineError::new("backup collector stopped"));
             }
         }
@@ -382,6 +387,7 @@ fn run(
         claimed: Mutex::new(HashMap::new()),
     };
     let mut chunks: Vec<Option<Chunk>> = vec![None; count];
+    let mut quick: Vec<u128> = vec![0; count];
     let mut first_error = None;
     std::thread::scope(|s| {
         let (tx, rx) = mpsc::channel();
@@ -394,7 +400,10 @@ fn run(
         let mut last = Instant::now();
         loop {
             match rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(Ok((i, c))) => chunks[i] = Some(c),
+                Ok(Ok((i, c, q))) => {
+                    chunks[i] = Some(c);
+                    quick[i] = q;
+                }
                 Ok(Err(e)) => {
                     first_error.get_or_insert(e);
                 }
@@ -433,6 +442,7 @@ fn run(
         extents,
         partitions: plan.partitions.clone(),
         chunks,
+        quick,
     };
     client.finish(id, &manifest.encode())?;
     Ok(BackupReport {

@@ -1142,8 +1142,14 @@ impl Vault {
             }
         };
         if let Some(b) = backup {
-            // One transaction (one fsync) for both rows.
+            // One transaction for both rows, not synced on its own (WAL,
+            // synchronous=NORMAL for it): the chunk file is already durable,
+            // and losing these rows to a power cut can only make the
+            // upload fail at finish (its rights are checked there), never
+            // complete. Syncing here held the database lock through an
+            // fsync per chunk and serialised every upload behind it.
             let db = self.db();
+            let _relaxed = RelaxedSync::new(&db).map_err(|e| storage(e.into()))?;
             let tx = db.unchecked_transaction().map_err(|e| storage(e.into()))?;
             self.note_uploaded(&tx, b, id).map_err(storage)?;
             let (bytes, chunks) = if stored_now { (blob.len() as i64, 1) } else { (0, 0) };
@@ -1569,5 +1575,22 @@ impl Vault {
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
+    }
+}
+
+/// `PRAGMA synchronous = NORMAL` on a connection until dropped, then FULL
+/// again (the connection's setting for everything else).
+struct RelaxedSync<'a>(&'a rusqlite::Connection);
+
+impl<'a> RelaxedSync<'a> {
+    fn new(db: &'a rusqlite::Connection) -> rusqlite::Result<RelaxedSync<'a>> {
+        db.pragma_update(None, "synchronous", "NORMAL")?;
+        Ok(RelaxedSync(db))
+    }
+}
+
+impl Drop for RelaxedSync<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.pragma_update(None, "synchronous", "FULL");
     }
 }

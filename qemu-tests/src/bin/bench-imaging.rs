@@ -58,6 +58,7 @@ fn median(mut one: impl FnMut() -> Result<Duration>) -> Result<Duration> {
     for _ in 0..runs {
         times.push(one()?);
     }
+    eprintln!("  runs: {:?}", times.iter().map(|t| format!("{:.2} s", t.as_secs_f64())).collect::<Vec<_>>());
     times.sort();
     Ok(times[runs / 2])
 }
