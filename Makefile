@@ -56,6 +56,9 @@ test-qemu: build kernel
 test: unit test-qemu
 
 # Measurements (not tests): boot times and smallest RAM, backup against gzip/pigz/partclone,
+# imaging of real-looking disks (an installed Linux system; FAT+ext4+NTFS full of deleted
+# files, built once as root into ~/.cache/bootvault/bench) against partclone|pigz and
+# dd|zstd, the chunk codecs on those disks' contents,
 # boot media against grub-mkrescue, restore passwords; last, the soak (20 PCs backing up
 # and restoring for SOAK_SECONDS while gc loops and the server is killed every 30 s; it
 # fails `make bench` if any backup listed complete does not restore). See BENCHMARKS.md.
@@ -67,6 +70,11 @@ bench: build kernel
 	@mkdir -p target/bench
 	target/release/bench-boot | tee target/bench/boot.md
 	target/release/bench-backup | tee target/bench/backup.md
+	set -o pipefail; target/release/bench-imaging | tee target/bench/imaging.md
+	$(CARGO) run --release -q -p bootvault-engine --example codec_bench -- --runs 3 --max-mib 400 \
+	  $(HOME)/.cache/bootvault/bench/linux/part1.img | tee target/bench/codec-linux.md
+	$(CARGO) run --release -q -p bootvault-engine --example codec_bench -- --runs 3 --max-mib 400 \
+	  $(HOME)/.cache/bootvault/bench/mixed/part3.img | tee target/bench/codec-ntfs.md
 	target/release/bench-media | tee target/bench/media.md
 	$(CARGO) run --release -q -p bootvault-engine --example lock_cost | tee target/bench/lock.md
 	set -o pipefail; target/release/bench-soak | tee target/bench/soak.md

@@ -106,8 +106,8 @@ fn iso_boots_on_bios_with_a_backup_and_on_uefi() {
     boot_medium(&dir, "iso-uefi", name, &server, Medium::Cdrom(probe_iso), true, None);
 }
 
-/// The USB image as a stick on xHCI: syslinux on SeaBIOS, systemd-boot on
-/// OVMF.
+/// The USB image as a stick on xHCI, after a used-only backup and a
+/// restore: syslinux on SeaBIOS, systemd-boot on OVMF.
 #[test]
 fn usb_image_boots_on_bios_and_uefi() {
     let name = "media-usb";
@@ -120,8 +120,25 @@ fn usb_image_boots_on_bios_and_uefi() {
         line.contains(&usb.display().to_string()) && line.ends_with("(BIOS syslinux, UEFI systemd-boot)"),
         "{line}"
     );
-    boot_medium(&dir, "usb-bios", name, &server, Medium::UsbStick(usb.clone()), false, None);
-    boot_medium(&dir, "usb-uefi", name, &server, Medium::UsbStick(usb), true, None);
+    // The stick is booted as a used-only backup restored it (host engine,
+    // onto a disk full of noise): boot code, boot sectors and every file
+    // the loaders read must come back.
+    let token = server.token(name).expect("token");
+    let backup = run(Command::new(bootvault_bin())
+        .args(["backup", "--disk"])
+        .arg(&usb)
+        .args(["--server", &server.url, "--pc", name, "--token", &token, "--name", "stick"]))
+    .expect("backup of the stick");
+    assert!(backup.contains("(vfat): used only"), "{backup}");
+    let restored = dir.join("restored-usb.img");
+    fs::write(&restored, noise(5, fs::metadata(&usb).expect("stick size").len() as usize)).expect("target");
+    run(Command::new(bootvault_bin())
+        .args(["restore", "--disk"])
+        .arg(&restored)
+        .args(["--server", &server.url, "--pc", name, "--token", &token, "--backup", "latest", "--verify"]))
+    .expect("restore of the stick");
+    boot_medium(&dir, "usb-bios", name, &server, Medium::UsbStick(restored.clone()), false, None);
+    boot_medium(&dir, "usb-uefi", name, &server, Medium::UsbStick(restored), true, None);
 }
 
 /// The ISO dd'ed to a stick (what isohybrid is for): isolinux through

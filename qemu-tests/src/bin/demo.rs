@@ -58,9 +58,12 @@ fn demo() -> Result<()> {
     println!("== blank disk {}", target.display());
     let r = boot(&dir, "restore", &server, &["action=restore", "backup=latest"], &target)?;
 
-    if let Some(at) = compare_prefix(&source, &target, SOURCE_MIB << 20)? {
-        return Err(format!("the restored disk differs from the original at byte {at}"));
+    // A used-only backup (the default): the partition table and boot area
+    // byte for byte, every file file for file, the filesystems clean.
+    if let Some(at) = compare_prefix(&source, &target, 1 << 20)? {
+        return Err(format!("the restored disk's first MiB differs from the original at byte {at}"));
     }
+    check_files(&target, &dir, "gpt")?;
     fsck_partitions(&target, &dir)?;
     let listed =
         run(std::process::Command::new(bootvault_bin()).args(["backups", "--data"]).arg(&server.data).arg("list"))?;
@@ -71,8 +74,8 @@ fn demo() -> Result<()> {
     println!("  restore boot   lease {:>5.1} s, powered off {:>5.1} s", r.lease.as_secs_f64(), r.off.as_secs_f64());
     println!("                 {}", r.done_line);
     println!(
-        "  verify         restored disk == original, all {} bytes; e2fsck -fn and fsck.vfat -n clean",
-        SOURCE_MIB << 20
+        "  verify         partition table and boot area byte for byte, every file identical (free space was \
+         left out); e2fsck -fn and fsck.vfat -n clean"
     );
     println!("  server         bootvault backups --data {} list", server.data.display());
     for l in listed.lines() {
