@@ -327,7 +327,7 @@ impl Session<'_> {
                         if self.config.raw {
                             "every byte (mode=raw), free space and deleted files included"
                         } else {
-                            "used space only (free space of ext2/3/4, FAT, exFAT, NTFS, swap left out)"
+                            "used space only (free space and deleted files left out)"
                         },
                     );
                     let mut menu = Menu::new(vec![
