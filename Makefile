@@ -90,6 +90,7 @@ FUZZ_FLAGS := -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
   -Cllvm-args=-sanitizer-coverage-trace-compares -Cdebug-assertions -Coverflow-checks
 fuzz:
 	cd fuzz && RUSTFLAGS="$(FUZZ_FLAGS)" $(CARGO) build --release --target x86_64-unknown-linux-gnu
+	@bash fuzz/make-seeds.sh
 	@for t in $(FUZZ_TARGETS); do \
 	  mkdir -p fuzz/corpus/$$t fuzz/artifacts; echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
 	  seeds=$$( [ -d fuzz/seeds/$$t ] && echo fuzz/seeds/$$t ); \
