@@ -31,6 +31,7 @@ pub fn manifest_of(pc: &str, chunks: Vec<crate::image::Chunk>) -> crate::image::
         serial: String::new(),
         extents: vec![],
         partitions: Vec::new(),
+        quick: Vec::new(),
         chunks,
     }
 }
