@@ -29,10 +29,10 @@ use bootvault_common::image::{self, Chunk, ChunkId, Extent, Manifest, PartitionR
 use bootvault_common::partition;
 use bootvault_common::usedmap::disk::{self as plan, ChunkUse, DiskPlan};
 
-use crate::client::Client;
 use crate::device::Device;
 use crate::lock::Lock;
 use crate::progress::Progress;
+use crate::store::Store;
 use crate::EngineError;
 
 /// Why a cancelled backup failed: the error's text and the reason the
@@ -187,7 +187,7 @@ enum Slot {
 
 struct Shared<'a> {
     dev: &'a Device,
-    client: &'a Client,
+    client: &'a dyn Store,
     opts: &'a BackupOptions,
     plan: &'a DiskPlan,
     backup: i64,
@@ -341,7 +341,7 @@ impl Shared<'_> {
 /// becomes complete.
 pub fn backup(
     dev: &Device,
-    client: &Client,
+    client: &dyn Store,
     opts: &BackupOptions,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<BackupReport, EngineError> {
@@ -362,7 +362,7 @@ pub fn backup(
 #[allow(clippy::too_many_arguments)]
 fn run(
     dev: &Device,
-    client: &Client,
+    client: &dyn Store,
     opts: &BackupOptions,
     plan: &DiskPlan,
     id: i64,

@@ -8,6 +8,8 @@
 //! * [`backup`], [`restore`] — the pipelines: worker threads read, hash,
 //!   compress and send (or fetch, verify and write) in parallel with a
 //!   bounded number of chunks in memory.
+//! * [`store`] — what the pipelines need from where backups live; the
+//!   client is one store.
 //! * [`progress`] — the console progress line (pure).
 //! * [`lock`] — restore passwords: Argon2id key, challenge–response unlock.
 
@@ -17,6 +19,7 @@ pub mod device;
 pub mod lock;
 pub mod progress;
 pub mod restore;
+pub mod store;
 
 use std::fmt;
 

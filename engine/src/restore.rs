@@ -39,9 +39,9 @@ use std::time::{Duration, Instant};
 use bootvault_common::image::{self, Chunk, Manifest};
 use bootvault_common::units::human_bytes;
 
-use crate::client::Client;
 use crate::device::Device;
 use crate::progress::Progress;
+use crate::store::Store;
 use crate::EngineError;
 
 /// Whether a restore reads the target to skip what it already holds.
@@ -177,14 +177,14 @@ pub fn cancelled_message(written: u64, matched: u64, total: u64) -> String {
     format!("restore cancelled; {}", target_state(written, matched, total))
 }
 
-pub fn fetch_manifest(client: &Client, backup: i64) -> Result<Manifest, EngineError> {
+pub fn fetch_manifest(client: &dyn Store, backup: i64) -> Result<Manifest, EngineError> {
     let bytes = client.manifest(backup)?;
     Manifest::decode(&bytes).map_err(|e| EngineError::new(format!("manifest of backup {backup} is damaged: {e}")))
 }
 
 pub fn restore(
     dev: &Device,
-    client: &Client,
+    client: &dyn Store,
     backup: i64,
     opts: &RestoreOptions,
     progress: &mut dyn FnMut(&Progress),

@@ -124,18 +124,31 @@ fn usb_image_boots_on_bios_and_uefi() {
     // onto a disk full of noise): boot code, boot sectors and every file
     // the loaders read must come back.
     let token = server.token(name).expect("token");
-    let backup = run(Command::new(bootvault_bin())
-        .args(["backup", "--disk"])
-        .arg(&usb)
-        .args(["--server", &server.url, "--pc", name, "--token", &token, "--name", "stick"]))
+    let backup = run(Command::new(bootvault_bin()).args(["backup", "--disk"]).arg(&usb).args([
+        "--server",
+        &server.url,
+        "--pc",
+        name,
+        "--token",
+        &token,
+        "--name",
+        "stick",
+    ]))
     .expect("backup of the stick");
     assert!(backup.contains("(vfat): used only"), "{backup}");
     let restored = dir.join("restored-usb.img");
     fs::write(&restored, noise(5, fs::metadata(&usb).expect("stick size").len() as usize)).expect("target");
-    run(Command::new(bootvault_bin())
-        .args(["restore", "--disk"])
-        .arg(&restored)
-        .args(["--server", &server.url, "--pc", name, "--token", &token, "--backup", "latest", "--verify"]))
+    run(Command::new(bootvault_bin()).args(["restore", "--disk"]).arg(&restored).args([
+        "--server",
+        &server.url,
+        "--pc",
+        name,
+        "--token",
+        &token,
+        "--backup",
+        "latest",
+        "--verify",
+    ]))
     .expect("restore of the stick");
     boot_medium(&dir, "usb-bios", name, &server, Medium::UsbStick(restored.clone()), false, None);
     boot_medium(&dir, "usb-uefi", name, &server, Medium::UsbStick(restored), true, None);

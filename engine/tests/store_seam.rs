@@ -1,0 +1,125 @@
+//! The pipelines run against any `Store`, not only the HTTP client: a
+//! store in memory that keeps the store rules (chunks checked against
+//! their id before they are kept, complete only with every chunk, failed
+//! backups never restorable) backs up and restores a disk image with no
+//! server at all, and a store that refuses a chunk fails the backup.
+
+use std::collections::HashMap;
+use std::fs;
+use std::sync::Mutex;
+
+use bootvault_common::image::{self, ChunkId, Manifest};
+use bootvault_common::testdata::noise;
+use bootvault_engine::backup::{backup, BackupOptions};
+use bootvault_engine::client::BackupInfo;
+use bootvault_engine::device::Device;
+use bootvault_engine::lock::Lock;
+use bootvault_engine::restore::{restore, RestoreOptions};
+use bootvault_engine::store::Store;
+use bootvault_engine::EngineError;
+
+#[derive(Default)]
+struct MemStore {
+    chunks: Mutex<HashMap<ChunkId, Vec<u8>>>,
+    /// id -> (state, manifest)
+    backups: Mutex<Vec<(String, Vec<u8>)>>,
+    refuse_puts: bool,
+}
+
+fn err(s: impl Into<String>) -> EngineError {
+    EngineError::new(s)
+}
+
+impl Store for MemStore {
+    fn location(&self) -> String {
+        "memory".into()
+    }
+    fn open_backup(&self, _: &str, _: u64, _: u32, _: Option<&Lock>) -> Result<i64, EngineError> {
+        let mut b = self.backups.lock().expect("lock");
+        b.push(("uploading".into(), Vec::new()));
+        Ok(b.len() as i64)
+    }
+    fn missing(&self, _: i64, ids: &[ChunkId]) -> Result<Vec<u32>, EngineError> {
+        let c = self.chunks.lock().expect("lock");
+        Ok(ids.iter().map(|id| c.get(id).map_or(0, |b| b.len() as u32)).collect())
+    }
+    fn put_chunk(&self, _: i64, id: &ChunkId, blob: &[u8]) -> Result<(), EngineError> {
+        if self.refuse_puts {
+            return Err(err("store full"));
+        }
+        let plain = image::decode_blob(blob, image::MAX_CHUNK_SIZE as usize).map_err(|e| err(e.to_string()))?;
+        if image::chunk_id(&plain) != *id {
+            return Err(err("chunk does not match its id"));
+        }
+        self.chunks.lock().expect("lock").insert(*id, blob.to_vec());
+        Ok(())
+    }
+    fn finish(&self, backup: i64, manifest: &[u8]) -> Result<(), EngineError> {
+        let m = Manifest::decode(manifest).map_err(|e| err(e.to_string()))?;
+        let c = self.chunks.lock().expect("lock");
+        if let Some(id) = m.data_ids().iter().find(|id| !c.contains_key(*id)) {
+            return Err(err(format!("chunk {} is not in the store", image::hex(id))));
+        }
+        self.backups.lock().expect("lock")[backup as usize - 1] = ("complete".into(), manifest.to_vec());
+        Ok(())
+    }
+    fn fail(&self, backup: i64, _: &str) -> Result<(), EngineError> {
+        self.backups.lock().expect("lock")[backup as usize - 1].0 = "failed".into();
+        Ok(())
+    }
+    fn manifest(&self, backup: i64) -> Result<Vec<u8>, EngineError> {
+        match self.backups.lock().expect("lock").get(backup as usize - 1) {
+            Some((state, m)) if state == "complete" => Ok(m.clone()),
+            Some((state, _)) => Err(err(format!("backup {backup} is {state}"))),
+            None => Err(err(format!("no backup {backup}"))),
+        }
+    }
+    fn chunk(&self, _: i64, id: &ChunkId, limit: u64) -> Result<Vec<u8>, EngineError> {
+        let c = self.chunks.lock().expect("lock");
+        let blob = c.get(id).ok_or_else(|| err("no such chunk"))?;
+        if blob.len() as u64 > limit {
+            return Err(err("chunk over the limit"));
+        }
+        Ok(blob.clone())
+    }
+    fn backups(&self) -> Result<Vec<BackupInfo>, EngineError> {
+        Ok(Vec::new())
+    }
+    fn latest(&self, _: &str, _: Option<&str>) -> Result<i64, EngineError> {
+        let b = self.backups.lock().expect("lock");
+        b.iter().rposition(|(s, _)| s == "complete").map(|i| i as i64 + 1).ok_or_else(|| err("no backups"))
+    }
+}
+
+#[test]
+fn backup_and_restore_through_a_store_in_memory() {
+    let dir = std::env::temp_dir().join(format!("bv-store-seam-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("test step");
+    let src = dir.join("src.img");
+    let mut data = noise(4, 3 << 20);
+    data.extend(vec![0u8; 2 << 20]);
+    data.extend(noise(4, 1 << 20)); // a repeat
+    fs::write(&src, &data).expect("test step");
+
+    let store = MemStore::default();
+    let dev = Device::open(&src, false).expect("test step");
+    let r = backup(&dev, &store, &BackupOptions::new("pc", "mem"), &mut |_| {}).expect("backup into memory");
+    assert_eq!((r.chunks, r.zero_chunks, r.new_chunks), (6, 2, 3));
+    assert_eq!(store.latest("pc", None).expect("test step"), r.id);
+
+    let target = dir.join("target.img");
+    fs::write(&target, noise(5, data.len())).expect("test step");
+    let tdev = Device::open(&target, true).expect("test step");
+    let opts = RestoreOptions { verify: true, ..Default::default() };
+    restore(&tdev, &store, r.id, &opts, &mut |_| {}).expect("restore from memory");
+    assert!(fs::read(&target).expect("test step") == data, "restored through the seam, byte for byte");
+
+    // A store that refuses chunks: the backup fails and is never complete.
+    let full = MemStore { refuse_puts: true, ..Default::default() };
+    let e = backup(&dev, &full, &BackupOptions::new("pc", "mem"), &mut |_| {}).expect_err("must fail").to_string();
+    assert!(e.contains("store full"), "{e}");
+    assert_eq!(full.backups.lock().expect("lock")[0].0, "failed");
+    assert!(full.manifest(1).is_err());
+    let _ = fs::remove_dir_all(&dir);
+}
