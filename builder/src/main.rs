@@ -46,14 +46,18 @@ enum Cmd {
         /// Block device or image file.
         #[arg(long)]
         disk: PathBuf,
+        #[arg(long, required_unless_present = "to", conflicts_with = "to")]
+        server: Option<String>,
+        /// Back up into this directory (a mounted local or USB drive; the
+        /// server's store layout) instead of to a server.
         #[arg(long)]
-        server: String,
+        to: Option<PathBuf>,
         /// Whose backup this is (a registered PC).
         #[arg(long)]
         pc: String,
         /// The PC's token (`bootvault pc show PC --token`), or the admin token.
-        #[arg(long, env = "BOOTVAULT_TOKEN", hide_env_values = true)]
-        token: String,
+        #[arg(long, env = "BOOTVAULT_TOKEN", hide_env_values = true, required_unless_present = "to")]
+        token: Option<String>,
         /// Backup name.
         #[arg(long, default_value = "full")]
         name: String,
@@ -89,8 +93,11 @@ enum Cmd {
     Restore {
         #[arg(long)]
         disk: PathBuf,
+        #[arg(long, required_unless_present = "from", conflicts_with = "from")]
+        server: Option<String>,
+        /// Restore from this directory (made by `backup --to`) instead of a server.
         #[arg(long)]
-        server: String,
+        from: Option<PathBuf>,
         /// Backup id, or `latest` (of --pc).
         #[arg(long)]
         backup: String,
@@ -98,8 +105,8 @@ enum Cmd {
         #[arg(long)]
         pc: String,
         /// The PC's token (`bootvault pc show PC --token`), or the admin token.
-        #[arg(long, env = "BOOTVAULT_TOKEN", hide_env_values = true)]
-        token: String,
+        #[arg(long, env = "BOOTVAULT_TOKEN", hide_env_values = true, required_unless_present = "from")]
+        token: Option<String>,
         /// Read the disk back afterwards and compare.
         #[arg(long)]
         verify: bool,
@@ -304,6 +311,21 @@ fn default_sigpipe() {
     }
 }
 
+/// The store `backup`/`restore` use: a server (with the PC's token) or a
+/// directory on a mounted drive.
+fn store_for(
+    server: Option<&str>,
+    dir: Option<&Path>,
+    pc: &str,
+    token: Option<&str>,
+) -> Result<Box<dyn bootvault_engine::store::Store>> {
+    Ok(match (server, dir) {
+        (_, Some(d)) => Box::new(bootvault_engine::local_store::LocalStore::open(d)?),
+        (Some(url), None) => Box::new(bootvault_engine::client::Client::new(url, pc, token.unwrap_or_default())),
+        (None, None) => bail!("give --server (with --token) or a directory"),
+    })
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Kernel { cmd: KernelCmd::Fetch { package } } => {
@@ -318,9 +340,10 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Build(args) => build(args),
         Cmd::Inspect { initrd } => inspect(&initrd),
-        Cmd::Backup { disk, server, pc, token, name, level, chunk_kib, threads, raw } => {
+        Cmd::Backup { disk, server, to, pc, token, name, level, chunk_kib, threads, raw } => {
             let dev = bootvault_engine::device::Device::open(&disk, false)?;
-            let client = bootvault_engine::client::Client::new(&server, &pc, &token);
+            let client = store_for(server.as_deref(), to.as_deref(), &pc, token.as_deref())?;
+            let client = client.as_ref();
             let mut opts = bootvault_engine::backup::BackupOptions::new(&pc, &name);
             opts.level = level;
             opts.chunk_size = chunk_kib.saturating_mul(1024);
@@ -328,12 +351,13 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(t) = threads {
                 opts.threads = t;
             }
-            let r = bootvault_engine::backup::backup(&dev, &client, &opts, &mut |p| eprintln!("{}", p.line()))?;
+            let r = bootvault_engine::backup::backup(&dev, client, &opts, &mut |p| eprintln!("{}", p.line()))?;
             println!("{}", r.summary());
             Ok(())
         }
-        Cmd::Restore { disk, server, backup, pc, token, verify, threads, compare } => {
-            let client = bootvault_engine::client::Client::new(&server, &pc, &token);
+        Cmd::Restore { disk, server, from, backup, pc, token, verify, threads, compare } => {
+            let client = store_for(server.as_deref(), from.as_deref(), &pc, token.as_deref())?;
+            let client = client.as_ref();
             let id = match backup.as_str() {
                 "latest" => client.latest(&pc, None)?,
                 v => v.parse().with_context(|| format!("--backup {v}: expected an id or latest"))?,
@@ -349,7 +373,7 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(t) = threads {
                 opts.threads = t;
             }
-            let r = bootvault_engine::restore::restore(&dev, &client, id, &opts, &mut |p| eprintln!("{}", p.line()))?;
+            let r = bootvault_engine::restore::restore(&dev, client, id, &opts, &mut |p| eprintln!("{}", p.line()))?;
             println!("{}", r.summary(&disk.display().to_string()));
             Ok(())
         }

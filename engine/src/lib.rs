@@ -9,13 +9,15 @@
 //!   compress and send (or fetch, verify and write) in parallel with a
 //!   bounded number of chunks in memory.
 //! * [`store`] — what the pipelines need from where backups live; the
-//!   client is one store.
+//!   client is one store, [`local_store`] (a directory on a local drive,
+//!   the server's layout) another.
 //! * [`progress`] — the console progress line (pure).
 //! * [`lock`] — restore passwords: Argon2id key, challenge–response unlock.
 
 pub mod backup;
 pub mod client;
 pub mod device;
+pub mod local_store;
 pub mod lock;
 pub mod progress;
 pub mod restore;

@@ -13,6 +13,7 @@ use bootvault_common::testdata::noise;
 use bootvault_engine::backup::{backup, BackupOptions};
 use bootvault_engine::client::BackupInfo;
 use bootvault_engine::device::Device;
+use bootvault_engine::local_store::LocalStore;
 use bootvault_engine::lock::Lock;
 use bootvault_engine::restore::{restore, RestoreOptions};
 use bootvault_engine::store::Store;
@@ -121,5 +122,63 @@ fn backup_and_restore_through_a_store_in_memory() {
     assert!(e.contains("store full"), "{e}");
     assert_eq!(full.backups.lock().expect("lock")[0].0, "failed");
     assert!(full.manifest(1).is_err());
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// A store in a directory (a local drive): the server's layout, complete
+/// only once the manifest is written last, refusals that write nothing.
+#[test]
+fn backup_and_restore_through_a_local_directory() {
+    let dir = std::env::temp_dir().join(format!("bv-local-store-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("dir");
+    let src = dir.join("src.img");
+    let mut data = noise(6, 2 << 20);
+    data.extend(vec![0u8; 1 << 20]);
+    data.extend(noise(7, (1 << 20) + 4096));
+    fs::write(&src, &data).expect("source");
+    let root = dir.join("usb/bootvault");
+    let store = LocalStore::open(&root).expect("store");
+    let dev = Device::open(&src, false).expect("open");
+    let r = backup(&dev, &store, &BackupOptions::new("pc-l", "stick"), &mut |_| {}).expect("backup to a directory");
+    assert_eq!(r.id, 1);
+    assert!(root.join("manifests/1.bvm").is_file(), "the manifest, where the server keeps it");
+    assert!(!root.join("uploads/1.open").exists(), "the upload is closed");
+    let chunk_files = fs::read_dir(root.join("chunks")).expect("chunks").count();
+    assert!(chunk_files >= 2, "chunks under chunks/XX/");
+    let listed = store.backups().expect("list");
+    assert_eq!((listed.len(), listed[0].pc.as_str(), listed[0].name.as_str()), (1, "pc-l", "stick"));
+    assert_eq!(store.latest("pc-l", Some("stick")).expect("latest"), 1);
+
+    // Unchanged: nothing new written; a second backup gets the next id.
+    let again = backup(&dev, &store, &BackupOptions::new("pc-l", "stick"), &mut |_| {}).expect("again");
+    assert_eq!((again.id, again.new_chunks), (2, 0));
+
+    let target = dir.join("target.img");
+    fs::write(&target, noise(8, data.len())).expect("target");
+    let tdev = Device::open(&target, true).expect("open target");
+    let opts = RestoreOptions { verify: true, ..Default::default() };
+    restore(&tdev, &store, 2, &opts, &mut |_| {}).expect("restore from the directory");
+    assert!(fs::read(&target).expect("read") == data, "byte for byte");
+
+    // An open backup (a power cut mid-way) is listed nowhere and cannot be restored.
+    let open = store.open_backup("cut", 1 << 20, 1 << 20, None).expect("open");
+    assert_eq!(open, 3);
+    assert!(store.manifest(open).is_err());
+    assert_eq!(store.backups().expect("list").len(), 2);
+    // A finish that names a chunk the store lacks is refused; nothing completes.
+    let mut m = bootvault_common::image::Manifest::decode(&store.manifest(1).expect("manifest")).expect("decode");
+    m.chunks[0] = bootvault_common::image::Chunk::Data { id: [7; 32], blob_len: 10 };
+    let e = store.finish(open, &m.encode()).expect_err("refused").to_string();
+    assert!(e.contains("is not in the store"), "{e}");
+    assert!(!root.join(format!("manifests/{open}.bvm")).exists());
+    // A blob that does not hash to its name is never kept.
+    let e = store.put_chunk(open, &[9; 32], &image::encode_blob(b"hello", 1)).expect_err("refused").to_string();
+    assert!(e.contains("do not match"), "{e}");
+    store.fail(open, "power cut").expect("fail");
+    assert!(root.join("failed/3.txt").is_file() && !root.join("uploads/3.open").exists());
+    // Passwords need the server for now: refused before anything is written.
+    let lock = Lock::new(b"a long enough password").expect("lock");
+    assert!(store.open_backup("locked", 1 << 20, 1 << 20, Some(&lock)).is_err());
     let _ = fs::remove_dir_all(&dir);
 }

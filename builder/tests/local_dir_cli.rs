@@ -1,0 +1,37 @@
+//! `bootvault backup --to DIR` and `restore --from DIR`: backups with no
+//! server, into a directory of a mounted drive, restored byte for byte;
+//! `--server` and `--to` together are refused.
+
+use std::process::Command;
+
+fn bootvault(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_bootvault")).args(args).output().expect("runs bootvault");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn backup_to_and_restore_from_a_directory() {
+    let dir = std::env::temp_dir().join(format!("bv-local-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let src = dir.join("disk.img");
+    let mut data = bootvault_common::testdata::noise(21, 3 << 20);
+    data.extend(vec![0u8; 1 << 20]);
+    std::fs::write(&src, &data).expect("disk");
+    let store = dir.join("usb");
+    let (s, src_s, store_s) = (true, src.to_str().expect("utf-8"), store.to_str().expect("utf-8"));
+    let (ok, out) = bootvault(&["backup", "--disk", src_s, "--to", store_s, "--pc", "lab-1", "--name", "stick"]);
+    assert!(ok == s && out.contains("backup 1 complete"), "{out}");
+    let target = dir.join("target.img");
+    std::fs::write(&target, vec![0xEEu8; data.len()]).expect("target");
+    let t = target.to_str().expect("utf-8");
+    let (ok, out) = bootvault(&["restore", "--disk", t, "--from", store_s, "--pc", "lab-1", "--backup", "latest"]);
+    assert!(ok, "{out}");
+    assert!(std::fs::read(&target).expect("read") == data, "restored byte for byte");
+    let (ok, out) =
+        bootvault(&["backup", "--disk", src_s, "--to", store_s, "--server", "http://127.0.0.1:9", "--pc", "x"]);
+    assert!(!ok && out.contains("cannot be used with"), "{out}");
+    let (ok, out) = bootvault(&["restore", "--disk", t, "--from", store_s, "--pc", "lab-2", "--backup", "latest"]);
+    assert!(!ok && out.contains("no complete backup of lab-2"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
