@@ -75,6 +75,11 @@ fn backup_then_restore(label: &str, raw: bool) {
     assert!(lines.iter().any(|l| l.contains("bootvault: backup ") && l.contains("% ")), "progress lines");
     let listed = backups_json(&server);
     assert!(listed.contains("\"complete\""), "{listed}");
+    // How each partition was taken, as the admin sees it.
+    let shown = run(Command::new(bootvault_bin()).args(["backups", "--data"]).arg(&server.data).args(["show", "1"]))
+        .expect("backups show");
+    let want = if raw { "partition 2 (ext4): whole, mode=raw" } else { "partition 2 (ext4): used only" };
+    assert!(shown.contains(want), "{shown}");
 
     // 2. Again, unchanged: (almost) nothing crosses the network.
     let lines = boot_job(&dir, "backup2", &server, &pc, &["action=backup", "name=nightly", mode], &source, "SRC001");
