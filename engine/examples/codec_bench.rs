@@ -30,7 +30,7 @@ struct Codec {
 
 fn codecs() -> Result<Vec<Codec>, String> {
     let mut list = vec![Codec {
-        name: "miniz_oxide deflate 1 (today)",
+        name: "miniz_oxide deflate 1 (the first images)",
         encode: Box::new(|p| Ok(miniz_oxide::deflate::compress_to_vec(p, 1))),
         decode: Box::new(|b, out| {
             let v = miniz_oxide::inflate::decompress_to_vec_with_limit(b, out.len())
@@ -72,7 +72,7 @@ fn codecs() -> Result<Vec<Codec>, String> {
     for level in [-1, 1, 2, 3] {
         let name: &'static str = match level {
             -1 => "zstd -1 (C libzstd, fast)",
-            1 => "zstd 1 (C libzstd)",
+            1 => "zstd 1 (C libzstd, the default)",
             2 => "zstd 2 (C libzstd)",
             _ => "zstd 3 (C libzstd)",
         };
