@@ -712,8 +712,9 @@ fn fat_dir_label(dir: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testfs::{find_tool as tool, Scratch};
     use std::collections::HashMap;
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
     use std::process::Command;
 
     fn reader(img: &[u8]) -> impl FnMut(u64, usize) -> Result<Vec<u8>, String> + '_ {
@@ -742,18 +743,6 @@ mod tests {
         };
         let fs = probe(&mut read, size);
         (fs, total)
-    }
-
-    /// A host tool, looked up in PATH and the sbin directories (which a
-    /// normal user's PATH may lack).
-    fn tool(name: &str) -> Option<PathBuf> {
-        let path = std::env::var("PATH").unwrap_or_default();
-        let found = path
-            .split(':')
-            .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
-            .map(|d| Path::new(d).join(name))
-            .find(|p| p.is_file());
-        found
     }
 
     /// `\x20`-style escapes of `blkid -o udev`'s `_ENC` values.
@@ -787,21 +776,6 @@ mod tests {
         let get = |k: &str| vars.get(k).map(|v| unescape(v)).unwrap_or_default();
         let kind = get("ID_FS_TYPE");
         (!kind.is_empty()).then(|| (kind, get("ID_FS_LABEL_ENC"), get("ID_FS_UUID_ENC")))
-    }
-
-    struct Scratch(PathBuf);
-    impl Scratch {
-        fn new(tag: &str) -> Scratch {
-            let p = std::env::temp_dir().join(format!("bv-fsprobe-{tag}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(&p).expect("scratch dir");
-            Scratch(p)
-        }
-    }
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
     }
 
     /// One image made by a real tool: (what, tool, size, args before the

@@ -12,6 +12,8 @@ pub mod job;
 pub mod modules;
 pub mod partition;
 pub mod testdata;
+#[cfg(test)]
+pub(crate) mod testfs;
 pub mod units;
 pub mod usedmap;
 pub mod wire;

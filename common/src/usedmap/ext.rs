@@ -587,34 +587,11 @@ fn crc16(mut crc: u16, data: &[u8]) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testdata::noise;
+    use crate::testfs::{tool, Scratch};
     use crate::usedmap::UsedMap;
     use std::path::{Path, PathBuf};
     use std::process::Command;
-
-    fn tool(name: &str) -> PathBuf {
-        let path = std::env::var("PATH").unwrap_or_default();
-        let found = path
-            .split(':')
-            .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
-            .map(|d| Path::new(d).join(name))
-            .find(|p| p.is_file());
-        found.unwrap_or_else(|| panic!("{name} not found: install e2fsprogs (the Makefile does)"))
-    }
-
-    struct Scratch(PathBuf);
-    impl Scratch {
-        fn new(tag: &str) -> Scratch {
-            let p = std::env::temp_dir().join(format!("bv-usedmap-ext-{tag}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(&p).expect("scratch dir");
-            Scratch(p)
-        }
-    }
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     fn run(bin: &str, args: &[&str], path: &Path) -> std::process::Output {
         Command::new(tool(bin)).args(args).arg(path).output().unwrap_or_else(|e| panic!("{bin}: {e}"))
@@ -633,19 +610,6 @@ mod tests {
         Ok((used.finish(), s))
     }
 
-    /// Deterministic bytes (xorshift), different for each seed.
-    fn content(seed: u64, len: usize) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
-
     fn marker(i: usize) -> Vec<u8> {
         format!("BV-DELETED-MARKER-{i}-").into_bytes()
     }
@@ -655,9 +619,9 @@ mod tests {
     fn files() -> Vec<(String, Vec<u8>)> {
         let mut out = Vec::new();
         for i in 0..8usize {
-            out.push((format!("f{i}.bin"), content(i as u64, 3000 + i * 41_000)));
+            out.push((format!("f{i}.bin"), noise(i as u64, 3000 + i * 41_000)));
         }
-        out.push(("sub/deep/nested.txt".into(), content(99, 70_000)));
+        out.push(("sub/deep/nested.txt".into(), noise(99, 70_000)));
         out.push(("sub/small".into(), b"hello".to_vec()));
         for i in 0..3usize {
             let m = marker(i);

@@ -361,23 +361,12 @@ fn scan_fat(read: &mut ReadFn<'_>, size: u64, bpb: &Bpb) -> Result<Vec<u8>, Stri
 mod tests {
     use super::super::{map, UsedMap, Verdict};
     use super::*;
+    use crate::testdata::noise;
+    use crate::testfs::{tool, Scratch};
     use std::os::unix::fs::FileExt;
-    use std::path::{Path, PathBuf};
     use std::process::Command;
 
     const MIB: u64 = 1 << 20;
-
-    /// A host tool from PATH or the sbin directories; the Makefile
-    /// installs them, so a missing one fails the test.
-    fn tool(name: &str) -> PathBuf {
-        let path = std::env::var("PATH").unwrap_or_default();
-        let found = path
-            .split(':')
-            .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
-            .map(|d| Path::new(d).join(name))
-            .find(|p| p.is_file());
-        found.unwrap_or_else(|| panic!("{name} is missing: install dosfstools and mtools"))
-    }
 
     /// Runs a tool, panicking with its output unless it succeeds.
     fn run(name: &str, args: &[&str]) -> String {
@@ -389,37 +378,6 @@ mod tests {
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success(), "{name} {args:?} failed: {text}");
         text
-    }
-
-    struct Scratch(PathBuf);
-    impl Scratch {
-        fn new(tag: &str) -> Scratch {
-            let p = std::env::temp_dir().join(format!("bv-usedmap-fat-{tag}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(&p).expect("scratch dir");
-            Scratch(p)
-        }
-        fn path(&self, name: &str) -> String {
-            self.0.join(name).to_str().expect("utf-8 temp path").to_string()
-        }
-    }
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    /// Deterministic random-ish bytes (xorshift).
-    fn noise(seed: u64, len: usize) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
     }
 
     /// The verdict on an image file, read through the callback.

@@ -840,7 +840,8 @@ fn le64(b: &[u8], at: usize) -> Result<u64, String> {
 mod tests {
     use super::super::{map, UsedMap, Verdict};
     use super::*;
-    use std::path::{Path, PathBuf};
+    use crate::testdata::noise;
+    use crate::testfs::{tool, Scratch};
     use std::process::Command;
 
     const MIB: u64 = 1 << 20;
@@ -958,17 +959,6 @@ mod tests {
 
     // ---- images made by the real tools ----
 
-    fn tool(name: &str) -> PathBuf {
-        let path = std::env::var("PATH").unwrap_or_default();
-        let found = path
-            .split(':')
-            .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
-            .map(|d| Path::new(d).join(name))
-            .find(|p| p.is_file())
-            .unwrap_or_else(|| panic!("{name} is missing: install ntfs-3g (the Makefile does)"));
-        found
-    }
-
     fn run(name: &str, args: &[&str]) -> Vec<u8> {
         let out = Command::new(tool(name)).args(args).output().expect("run tool");
         assert!(
@@ -978,37 +968,6 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
         out.stdout
-    }
-
-    struct Scratch(PathBuf);
-    impl Scratch {
-        fn new(tag: &str) -> Scratch {
-            let p = std::env::temp_dir().join(format!("bv-usedmap-ntfs-{tag}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(&p).expect("scratch dir");
-            Scratch(p)
-        }
-        fn path(&self, name: &str) -> String {
-            self.0.join(name).to_str().expect("utf-8 path").to_string()
-        }
-    }
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    /// Deterministic random-ish bytes (xorshift).
-    fn noise(seed: u64, len: usize) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 32) as u8
-            })
-            .collect()
     }
 
     fn mkntfs(s: &Scratch, size: u64, args: &[&str]) -> String {

@@ -101,34 +101,10 @@ fn parse_header(head: &[u8], page: u64, size: u64) -> Result<(u64, u32), String>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testfs::{tool, Scratch};
     use crate::usedmap::UsedMap;
     use std::path::{Path, PathBuf};
     use std::process::Command;
-
-    fn tool(name: &str) -> PathBuf {
-        let path = std::env::var("PATH").unwrap_or_default();
-        let found = path
-            .split(':')
-            .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
-            .map(|d| Path::new(d).join(name))
-            .find(|p| p.is_file());
-        found.unwrap_or_else(|| panic!("{name} not found: install util-linux (the Makefile does)"))
-    }
-
-    struct Scratch(PathBuf);
-    impl Scratch {
-        fn new(tag: &str) -> Scratch {
-            let p = std::env::temp_dir().join(format!("bv-usedmap-swap-{tag}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(&p).expect("scratch dir");
-            Scratch(p)
-        }
-    }
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     fn map_img(img: &[u8], size: u64) -> Result<UsedMap, String> {
         let mut read = |off: u64, len: usize| {
