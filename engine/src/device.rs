@@ -80,21 +80,7 @@ impl Device {
     /// device (the device may unmap or write zeros itself), a punched hole
     /// in a file; plain zero writes where neither is supported.
     pub fn zero_range(&self, offset: u64, len: u64, zeros: &[u8]) -> Result<(), EngineError> {
-        let done = if self.is_block {
-            let range = [offset, len];
-            // SAFETY: BLKZEROOUT reads two u64 (start, length) from the pointer.
-            unsafe { libc::ioctl(self.file.as_raw_fd(), BLKZEROOUT as _, range.as_ptr()) == 0 }
-        } else {
-            // SAFETY: fallocate on an open file with a valid range.
-            unsafe {
-                libc::fallocate(
-                    self.file.as_raw_fd(),
-                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                    offset as libc::off_t,
-                    len as libc::off_t,
-                ) == 0
-            }
-        };
+        let done = if self.is_block { self.range_ioctl(BLKZEROOUT, offset, len) } else { self.punch_hole(offset, len) };
         if done {
             return Ok(());
         }
@@ -118,19 +104,31 @@ impl Device {
             return true;
         }
         if self.is_block {
-            let range = [offset, len];
-            // SAFETY: BLKDISCARD reads two u64 (start, length) from the pointer.
-            unsafe { libc::ioctl(self.file.as_raw_fd(), BLKDISCARD as _, range.as_ptr()) == 0 }
+            self.range_ioctl(BLKDISCARD, offset, len)
         } else {
-            // SAFETY: fallocate on an open file with a valid range.
-            unsafe {
-                libc::fallocate(
-                    self.file.as_raw_fd(),
-                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                    offset as libc::off_t,
-                    len as libc::off_t,
-                ) == 0
-            }
+            self.punch_hole(offset, len)
+        }
+    }
+
+    /// BLKZEROOUT or BLKDISCARD over `len` bytes at `offset`; whether the
+    /// device did it.
+    fn range_ioctl(&self, req: libc::c_ulong, offset: u64, len: u64) -> bool {
+        let range = [offset, len];
+        // SAFETY: both requests read two u64 (start, length) from the pointer.
+        unsafe { libc::ioctl(self.file.as_raw_fd(), req as _, range.as_ptr()) == 0 }
+    }
+
+    /// Punches a hole in an image file (it then reads as zeros); whether
+    /// the filesystem did it.
+    fn punch_hole(&self, offset: u64, len: u64) -> bool {
+        // SAFETY: fallocate on an open file with a valid range.
+        unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset as libc::off_t,
+                len as libc::off_t,
+            ) == 0
         }
     }
 
