@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 pub const BUILTIN: &[(&str, &str)] = &[
     ("qemu", include_str!("../../kernel-config/profiles/qemu.modules")),
     ("pc", include_str!("../../kernel-config/profiles/pc.modules")),
+    ("local", include_str!("../../kernel-config/profiles/local.modules")),
 ];
 
 pub fn builtin(name: &str) -> Option<&'static str> {

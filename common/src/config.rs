@@ -66,6 +66,49 @@ impl Action {
     }
 }
 
+/// Where a backup goes (`dest`) or a restore comes from (`source`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Place {
+    /// The bootvault server (`server`).
+    Server,
+    /// A filesystem on a drive of the PC, by its label or its kernel name
+    /// (`local:BACKUPS`, `local:sdb1`): the backups live in its
+    /// `bootvault/` directory.
+    Local(String),
+}
+
+impl Place {
+    pub fn parse(v: &str) -> Result<Place, String> {
+        if v == "server" {
+            return Ok(Place::Server);
+        }
+        let Some(spec) = v.strip_prefix("local:") else {
+            return Err("expected server or local:LABEL (a filesystem label or a name like sdb1)".into());
+        };
+        check_volume_spec(spec)?;
+        Ok(Place::Local(spec.to_owned()))
+    }
+
+    pub fn to_text(&self) -> String {
+        match self {
+            Place::Server => "server".into(),
+            Place::Local(s) => format!("local:{s}"),
+        }
+    }
+}
+
+/// A filesystem label or a partition name: 1-64 printable characters,
+/// no '/' (it is never a path).
+pub fn check_volume_spec(v: &str) -> Result<(), String> {
+    if v.is_empty() || v.chars().count() > 64 {
+        return Err("the label or partition name must be 1-64 characters".into());
+    }
+    if v.chars().any(|c| c.is_control() || c == '/' || c == '"') {
+        return Err("the label or partition name must not hold '/', '\"' or control characters".into());
+    }
+    Ok(())
+}
+
 /// Which backup a restore takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackupRef {
@@ -96,6 +139,10 @@ pub struct Config {
     /// looks for, empty = any).
     pub name: String,
     pub backup: BackupRef,
+    /// Where backups go: the server (the default) or a local drive.
+    pub dest: Place,
+    /// Where restores come from: the server (the default) or a local drive.
+    pub source: Place,
     /// Compression level for backups (0-10).
     pub level: u8,
     /// `mode=raw`: back up every byte, free space included (forensic
@@ -135,6 +182,8 @@ impl Default for Config {
             disk: "auto".into(),
             name: String::new(),
             backup: BackupRef::Latest,
+            dest: Place::Server,
+            source: Place::Server,
             level: crate::image::DEFAULT_LEVEL,
             raw: false,
             verify: false,
@@ -198,6 +247,8 @@ pub const KEYS: &[&str] = &[
     "disk",
     "name",
     "backup",
+    "dest",
+    "source",
     "level",
     "mode",
     "verify",
@@ -375,6 +426,8 @@ impl Config {
                 self.name = value.to_owned();
             }
             "backup" => self.backup = parse_backup_ref(value).map_err(bad)?,
+            "dest" => self.dest = Place::parse(value).map_err(bad)?,
+            "source" => self.source = Place::parse(value).map_err(bad)?,
             "level" => {
                 self.level =
                     value.parse::<u8>().ok().filter(|n| *n <= 10).ok_or_else(|| bad("expected a level 0-10".into()))?
@@ -421,6 +474,8 @@ impl Config {
                 BackupRef::Latest => "latest".into(),
                 BackupRef::Id(n) => n.to_string(),
             }),
+            "dest" => Some(self.dest.to_text()),
+            "source" => Some(self.source.to_text()),
             "level" => Some(self.level.to_string()),
             "mode" => Some(if self.raw { "raw" } else { "used" }.into()),
             "verify" => Some(if self.verify { "yes" } else { "no" }.into()),
@@ -560,6 +615,9 @@ mod tests {
             ("bootvault.backup=-3", "expected latest or a backup id", true),
             ("bootvault.level=11", "expected a level 0-10", true),
             ("bootvault.mode=forensic", "expected used or raw", true),
+            ("bootvault.dest=usb", "expected server or local:LABEL", true),
+            ("bootvault.source=local:", "must be 1-64 characters", true),
+            ("bootvault.dest=local:a/b", "must not hold '/'", true),
             ("bootvault.dhcp_timeout=soon", "expected a number of seconds", true),
             ("bootvault.server=ftp://x", "server must be an http:// URL", true),
             ("bootvault.pc", "bootvault.pc needs a value", true),
@@ -628,6 +686,8 @@ mod tests {
             level: 6,
             raw: true,
             verify: true,
+            dest: Place::Local("MY STICK".into()),
+            source: Place::Local("sdb1".into()),
             ..Config::default()
         };
         let (back, p) = Config::load(Some(&c.to_file()), "");

@@ -93,6 +93,12 @@ pub fn unlock_proof(key: &[u8; 32], nonce: &[u8; 32], pc: &str, backup: i64) -> 
 }
 
 /// Lower-case hex.
+/// Constant-time equality of two byte strings of the same length (no
+/// early exit on the first differing byte; the lengths are not secret).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 pub fn to_hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);

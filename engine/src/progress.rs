@@ -10,7 +10,7 @@ pub struct Progress {
     /// Disk bytes covered so far.
     pub done: u64,
     pub total: u64,
-    /// Bytes that crossed the network (after dedup and compression).
+    /// Bytes sent to (or fetched from) the store, after dedup and compression.
     pub sent: u64,
     pub elapsed: Duration,
 }
@@ -49,7 +49,7 @@ impl Progress {
             None => "?".into(),
         };
         format!(
-            "{} {:5.1}% {} of {}, {:.1} MB/s, {} {} over the network, ETA {eta}",
+            "{} {:5.1}% {} of {}, {:.1} MB/s, {} {}, ETA {eta}",
             self.action,
             self.percent(),
             human_bytes(self.done),
@@ -89,7 +89,7 @@ mod tests {
         assert_eq!(p.percent(), 25.0);
         assert_eq!(p.mb_per_s(), 25.0);
         assert_eq!(p.eta(), Some(Duration::from_secs(6)));
-        assert_eq!(p.line(), "backup  25.0% 47.7 MiB of 190.7 MiB, 25.0 MB/s, 1.0 MiB sent over the network, ETA 6s");
+        assert_eq!(p.line(), "backup  25.0% 47.7 MiB of 190.7 MiB, 25.0 MB/s, 1.0 MiB sent, ETA 6s");
         let start = Progress { done: 0, elapsed: Duration::ZERO, ..p.clone() };
         assert_eq!(start.eta(), None);
         assert!(start.line().ends_with("ETA ?"));

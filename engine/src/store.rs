@@ -47,6 +47,10 @@ pub trait Store: Sync {
     fn backups(&self) -> Result<Vec<BackupInfo>, EngineError>;
     /// The newest complete backup of `pc` (named `name`, if given).
     fn latest(&self, pc: &str, name: Option<&str>) -> Result<i64, EngineError>;
+    /// Gives the restore password of a locked backup, so its manifest and
+    /// chunks may be read. Ok(false): the backup has no password. A wrong
+    /// password is an error saying so.
+    fn unlock(&self, backup: i64, password: &[u8]) -> Result<bool, EngineError>;
 }
 
 impl Store for Client {
@@ -85,5 +89,8 @@ impl Store for Client {
     }
     fn latest(&self, pc: &str, name: Option<&str>) -> Result<i64, EngineError> {
         Client::latest(self, pc, name)
+    }
+    fn unlock(&self, backup: i64, password: &[u8]) -> Result<bool, EngineError> {
+        crate::lock::unlock(self, backup, password)
     }
 }

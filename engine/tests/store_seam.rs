@@ -90,6 +90,9 @@ impl Store for MemStore {
         let b = self.backups.lock().expect("lock");
         b.iter().rposition(|(s, _)| s == "complete").map(|i| i as i64 + 1).ok_or_else(|| err("no backups"))
     }
+    fn unlock(&self, _: i64, _: &[u8]) -> Result<bool, EngineError> {
+        Ok(false)
+    }
 }
 
 #[test]
@@ -177,8 +180,51 @@ fn backup_and_restore_through_a_local_directory() {
     assert!(e.contains("do not match"), "{e}");
     store.fail(open, "power cut").expect("fail");
     assert!(root.join("failed/3.txt").is_file() && !root.join("uploads/3.open").exists());
-    // Passwords need the server for now: refused before anything is written.
+    // One writer at a time; readers wait for no one but cannot write.
+    let e = LocalStore::open(&root).err().expect("a second writer is refused").to_string();
+    assert!(e.contains("another bootvault is using this store"), "{e}");
+    drop(store);
+
+    // A power cut mid-backup: new chunks written, no manifest. The next
+    // writer records it failed and deletes what no complete backup names.
+    let store = LocalStore::open(&root).expect("reopen");
+    assert!(store.cleaned().is_empty(), "nothing to clean: {:?}", store.cleaned());
+    let cut = store.open_backup("cut", 1 << 20, 1 << 20, None).expect("open");
+    let plain = noise(9, 1 << 20);
+    let id = image::chunk_id(&plain);
+    store.put_chunk(cut, &id, &image::encode_blob(&plain, 1)).expect("put");
+    let before = fs::read_dir(root.join("chunks")).expect("chunks").flatten().map(|d| d.path()).count();
+    drop(store);
+    let store = LocalStore::open(&root).expect("reopen after the cut");
+    assert_eq!(store.cleaned().interrupted, vec![cut], "{:?}", store.cleaned());
+    assert_eq!(store.cleaned().chunks, 1, "only the unfinished backup's own chunk goes");
+    assert!(store.cleaned().line().starts_with(&format!("removed the unfinished backup {cut} (1 chunks")));
+    assert!(root.join(format!("failed/{cut}.txt")).is_file() && !root.join(format!("uploads/{cut}.open")).exists());
+    assert_eq!(store.missing(0, &[id]).expect("missing"), vec![0]);
+    assert!(fs::read_dir(root.join("chunks")).expect("chunks").count() <= before);
+    assert_eq!(store.backups().expect("list").len(), 2, "the complete ones stay");
+    restore(&tdev, &store, 1, &RestoreOptions::default(), &mut |_| {}).expect("still restores");
+
+    // Restore passwords: the lock is kept with the backup; its manifest
+    // and chunks are given out only after the password.
     let lock = Lock::new(b"a long enough password").expect("lock");
-    assert!(store.open_backup("locked", 1 << 20, 1 << 20, Some(&lock)).is_err());
+    let mut opts = BackupOptions::new("pc-l", "locked");
+    opts.lock = Some(lock);
+    let locked = backup(&dev, &store, &opts, &mut |_| {}).expect("locked backup").id;
+    assert!(store.backups().expect("list").iter().any(|b| b.id == locked && b.locked));
+    drop(store);
+    let reader = LocalStore::open_read(&root).expect("reader");
+    let e = reader.manifest(locked).expect_err("locked").to_string();
+    assert!(e.contains("protected by a password"), "{e}");
+    assert!(restore(&tdev, &reader, locked, &RestoreOptions::default(), &mut |_| {}).is_err());
+    let e = reader.unlock(locked, b"not the password").expect_err("wrong").to_string();
+    assert_eq!(e, format!("wrong password for backup {locked}"));
+    assert!(!reader.unlock(1, b"anything").expect("no password on backup 1"));
+    assert!(reader.unlock(locked, b"a long enough password").expect("right password"));
+    restore(&tdev, &reader, locked, &RestoreOptions::default(), &mut |_| {}).expect("unlocked restore");
+    assert!(fs::read(&target).expect("read") == data);
+    let e = reader.open_backup("x", 1 << 20, 1 << 20, None).expect_err("read only").to_string();
+    assert!(e.contains("open for reading only"), "{e}");
+    assert!(LocalStore::open_read(&dir).is_err(), "not a store");
     let _ = fs::remove_dir_all(&dir);
 }

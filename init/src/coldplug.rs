@@ -125,6 +125,39 @@ pub fn coldplug(root: &Path, index: &Index, opts: &Options, loader: &mut dyn Loa
     report
 }
 
+/// What loading modules by name did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Named {
+    pub loaded: Vec<String>,
+    pub failed: Vec<(String, String)>,
+    /// Names the image does not ship (built into the kernel, or absent).
+    pub missing: Vec<String>,
+}
+
+/// Loads modules by name, each after what it needs: drivers with no
+/// device to match (filesystems, code pages), which the kernel would
+/// otherwise ask a modprobe we do not have for.
+pub fn load_named(index: &Index, names: &[&str], modules_dir: &Path, loader: &mut dyn Loader) -> Named {
+    let mut out = Named::default();
+    let mut attempted: BTreeSet<String> = BTreeSet::new();
+    for want in names {
+        for name in index.load_order(want) {
+            if !attempted.insert(name.clone()) {
+                continue;
+            }
+            let Some(m) = index.modules.get(&name) else {
+                out.missing.push(name);
+                continue;
+            };
+            match loader.load(&name, &modules_dir.join(&m.path)) {
+                Ok(()) => out.loaded.push(name),
+                Err(e) => out.failed.push((name, e)),
+            }
+        }
+    }
+    out
+}
+
 /// How PID 1 reports devices without a driver: the ones on buses where a
 /// missing driver usually means a missing NIC or disk (PCI, USB, virtio)
 /// one per line, the rest (ACPI, platform, ...) counted per bus.
@@ -211,6 +244,27 @@ mod tests {
         assert!(!report.timed_out);
         assert!(report.rounds >= 2);
         assert_eq!(report.unbound, vec![("/sys/devices/platform/pcspkr".to_string(), "platform:pcspkr".to_string())]);
+    }
+
+    #[test]
+    fn loads_by_name_deps_first_once() {
+        let tmp = TempDir::new("named");
+        let mods = tmp.path().join("lib/modules/6.1.0");
+        fs::create_dir_all(&mods).expect("mkdir");
+        for f in ["ext4.ko", "jbd2.ko", "mbcache.ko", "crc16.ko", "vfat.ko", "fat.ko"] {
+            fs::write(mods.join(f), b"").expect("write");
+        }
+        let index = Index::parse(
+            "ext4.ko: mbcache.ko jbd2.ko crc16.ko\nvfat.ko: fat.ko\nfat.ko:\njbd2.ko:\nmbcache.ko:\ncrc16.ko:\nexfat.ko:\n",
+            "",
+        )
+        .expect("index");
+        let mut kernel = FakeKernel { root: tmp.path(), loaded: vec![] };
+        let r = load_named(&index, &["ext4", "vfat", "fat", "ntfs3", "exfat"], &mods, &mut kernel);
+        assert_eq!(r.loaded, vec!["crc16", "jbd2", "mbcache", "ext4", "fat", "vfat"]);
+        assert_eq!(r.missing, vec!["ntfs3"], "not shipped: built in or absent");
+        assert_eq!(r.failed.len(), 1, "listed but its file is gone: {:?}", r.failed);
+        assert_eq!(r.failed[0].0, "exfat");
     }
 
     #[test]

@@ -23,7 +23,9 @@ use bootvault_common::units::{human_bytes, utc_datetime};
 use bootvault_engine::backup::{backup, BackupOptions};
 use bootvault_engine::client::{BackupInfo, Client};
 use bootvault_engine::device::Device;
-use bootvault_engine::lock::{self, Lock};
+use bootvault_engine::local_store::{LocalStore, DRIVE_DIR};
+use bootvault_engine::lock::Lock;
+use bootvault_engine::store::Store;
 use bootvault_engine::progress::Progress;
 use bootvault_engine::restore::{restore, RestoreOptions, PARTLY_OVERWRITTEN};
 use zeroize::Zeroizing;
@@ -31,6 +33,7 @@ use zeroize::Zeroizing;
 use crate::disks::{self, Disk};
 use crate::jobs;
 use crate::sys;
+use crate::volumes::{self, Mounted, Volume};
 use crate::tui::{self, frame, Edit, Item, Key, LineEdit, Menu, Pick, ERASE, MENU_KEYS};
 
 /// What the person chose to do when leaving the menu.
@@ -136,21 +139,33 @@ impl Drop for Term {
     }
 }
 
-/// The console session: the PC's configuration, the server, the terminal.
+/// The console session: the PC's configuration, the server (when the
+/// network and the server answered), the terminal.
 struct Session<'a> {
     config: &'a Config,
-    client: &'a Client,
+    client: Option<&'a Client>,
     term: Term,
     header: String,
 }
 
+/// Where a backup goes or a restore comes from.
+#[derive(Clone)]
+enum Place {
+    Server,
+    Drive(Volume),
+}
+
 /// Runs the console until the person chooses to leave.
-pub fn run(config: &Config, client: &Client) -> Exit {
+pub fn run(config: &Config, client: Option<&Client>) -> Exit {
+    let place = match client {
+        Some(c) => format!("server {}", c.base()),
+        None => "no server".to_owned(),
+    };
     let mut s = Session {
         config,
         client,
         term: Term::open(),
-        header: format!("bootvault {} - PC {} - server {}", env!("CARGO_PKG_VERSION"), config.pc, client.base()),
+        header: format!("bootvault {} - PC {} - {place}", env!("CARGO_PKG_VERSION"), config.pc),
     };
     let exit = s.welcome();
     s.term.write("\n");
@@ -236,7 +251,7 @@ impl Session<'_> {
         let mut note = String::new();
         loop {
             let mut menu = Menu::new(vec![
-                Item::new("Back up a disk of this PC to the server"),
+                Item::new("Back up a disk of this PC"),
                 Item::new("Restore a backup onto this PC"),
                 Item::new("Shell: the rescue prompt (disks, network, logs)"),
                 Item::new("Reboot"),
@@ -294,10 +309,8 @@ impl Session<'_> {
             return Ok(None);
         }
         let mut disk_menu = Menu::new(Self::disk_items(&all, &|d| (d.bytes == 0).then(|| "empty drive".into())));
-        let mut dest_menu = Menu::new(vec![
-            Item::new(format!("The bootvault server at {}", self.client.base())),
-            Item::new("A local disk or USB drive of this PC").unavailable("not available yet"),
-        ]);
+        let mut dest_menu = Menu::new(Vec::new());
+        let mut dests: Vec<Place> = Vec::new();
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         let mut name = tui::default_backup_name(&self.config.pc, now);
         let mut lock: Option<Lock> = None;
@@ -307,18 +320,22 @@ impl Session<'_> {
                 0 => {
                     self.choose("Back up - 1/5: which disk?", "Choose the disk to back up:", &mut disk_menu).map(|_| ())
                 }
-                1 => self
-                    .choose("Back up - 2/5: where to?", "Choose where to store the backup:", &mut dest_menu)
-                    .map(|_| ()),
+                1 => {
+                    let d = &all[disk_menu.selected];
+                    (dests, dest_menu) = self.destinations(d);
+                    self.choose("Back up - 2/5: where to?", "Choose where to store the backup:", &mut dest_menu)
+                        .map(|_| ())
+                }
                 2 => self.ask_name(&mut name),
                 3 => self.ask_new_password().map(|l| lock = l),
                 4 => {
                     let d = &all[disk_menu.selected];
+                    let dest = &dests[dest_menu.selected];
                     let summary = format!(
-                        "Disk:        {}\n{}Destination: the bootvault server at {}\nName:        {name}\nPassword:    {}\nCopy:        {}\n\nThe disk is only read; nothing on it changes.",
+                        "Disk:        {}\n{}Destination: {}\nName:        {name}\nPassword:    {}\nCopy:        {}\n\nThe disk is only read; nothing on it changes.",
                         disk_title(d),
                         disks::contents(d).iter().map(|l| format!("             {l}\n")).collect::<String>(),
-                        self.client.base(),
+                        self.place_text(dest),
                         if lock.is_some() {
                             "set (needed to restore this backup)"
                         } else {
@@ -342,7 +359,8 @@ impl Session<'_> {
                     match self.choose("Back up - 5/5: ready?", &summary, &mut menu) {
                         Ok(choice @ (0 | 2)) => {
                             let raw = self.config.raw != (choice == 2);
-                            let exit = self.run_backup(&all[disk_menu.selected], &name, lock.take(), raw)?;
+                            let dest = dest.clone();
+                            let exit = self.run_backup(&all[disk_menu.selected], &dest, &name, lock.take(), raw)?;
                             return Ok(exit);
                         }
                         Ok(_) => Err(Nav::Back),
@@ -353,6 +371,73 @@ impl Session<'_> {
             };
             advance(&mut step, r)?;
         }
+    }
+
+    /// `the bootvault server at http://…` or `drive sdb1 exfat "BACKUPS"`.
+    fn place_text(&self, p: &Place) -> String {
+        match (p, self.client) {
+            (Place::Server, Some(c)) => format!("the bootvault server at {}", c.base()),
+            (Place::Server, None) => "the bootvault server".to_owned(),
+            (Place::Drive(v), _) => format!("drive {} (folder {DRIVE_DIR})", v.title()),
+        }
+    }
+
+    /// The destination menu for a backup of `d`: the server, then every
+    /// filesystem a backup can be written to, each with its free space
+    /// and whether the backup fits; the disk being backed up, and drives
+    /// too small, are refused. Each drive is only mounted read-only, for
+    /// a moment.
+    fn destinations(&mut self, d: &Disk) -> (Vec<Place>, Menu) {
+        self.term.write(&frame(&self.header, "Back up - 2/5: where to?", "Looking at the drives of this PC...", ""));
+        let need = Device::open(&Path::new("/dev").join(&d.name), false)
+            .map(|dev| jobs::backup_need(&dev, self.config.raw))
+            .unwrap_or(d.bytes);
+        let mut places = vec![Place::Server];
+        let mut items = vec![match self.client {
+            Some(c) => Item::new(format!("The bootvault server at {}", c.base())),
+            None if self.config.server.is_none() => Item::new("The bootvault server").unavailable("none configured"),
+            None => Item::new("The bootvault server").unavailable("not reachable (no network?)"),
+        }];
+        for v in volumes::volumes(&disks::probe(Path::new("/"))) {
+            let mut label = format!("Drive {:<10} {:>10}  {}", v.dev, human_bytes(v.bytes), v.kind);
+            if !v.label.is_empty() {
+                label.push_str(&format!("  {:?}", v.label));
+            }
+            let mut detail = vec![format!(
+                "{} disk {}",
+                if v.removable { "on removable" } else { "on" },
+                v.disk
+            )];
+            let refused = if v.disk == d.name {
+                Some(format!("on the disk being backed up ({})", d.name))
+            } else if read_only(&v.disk) {
+                Some("read-only".to_owned())
+            } else {
+                let look = volumes::look(&v, &|_| {});
+                if !look.backups.is_empty() {
+                    detail.push(format!("holds {} backup(s) already", look.backups.len()));
+                }
+                match look.free.and_then(|free| volumes::fit_text(free, need)) {
+                    Ok(fits) => {
+                        detail.push(fits);
+                        None
+                    }
+                    Err(e) => Some(e),
+                }
+            };
+            let item = Item::new(label).detail(detail);
+            items.push(match refused {
+                Some(why) => item.unavailable(why),
+                None => item,
+            });
+            places.push(Place::Drive(v));
+        }
+        let mut menu = Menu::new(items);
+        // The first usable place is selected.
+        if let Some(i) = menu.items.iter().position(|i| i.unavailable.is_none()) {
+            menu.selected = i;
+        }
+        (places, menu)
     }
 
     fn ask_name(&mut self, name: &mut String) -> Result<(), Nav> {
@@ -420,18 +505,48 @@ impl Session<'_> {
         row
     }
 
-    fn run_backup(&mut self, d: &Disk, name: &str, lock: Option<Lock>, raw: bool) -> Result<Option<Exit>, Nav> {
+    fn run_backup(
+        &mut self,
+        d: &Disk,
+        dest: &Place,
+        name: &str,
+        lock: Option<Lock>,
+        raw: bool,
+    ) -> Result<Option<Exit>, Nav> {
         let title = "Back up: running";
         let intro = format!(
             "Backing up {} ({}) to {} as {name:?}.\nPress Ctrl-C twice to cancel.",
             d.name,
             human_bytes(d.bytes),
-            self.client.base()
+            self.place_text(dest)
         );
         let row = self.progress_screen(title, &intro);
         let cancel = Arc::new(AtomicBool::new(false));
         let start = Instant::now();
         let had_lock = lock.is_some();
+        // A drive: mounted for writing only now, its store opened (which
+        // cleans up what an interrupted backup left).
+        let mut note = String::new();
+        let drive = match dest {
+            Place::Server => None,
+            Place::Drive(v) => match open_drive(v, true) {
+                Ok((m, store)) => {
+                    if !store.cleaned().is_empty() {
+                        note = format!("Cleaned up first: {}.\n", store.cleaned().line());
+                    }
+                    Some((m, store))
+                }
+                Err(e) => {
+                    let body = format!("Could not use drive {}:\n  {e}\n\nNothing was written.", v.title());
+                    return self.finish_screen("Back up: FAILED", &body);
+                }
+            },
+        };
+        let store: &dyn Store = match (&drive, self.client) {
+            (Some((_, s)), _) => s,
+            (None, Some(c)) => c,
+            (None, None) => return self.finish_screen("Back up: FAILED", "There is no server to back up to."),
+        };
         let result = Device::open(&Path::new("/dev").join(&d.name), false).map_err(|e| e.to_string()).and_then(|dev| {
             let mut opts = BackupOptions::new(&self.config.pc, name);
             opts.level = self.config.level;
@@ -441,29 +556,45 @@ impl Session<'_> {
             opts.lock = lock;
             opts.cancel = cancel.clone();
             let mut watch = Watch::new(&mut self.term, row, &cancel, "backup");
-            backup(&dev, self.client, &opts, &mut |p| watch.update(p)).map_err(|e| e.to_string())
+            backup(&dev, store, &opts, &mut |p| watch.update(p)).map_err(|e| e.to_string())
+        });
+        // The drive written out and unmounted before anything is said.
+        let unmounted = drive.map(|(m, store)| {
+            drop(store);
+            m.unmount()
         });
         let summary = match &result {
             Ok(r) => r.summary(),
             Err(e) => e.clone(),
         };
-        jobs::Report {
-            job: None,
-            action: "backup",
-            disk: &d.name,
-            backup: result.as_ref().map(|r| r.id.to_string()).unwrap_or_default(),
-            ok: result.is_ok(),
-            message: &summary,
-            bytes: result.as_ref().map_or(0, |r| r.disk_bytes),
-            sent: result.as_ref().map_or(0, |r| r.sent_bytes),
-            elapsed: start.elapsed(),
+        if let Some(client) = self.client {
+            jobs::Report {
+                job: None,
+                action: "backup",
+                disk: &d.name,
+                backup: result.as_ref().map(|r| r.id.to_string()).unwrap_or_default(),
+                ok: result.is_ok(),
+                message: &summary,
+                bytes: result.as_ref().map_or(0, |r| r.disk_bytes),
+                sent: result.as_ref().map_or(0, |r| r.sent_bytes),
+                elapsed: start.elapsed(),
+            }
+            .send(client);
         }
-        .send(self.client);
+        let (stored_on, kept_failed, check) = match dest {
+            Place::Server => ("on the server", "the server keeps it marked as failed", "the network and the server"),
+            Place::Drive(_) => ("on the drive", "the drive keeps it marked as failed", "the drive and its free space"),
+        };
+        let removal = match &unmounted {
+            None => String::new(),
+            Some(Ok(())) => "\nThe drive was written out and unmounted: you can remove it.".to_owned(),
+            Some(Err(e)) => format!("\nWARNING: {e}.\nDo not remove the drive yet: choose Power off, which writes it out."),
+        };
         let (title, body) = match result {
             Ok(r) => (
                 "Back up: done",
                 format!(
-                    "The backup is complete and stored on the server.\n\n  Name:     {name}\n  Number:   {}\n  Disk:     {} ({} read)\n  Sent:     {} (after deduplication and compression)\n  Stored:   {} for this backup\n  Time:     {:.0} s ({:.1} MB/s)\n  Password: {}\n{}\nWhat next: you can power off this PC. To put this disk back as it is now,\nboot bootvault on this PC (or another one) and choose Restore.",
+                    "{note}The backup is complete and stored {stored_on}.\n\n  Name:     {name}\n  Number:   {}\n  Disk:     {} ({} read)\n  Sent:     {} (after deduplication and compression)\n  Stored:   {} for this backup\n  Time:     {:.0} s ({:.1} MB/s)\n  Password: {}\n{}{removal}\nWhat next: you can power off this PC. To put this disk back as it is now,\nboot bootvault on this PC (or another one) and choose Restore.",
                     r.id,
                     d.name,
                     human_bytes(r.disk_bytes.saturating_sub(r.unused_bytes)),
@@ -477,11 +608,11 @@ impl Session<'_> {
             ),
             Err(_) if cancel.load(Ordering::Relaxed) => (
                 "Back up: cancelled",
-                "The backup was cancelled. Nothing was stored as a complete backup\n(the server keeps it marked as failed). The disk was only read.".to_owned(),
+                format!("The backup was cancelled. Nothing was stored as a complete backup\n({kept_failed}). The disk was only read.{removal}"),
             ),
             Err(e) => (
                 "Back up: FAILED",
-                format!("The backup failed:\n  {e}\n\nNothing was stored as a complete backup (the server marks it failed).\nThe disk was only read. Check the network and the server, then try again."),
+                format!("The backup failed:\n  {e}\n\nNothing was stored as a complete backup ({kept_failed}).\nThe disk was only read. Check {check}, then try again.{removal}"),
             ),
         };
         self.finish_screen(title, &body)
@@ -501,43 +632,68 @@ impl Session<'_> {
         }
     }
 
+    /// The backups this PC can restore: the server's (when it answers),
+    /// then those on every drive. The second value says what could not
+    /// be asked.
+    fn find_backups(&mut self) -> (Vec<(Place, BackupInfo)>, Vec<String>) {
+        let mut found = Vec::new();
+        let mut problems = Vec::new();
+        match self.client {
+            Some(c) => match c.backups() {
+                Ok(list) => found.extend(list.into_iter().map(|b| (Place::Server, b))),
+                Err(e) => problems.push(format!("the server: {e}")),
+            },
+            None => problems.push("no server (no network, or none configured)".to_owned()),
+        }
+        for v in volumes::volumes(&disks::probe(Path::new("/"))) {
+            let look = volumes::look(&v, &|_| {});
+            found.extend(look.backups.into_iter().map(|b| (Place::Drive(v.clone()), b)));
+        }
+        (found, problems)
+    }
+
     /// The whole restore: backup, target disk, confirmation, password, run.
     fn restore_flow(&mut self) -> Result<Option<Exit>, Nav> {
-        self.term.write(&frame(&self.header, "Restore", "Asking the server for the backups of this PC...", ""));
-        let backups = match self.client.backups() {
-            Ok(b) => b,
-            Err(e) => {
-                self.message("Restore: the server did not answer", &format!("Could not list the backups:\n  {e}"))?;
-                return Ok(None);
-            }
-        };
+        self.term.write(&frame(
+            &self.header,
+            "Restore",
+            "Looking for backups on the server and on the drives of this PC...",
+            "",
+        ));
+        let (backups, problems) = self.find_backups();
         if backups.is_empty() {
             self.message(
                 "Restore: no backups",
                 &format!(
-                    "The server has no complete backup that PC {} may restore.\nBack this PC up first, or ask the administrator to make a backup available.",
-                    self.config.pc
+                    "No complete backup that PC {} may restore was found on the server or on a drive\nof this PC{}.\nBack this PC up first, plug in the drive holding its backups, or ask the\nadministrator to make a backup available.",
+                    self.config.pc,
+                    if problems.is_empty() { String::new() } else { format!(" (could not ask {})", problems.join("; ")) }
                 ),
             )?;
             return Ok(None);
         }
-        let items = backups.iter().map(|b| backup_item(b, &self.config.pc)).collect();
+        let items = backups.iter().map(|(p, b)| backup_item(b, &self.config.pc).on(p)).collect();
         let mut backup_menu = Menu::new(items);
+        let intro = if problems.is_empty() {
+            "Choose the backup to restore:".to_owned()
+        } else {
+            format!("Choose the backup to restore (could not ask {}):", problems.join("; "))
+        };
         let mut all: Vec<Disk> = Vec::new();
         let mut disk_menu = Menu::new(Vec::new());
         let mut step = 0;
         loop {
-            let b = &backups[backup_menu.selected];
+            let (origin, b) = &backups[backup_menu.selected];
             let r: Result<(), Nav> = match step {
-                0 => self
-                    .choose("Restore - 1/4: which backup?", "Choose the backup to restore:", &mut backup_menu)
-                    .map(|_| ()),
+                0 => self.choose("Restore - 1/4: which backup?", &intro, &mut backup_menu).map(|_| ()),
                 1 => {
                     all = disks::probe(Path::new("/"));
                     let need = b.disk_bytes;
                     let refuse = |d: &Disk| {
                         if d.bytes == 0 {
                             Some("empty drive".into())
+                        } else if matches!(origin, Place::Drive(v) if v.disk == d.name) {
+                            Some("holds this backup".into())
                         } else if read_only(&d.name) {
                             Some("read-only".into())
                         } else {
@@ -553,13 +709,43 @@ impl Session<'_> {
                     self.choose("Restore - 2/4: onto which disk?", &intro, &mut disk_menu).map(|_| ())
                 }
                 2 => self.confirm_overwrite(b, &all[disk_menu.selected]),
-                3 => match self.ask_password(b) {
-                    Ok(()) => {
-                        let d = all[disk_menu.selected].clone();
-                        return self.run_restore(b, &d);
+                3 => {
+                    let (origin, b) = (origin.clone(), b.clone());
+                    let d = all[disk_menu.selected].clone();
+                    match origin {
+                        Place::Server => match self.client {
+                            Some(c) => match self.ask_password(c, &b) {
+                                Ok(()) => return self.run_restore(c, &origin, &b, &d),
+                                Err(e) => Err(e),
+                            },
+                            None => return Ok(None),
+                        },
+                        Place::Drive(ref v) => {
+                            self.term.write(&frame(&self.header, "Restore", &format!("Opening drive {}...", v.title()), ""));
+                            match open_drive(v, false) {
+                                Err(e) => {
+                                    self.message("Restore: the drive cannot be used", &format!("Could not open drive {}:\n  {e}", v.title()))?;
+                                    Err(Nav::Back)
+                                }
+                                Ok((m, store)) => {
+                                    let asked = self.ask_password(&store, &b);
+                                    let done = match asked {
+                                        Ok(()) => Some(self.run_restore(&store, &origin, &b, &d)),
+                                        Err(e) => {
+                                            drop(store);
+                                            drop(m);
+                                            if e == Nav::Back { None } else { return Err(e) }
+                                        }
+                                    };
+                                    match done {
+                                        Some(r) => return r,
+                                        None => Err(Nav::Back),
+                                    }
+                                }
+                            }
+                        }
                     }
-                    Err(e) => Err(e),
-                },
+                }
                 _ => return Ok(None),
             };
             advance(&mut step, r)?;
@@ -589,9 +775,9 @@ impl Session<'_> {
         }
     }
 
-    /// Asks the backup's password until the server accepts it (it counts
-    /// and rate-limits wrong ones). Nothing to ask when there is none.
-    fn ask_password(&mut self, b: &BackupInfo) -> Result<(), Nav> {
+    /// Asks the backup's password until the store accepts it (the server
+    /// counts and rate-limits wrong ones). Nothing to ask when there is none.
+    fn ask_password(&mut self, store: &dyn Store, b: &BackupInfo) -> Result<(), Nav> {
         if !b.locked {
             return Ok(());
         }
@@ -611,14 +797,14 @@ impl Session<'_> {
             self.term.write(&frame(&self.header, "Restore - 4/4: password", "Checking the password...", ""));
             let password: Zeroizing<Vec<u8>> = Zeroizing::new(edit.text.as_bytes().to_vec());
             drop(edit);
-            match lock::unlock(self.client, b.id, &password) {
+            match store.unlock(b.id, &password) {
                 Ok(_) => return Ok(()),
                 Err(e) => message = e.to_string(),
             }
         }
     }
 
-    fn run_restore(&mut self, b: &BackupInfo, d: &Disk) -> Result<Option<Exit>, Nav> {
+    fn run_restore(&mut self, store: &dyn Store, origin: &Place, b: &BackupInfo, d: &Disk) -> Result<Option<Exit>, Nav> {
         let intro = format!(
             "Restoring {:?} onto {} ({}).\nPress Ctrl-C twice to cancel (the disk would be left incomplete).",
             b.name,
@@ -632,13 +818,18 @@ impl Session<'_> {
             let opts =
                 RestoreOptions { verify: self.config.verify, cancel: cancel.clone(), ..RestoreOptions::default() };
             let mut watch = Watch::new(&mut self.term, row, &cancel, "restore");
-            restore(&dev, self.client, b.id, &opts, &mut |p| watch.update(p)).map_err(|e| e.to_string())
+            restore(&dev, store, b.id, &opts, &mut |p| watch.update(p)).map_err(|e| e.to_string())
         });
         let summary = match &result {
             Ok(r) => r.summary(&d.name),
             Err(e) => e.clone(),
         };
-        jobs::Report {
+        let from = match origin {
+            Place::Server => "from the server".to_owned(),
+            Place::Drive(v) => format!("from drive {}", v.dev),
+        };
+        if let Some(client) = self.client {
+            jobs::Report {
             job: None,
             action: "restore",
             disk: &d.name,
@@ -648,13 +839,14 @@ impl Session<'_> {
             bytes: result.as_ref().map_or(0, |r| r.disk_bytes),
             sent: result.as_ref().map_or(0, |r| r.fetched_bytes),
             elapsed: start.elapsed(),
+            }
+            .send(client);
         }
-        .send(self.client);
         let (title, body) = match result {
             Ok(r) => (
                 "Restore: done",
                 format!(
-                    "Backup {:?} is now on {}.\n\n  Restored: {} in {:.0} s\n  Fetched:  {} from the server ({} chunks; {} were already right){}{}\n\nWhat next: remove the bootvault USB stick or CD, then choose Reboot\nto start the restored system.",
+                    "Backup {:?} is now on {}.\n\n  Restored: {} in {:.0} s\n  Fetched:  {} {from} ({} chunks; {} were already right){}{}\n\nWhat next: remove the bootvault USB stick or CD, then choose Reboot\nto start the restored system.",
                     b.name,
                     d.name,
                     human_bytes(r.disk_bytes),
@@ -692,6 +884,20 @@ impl Session<'_> {
         };
         self.finish_screen(title, &body)
     }
+}
+
+/// Mounts a drive and opens its store: for writing (cleaning up what an
+/// interrupted backup left), or, to restore from a write-protected
+/// drive, read-only.
+fn open_drive(v: &Volume, must_write: bool) -> Result<(Mounted, LocalStore), String> {
+    let m = match volumes::mount(v, true, &|_| {}) {
+        Ok(m) => m,
+        Err(_) if !must_write => volumes::mount(v, false, &|_| {})?,
+        Err(e) => return Err(e),
+    };
+    let root = m.store_dir();
+    let store = if m.writable { LocalStore::open(&root) } else { LocalStore::open_read(&root) };
+    Ok((m, store.map_err(|e| e.to_string())?))
 }
 
 /// How long a first Ctrl-C waits for the second that cancels.
@@ -790,6 +996,21 @@ fn backup_item(b: &BackupInfo, pc: &str) -> Item {
         detail.push(format!("disk model {model}"));
     }
     Item::new(label).detail(detail)
+}
+
+/// Says where a listed backup is.
+trait On {
+    fn on(self, p: &Place) -> Self;
+}
+
+impl On for Item {
+    fn on(mut self, p: &Place) -> Item {
+        match p {
+            Place::Server => self.detail.push("on the server".to_owned()),
+            Place::Drive(v) => self.detail.push(format!("on drive {} (disk {})", v.title(), v.disk)),
+        }
+        self
+    }
 }
 
 #[cfg(test)]

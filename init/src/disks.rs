@@ -325,6 +325,23 @@ pub fn pick<'a>(disks: &'a [Disk], want: &str) -> Result<&'a Disk, String> {
     disks.iter().find(|d| d.name == want).ok_or_else(|| format!("disk {want} not found (have: {})", names()))
 }
 
+/// As [`pick`], never the disk `except` (the one holding the drive a
+/// local job writes to or reads from): `auto` skips it, naming it is
+/// refused.
+pub fn pick_except<'a>(disks: &'a [Disk], want: &str, except: &str) -> Result<&'a Disk, String> {
+    if want == except {
+        return Err(format!(
+            "disk {want} holds the backup drive itself: a disk is never backed up onto, or restored from, itself"
+        ));
+    }
+    if want == "auto" {
+        let others: Vec<Disk> = disks.iter().filter(|d| d.name != except).cloned().collect();
+        let name = pick(&others, "auto")?.name.clone();
+        return pick(disks, &name);
+    }
+    pick(disks, want)
+}
+
 /// Linux partition device name: `sda` + 1 = `sda1`, `nvme0n1` + 1 = `nvme0n1p1`.
 pub fn partition_name(disk: &str, number: u32) -> String {
     if disk.ends_with(|c: char| c.is_ascii_digit()) {
@@ -542,6 +559,12 @@ mod tests {
         assert_eq!(pick(&disks, "nvme0n1").unwrap_err(), "disk nvme0n1 not found (have: sda, sdb, sdc, vda)");
         assert_eq!(pick(&disks[..2], "auto").unwrap_err(), "no fixed disk found (have: sda, sdb)");
         assert_eq!(pick(&[], "auto").unwrap_err(), "no fixed disk found (have: none)");
+        // A local drive on a second fixed disk: auto passes it by, naming it is refused.
+        assert_eq!(pick_except(&disks, "auto", "sdc").unwrap().name, "vda");
+        assert_eq!(pick_except(&disks, "auto", "sda").unwrap().name, "sdc");
+        assert!(pick_except(&disks, "sdc", "sdc").unwrap_err().contains("holds the backup drive itself"));
+        assert_eq!(pick_except(&disks, "vda", "sdc").unwrap().name, "vda");
+        assert!(pick_except(&disks[..3], "auto", "sdc").unwrap_err().starts_with("no fixed disk found"));
     }
 
     #[test]

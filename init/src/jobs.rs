@@ -9,16 +9,18 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use bootvault_common::config::{Action, BackupRef, Config};
+use bootvault_common::config::{Action, BackupRef, Config, Place};
 use bootvault_common::job::JobMessage;
 use bootvault_common::units::human_bytes;
 use bootvault_engine::backup::{backup, BackupOptions};
 use bootvault_engine::client::Client;
 use bootvault_engine::device::Device;
+use bootvault_engine::local_store::LocalStore;
 use bootvault_engine::lock::Lock;
 use bootvault_engine::restore::{restore, RestoreOptions};
+use bootvault_engine::store::Store;
 
-use crate::disks;
+use crate::{disks, volumes};
 use crate::pid1::say;
 
 /// One backup or restore to carry out.
@@ -77,17 +79,21 @@ struct Outcome {
 }
 
 /// Runs the configured action. `Probe` does nothing here, and neither
-/// does `Menu` (the console runs that; see `server_job`).
-pub fn run(config: &Config, client: &Client) -> Result<(), String> {
+/// does `Menu` (the console runs that; see `server_job`). `client` is
+/// `None` when there is no server to talk to (a local job).
+pub fn run(config: &Config, client: Option<&Client>) -> Result<(), String> {
     let job = match config.action {
         Action::Probe | Action::Menu => return Ok(()),
-        Action::Job => match server_job(config, client)? {
-            None => {
-                say("job: the server has no job for this PC");
-                return Ok(());
+        Action::Job => {
+            let client = client.ok_or("action=job needs the server")?;
+            match server_job(config, client)? {
+                None => {
+                    say("job: the server has no job for this PC");
+                    return Ok(());
+                }
+                Some(job) => job,
             }
-            Some(job) => job,
-        },
+        }
         Action::Backup | Action::Restore => Job::from_config(config),
     };
     run_job(&job, config, client)
@@ -101,32 +107,56 @@ pub fn server_job(config: &Config, client: &Client) -> Result<Option<Job>, Strin
     }
 }
 
-/// Carries out one job and reports its outcome to the server.
-pub fn run_job(job: &Job, config: &Config, client: &Client) -> Result<(), String> {
+/// Where a job's backups are: a server job always uses the server; a
+/// job from the settings uses `dest` (backups) or `source` (restores).
+pub fn place_of(job: &Job, config: &Config) -> Place {
+    match (job.id, job.action) {
+        (Some(_), _) => Place::Server,
+        (None, Action::Backup) => config.dest.clone(),
+        (None, _) => config.source.clone(),
+    }
+}
+
+/// Carries out one job and reports its outcome to the server (when
+/// there is one).
+pub fn run_job(job: &Job, config: &Config, client: Option<&Client>) -> Result<(), String> {
+    let place = place_of(job, config);
     say(format!(
-        "job: {} of disk {}{}",
+        "job: {} of disk {}{}{}",
         job.action.as_str(),
         job.disk,
-        job.id.map(|i| format!(" (server job {i})")).unwrap_or_default()
+        job.id.map(|i| format!(" (server job {i})")).unwrap_or_default(),
+        match &place {
+            Place::Server => String::new(),
+            Place::Local(spec) => format!(" {} drive {spec}", if job.action == Action::Backup { "to" } else { "from" }),
+        }
     ));
     let start = Instant::now();
-    let outcome = execute(job, config, client);
+    let outcome = match &place {
+        Place::Server => match client {
+            Some(c) => execute(job, config, c, Some(c), None),
+            None => Err("no server to use (no network, or no server configured)".into()),
+        },
+        Place::Local(spec) => execute_local(job, config, spec),
+    };
     let (disk, backup, message, bytes, sent) = match &outcome {
         Ok(o) => (o.disk.as_str(), o.backup.to_string(), o.summary.as_str(), o.bytes, o.sent),
         Err(e) => (job.disk.as_str(), String::new(), e.as_str(), 0, 0),
     };
-    Report {
-        job: job.id,
-        action: job.action.as_str(),
-        disk,
-        backup,
-        ok: outcome.is_ok(),
-        message,
-        bytes,
-        sent,
-        elapsed: start.elapsed(),
+    if let Some(client) = client {
+        Report {
+            job: job.id,
+            action: job.action.as_str(),
+            disk,
+            backup,
+            ok: outcome.is_ok(),
+            message,
+            bytes,
+            sent,
+            elapsed: start.elapsed(),
+        }
+        .send(client);
     }
-    .send(client);
     let o = outcome?;
     say(o.summary);
     Ok(())
@@ -167,18 +197,85 @@ impl Report<'_> {
     }
 }
 
-fn execute(job: &Job, config: &Config, client: &Client) -> Result<Outcome, String> {
-    let all = disks::probe(Path::new("/"));
-    let disk = disks::pick(&all, &job.disk)?;
-    let path = Path::new("/dev").join(&disk.name);
+/// The console's progress lines: about one a second.
+fn progress_printer() -> impl FnMut(&bootvault_engine::progress::Progress) {
     let mut last_line = Instant::now() - Duration::from_secs(10);
-    let mut progress = |p: &bootvault_engine::progress::Progress| {
-        // The engine reports about once a second; keep the console calm.
+    move |p| {
         if last_line.elapsed() >= Duration::from_millis(900) || p.done == p.total {
             last_line = Instant::now();
             say(p.line());
         }
+    }
+}
+
+/// What a backup reads of `dev` (its used space, or every byte with
+/// `raw`): the most it can store.
+pub fn backup_need(dev: &Device, raw: bool) -> u64 {
+    dev.bytes.saturating_sub(bootvault_engine::backup::disk_plan(dev, raw).unused_bytes())
+}
+
+/// A backup or restore with a local drive: the volume found (waiting for
+/// a USB drive to show up), checked against the disk, mounted, the
+/// store opened (cleaning up what an interrupted backup left), the job
+/// run, the drive flushed and unmounted.
+fn execute_local(job: &Job, config: &Config, spec: &str) -> Result<Outcome, String> {
+    let wait = Duration::from_secs(u64::from(config.coldplug_timeout.max(5)));
+    let (all, vol) = volumes::wait_for(spec, wait, &|m| say(m))?;
+    let disk = disks::pick_except(&all, &job.disk, &vol.disk)?;
+    let backing_up = job.action == Action::Backup;
+    if backing_up {
+        let dev = Device::open(&Path::new("/dev").join(&disk.name), false).map_err(|e| e.to_string())?;
+        let need = backup_need(&dev, config.raw);
+        // Looked at read-only first: a drive refused is not written to.
+        let look = volumes::look(&vol, &|m| say(m));
+        let free = look.free.map_err(|e| format!("drive {spec}: {e}"))?;
+        let fits = volumes::fit_text(free, need).map_err(|e| format!("drive {}: {e}", vol.title()))?;
+        say(format!("drive: {}: {fits}", vol.title()));
+    }
+    let mounted = match volumes::mount(&vol, true, &|m| say(m)) {
+        Ok(m) => m,
+        // A write-protected drive still restores.
+        Err(e) if !backing_up => {
+            say(format!("drive: {e}; reading it read-only"));
+            volumes::mount(&vol, false, &|m| say(m))?
+        }
+        Err(e) => return Err(e),
     };
+    let root = mounted.store_dir();
+    let store = if mounted.writable {
+        LocalStore::open(&root)
+    } else {
+        LocalStore::open_read(&root)
+    }
+    .map_err(|e| format!("drive {}: {e}", vol.title()))?;
+    if !store.cleaned().is_empty() {
+        say(format!("drive: {}: {}", vol.title(), store.cleaned().line()));
+    }
+    let result = execute(job, config, &store, None, Some(disk.name.as_str()));
+    drop(store);
+    let unmounted = mounted.unmount();
+    match (&result, unmounted) {
+        (_, Ok(())) => say(format!("drive: {} written out and unmounted; it can be removed", vol.title())),
+        (Ok(_), Err(e)) => return Err(format!("{e}: the backup may not be safe on the drive; do not remove it yet")),
+        (Err(_), Err(e)) => say(e),
+    }
+    result
+}
+
+/// Runs a backup or restore of `job` against `store` (`server`: the same
+/// store as the server's client, for a job's unlock ticket); `disk` is
+/// the disk already chosen (a local job picks it apart from the drive's).
+fn execute(
+    job: &Job,
+    config: &Config,
+    store: &dyn Store,
+    server: Option<&Client>,
+    disk: Option<&str>,
+) -> Result<Outcome, String> {
+    let all = disks::probe(Path::new("/"));
+    let disk = disks::pick(&all, disk.unwrap_or(&job.disk))?;
+    let path = Path::new("/dev").join(&disk.name);
+    let mut progress = progress_printer();
     match job.action {
         Action::Backup => {
             let dev = Device::open(&path, false).map_err(|e| e.to_string())?;
@@ -188,8 +285,8 @@ fn execute(job: &Job, config: &Config, client: &Client) -> Result<Outcome, Strin
             opts.model = disk.model.clone();
             opts.serial = disk.serial.clone();
             opts.lock = job.lock.clone();
-            say(format!("backup: {} ({}) as {:?} to {}", disk.name, human_bytes(dev.bytes), opts.name, client.base()));
-            let r = backup(&dev, client, &opts, &mut progress).map_err(|e| format!("backup of {}: {e}", disk.name))?;
+            say(format!("backup: {} ({}) as {:?} to {}", disk.name, human_bytes(dev.bytes), opts.name, store.location()));
+            let r = backup(&dev, store, &opts, &mut progress).map_err(|e| format!("backup of {}: {e}", disk.name))?;
             Ok(Outcome {
                 summary: r.summary(),
                 disk: disk.name.clone(),
@@ -201,17 +298,17 @@ fn execute(job: &Job, config: &Config, client: &Client) -> Result<Outcome, Strin
         Action::Restore => {
             let id = match job.backup {
                 BackupRef::Id(n) => n,
-                BackupRef::Latest => client
+                BackupRef::Latest => store
                     .latest(&config.pc, (!job.name.is_empty()).then_some(job.name.as_str()))
                     .map_err(|e| format!("finding the latest backup of {}: {e}", config.pc))?,
             };
-            if let Some(t) = &job.ticket {
+            if let (Some(t), Some(client)) = (&job.ticket, server) {
                 client.set_ticket(id, t.clone());
             }
             let dev = Device::open(&path, true).map_err(|e| e.to_string())?;
-            say(format!("restore: backup {id} onto {} ({})", disk.name, human_bytes(dev.bytes)));
+            say(format!("restore: backup {id} from {} onto {} ({})", store.location(), disk.name, human_bytes(dev.bytes)));
             let opts = RestoreOptions { verify: config.verify, ..RestoreOptions::default() };
-            let r = restore(&dev, client, id, &opts, &mut progress)
+            let r = restore(&dev, store, id, &opts, &mut progress)
                 .map_err(|e| format!("restore of backup {id} onto {}: {e}", disk.name))?;
             if let Some(e) = &r.reread_error {
                 say(format!("restore: the kernel did not re-read the partition table: {e}"));

@@ -24,6 +24,7 @@ mod sys;
 #[cfg(test)]
 mod testutil;
 mod tui;
+mod volumes;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use bootvault_common::config::{Action, Config, Finish, CMDLINE_PREFIX};
+use bootvault_common::config::{Action, Config, Finish, Place, CMDLINE_PREFIX};
 use bootvault_common::modules::Index;
 
 use bootvault_engine::client::Client;
@@ -140,6 +140,19 @@ struct State {
     lease: Option<net::Lease>,
 }
 
+/// Whether the action needs the server (`Some(true)`), can use it when
+/// it answers (`Some(false)`: a local job reports its result there, the
+/// console offers it), or has no use for it (`None`).
+fn server_use(config: &Config) -> Option<bool> {
+    let configured = config.server.is_some();
+    match config.action {
+        Action::Job | Action::Probe => Some(true),
+        Action::Backup if config.dest == Place::Server => Some(true),
+        Action::Restore if config.source == Place::Server => Some(true),
+        Action::Backup | Action::Restore | Action::Menu => configured.then_some(false),
+    }
+}
+
 /// Brings the PC up and does its action. Ok(Some) when the person at the
 /// console chose how to finish.
 fn run(config: &Config, state: &mut State) -> Result<Option<Finish>, String> {
@@ -147,16 +160,58 @@ fn run(config: &Config, state: &mut State) -> Result<Option<Finish>, String> {
         load_modules(config);
         state.modules_loaded = true;
     }
+    let needs = server_use(config);
+    let mut disks_shown = false;
+    let client = match needs {
+        None => None,
+        Some(needed) => match connect(config, state, &mut disks_shown) {
+            Ok(c) => Some(c),
+            Err(e) if !needed => {
+                say(format!("{e}; going on without the server"));
+                None
+            }
+            Err(e) => return Err(e),
+        },
+    };
+    if !disks_shown {
+        show_disks();
+    }
+    if config.action == Action::Menu {
+        // An administrator's job for this PC comes first; otherwise the
+        // person at the PC is asked.
+        if let Some(client) = &client {
+            if let Some(job) = jobs::server_job(config, client)? {
+                say("job: the server has a job for this PC; running it instead of the menu");
+                jobs::run_job(&job, config, Some(client))?;
+                return Ok(None);
+            }
+        }
+        return Ok(Some(match console::run(config, client.as_ref()) {
+            console::Exit::Reboot => Finish::Reboot,
+            console::Exit::Poweroff => Finish::Poweroff,
+            console::Exit::Rescue => Finish::Rescue,
+        }));
+    }
+    jobs::run(config, client.as_ref())?;
+    Ok(None)
+}
+
+fn show_disks() {
+    let disks = disks::probe(Path::new("/"));
+    say(format!("disks: {} found", disks.len()));
+    say_block(&disks::render(&disks));
+}
+
+/// Network, the disks, then the server's greeting: the client to use.
+fn connect(config: &Config, state: &mut State, disks_shown: &mut bool) -> Result<Client, String> {
     if state.lease.is_none() {
         let lease = net::bring_up(Path::new("/"), config, &mut |m| say(format!("net: {m}")))
             .map_err(|e| format!("network: {e}"))?;
         say(format!("net: {lease}"));
         state.lease = Some(lease);
     }
-    let disks = disks::probe(Path::new("/"));
-    say(format!("disks: {} found", disks.len()));
-    say_block(&disks::render(&disks));
-
+    show_disks();
+    *disks_shown = true;
     let Some(base) = &config.server else {
         return Err(format!("no server configured (set server in {CONFIG_PATH} or {CMDLINE_PREFIX}server=)"));
     };
@@ -169,22 +224,7 @@ fn run(config: &Config, state: &mut State) -> Result<Option<Finish>, String> {
         .hello(&mac, &addr, Duration::from_secs(u64::from(config.server_timeout)), &mut |m| say(format!("server: {m}")))
         .map_err(|e| format!("server: {e}"))?;
     say(format!("server: {} answered: {answer}", client.base()));
-    if config.action == Action::Menu {
-        // An administrator's job for this PC comes first; otherwise the
-        // person at the PC is asked.
-        if let Some(job) = jobs::server_job(config, &client)? {
-            say("job: the server has a job for this PC; running it instead of the menu");
-            jobs::run_job(&job, config, &client)?;
-            return Ok(None);
-        }
-        return Ok(Some(match console::run(config, &client) {
-            console::Exit::Reboot => Finish::Reboot,
-            console::Exit::Poweroff => Finish::Poweroff,
-            console::Exit::Rescue => Finish::Rescue,
-        }));
-    }
-    jobs::run(config, &client)?;
-    Ok(None)
+    Ok(client)
 }
 
 struct KernelLoader;

@@ -66,6 +66,26 @@ pub fn umount_lazy(target: &str) -> Result<()> {
     check(unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) }, "umount", target).map(|_| ())
 }
 
+/// umount2(2), waiting for the filesystem to be written out: an error
+/// (`EBUSY`) leaves it mounted.
+pub fn umount(target: &str) -> Result<()> {
+    let t = cstr("umount", target)?;
+    // SAFETY: valid NUL-terminated path.
+    check(unsafe { libc::umount2(t.as_ptr(), 0) }, "umount", target).map(|_| ())
+}
+
+/// Bytes free for writing and total bytes of the filesystem at `path`
+/// (statvfs(2): `f_bavail` and `f_blocks` in `f_frsize` units).
+pub fn space(path: &str) -> Result<(u64, u64)> {
+    let p = cstr("statvfs", path)?;
+    // SAFETY: statvfs is plain old data filled by the call.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and a struct to fill.
+    check(unsafe { libc::statvfs(p.as_ptr(), &mut st) }, "statvfs", path)?;
+    let unit = st.f_frsize as u64;
+    Ok(((st.f_bavail as u64).saturating_mul(unit), (st.f_blocks as u64).saturating_mul(unit)))
+}
+
 /// Loads a kernel module from a file. `EEXIST` (already loaded, or built
 /// in) counts as success.
 pub fn finit_module(path: &Path) -> Result<()> {

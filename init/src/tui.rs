@@ -416,9 +416,9 @@ pub fn progress_lines(p: &Progress) -> [String; 3] {
         eta
     );
     let net = if p.action == "backup" {
-        format!("{} sent to the server (after deduplication and compression)", human_bytes(p.sent))
+        format!("{} new data sent (after deduplication and compression)", human_bytes(p.sent))
     } else {
-        format!("{} fetched from the server", human_bytes(p.sent))
+        format!("{} fetched from the backup", human_bytes(p.sent))
     };
     [bar, figures, net]
 }
@@ -586,12 +586,12 @@ mod tests {
         let [bar, figures, net] = progress_lines(&p);
         assert_eq!(bar, format!("[{}{}]  50.0%", "#".repeat(30), ".".repeat(30)));
         assert_eq!(figures, "50.0 MiB of 100.0 MiB   13.1 MB/s   4s elapsed   4s left");
-        assert_eq!(net, "3.0 MiB sent to the server (after deduplication and compression)");
+        assert_eq!(net, "3.0 MiB new data sent (after deduplication and compression)");
         let done = Progress { action: "restore", done: 100 << 20, ..p.clone() };
         let [bar, figures, net] = progress_lines(&done);
         assert_eq!(bar, format!("[{}] 100.0%", "#".repeat(60)));
         assert!(figures.ends_with("0s left"), "{figures}");
-        assert_eq!(net, "3.0 MiB fetched from the server");
+        assert_eq!(net, "3.0 MiB fetched from the backup");
         let start = Progress { done: 0, elapsed: Duration::ZERO, ..p };
         assert!(progress_lines(&start)[1].ends_with("? left"));
     }

@@ -240,7 +240,7 @@ fn cancelling_a_running_backup_and_restore() {
 
     throttle.set_rate(256 << 10);
     backup(&mut vm);
-    vm.console.expect_fn("progress", STEP, |l| l.contains("sent to the server")).expect("running");
+    vm.console.expect_fn("progress", STEP, |l| l.contains("new data sent")).expect("running");
     vm.keys("\x03").expect("ctrl-c");
     step(&vm, "Press Ctrl-C again to cancel the backup.");
     vm.keys("\x03").expect("ctrl-c");
