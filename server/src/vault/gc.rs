@@ -1,6 +1,8 @@
-//! Garbage collection that is safe while backups run, and the chunk
-//! store's lock and marks that make it so (docs/DESIGN.md, "Garbage
-//! collection").
+//! Garbage collection that is safe while backups run (docs/DESIGN.md,
+//! "Garbage collection"). The lock and the marks it relies on are the
+//! chunk store's ([`BlobStore::lock`](crate::blobs::BlobStore::lock),
+//! [`BlobStore::touch`](crate::blobs::BlobStore::touch)); the order of
+//! the steps is kept here.
 //!
 //! Every writer (a backup asking which chunks are missing, uploading one,
 //! or finishing; an import) sets a chunk's modification time to now when
@@ -21,14 +23,12 @@
 //! either sees a chunk gone (and uploads it again) or gc sees it touched.
 
 use std::collections::HashSet;
-use std::fs::{self, File};
-use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, Context, Result};
-use bootvault_common::image::{self, ChunkId, Manifest};
-use rusqlite::params;
+use anyhow::{anyhow, Result};
+use bootvault_common::image::{ChunkId, Manifest};
 use serde::Serialize;
+
+pub use crate::db::OpenUpload;
 
 use super::{now, Vault};
 
@@ -52,15 +52,6 @@ pub fn margins() -> (i64, i64) {
             _ => (GC_MARGIN, TOUCH_SKIP),
         }
     })
-}
-
-/// An upload that was open while gc ran, holding back what it may remove.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct OpenUpload {
-    pub id: i64,
-    pub pc: String,
-    pub created: i64,
-    pub last_active: i64,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -91,48 +82,7 @@ pub enum GcPhase {
     Swept,
 }
 
-fn unix(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
-
 impl Vault {
-    /// `DATA/chunks.lock`, held shared by writers and exclusive by gc's
-    /// sweep of one directory. Released when the file is dropped.
-    pub(super) fn chunk_lock(&self, exclusive: bool) -> Result<File> {
-        let p = self.dir.join("chunks.lock");
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&p)
-            .with_context(|| format!("opening {}", p.display()))?;
-        if exclusive { f.lock() } else { f.lock_shared() }.with_context(|| format!("locking {}", p.display()))?;
-        Ok(f)
-    }
-
-    /// The stored blob's length, marking the chunk as in use now (see the
-    /// module doc); None if it is not in the store. Call with the chunk
-    /// lock held shared.
-    pub(super) fn touch_chunk(&self, id: &ChunkId) -> Result<Option<u32>> {
-        let p = self.chunk_path(id);
-        let meta = match fs::metadata(&p) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
-        };
-        let now = SystemTime::now();
-        let touched = meta.modified().map(unix).unwrap_or(0);
-        if touched + margins().1 <= unix(now) {
-            fs::OpenOptions::new()
-                .write(true)
-                .open(&p)
-                .and_then(|f| f.set_modified(now))
-                .with_context(|| format!("marking {} in use", p.display()))?;
-        }
-        Ok(Some(meta.len() as u32))
-    }
-
     /// Marks uploads idle for longer than `max_age` seconds failed, then
     /// removes every chunk that no complete backup names and that nobody
     /// touched since the cutoff (see the module doc).
@@ -145,27 +95,7 @@ impl Vault {
     pub fn gc_with(&self, max_age: i64, hook: &mut dyn FnMut(GcPhase)) -> Result<GcReport> {
         let mut report = GcReport::default();
         let start = now();
-        {
-            let db = self.db();
-            report.stale_uploads = db.execute(
-                "UPDATE backups SET state = 'failed', finished = ?2,
-                   reason = 'abandoned upload: no activity for ' || ?3 || ' s (gc)'
-                 WHERE state = 'uploading' AND MAX(last_active, created) <= ?1",
-                params![start - max_age, start, max_age],
-            )? as u64;
-            db.execute(
-                "DELETE FROM upload_chunks WHERE backup NOT IN (SELECT id FROM backups WHERE state = 'uploading')",
-                [],
-            )?;
-            let mut st = db.prepare(
-                "SELECT id, pc, created, MAX(last_active, created) FROM backups WHERE state = 'uploading' ORDER BY created",
-            )?;
-            report.open_uploads = st
-                .query_map([], |r| {
-                    Ok(OpenUpload { id: r.get(0)?, pc: r.get(1)?, created: r.get(2)?, last_active: r.get(3)? })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-        }
+        (report.stale_uploads, report.open_uploads) = self.db.close_stale_uploads(start - max_age, start, max_age)?;
         let oldest = report.open_uploads.iter().map(|u| u.created).min().unwrap_or(start);
         report.cutoff = start.min(oldest) - margins().0;
         hook(GcPhase::Started);
@@ -188,43 +118,32 @@ impl Vault {
         }
         hook(GcPhase::Marked);
 
-        let cutoff = UNIX_EPOCH + Duration::from_secs(report.cutoff.max(0) as u64);
-        let mut dirs: Vec<_> = fs::read_dir(self.dir.join("chunks"))?.flatten().map(|e| e.path()).collect();
-        dirs.sort();
-        for dir in dirs {
-            self.sweep_dir(&dir, &keep, cutoff, &mut report)?;
+        for group in self.blobs.groups()? {
+            self.sweep(&group, &keep, report.cutoff, &mut report)?;
             hook(GcPhase::Swept);
         }
         // Temporary files of writes that died half-way (none of a running
         // writer: those are newer than the cutoff).
-        for f in fs::read_dir(self.dir.join("tmp"))?.flatten() {
-            if f.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < cutoff) {
-                let _ = fs::remove_file(f.path());
-            }
-        }
-        self.db().execute(
-            "INSERT INTO meta (key, value) VALUES ('last_gc', ?1) ON CONFLICT(key) DO UPDATE SET value = ?1",
-            [start.to_string()],
-        )?;
+        self.blobs.clean_temp(report.cutoff);
+        self.db.set_last_gc(start)?;
         Ok(report)
     }
 
-    fn sweep_dir(&self, dir: &Path, keep: &HashSet<ChunkId>, cutoff: SystemTime, report: &mut GcReport) -> Result<()> {
-        let _lock = self.chunk_lock(true)?;
-        for f in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?.flatten() {
-            let name = f.file_name();
-            let id = name.to_str().and_then(image::parse_hex);
-            if id.is_some_and(|id| keep.contains(&id)) {
+    /// Removes one group's chunks that are unmarked and older than the
+    /// cutoff, with the store locked exclusive.
+    fn sweep(&self, group: &str, keep: &HashSet<ChunkId>, cutoff: i64, report: &mut GcReport) -> Result<()> {
+        let _lock = self.blobs.lock(true)?;
+        for b in self.blobs.list(group)? {
+            if b.id.is_some_and(|id| keep.contains(&id)) {
                 report.chunks_kept += 1;
                 continue;
             }
-            let Ok(meta) = f.metadata() else { continue };
-            if meta.modified().is_ok_and(|t| t >= cutoff) {
+            if b.touched >= cutoff {
                 report.recent_kept += 1;
                 continue;
             }
-            fs::remove_file(f.path()).with_context(|| format!("removing {}", f.path().display()))?;
-            report.bytes_freed += meta.len();
+            self.blobs.remove(&b)?;
+            report.bytes_freed += b.len;
             report.chunks_removed += 1;
         }
         Ok(())

@@ -17,9 +17,9 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Result};
 use bootvault_common::image::{ChunkId, Manifest};
-use rusqlite::{params, Connection, OptionalExtension};
 
 use super::Vault;
+use crate::db::Database;
 
 /// Manifest ids kept in memory at most (32 bytes each: 4 Mi ids = 128 MiB,
 /// about 4 TiB of disks at 1 MiB chunks). Beyond it, the least recently
@@ -70,17 +70,13 @@ pub struct Rights {
 }
 
 impl Rights {
-    /// Whether the PC may name chunk `id` (`db`: the vault's connection).
-    pub(super) fn may_name(&self, db: &Connection, id: &ChunkId) -> Result<bool> {
+    /// Whether the PC may name chunk `id`.
+    pub(super) fn may_name(&self, db: &dyn Database, id: &ChunkId) -> Result<bool> {
         if self.readable.iter().any(|s| s.binary_search(id).is_ok()) {
             return Ok(true);
         }
         let Some(b) = self.upload else { return Ok(false) };
-        Ok(db
-            .prepare_cached("SELECT 1 FROM upload_chunks WHERE backup = ?1 AND chunk = ?2")?
-            .query_row(params![b, &id[..]], |_| Ok(()))
-            .optional()?
-            .is_some())
+        db.upload_has_chunk(b, id)
     }
 }
 
@@ -110,45 +106,23 @@ impl Vault {
         Ok(Rights { upload, readable })
     }
 
-    /// Records that upload `backup` sent chunk `id` (verified).
-    pub(super) fn note_uploaded(&self, db: &Connection, backup: i64, id: &ChunkId) -> Result<()> {
-        db.prepare_cached("INSERT OR IGNORE INTO upload_chunks (backup, chunk) VALUES (?1, ?2)")?
-            .execute(params![backup, &id[..]])?;
-        Ok(())
-    }
-
     /// Bytes of new chunks `pc` has stored: the blob bytes its complete
     /// and running uploads sent that the store did not have yet, plus those
     /// of failed uploads whose chunks the last gc could not yet remove
     /// (touched after its cutoff). This is what a quota limits.
     pub fn pc_usage(&self, pc: &str) -> Result<u64> {
-        let db = self.db();
-        let last_gc: i64 = db
-            .query_row("SELECT value FROM meta WHERE key = 'last_gc'", [], |r| r.get::<_, String>(0))
-            .optional()?
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let used: i64 = db.query_row(
-            "SELECT COALESCE(SUM(received_bytes), 0) FROM backups WHERE pc = ?1
-             AND (state != 'failed' OR MAX(last_active, created) >= ?2)",
-            params![pc, last_gc - super::gc::margins().0],
-            |r| r.get(0),
-        )?;
-        Ok(used.max(0) as u64)
+        let last_gc = self.db.last_gc()?;
+        self.db.pc_usage(pc, last_gc - super::gc::margins().0)
     }
 
     /// A PC's storage quota in bytes (None: unlimited).
     pub fn pc_quota(&self, pc: &str) -> Result<Option<u64>> {
-        let q: Option<Option<i64>> =
-            self.db().query_row("SELECT quota FROM pcs WHERE name = ?1", [pc], |r| r.get(0)).optional()?;
-        Ok(q.flatten().map(|q| q.max(0) as u64))
+        self.db.pc_quota(pc)
     }
 
     /// Sets (or with None, clears) a registered PC's storage quota.
     pub fn set_pc_quota(&self, pc: &str, quota: Option<u64>) -> Result<()> {
-        let q = quota.map(|q| i64::try_from(q).unwrap_or(i64::MAX));
-        let n = self.db().execute("UPDATE pcs SET quota = ?2 WHERE name = ?1 AND registered = 1", params![pc, q])?;
-        if n == 0 {
+        if !self.db.set_pc_quota(pc, quota)? {
             anyhow::bail!("no registered PC {pc}");
         }
         Ok(())
