@@ -35,6 +35,31 @@ pub enum BackupsCmd {
         #[arg(long)]
         pc: Option<String>,
     },
+    /// Copy the complete backups of a local store (made by `backup --to`;
+    /// PATH is the store or a drive with one in bootvault/) into the
+    /// server's store: chunks verified, only those the server lacks;
+    /// restore passwords kept; backups already imported skipped.
+    ImportDir {
+        path: PathBuf,
+        /// Whose backups they become (default: the PC each was made on).
+        #[arg(long)]
+        pc: Option<String>,
+    },
+    /// Copy complete backups out of the server's store into a local store
+    /// at PATH (created if needed; `restore --from PATH` reads it).
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["backup", "pc", "all"])))]
+    ExportDir {
+        path: PathBuf,
+        /// Backup ids (repeatable).
+        #[arg(long, num_args = 1..)]
+        backup: Vec<i64>,
+        /// Every complete backup of this PC.
+        #[arg(long)]
+        pc: Option<String>,
+        /// Every complete backup.
+        #[arg(long)]
+        all: bool,
+    },
     /// Remove a backup (its chunks go at the next gc).
     Rm { id: i64 },
     /// Let other PCs restore this backup (one master image, many PCs).
@@ -479,6 +504,16 @@ pub fn backups(data: &Path, as_json: bool, cmd: BackupsCmd) -> Result<()> {
                 println!("imported {} as backup {id}", file.display());
                 Ok(())
             }
+        }
+        BackupsCmd::ImportDir { path, pc } => crate::local_dir::import_dir(&v, &path, pc.as_deref(), as_json),
+        BackupsCmd::ExportDir { path, backup, pc, all } => {
+            use crate::local_dir::Selection;
+            let which = match (pc, all) {
+                (Some(pc), _) => Selection::Pc(pc),
+                (None, true) => Selection::All,
+                (None, false) => Selection::Ids(backup),
+            };
+            crate::local_dir::export_dir(&v, &path, which, as_json)
         }
         BackupsCmd::Rm { id } => {
             v.delete_backup(id)?;

@@ -9,6 +9,7 @@ mod admin;
 mod cpio;
 mod initramfs;
 mod kernel;
+mod local_dir;
 mod media;
 mod netboot;
 mod pc;
