@@ -17,7 +17,13 @@ use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod drives;
 pub mod vga;
+
+pub use drives::{
+    copy_store_in, copy_store_out, fsck_drive, image_digest, locate_volume, make_drive, make_exfat_drive,
+    make_ext4_drive, make_vfat_drive, store_listing, store_listing_dir, FsKind, StoreListing, Volume,
+};
 
 pub type Result<T> = std::result::Result<T, String>;
 
@@ -362,6 +368,12 @@ pub struct Guest {
     pub firmware: Firmware,
     /// A VGA card and an HMP monitor on this unix socket (see [`vga`]).
     pub vga_monitor: Option<PathBuf>,
+    /// Whether the PC has NICs at all ([`Guest::no_network`] clears it).
+    pub network: bool,
+    /// Writable USB mass-storage drives (image, serial), after the boot stick.
+    pub usb_drives: Vec<(PathBuf, String)>,
+    /// Writable SATA disks (image, serial) on q35's AHCI, whatever `hardware` is.
+    pub sata_disks: Vec<(PathBuf, String)>,
 }
 
 impl Guest {
@@ -377,7 +389,59 @@ impl Guest {
             medium: None,
             firmware: Firmware::Bios,
             vga_monitor: None,
+            network: true,
+            usb_drives: Vec::new(),
+            sata_disks: Vec::new(),
         }
+    }
+
+    /// A PC without any NIC (no `-netdev`, no NIC `-device`).
+    pub fn no_network(mut self) -> Guest {
+        self.network = false;
+        self
+    }
+
+    /// Adds a writable raw image as a USB drive: usb-storage (removable) on
+    /// the qemu-xhci controller the boot stick also uses, never a boot
+    /// device. Several may be added.
+    pub fn usb_drive(mut self, image: &Path, serial: &str) -> Guest {
+        self.usb_drives.push((image.to_owned(), serial.to_owned()));
+        self
+    }
+
+    /// Adds a writable raw image as a SATA disk (ide-hd) on q35's AHCI, on
+    /// the first port the disks and the CD-ROM leave free, whatever the
+    /// hardware (a virtio PC can have a second, SATA disk).
+    pub fn sata_disk(mut self, image: &Path, serial: &str) -> Guest {
+        self.sata_disks.push((image.to_owned(), serial.to_owned()));
+        self
+    }
+
+    /// The AHCI ports (`ide.N`, 0..6 on q35) for [`Guest::sata_disk`]'s
+    /// disks: those the `E1000Ahci` disks (ports 0, 1, ...) and the CD-ROM
+    /// (port 5) leave free, lowest first.
+    fn sata_ports(&self) -> Result<Vec<usize>> {
+        const AHCI_PORTS: usize = 6;
+        let mut used = [false; AHCI_PORTS];
+        if matches!(self.hardware, Hardware::E1000Ahci) {
+            for i in 0..self.disks.len() {
+                *used
+                    .get_mut(i)
+                    .ok_or_else(|| format!("{} disks: q35's AHCI has {AHCI_PORTS} ports", self.disks.len()))? = true;
+            }
+        }
+        if matches!(self.medium, Some(Medium::Cdrom(_))) {
+            used[AHCI_PORTS - 1] = true;
+        }
+        let free: Vec<usize> = (0..AHCI_PORTS).filter(|&p| !used[p]).collect();
+        if free.len() < self.sata_disks.len() {
+            return Err(format!(
+                "{} SATA disks, but only {} of q35's {AHCI_PORTS} AHCI ports are free (disks and CD-ROM use the rest)",
+                self.sata_disks.len(),
+                free.len()
+            ));
+        }
+        Ok(free[..self.sata_disks.len()].to_vec())
     }
 
     /// Boots from a medium (through the firmware and its boot loader)
@@ -436,6 +500,9 @@ impl Guest {
     }
 
     pub fn command(&self) -> Result<Command> {
+        if !self.network && matches!(self.medium, Some(Medium::Network(_))) {
+            return Err("a guest without a NIC cannot boot from the network".into());
+        }
         let mut c = Command::new("qemu-system-x86_64");
         c.args(["-machine", "q35", "-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot"]);
         if std::env::var("BOOTVAULT_KVM").is_ok_and(|v| v == "1") {
@@ -453,6 +520,13 @@ impl Guest {
             })?;
             c.args(["-drive", &format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}")]);
             c.args(["-drive", &format!("if=pflash,format=raw,unit=1,file={}", vars.display())]);
+        }
+        let stick = matches!(self.medium, Some(Medium::UsbStick(_)));
+        let usb_devices = usize::from(stick) + self.usb_drives.len();
+        if usb_devices > 0 {
+            // One controller for the stick and the drives; 4 USB 2 ports by default.
+            let xhci = if usb_devices > 4 { "qemu-xhci,id=xhci,p2=15,p3=15" } else { "qemu-xhci,id=xhci" };
+            c.args(["-device", xhci]);
         }
         match &self.medium {
             None => {
@@ -479,7 +553,6 @@ impl Guest {
             }
             Some(Medium::Network(_)) => {}
             Some(Medium::UsbStick(image)) => {
-                c.args(["-device", "qemu-xhci,id=xhci"]);
                 c.args(["-drive", &format!("file={},format=raw,if=none,id=stick,readonly=on", image.display())]);
                 c.args(["-device", "usb-storage,bus=xhci.0,drive=stick,removable=on,bootindex=0"]);
             }
@@ -493,7 +566,8 @@ impl Guest {
         // has nothing to network-boot with (no PXE detour, no traffic).
         // Network boot: the first NIC keeps QEMU's iPXE ROM and boots first.
         let rom = if self.medium.is_some() { ",romfile=" } else { "" };
-        for (i, mac) in std::iter::once(&self.mac).chain(&self.extra_macs).enumerate() {
+        let macs = if self.network { std::iter::once(&self.mac).chain(&self.extra_macs).collect() } else { Vec::new() };
+        for (i, mac) in macs.into_iter().enumerate() {
             let (netdev, device) = match &self.medium {
                 Some(Medium::Network(url)) if i == 0 => {
                     (format!("user,id=n0,bootfile={url}"), format!("{nic},netdev=n0,mac={mac},bootindex=0"))
@@ -513,6 +587,15 @@ impl Guest {
                 ]),
                 Hardware::E1000Ahci => c.args(["-device", &format!("ide-hd,drive=d{i},bus=ide.{i},serial={serial}")]),
             };
+        }
+        // Destination drives: writable, and no bootindex (the firmware never boots them).
+        for (i, (path, serial)) in self.usb_drives.iter().enumerate() {
+            c.args(["-drive", &format!("file={},format=raw,if=none,id=usb{i}", path.display())]);
+            c.args(["-device", &format!("usb-storage,bus=xhci.0,drive=usb{i},removable=on,serial={serial}")]);
+        }
+        for (i, ((path, serial), port)) in self.sata_disks.iter().zip(self.sata_ports()?).enumerate() {
+            c.args(["-drive", &format!("file={},format=raw,if=none,id=sata{i}", path.display())]);
+            c.args(["-device", &format!("ide-hd,drive=sata{i},bus=ide.{port},serial={serial}")]);
         }
         Ok(c)
     }
@@ -898,5 +981,47 @@ mod tests {
         .map(|s| s.to_string())
         .collect();
         assert_eq!(screens(&log), vec!["title\n> ac".to_owned(), "second\n[######]  100%".to_owned()]);
+    }
+
+    fn args(g: &Guest) -> Result<Vec<String>> {
+        Ok(g.command()?.get_args().map(|a| a.to_string_lossy().into_owned()).collect())
+    }
+
+    #[test]
+    fn destination_drives_share_the_usb_controller_and_take_free_ahci_ports() {
+        let p = Path::new;
+        let g = Guest::new(p("/boot"))
+            .boot_from(Medium::UsbStick(p("/stick.img").to_owned()))
+            .no_network()
+            .usb_drive(p("/a.img"), "USB-A")
+            .usb_drive(p("/b.img"), "USB-B")
+            .sata_disk(p("/c.img"), "SATA-C");
+        let a = args(&g).expect("a command");
+        assert_eq!(a.iter().filter(|x| x.starts_with("qemu-xhci")).count(), 1, "{a:?}");
+        assert!(!a.iter().any(|x| x == "-netdev" || x.contains("virtio-net") || x.contains("e1000")), "{a:?}");
+        assert!(a.contains(&"usb-storage,bus=xhci.0,drive=stick,removable=on,bootindex=0".to_owned()), "{a:?}");
+        assert!(a.contains(&"usb-storage,bus=xhci.0,drive=usb1,removable=on,serial=USB-B".to_owned()), "{a:?}");
+        assert!(a.contains(&"file=/a.img,format=raw,if=none,id=usb0".to_owned()), "writable: {a:?}");
+        assert!(a.contains(&"ide-hd,drive=sata0,bus=ide.0,serial=SATA-C".to_owned()), "{a:?}");
+        assert_eq!(a.iter().filter(|x| x.contains("bootindex")).count(), 1, "only the stick boots: {a:?}");
+
+        // E1000Ahci disks hold ports 0 and 1, the CD port 5: ports 2, 3, 4 are left.
+        let sata = |g: Guest, n: usize| (0..n).fold(g, |g, i| g.sata_disk(p("/s.img"), &format!("S{i}")));
+        let g = Guest::new(p("/boot"))
+            .hardware(Hardware::E1000Ahci)
+            .boot_from(Medium::Cdrom(p("/cd.iso").to_owned()))
+            .disk(p("/d0.img"), "D0")
+            .disk(p("/d1.img"), "D1");
+        let a = args(&sata(g, 3)).expect("a command");
+        for (i, port) in [(0, 2), (1, 3), (2, 4)] {
+            assert!(a.contains(&format!("ide-hd,drive=sata{i},bus=ide.{port},serial=S{i}")), "{a:?}");
+        }
+        let g = Guest::new(p("/boot"))
+            .hardware(Hardware::E1000Ahci)
+            .boot_from(Medium::Cdrom(p("/cd.iso").to_owned()))
+            .disk(p("/d0.img"), "D0")
+            .disk(p("/d1.img"), "D1");
+        assert!(args(&sata(g, 4)).is_err_and(|e| e.contains("AHCI")));
+        assert!(args(&Guest::new(p("/boot")).boot_from(Medium::Network("x".into())).no_network()).is_err());
     }
 }

@@ -13,12 +13,14 @@
 //!   deleted.
 //!
 //! Contenders: our engine on the host against a local server (what the PC
-//! runs); partclone per partition piped to `pigz -1` (what Clonezilla and
+//! runs), and into a local store, a directory as on a USB drive or a
+//! second disk (`backup --to DIR`, `restore --from DIR`); partclone per partition piped to `pigz -1` (what Clonezilla and
 //! FOG run; swap is not imaged, as Clonezilla recreates it); `dd | zstd -1
 //! -T2`. Restores: ours onto a blank file, `zstd -d`, `pigz -d |
 //! partclone -r`, and ours again onto the disk it just restored
-//! (differential). Last, the deleted files' markers are searched in our
-//! store (they must not be there).
+//! (differential), each from the server and from the local store. Last,
+//! the deleted files' markers are searched in both our stores (they must
+//! not be there).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -322,6 +324,35 @@ fn bench_disk(d: &Disk, work: &Path) -> Result<()> {
         server.url
     ))?;
 
+    // Ours into a local store (the directory of a mounted drive), on the
+    // same filesystem as the server's data: a fresh directory for each run.
+    let local_cmd = |dir: &Path, out: &Path| {
+        format!(
+            "{} backup --disk {} --to {} --pc bench --name full > {}",
+            bin.display(),
+            disk.display(),
+            dir.display(),
+            out.display()
+        )
+    };
+    let local_out = work.join("local.out");
+    let mut local_stored = 0;
+    let mut local_no = 0;
+    let local_backup = median(|| {
+        local_no += 1;
+        let dir = work.join(format!("local-{local_no}"));
+        let _ = fs::remove_dir_all(&dir);
+        warm(&disk)?;
+        let t = timed(&local_cmd(&dir, &local_out))?;
+        local_stored = dir_size(&dir.join("chunks"));
+        let _ = fs::remove_dir_all(&dir);
+        Ok(t)
+    })?;
+    let local_summary = fs::read_to_string(&local_out).unwrap_or_default();
+    // The local store the restores read from.
+    let local = work.join("local");
+    sh(&local_cmd(&local, Path::new("/dev/null")))?;
+
     // partclone per partition | pigz -1 (swap is recreated, not imaged).
     for p in &parts {
         warm(p)?;
@@ -368,6 +399,21 @@ fn bench_disk(d: &Disk, work: &Path) -> Result<()> {
     sh("sync")?;
     let ours_diff = median(|| timed(&restore_cmd("auto")))?;
     let diff_summary = fs::read_to_string(work.join("restore.out")).unwrap_or_default();
+    let local_restore_cmd = format!(
+        "{} restore --disk {} --from {} --pc bench --backup latest --compare auto > {}",
+        bin.display(),
+        target.display(),
+        local.display(),
+        work.join("local-restore.out").display()
+    );
+    let local_restore = median(|| {
+        blank(&target)?;
+        timed(&local_restore_cmd)
+    })?;
+    let local_restore_summary = fs::read_to_string(work.join("local-restore.out")).unwrap_or_default();
+    sh("sync")?;
+    let local_diff = median(|| timed(&local_restore_cmd))?;
+    let local_diff_summary = fs::read_to_string(work.join("local-restore.out")).unwrap_or_default();
     let zst_target = work.join("zstd-target.img");
     let zstd_restore = median(|| {
         blank(&zst_target)?;
@@ -389,11 +435,17 @@ fn bench_disk(d: &Disk, work: &Path) -> Result<()> {
     })?;
 
     // Nothing deleted reached our store.
-    let leaked = markers_in_store(&server.data.join("chunks"), d);
+    let mut leaked = markers_in_store(&server.data.join("chunks"), d);
+    for kind in markers_in_store(&local.join("chunks"), d) {
+        if !leaked.contains(&kind) {
+            leaked.push(kind);
+        }
+    }
     let raw_has_markers = fs::read(&disk).map(|b| find(&b, b"BV-BENCH-DELETED-")).unwrap_or(false);
 
     let rows = [
         Row { what: "bootvault backup".into(), wall: ours_backup, bytes: stored },
+        Row { what: "bootvault backup --to DIR (local store)".into(), wall: local_backup, bytes: local_stored },
         Row { what: "partclone per partition | pigz -1 -p 2".into(), wall: pc_backup, bytes: pc_bytes },
         Row { what: "dd | zstd -1 -T2".into(), wall: zstd_backup, bytes: size(&zst) },
     ];
@@ -415,12 +467,24 @@ fn bench_disk(d: &Disk, work: &Path) -> Result<()> {
         ("zstd -d | dd", zstd_restore),
         ("pigz -d | partclone -r, per partition", pc_restore),
         ("bootvault restore onto the disk it just restored (differential)", ours_diff),
+        ("bootvault restore --from DIR (local store) onto a blank disk", local_restore),
+        ("bootvault restore --from DIR onto the disk it just restored (differential)", local_diff),
     ] {
         println!("| {what} | {:.2} s | {:.2} |", wall.as_secs_f64(), ours_restore.as_secs_f64() / wall.as_secs_f64());
     }
     println!("\nours, backup: {}", summary.trim());
     println!("ours, restore: {}", restore_summary.trim());
     println!("ours, differential: {}", diff_summary.trim());
+    println!("ours, local store, backup: {}", local_summary.trim());
+    println!("ours, local store, restore: {}", local_restore_summary.trim());
+    println!("ours, local store, differential: {}", local_diff_summary.trim());
+    println!(
+        "local store / server, time: backup {:.2}, restore {:.2}, differential {:.2}; stored bytes {:.2}",
+        local_backup.as_secs_f64() / ours_backup.as_secs_f64(),
+        local_restore.as_secs_f64() / ours_restore.as_secs_f64(),
+        local_diff.as_secs_f64() / ours_diff.as_secs_f64(),
+        local_stored as f64 / stored.max(1) as f64
+    );
     println!(
         "differential restore: {:.1}x faster than the full restore",
         ours_restore.as_secs_f64() / ours_diff.as_secs_f64()
