@@ -399,7 +399,7 @@ impl Session<'_> {
             None => Item::new("The bootvault server").unavailable("not reachable (no network?)"),
         }];
         for v in volumes::volumes(&disks::probe(Path::new("/"))) {
-            let mut label = format!("Drive {:<10} {:>10}  {}", v.dev, human_bytes(v.bytes), v.kind);
+            let mut label = format!("Drive {} {} {}", v.dev, human_bytes(v.bytes), v.kind);
             if !v.label.is_empty() {
                 label.push_str(&format!("  {:?}", v.label));
             }
@@ -641,9 +641,9 @@ impl Session<'_> {
         match self.client {
             Some(c) => match c.backups() {
                 Ok(list) => found.extend(list.into_iter().map(|b| (Place::Server, b))),
-                Err(e) => problems.push(format!("the server: {e}")),
+                Err(e) => problems.push(format!("the server did not answer: {e}")),
             },
-            None => problems.push("no server (no network, or none configured)".to_owned()),
+            None => problems.push("no server: no network, or none configured".to_owned()),
         }
         for v in volumes::volumes(&disks::probe(Path::new("/"))) {
             let look = volumes::look(&v, &|_| {});
@@ -667,7 +667,7 @@ impl Session<'_> {
                 &format!(
                     "No complete backup that PC {} may restore was found on the server or on a drive\nof this PC{}.\nBack this PC up first, plug in the drive holding its backups, or ask the\nadministrator to make a backup available.",
                     self.config.pc,
-                    if problems.is_empty() { String::new() } else { format!(" (could not ask {})", problems.join("; ")) }
+                    if problems.is_empty() { String::new() } else { format!(" ({})", problems.join("; ")) }
                 ),
             )?;
             return Ok(None);
@@ -677,7 +677,7 @@ impl Session<'_> {
         let intro = if problems.is_empty() {
             "Choose the backup to restore:".to_owned()
         } else {
-            format!("Choose the backup to restore (could not ask {}):", problems.join("; "))
+            format!("Choose the backup to restore ({}):", problems.join("; "))
         };
         let mut all: Vec<Disk> = Vec::new();
         let mut disk_menu = Menu::new(Vec::new());

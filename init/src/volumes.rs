@@ -25,10 +25,11 @@ use crate::{coldplug, sys};
 /// Filesystems a backup can be written to, as `fsprobe` names them.
 const WRITABLE: &[&str] = &["ext2", "ext3", "ext4", "vfat", "exfat", "ntfs"];
 
-/// Modules to load by name before mounting: the filesystems, then the
-/// code pages FAT asks for (`iocharset=ascii` and codepage 437 by
+/// Modules to load by name before mounting: crc32c (ext4's checksums ask
+/// the crypto API for it, by name), the filesystems, then the code pages
+/// FAT asks for (`iocharset=ascii` and codepage 437 by
 /// default on Debian's kernel; `utf8` for exFAT).
-const FS_MODULES: &[&str] = &["ext4", "vfat", "exfat", "ntfs3", "nls_cp437", "nls_ascii", "nls_utf8", "nls_iso8859-1"];
+const FS_MODULES: &[&str] = &["crc32c_generic", "ext4", "vfat", "exfat", "ntfs3", "nls_cp437", "nls_ascii", "nls_utf8", "nls_iso8859-1"];
 
 /// Where volumes are mounted: `/run/bootvault/sdb1`.
 const MOUNT_DIR: &str = "/run/bootvault";
