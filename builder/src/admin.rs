@@ -675,7 +675,7 @@ pub fn jobs(data: &Path, as_json: bool, cmd: JobsCmd) -> Result<()> {
 }
 
 /// The first line of `file` (`-`: standard input), without its line end.
-fn read_password(file: &Path) -> Result<Zeroizing<String>> {
+pub fn read_password(file: &Path) -> Result<Zeroizing<String>> {
     let mut all = Zeroizing::new(String::new());
     if file == Path::new("-") {
         std::io::stdin().read_to_string(&mut all).context("reading the password from standard input")?;

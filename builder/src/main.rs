@@ -50,9 +50,14 @@ enum Cmd {
         #[arg(long, required_unless_present = "to", conflicts_with = "to")]
         server: Option<String>,
         /// Back up into this directory (a mounted local or USB drive; the
-        /// server's store layout) instead of to a server.
+        /// server's store layout) instead of to a server. A drive's mount
+        /// point holding a `bootvault` folder means that folder.
         #[arg(long)]
         to: Option<PathBuf>,
+        /// Lock the backup with the restore password on this file's first
+        /// line (`-`: standard input).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
         /// Whose backup this is (a registered PC).
         #[arg(long)]
         pc: String,
@@ -96,9 +101,14 @@ enum Cmd {
         disk: PathBuf,
         #[arg(long, required_unless_present = "from", conflicts_with = "from")]
         server: Option<String>,
-        /// Restore from this directory (made by `backup --to`) instead of a server.
+        /// Restore from this directory (made by `backup --to`, or a drive's
+        /// mount point holding a `bootvault` folder) instead of a server.
         #[arg(long)]
         from: Option<PathBuf>,
+        /// The backup's restore password, on this file's first line (`-`:
+        /// standard input).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
         /// Backup id, or `latest` (of --pc).
         #[arg(long)]
         backup: String,
@@ -313,15 +323,29 @@ fn default_sigpipe() {
 }
 
 /// The store `backup`/`restore` use: a server (with the PC's token) or a
-/// directory on a mounted drive.
+/// directory on a mounted drive (to write to, or only to read).
 fn store_for(
     server: Option<&str>,
     dir: Option<&Path>,
     pc: &str,
     token: Option<&str>,
+    write: bool,
 ) -> Result<Box<dyn bootvault_engine::store::Store>> {
+    use bootvault_engine::local_store::{LocalStore, DRIVE_DIR};
     Ok(match (server, dir) {
-        (_, Some(d)) => Box::new(bootvault_engine::local_store::LocalStore::open(d)?),
+        (_, Some(d)) => {
+            // A drive's mount point: the store is its bootvault folder, as the PCs write it.
+            let root = if !LocalStore::exists(d) && d.join(DRIVE_DIR).is_dir() {
+                d.join(DRIVE_DIR)
+            } else {
+                d.to_owned()
+            };
+            let store = if write { LocalStore::open(&root)? } else { LocalStore::open_read(&root)? };
+            if !store.cleaned().is_empty() {
+                eprintln!("{}: {}", root.display(), store.cleaned().line());
+            }
+            Box::new(store)
+        }
         (Some(url), None) => Box::new(bootvault_engine::client::Client::new(url, pc, token.unwrap_or_default())),
         (None, None) => bail!("give --server (with --token) or a directory"),
     })
@@ -341,9 +365,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Build(args) => build(args),
         Cmd::Inspect { initrd } => inspect(&initrd),
-        Cmd::Backup { disk, server, to, pc, token, name, level, chunk_kib, threads, raw } => {
+        Cmd::Backup { disk, server, to, password_file, pc, token, name, level, chunk_kib, threads, raw } => {
             let dev = bootvault_engine::device::Device::open(&disk, false)?;
-            let client = store_for(server.as_deref(), to.as_deref(), &pc, token.as_deref())?;
+            let client = store_for(server.as_deref(), to.as_deref(), &pc, token.as_deref(), true)?;
             let client = client.as_ref();
             let mut opts = bootvault_engine::backup::BackupOptions::new(&pc, &name);
             opts.level = level;
@@ -352,17 +376,27 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(t) = threads {
                 opts.threads = t;
             }
+            if let Some(f) = &password_file {
+                let password = admin::read_password(f)?;
+                opts.lock = Some(bootvault_engine::lock::Lock::new(password.as_bytes())?);
+            }
             let r = bootvault_engine::backup::backup(&dev, client, &opts, &mut |p| eprintln!("{}", p.line()))?;
             println!("{}", r.summary());
             Ok(())
         }
-        Cmd::Restore { disk, server, from, backup, pc, token, verify, threads, compare } => {
-            let client = store_for(server.as_deref(), from.as_deref(), &pc, token.as_deref())?;
+        Cmd::Restore { disk, server, from, password_file, backup, pc, token, verify, threads, compare } => {
+            let client = store_for(server.as_deref(), from.as_deref(), &pc, token.as_deref(), false)?;
             let client = client.as_ref();
             let id = match backup.as_str() {
                 "latest" => client.latest(&pc, None)?,
                 v => v.parse().with_context(|| format!("--backup {v}: expected an id or latest"))?,
             };
+            if let Some(f) = &password_file {
+                let password = admin::read_password(f)?;
+                if !client.unlock(id, password.as_bytes())? {
+                    eprintln!("backup {id} has no password; --password-file not needed");
+                }
+            }
             let dev = bootvault_engine::device::Device::open(&disk, true)?;
             use bootvault_engine::restore::Compare;
             let compare = match compare.as_str() {

@@ -33,5 +33,64 @@ fn backup_to_and_restore_from_a_directory() {
     assert!(!ok && out.contains("cannot be used with"), "{out}");
     let (ok, out) = bootvault(&["restore", "--disk", t, "--from", store_s, "--pc", "lab-2", "--backup", "latest"]);
     assert!(!ok && out.contains("no complete backup of lab-2"), "{out}");
+
+    // A drive's mount point (its bootvault folder), and a restore password.
+    let mount = dir.join("mnt");
+    let pw = dir.join("pw.txt");
+    std::fs::write(&pw, "a long local password\n").expect("pw");
+    let (mount_s, pw_s) = (mount.to_str().expect("utf-8"), pw.to_str().expect("utf-8"));
+    std::fs::create_dir_all(mount.join("bootvault")).expect("bootvault folder");
+    let (ok, out) = bootvault(&[
+        "backup",
+        "--disk",
+        src_s,
+        "--to",
+        mount_s,
+        "--pc",
+        "lab-1",
+        "--name",
+        "locked",
+        "--password-file",
+        pw_s,
+    ]);
+    assert!(ok && out.contains("backup 1 complete"), "{out}");
+    assert!(mount.join("bootvault/locks/1.lock").is_file() && !mount.join("manifests").exists(), "into bootvault/");
+    let lock = std::fs::read_to_string(mount.join("bootvault/locks/1.lock")).expect("lock");
+    assert!(!lock.contains("a long local password"), "the password itself is never stored");
+    std::fs::write(&target, vec![0xEEu8; data.len()]).expect("target");
+    let (ok, out) = bootvault(&["restore", "--disk", t, "--from", mount_s, "--pc", "lab-1", "--backup", "1"]);
+    assert!(!ok && out.contains("protected by a password"), "{out}");
+    assert!(std::fs::read(&target).expect("read").iter().all(|&b| b == 0xEE), "nothing written without it");
+    std::fs::write(&pw, "not it\n").expect("pw");
+    let (ok, out) = bootvault(&[
+        "restore",
+        "--disk",
+        t,
+        "--from",
+        mount_s,
+        "--pc",
+        "lab-1",
+        "--backup",
+        "1",
+        "--password-file",
+        pw_s,
+    ]);
+    assert!(!ok && out.contains("wrong password for backup 1"), "{out}");
+    std::fs::write(&pw, "a long local password\n").expect("pw");
+    let (ok, out) = bootvault(&[
+        "restore",
+        "--disk",
+        t,
+        "--from",
+        mount_s,
+        "--pc",
+        "lab-1",
+        "--backup",
+        "1",
+        "--password-file",
+        pw_s,
+    ]);
+    assert!(ok, "{out}");
+    assert!(std::fs::read(&target).expect("read") == data, "restored with the password");
     let _ = std::fs::remove_dir_all(&dir);
 }

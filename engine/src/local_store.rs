@@ -1,6 +1,6 @@
 //! A [`Store`] in a directory of a mounted filesystem (a USB drive, a
 //! second disk): backups without a server. The layout and the rules are
-//! the server's (server/src/vault.rs), so a directory can be moved into a
+//! the server's (server/src/blobs.rs), so a directory can be moved into a
 //! server's store and back (`bootvault backups import-dir / export-dir`).
 //! On a drive the store is the directory [`DRIVE_DIR`] at the root of
 //! the filesystem.
@@ -199,7 +199,11 @@ impl LocalStore {
     }
 
     fn tmp_path(&self) -> PathBuf {
-        self.root.join("tmp").join(format!("{}-{}.tmp", std::process::id(), self.tmp_seq.fetch_add(1, Ordering::Relaxed)))
+        self.root.join("tmp").join(format!(
+            "{}-{}.tmp",
+            std::process::id(),
+            self.tmp_seq.fetch_add(1, Ordering::Relaxed)
+        ))
     }
 
     /// Writes `bytes` to a temporary file and renames it to `dest`;
@@ -309,7 +313,9 @@ impl LocalStore {
         if open {
             Ok(())
         } else {
-            Err(EngineError::new(format!("backup {backup} is protected by a password; give it to restore")))
+            Err(EngineError::new(format!(
+                "backup {backup} is protected by a password: restore it at the console, or with --password-file"
+            )))
         }
     }
 }
@@ -478,4 +484,3 @@ impl Store for LocalStore {
         Ok(true)
     }
 }
-
