@@ -58,7 +58,8 @@ test: unit test-qemu
 # Measurements (not tests): boot times and smallest RAM, backup against gzip/pigz/partclone,
 # imaging of real-looking disks (an installed Linux system; FAT+ext4+NTFS full of deleted
 # files, built once as root into ~/.cache/bootvault/bench) against partclone|pigz and
-# dd|zstd, the chunk codecs on those disks' contents,
+# dd|zstd (and a local store next to the server), the same under QEMU through an exFAT USB
+# drive against the network, the chunk codecs on those disks' contents,
 # boot media against grub-mkrescue, restore passwords; last, the soak (20 PCs backing up
 # and restoring for SOAK_SECONDS while gc loops and the server is killed every 30 s; it
 # fails `make bench` if any backup listed complete does not restore). See BENCHMARKS.md.
@@ -71,6 +72,7 @@ bench: build kernel
 	target/release/bench-boot | tee target/bench/boot.md
 	target/release/bench-backup | tee target/bench/backup.md
 	set -o pipefail; target/release/bench-imaging | tee target/bench/imaging.md
+	set -o pipefail; target/release/bench-local | tee target/bench/local.md
 	$(CARGO) run --release -q -p bootvault-engine --example codec_bench -- --runs 3 --max-mib 400 \
 	  $(HOME)/.cache/bootvault/bench/linux/part1.img | tee target/bench/codec-linux.md
 	$(CARGO) run --release -q -p bootvault-engine --example codec_bench -- --runs 3 --max-mib 400 \
