@@ -25,16 +25,16 @@ use bootvault_engine::client::{BackupInfo, Client};
 use bootvault_engine::device::Device;
 use bootvault_engine::local_store::{LocalStore, DRIVE_DIR};
 use bootvault_engine::lock::Lock;
-use bootvault_engine::store::Store;
 use bootvault_engine::progress::Progress;
 use bootvault_engine::restore::{restore, RestoreOptions, PARTLY_OVERWRITTEN};
+use bootvault_engine::store::Store;
 use zeroize::Zeroizing;
 
 use crate::disks::{self, Disk};
 use crate::jobs;
 use crate::sys;
-use crate::volumes::{self, Mounted, Volume};
 use crate::tui::{self, frame, Edit, Item, Key, LineEdit, Menu, Pick, ERASE, MENU_KEYS};
+use crate::volumes::{self, Mounted, Volume};
 
 /// What the person chose to do when leaving the menu.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -403,11 +403,7 @@ impl Session<'_> {
             if !v.label.is_empty() {
                 label.push_str(&format!("  {:?}", v.label));
             }
-            let mut detail = vec![format!(
-                "{} disk {}",
-                if v.removable { "on removable" } else { "on" },
-                v.disk
-            )];
+            let mut detail = vec![format!("{} disk {}", if v.removable { "on removable" } else { "on" }, v.disk)];
             let refused = if v.disk == d.name {
                 Some(format!("on the disk being backed up ({})", d.name))
             } else if read_only(&v.disk) {
@@ -588,7 +584,9 @@ impl Session<'_> {
         let removal = match &unmounted {
             None => String::new(),
             Some(Ok(())) => "\nThe drive was written out and unmounted: you can remove it.".to_owned(),
-            Some(Err(e)) => format!("\nWARNING: {e}.\nDo not remove the drive yet: choose Power off, which writes it out."),
+            Some(Err(e)) => {
+                format!("\nWARNING: {e}.\nDo not remove the drive yet: choose Power off, which writes it out.")
+            }
         };
         let (title, body) = match result {
             Ok(r) => (
@@ -721,10 +719,18 @@ impl Session<'_> {
                             None => return Ok(None),
                         },
                         Place::Drive(ref v) => {
-                            self.term.write(&frame(&self.header, "Restore", &format!("Opening drive {}...", v.title()), ""));
+                            self.term.write(&frame(
+                                &self.header,
+                                "Restore",
+                                &format!("Opening drive {}...", v.title()),
+                                "",
+                            ));
                             match open_drive(v, false) {
                                 Err(e) => {
-                                    self.message("Restore: the drive cannot be used", &format!("Could not open drive {}:\n  {e}", v.title()))?;
+                                    self.message(
+                                        "Restore: the drive cannot be used",
+                                        &format!("Could not open drive {}:\n  {e}", v.title()),
+                                    )?;
                                     Err(Nav::Back)
                                 }
                                 Ok((m, store)) => {
@@ -734,7 +740,11 @@ impl Session<'_> {
                                         Err(e) => {
                                             drop(store);
                                             drop(m);
-                                            if e == Nav::Back { None } else { return Err(e) }
+                                            if e == Nav::Back {
+                                                None
+                                            } else {
+                                                return Err(e);
+                                            }
                                         }
                                     };
                                     match done {
@@ -804,7 +814,13 @@ impl Session<'_> {
         }
     }
 
-    fn run_restore(&mut self, store: &dyn Store, origin: &Place, b: &BackupInfo, d: &Disk) -> Result<Option<Exit>, Nav> {
+    fn run_restore(
+        &mut self,
+        store: &dyn Store,
+        origin: &Place,
+        b: &BackupInfo,
+        d: &Disk,
+    ) -> Result<Option<Exit>, Nav> {
         let intro = format!(
             "Restoring {:?} onto {} ({}).\nPress Ctrl-C twice to cancel (the disk would be left incomplete).",
             b.name,
@@ -830,15 +846,15 @@ impl Session<'_> {
         };
         if let Some(client) = self.client {
             jobs::Report {
-            job: None,
-            action: "restore",
-            disk: &d.name,
-            backup: b.id.to_string(),
-            ok: result.is_ok(),
-            message: &summary,
-            bytes: result.as_ref().map_or(0, |r| r.disk_bytes),
-            sent: result.as_ref().map_or(0, |r| r.fetched_bytes),
-            elapsed: start.elapsed(),
+                job: None,
+                action: "restore",
+                disk: &d.name,
+                backup: b.id.to_string(),
+                ok: result.is_ok(),
+                message: &summary,
+                bytes: result.as_ref().map_or(0, |r| r.disk_bytes),
+                sent: result.as_ref().map_or(0, |r| r.fetched_bytes),
+                elapsed: start.elapsed(),
             }
             .send(client);
         }

@@ -20,8 +20,8 @@ use bootvault_engine::lock::Lock;
 use bootvault_engine::restore::{restore, RestoreOptions};
 use bootvault_engine::store::Store;
 
-use crate::{disks, volumes};
 use crate::pid1::say;
+use crate::{disks, volumes};
 
 /// One backup or restore to carry out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,12 +242,8 @@ fn execute_local(job: &Job, config: &Config, spec: &str) -> Result<Outcome, Stri
         Err(e) => return Err(e),
     };
     let root = mounted.store_dir();
-    let store = if mounted.writable {
-        LocalStore::open(&root)
-    } else {
-        LocalStore::open_read(&root)
-    }
-    .map_err(|e| format!("drive {}: {e}", vol.title()))?;
+    let store = if mounted.writable { LocalStore::open(&root) } else { LocalStore::open_read(&root) }
+        .map_err(|e| format!("drive {}: {e}", vol.title()))?;
     if !store.cleaned().is_empty() {
         say(format!("drive: {}: {}", vol.title(), store.cleaned().line()));
     }
@@ -285,7 +281,13 @@ fn execute(
             opts.model = disk.model.clone();
             opts.serial = disk.serial.clone();
             opts.lock = job.lock.clone();
-            say(format!("backup: {} ({}) as {:?} to {}", disk.name, human_bytes(dev.bytes), opts.name, store.location()));
+            say(format!(
+                "backup: {} ({}) as {:?} to {}",
+                disk.name,
+                human_bytes(dev.bytes),
+                opts.name,
+                store.location()
+            ));
             let r = backup(&dev, store, &opts, &mut progress).map_err(|e| format!("backup of {}: {e}", disk.name))?;
             Ok(Outcome {
                 summary: r.summary(),
@@ -306,7 +308,12 @@ fn execute(
                 client.set_ticket(id, t.clone());
             }
             let dev = Device::open(&path, true).map_err(|e| e.to_string())?;
-            say(format!("restore: backup {id} from {} onto {} ({})", store.location(), disk.name, human_bytes(dev.bytes)));
+            say(format!(
+                "restore: backup {id} from {} onto {} ({})",
+                store.location(),
+                disk.name,
+                human_bytes(dev.bytes)
+            ));
             let opts = RestoreOptions { verify: config.verify, ..RestoreOptions::default() };
             let r = restore(&dev, store, id, &opts, &mut progress)
                 .map_err(|e| format!("restore of backup {id} onto {}: {e}", disk.name))?;

@@ -29,7 +29,8 @@ const WRITABLE: &[&str] = &["ext2", "ext3", "ext4", "vfat", "exfat", "ntfs"];
 /// the crypto API for it, by name), the filesystems, then the code pages
 /// FAT asks for (`iocharset=ascii` and codepage 437 by
 /// default on Debian's kernel; `utf8` for exFAT).
-const FS_MODULES: &[&str] = &["crc32c_generic", "ext4", "vfat", "exfat", "ntfs3", "nls_cp437", "nls_ascii", "nls_utf8", "nls_iso8859-1"];
+const FS_MODULES: &[&str] =
+    &["crc32c_generic", "ext4", "vfat", "exfat", "ntfs3", "nls_cp437", "nls_ascii", "nls_utf8", "nls_iso8859-1"];
 
 /// Where volumes are mounted: `/run/bootvault/sdb1`.
 const MOUNT_DIR: &str = "/run/bootvault";
@@ -163,12 +164,12 @@ pub fn fit(free: u64, need: u64) -> Fit {
 pub fn fit_text(free: u64, need: u64) -> Result<String, String> {
     match fit(free, need) {
         Fit::Fits => Ok(format!("{} free, fits (up to {} to store)", human_bytes(free), human_bytes(need))),
-        Fit::MayNotFit => Ok(format!(
-            "{} free for up to {}: fits only if it compresses well",
-            human_bytes(free),
-            human_bytes(need)
-        )),
-        Fit::TooSmall => Err(format!("too small: {} free, the backup needs up to {}", human_bytes(free), human_bytes(need))),
+        Fit::MayNotFit => {
+            Ok(format!("{} free for up to {}: fits only if it compresses well", human_bytes(free), human_bytes(need)))
+        }
+        Fit::TooSmall => {
+            Err(format!("too small: {} free, the backup needs up to {}", human_bytes(free), human_bytes(need)))
+        }
     }
 }
 
@@ -359,7 +360,12 @@ mod tests {
     #[test]
     fn lists_writable_filesystems_and_finds_by_name_or_label() {
         let disks = vec![
-            disk("sda", false, None, &[("sda1", fs("vfat", "EFI")), ("sda2", fs("ext4", "root")), ("sda3", fs("swap", ""))]),
+            disk(
+                "sda",
+                false,
+                None,
+                &[("sda1", fs("vfat", "EFI")), ("sda2", fs("ext4", "root")), ("sda3", fs("swap", ""))],
+            ),
             disk("sdb", true, fs("exfat", "BACKUPS"), &[]),
             disk("sdc", false, None, &[("sdc1", fs("crypto_LUKS", "")), ("sdc2", fs("ntfs", "Data")), ("sdc3", None)]),
             disk("sdd", true, None, &[("sdd1", fs("vfat", "backups"))]),
@@ -388,7 +394,10 @@ mod tests {
         assert_eq!(fit(1 << 30, 4 << 30), Fit::MayNotFit);
         assert_eq!(fit((1 << 30) - 1, 4 << 30), Fit::TooSmall);
         assert_eq!(fit(0, 0), Fit::Fits);
-        assert_eq!(fit_text(16 << 20, 1 << 30).unwrap_err(), "too small: 16.0 MiB free, the backup needs up to 1.0 GiB");
+        assert_eq!(
+            fit_text(16 << 20, 1 << 30).unwrap_err(),
+            "too small: 16.0 MiB free, the backup needs up to 1.0 GiB"
+        );
         assert!(fit_text(2 << 30, 1 << 30).expect("fits").contains("fits"));
     }
 }

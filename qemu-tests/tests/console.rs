@@ -38,7 +38,7 @@ fn a_person_backs_up_and_restores_a_pc_at_the_console() {
     // --- Backup ---
     let mut vm = Guest::new(&boot).disk(&source, "SRC00001").boot(&dir.join("console-backup.log")).expect("boots");
     step(&vm, "What do you want to do?");
-    step(&vm, "1) Back up a disk of this PC to the server");
+    step(&vm, "1) Back up a disk of this PC");
     vm.send("1").expect("type");
     // The disk list shows partitions with their filesystems and labels.
     step(&vm, "Choose the disk to back up:");
@@ -48,10 +48,10 @@ fn a_person_backs_up_and_restores_a_pc_at_the_console() {
         .expect_fn("the FAT partition and its label", STEP, |l| l.contains("vfat") && l.contains("BVFAT"))
         .expect("fat");
     vm.send("1").expect("type");
-    // The local destination is shown, and refused.
+    // The disk's own partitions are listed as destinations, and refused.
     step(&vm, "Choose where to store the backup:");
     vm.send("2").expect("type");
-    step(&vm, "! A local disk or USB drive of this PC: not available yet");
+    step(&vm, "on the disk being backed up (vda)");
     vm.send("1").expect("type");
     // A bad name is refused with the reason; the default is PC + date.
     step(&vm, "Suggested: pc-c-20");
