@@ -32,12 +32,11 @@ const BATCH: usize = 1024;
 
 /// The store at `path`, or in `path/bootvault/` (a drive's root).
 pub fn store_root(path: &Path) -> Result<PathBuf> {
-    let is_store = |p: &Path| p.join("manifests").is_dir() && p.join("chunks").is_dir();
-    if is_store(path) {
+    if LocalStore::exists(path) {
         return Ok(path.to_owned());
     }
     let on_drive = path.join(DRIVE_DIR);
-    if is_store(&on_drive) {
+    if LocalStore::exists(&on_drive) {
         return Ok(on_drive);
     }
     bail!("{} holds no local store (neither manifests/ and chunks/ nor {DRIVE_DIR}/ with them)", path.display())

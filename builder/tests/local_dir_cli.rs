@@ -61,35 +61,15 @@ fn backup_to_and_restore_from_a_directory() {
     let (ok, out) = bootvault(&["restore", "--disk", t, "--from", mount_s, "--pc", "lab-1", "--backup", "1"]);
     assert!(!ok && out.contains("protected by a password"), "{out}");
     assert!(std::fs::read(&target).expect("read").iter().all(|&b| b == 0xEE), "nothing written without it");
-    std::fs::write(&pw, "not it\n").expect("pw");
-    let (ok, out) = bootvault(&[
-        "restore",
-        "--disk",
-        t,
-        "--from",
-        mount_s,
-        "--pc",
-        "lab-1",
-        "--backup",
-        "1",
-        "--password-file",
-        pw_s,
-    ]);
+    let restore_with = |password: &str| {
+        std::fs::write(&pw, format!("{password}\n")).expect("pw");
+        let args =
+            ["restore", "--disk", t, "--from", mount_s, "--pc", "lab-1", "--backup", "1", "--password-file", pw_s];
+        bootvault(&args)
+    };
+    let (ok, out) = restore_with("not it");
     assert!(!ok && out.contains("wrong password for backup 1"), "{out}");
-    std::fs::write(&pw, "a long local password\n").expect("pw");
-    let (ok, out) = bootvault(&[
-        "restore",
-        "--disk",
-        t,
-        "--from",
-        mount_s,
-        "--pc",
-        "lab-1",
-        "--backup",
-        "1",
-        "--password-file",
-        pw_s,
-    ]);
+    let (ok, out) = restore_with("a long local password");
     assert!(ok, "{out}");
     assert!(std::fs::read(&target).expect("read") == data, "restored with the password");
     let _ = std::fs::remove_dir_all(&dir);

@@ -539,19 +539,7 @@ mod tests {
 
     #[test]
     fn picks_the_first_fixed_disk_or_the_named_one() {
-        let d = |name: &str, bytes: u64, removable: bool| Disk {
-            name: name.into(),
-            bytes,
-            logical: 512,
-            physical: 512,
-            model: "-".into(),
-            serial: "-".into(),
-            removable,
-            rotational: false,
-            table: Ok(None),
-            parts: Vec::new(),
-            fs: None,
-        };
+        let d = crate::testutil::bare_disk;
         let disks =
             vec![d("sda", 1 << 30, true), d("sdb", 0, false), d("sdc", 1 << 30, false), d("vda", 1 << 20, false)];
         assert_eq!(pick(&disks, "auto").unwrap().name, "sdc");

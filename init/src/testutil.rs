@@ -28,3 +28,21 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A disk as the probe would describe it: no table, no filesystem,
+/// 512-byte sectors; tests set what they need.
+pub fn bare_disk(name: &str, bytes: u64, removable: bool) -> crate::disks::Disk {
+    crate::disks::Disk {
+        name: name.into(),
+        bytes,
+        logical: 512,
+        physical: 512,
+        model: "-".into(),
+        serial: "-".into(),
+        removable,
+        rotational: false,
+        table: Ok(None),
+        parts: Vec::new(),
+        fs: None,
+    }
+}

@@ -146,7 +146,7 @@ pub fn wait_for(spec: &str, timeout: Duration, say: &dyn Fn(String)) -> Result<(
 pub enum Fit {
     Fits,
     /// Fits only if the data compresses (to at least a quarter).
-    MayNotFit,
+    Maybe,
     TooSmall,
 }
 
@@ -154,7 +154,7 @@ pub fn fit(free: u64, need: u64) -> Fit {
     if free >= need {
         Fit::Fits
     } else if free.saturating_mul(4) >= need {
-        Fit::MayNotFit
+        Fit::Maybe
     } else {
         Fit::TooSmall
     }
@@ -164,7 +164,7 @@ pub fn fit(free: u64, need: u64) -> Fit {
 pub fn fit_text(free: u64, need: u64) -> Result<String, String> {
     match fit(free, need) {
         Fit::Fits => Ok(format!("{} free, fits (up to {} to store)", human_bytes(free), human_bytes(need))),
-        Fit::MayNotFit => {
+        Fit::Maybe => {
             Ok(format!("{} free for up to {}: fits only if it compresses well", human_bytes(free), human_bytes(need)))
         }
         Fit::TooSmall => {
@@ -330,31 +330,22 @@ mod tests {
     }
 
     fn disk(name: &str, removable: bool, whole: Option<Filesystem>, parts: &[(&str, Option<Filesystem>)]) -> Disk {
-        Disk {
-            name: name.into(),
-            bytes: 1 << 30,
-            logical: 512,
-            physical: 512,
-            model: "-".into(),
-            serial: "-".into(),
-            removable,
-            rotational: false,
-            table: Ok(None),
-            parts: parts
-                .iter()
-                .enumerate()
-                .map(|(i, (n, f))| crate::disks::PartInfo {
-                    name: (*n).into(),
-                    number: i as u32 + 1,
-                    start: 1 << 20,
-                    bytes: 100 << 20,
-                    type_name: "Linux filesystem",
-                    part_label: String::new(),
-                    fs: f.clone(),
-                })
-                .collect(),
-            fs: whole,
-        }
+        let mut d = crate::testutil::bare_disk(name, 1 << 30, removable);
+        d.fs = whole;
+        d.parts = parts
+            .iter()
+            .enumerate()
+            .map(|(i, (n, f))| crate::disks::PartInfo {
+                name: (*n).into(),
+                number: i as u32 + 1,
+                start: 1 << 20,
+                bytes: 100 << 20,
+                type_name: "Linux filesystem",
+                part_label: String::new(),
+                fs: f.clone(),
+            })
+            .collect();
+        d
     }
 
     #[test]
@@ -390,8 +381,8 @@ mod tests {
     fn fit_is_judged_on_what_the_backup_reads() {
         assert_eq!(fit(10 << 30, 4 << 30), Fit::Fits);
         assert_eq!(fit(4 << 30, 4 << 30), Fit::Fits);
-        assert_eq!(fit(2 << 30, 4 << 30), Fit::MayNotFit);
-        assert_eq!(fit(1 << 30, 4 << 30), Fit::MayNotFit);
+        assert_eq!(fit(2 << 30, 4 << 30), Fit::Maybe);
+        assert_eq!(fit(1 << 30, 4 << 30), Fit::Maybe);
         assert_eq!(fit((1 << 30) - 1, 4 << 30), Fit::TooSmall);
         assert_eq!(fit(0, 0), Fit::Fits);
         assert_eq!(

@@ -167,7 +167,8 @@ fn console_backs_up_to_a_usb_drive_and_restores_from_it_without_a_nic() {
     assert_eq!(image_digest(&source).expect("digest"), source_before, "the source was written to");
 }
 
-/// Headless, no NIC: a backup to a USB drive by its label; QEMU killed in
+/// Headless, no NIC, booted from the PC's USB image: a backup to a USB
+/// drive by its label; QEMU killed in
 /// the middle of a second backup; the next boot restores the first onto
 /// a blank disk, never offering the partial one, and cleans it up. The
 /// drive is then imported into a server and restored over the network
@@ -176,12 +177,16 @@ fn console_backs_up_to_a_usb_drive_and_restores_from_it_without_a_nic() {
 fn headless_usb_backup_survives_a_power_cut_and_imports_into_a_server() {
     let dir = scratch("local-headless");
     let source = make_source_disk(&dir, "gpt").expect("source disk");
-    let boot = build_local(&dir, "pc-stick", &["--set", "action=backup", "--set", "dest=local:BACKUPS"]);
+    let boot =
+        build_local(&dir, "pc-stick", &["--media", "usb", "--set", "action=backup", "--set", "dest=local:BACKUPS"]);
+    let stick = boot.join("pc-stick-usb.img");
     let drive = dir.join("usb-drive.img");
     make_exfat_drive(&drive, 384, "BACKUPS", false).expect("exfat drive");
 
+    // Booted from its USB image, as the PC would be.
     let mut vm = Guest::new(&boot)
         .no_network()
+        .boot_from(Medium::UsbStick(stick.clone()))
         .disk(&source, "SRC00001")
         .usb_drive(&drive, "DRIVE001")
         .boot(&dir.join("backup.log"))
@@ -198,6 +203,7 @@ fn headless_usb_backup_survives_a_power_cut_and_imports_into_a_server() {
     fs::write(&big, noise(77, 160 << 20)).expect("noise disk");
     let vm = Guest::new(&boot)
         .no_network()
+        .boot_from(Medium::UsbStick(stick))
         .disk(&big, "BIG00001")
         .usb_drive(&drive, "DRIVE001")
         .boot(&dir.join("cut.log"))
@@ -210,7 +216,8 @@ fn headless_usb_backup_survives_a_power_cut_and_imports_into_a_server() {
     assert_eq!((cut.complete.clone(), cut.open.clone()), (vec![1], vec![2]), "cut mid-way: {cut:?}");
     assert!(cut.chunk_files > first.chunk_files, "the cut backup had written chunks: {cut:?}");
 
-    // The next boot: the partial backup is cleaned up, the complete one restored.
+    // The next boot (the same kernel and initramfs, settings from the
+    // command line): the partial backup is cleaned up, the complete one restored.
     let target = blank_target(&dir, 43);
     let mut vm = Guest::new(&boot)
         .no_network()
