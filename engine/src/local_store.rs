@@ -259,7 +259,12 @@ impl LocalStore {
     /// Records unfinished backups as failed and deletes what no complete
     /// backup needs. Only a writer (holding the exclusive lock) calls it.
     fn clean_up(&self) -> Result<Cleanup, EngineError> {
-        let interrupted = self.ids_in("uploads");
+        // Cut after its manifest was written: complete; only the marker is left.
+        let (done, interrupted): (Vec<i64>, Vec<i64>) =
+            self.ids_in("uploads").into_iter().partition(|&id| self.manifest_path(id).exists());
+        for id in done {
+            let _ = fs::remove_file(self.upload_path(id));
+        }
         let tmp: Vec<PathBuf> =
             fs::read_dir(self.root.join("tmp")).into_iter().flatten().flatten().map(|e| e.path()).collect();
         if interrupted.is_empty() && tmp.is_empty() {

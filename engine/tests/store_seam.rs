@@ -207,6 +207,13 @@ fn backup_and_restore_through_a_local_directory() {
     assert_eq!(store.missing(0, &[id]).expect("missing"), vec![0]);
     assert_eq!(chunk_files(), before - 1, "the cut backup's chunk is deleted, no other");
     assert_eq!(store.backups().expect("list").len(), 2, "the complete ones stay");
+    // Cut between the manifest and removing the marker: complete, kept whole.
+    drop(store);
+    fs::write(root.join("uploads/2.open"), "name=stick\n").expect("stale marker");
+    let store = LocalStore::open(&root).expect("reopen");
+    assert!(store.cleaned().is_empty(), "{:?}", store.cleaned());
+    assert!(!root.join("uploads/2.open").exists() && !root.join("failed/2.txt").exists());
+    assert_eq!(store.backups().expect("list").len(), 2);
     restore(&tdev, &store, 1, &RestoreOptions::default(), &mut |_| {}).expect("still restores");
 
     // Restore passwords: the lock is kept with the backup; its manifest

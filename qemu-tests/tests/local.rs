@@ -155,6 +155,10 @@ fn console_backs_up_to_a_usb_drive_and_restores_from_it_without_a_nic() {
     vm.wait_exit(STEP).expect("powers off");
     let log = vm.console.all().join("\n");
     assert!(!log.contains(PASSWORD), "the password was echoed");
+    // The screens a person saw (docs/CONSOLE.md shows them).
+    let shots = screens(&vm.console.all());
+    let text: String = shots.iter().enumerate().map(|(i, s)| format!("--- screen {} ---\n{s}\n\n", i + 1)).collect();
+    fs::write(dir.join("console-screens-local.txt"), text).expect("write screens");
 
     check_files(&target, &dir, "gpt").expect("every file restored");
     fsck_partitions(&target, &dir).expect("the restored disk checks clean");
@@ -268,29 +272,40 @@ fn headless_usb_backup_survives_a_power_cut_and_imports_into_a_server() {
     check_files(&target2, &dir, "gpt").expect("every file restored over the network");
 }
 
-/// An ext4 second SATA disk as the destination (headless); the backup is
-/// restored from it. A drive too small is refused with nothing written;
+/// An ext4 second SATA disk as the destination (headless, with a network
+/// and a server to report to, then without); the backup is restored from it. A drive too small is refused with nothing written;
 /// a drive that fills up mid-way gives a clear error and no backup that
 /// looks complete, and gives its space back.
 #[test]
 fn ext4_second_disk_and_drives_too_small_or_full() {
     let dir = scratch("local-sata");
     let source = make_source_disk(&dir, "gpt").expect("source disk");
-    let boot = build_local(&dir, "pc-sata", &["--set", "action=backup", "--set", "dest=local:VAULT"]);
+    // This PC has a network and a server: the backup still goes to the
+    // drive, and its result is reported to the server.
+    let server = Server::start(&dir).expect("server");
+    let boot = dir.join("boot-pc-sata");
+    let settings = ["--set", "action=backup", "--set", "dest=local:VAULT", "--set", "error_wait=1"];
+    build_for(&boot, "pc-sata", &server, "qemu", &settings).expect("build");
     let vault = dir.join("vault.img");
     make_ext4_drive(&vault, 160, "VAULT", true).expect("ext4 drive");
 
     let mut vm = Guest::new(&boot)
-        .no_network()
         .disk(&source, "SRC00001")
         .sata_disk(&vault, "VAULT001")
         .boot(&dir.join("backup.log"))
         .expect("boots");
+    step(&vm, "answered");
     // auto is the virtio disk: the SATA disk holds the drive.
     step(&vm, "backup: vda");
     step(&vm, "backup 1 complete");
     vm.wait_exit(STEP).expect("powers off");
     fsck_drive(&vault).expect("the ext4 drive checks clean");
+    let events = server.events();
+    assert!(events.contains("result pc=pc-sata action=backup ok=yes"), "{events}");
+    assert!(
+        server.admin("backups", &["list"]).expect("list").lines().all(|l| !l.contains("pc-sata")),
+        "not on the server"
+    );
 
     let target = blank_target(&dir, 45);
     let mut vm = Guest::new(&boot)
