@@ -413,10 +413,15 @@ impl Session<'_> {
                 if !look.backups.is_empty() {
                     detail.push(format!("holds {} backup(s) already", look.backups.len()));
                 }
-                match look.free.and_then(|free| volumes::fit_text(free, need)) {
-                    Ok(fits) => {
+                // The short reason on the item's line, the numbers under it.
+                match look.free.map(|free| (free, volumes::fit_text(free, need))) {
+                    Ok((_, Ok(fits))) => {
                         detail.push(fits);
                         None
+                    }
+                    Ok((free, Err(_))) => {
+                        detail.push(volumes::space_line(free, need));
+                        Some("too small".to_owned())
                     }
                     Err(e) => Some(e),
                 }
@@ -592,7 +597,7 @@ impl Session<'_> {
             Ok(r) => (
                 "Back up: done",
                 format!(
-                    "{note}The backup is complete and stored {stored_on}.\n\n  Name:     {name}\n  Number:   {}\n  Disk:     {} ({} read)\n  Sent:     {} (after deduplication and compression)\n  Stored:   {} for this backup\n  Time:     {:.0} s ({:.1} MB/s)\n  Password: {}\n{}{removal}\nWhat next: you can power off this PC. To put this disk back as it is now,\nboot bootvault on this PC (or another one) and choose Restore.",
+                    "{note}The backup is complete and stored {stored_on}.\n\n  Name:     {name}\n  Number:   {}\n  Disk:     {} ({} read)\n  Sent:     {} (after deduplication and compression)\n  Stored:   {} for this backup\n  Time:     {:.0} s ({:.1} MB/s)\n  Password: {}\n{}\n{}",
                     r.id,
                     d.name,
                     human_bytes(r.disk_bytes.saturating_sub(r.unused_bytes)),
@@ -602,6 +607,11 @@ impl Session<'_> {
                     r.disk_bytes as f64 / 1e6 / r.elapsed.as_secs_f64().max(1e-9),
                     if had_lock { "set" } else { "none" },
                     r.partition_lines().iter().map(|l| format!("  {l}\n")).collect::<String>(),
+                    match &unmounted {
+                        None => "What next: you can power off this PC. To put this disk back as it is now,\nboot bootvault on this PC (or another one) and choose Restore.".to_owned(),
+                        Some(Ok(())) => "The drive was written out and unmounted: you can remove it. To put this\ndisk back as it is now, boot bootvault with the drive plugged in: Restore.".to_owned(),
+                        Some(Err(_)) => removal.trim_start().to_owned(),
+                    },
                 ),
             ),
             Err(_) if cancel.load(Ordering::Relaxed) => (

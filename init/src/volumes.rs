@@ -167,10 +167,13 @@ pub fn fit_text(free: u64, need: u64) -> Result<String, String> {
         Fit::Maybe => {
             Ok(format!("{} free for up to {}: fits only if it compresses well", human_bytes(free), human_bytes(need)))
         }
-        Fit::TooSmall => {
-            Err(format!("too small: {} free, the backup needs up to {}", human_bytes(free), human_bytes(need)))
-        }
+        Fit::TooSmall => Err(format!("too small: {}", space_line(free, need))),
     }
+}
+
+/// `16.0 MiB free, the backup needs up to 1.0 GiB`.
+pub fn space_line(free: u64, need: u64) -> String {
+    format!("{} free, the backup needs up to {}", human_bytes(free), human_bytes(need))
 }
 
 struct ModuleLoader;

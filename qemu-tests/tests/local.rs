@@ -128,7 +128,7 @@ fn console_backs_up_to_a_usb_drive_and_restores_from_it_without_a_nic() {
     vm.send("1").expect("type");
     step(&vm, "The backup is complete and stored on the drive.");
     step(&vm, "partition 2 (ext4): used only");
-    step(&vm, "The drive was written out and unmounted: you can remove it.");
+    step(&vm, "The drive was written out and unmounted: you can remove it. To put this");
     vm.send("1").expect("type");
 
     // Restore, from the drive, onto the blank disk.
