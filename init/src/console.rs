@@ -922,7 +922,11 @@ fn open_drive(v: &Volume, must_write: bool) -> Result<(Mounted, LocalStore), Str
         Err(e) => return Err(e),
     };
     let root = m.store_dir();
-    let store = if m.writable { LocalStore::open(&root) } else { LocalStore::open_read(&root) };
+    let store = if m.writable && (must_write || LocalStore::exists(&root)) {
+        LocalStore::open(&root)
+    } else {
+        LocalStore::open_read(&root)
+    };
     Ok((m, store.map_err(|e| e.to_string())?))
 }
 

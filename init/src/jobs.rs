@@ -242,8 +242,13 @@ fn execute_local(job: &Job, config: &Config, spec: &str) -> Result<Outcome, Stri
         Err(e) => return Err(e),
     };
     let root = mounted.store_dir();
-    let store = if mounted.writable { LocalStore::open(&root) } else { LocalStore::open_read(&root) }
-        .map_err(|e| format!("drive {}: {e}", vol.title()))?;
+    // A restore never makes a store (an empty folder) on a drive without one.
+    let store = if mounted.writable && (backing_up || LocalStore::exists(&root)) {
+        LocalStore::open(&root)
+    } else {
+        LocalStore::open_read(&root)
+    }
+    .map_err(|e| format!("drive {}: {e}", vol.title()))?;
     if !store.cleaned().is_empty() {
         say(format!("drive: {}: {}", vol.title(), store.cleaned().line()));
     }
