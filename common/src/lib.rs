@@ -11,6 +11,7 @@ pub mod image;
 pub mod job;
 pub mod modules;
 pub mod partition;
+pub mod seal;
 pub mod testdata;
 #[cfg(test)]
 pub(crate) mod testfs;

@@ -1,0 +1,259 @@
+//! Client-side encryption, the pure part (issue 13; docs/DESIGN.md
+//! "Encryption on the PC"): the keys a data key derives, keyed chunk ids,
+//! and sealed chunk and manifest blobs. Randomness (nonces, new keys) is
+//! the caller's: everything here takes it as a parameter.
+//!
+//! Not yet wired into the pipelines: backups are still stored as before.
+//!
+//! - A **data key** (32 random bytes) is what a key domain shares. From it,
+//!   BLAKE3's `derive_key` makes three independent subkeys: one that names
+//!   chunks, one that seals chunks, one that seals manifests.
+//! - A **chunk id** under a data key is BLAKE3 keyed with the id subkey over
+//!   the plain chunk: the same data gives the same id inside the domain (so
+//!   deduplication keeps working), and ids say nothing across domains.
+//! - A **sealed blob** is `TAG_SEALED ‖ nonce (24) ‖ XChaCha20-Poly1305(
+//!   inner blob)`, the inner blob being the usual compressed or raw one,
+//!   with the chunk id as associated data: a blob cannot be moved to
+//!   another name, altered, or opened with another key without being
+//!   detected. Random 192-bit nonces never repeat in practice.
+//! - A **sealed manifest** is the same construction with the manifest
+//!   subkey and its own associated data.
+
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use zeroize::Zeroizing;
+
+use crate::image::ChunkId;
+
+/// The first byte of a sealed blob (after raw 1, zstd 2, deflate 0).
+pub const TAG_SEALED: u8 = 3;
+pub const NONCE_BYTES: usize = 24;
+/// What sealing adds to a blob: tag, nonce, Poly1305 tag.
+pub const OVERHEAD: usize = 1 + NONCE_BYTES + 16;
+
+const ID_CONTEXT: &str = "bootvault 2026-12 chunk id v1";
+const CHUNK_CONTEXT: &str = "bootvault 2026-12 chunk seal v1";
+const MANIFEST_CONTEXT: &str = "bootvault 2026-12 manifest seal v1";
+const FINGERPRINT_CONTEXT: &str = "bootvault 2026-12 key fingerprint v1";
+const CHUNK_AD: &[u8] = b"bootvault-chunk-v1";
+const MANIFEST_AD: &[u8] = b"bootvault-manifest-v1";
+/// The text form of a data key: `bootvault-key-v1 HEX`.
+const KEY_TEXT_PREFIX: &str = "bootvault-key-v1 ";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SealError {
+    /// Not a sealed blob (an unencrypted one, or garbage).
+    NotSealed,
+    /// Too short to hold a nonce and a tag.
+    Truncated,
+    /// The tag does not verify: altered, moved to another name, or
+    /// sealed with another key.
+    Forged,
+}
+
+impl std::fmt::Display for SealError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SealError::NotSealed => "not an encrypted blob",
+            SealError::Truncated => "encrypted blob too short",
+            SealError::Forged => "encrypted blob does not verify (altered, misplaced, or another key)",
+        })
+    }
+}
+
+impl std::error::Error for SealError {}
+
+/// The subkeys of one data key, wiped when dropped.
+pub struct DataKey {
+    id: Zeroizing<[u8; 32]>,
+    chunk: Zeroizing<[u8; 32]>,
+    manifest: Zeroizing<[u8; 32]>,
+    fingerprint: [u8; 8],
+}
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DataKey({})", self.fingerprint())
+    }
+}
+
+impl DataKey {
+    pub fn new(master: &[u8; 32]) -> DataKey {
+        let derive = |ctx: &str| Zeroizing::new(blake3::derive_key(ctx, master));
+        let fp = blake3::derive_key(FINGERPRINT_CONTEXT, master);
+        let mut fingerprint = [0u8; 8];
+        fingerprint.copy_from_slice(&fp[..8]);
+        DataKey {
+            id: derive(ID_CONTEXT),
+            chunk: derive(CHUNK_CONTEXT),
+            manifest: derive(MANIFEST_CONTEXT),
+            fingerprint,
+        }
+    }
+
+    /// 16 hex digits naming the key (not secret): what a backup records,
+    /// so a restore with another key says which one it needs.
+    pub fn fingerprint(&self) -> String {
+        self.fingerprint.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The id of a plain chunk inside this key domain.
+    pub fn chunk_id(&self, plain: &[u8]) -> ChunkId {
+        *blake3::keyed_hash(&self.id, plain).as_bytes()
+    }
+
+    /// Seals an inner blob under the name `id`.
+    pub fn seal_chunk(&self, id: &ChunkId, inner: &[u8], nonce: &[u8; NONCE_BYTES]) -> Vec<u8> {
+        seal(&self.chunk, &[CHUNK_AD, id].concat(), inner, nonce)
+    }
+
+    /// The inner blob of a sealed chunk blob named `id`.
+    pub fn open_chunk(&self, id: &ChunkId, blob: &[u8]) -> Result<Vec<u8>, SealError> {
+        open(&self.chunk, &[CHUNK_AD, id].concat(), blob)
+    }
+
+    /// Seals a manifest's bytes.
+    pub fn seal_manifest(&self, bytes: &[u8], nonce: &[u8; NONCE_BYTES]) -> Vec<u8> {
+        seal(&self.manifest, MANIFEST_AD, bytes, nonce)
+    }
+
+    pub fn open_manifest(&self, blob: &[u8]) -> Result<Vec<u8>, SealError> {
+        open(&self.manifest, MANIFEST_AD, blob)
+    }
+}
+
+fn seal(key: &[u8; 32], ad: &[u8], msg: &[u8], nonce: &[u8; NONCE_BYTES]) -> Vec<u8> {
+    let cipher = XChaCha20Poly1305::new(key.into());
+    // Encrypted in place in the one output buffer: no second copy of a chunk.
+    let mut out = Vec::with_capacity(OVERHEAD + msg.len());
+    out.push(TAG_SEALED);
+    out.extend_from_slice(nonce);
+    out.extend_from_slice(msg);
+    let body = &mut out[1 + NONCE_BYTES..];
+    // Fails only past 256 GiB per message; chunks are at most 16 MiB.
+    match cipher.encrypt_in_place_detached(XNonce::from_slice(nonce), ad, body) {
+        Ok(tag) => out.extend_from_slice(&tag),
+        Err(_) => out.truncate(1 + NONCE_BYTES),
+    }
+    out
+}
+
+fn open(key: &[u8; 32], ad: &[u8], blob: &[u8]) -> Result<Vec<u8>, SealError> {
+    let (&tag, rest) = blob.split_first().ok_or(SealError::NotSealed)?;
+    if tag != TAG_SEALED {
+        return Err(SealError::NotSealed);
+    }
+    if rest.len() < NONCE_BYTES + 16 {
+        return Err(SealError::Truncated);
+    }
+    let (nonce, body) = rest.split_at(NONCE_BYTES);
+    let (ct, mac) = body.split_at(body.len() - 16);
+    let cipher = XChaCha20Poly1305::new(key.into());
+    let mut plain = ct.to_vec();
+    cipher
+        .decrypt_in_place_detached(XNonce::from_slice(nonce), ad, &mut plain, mac.into())
+        .map_err(|_| SealError::Forged)?;
+    Ok(plain)
+}
+
+/// `bootvault-key-v1 HEX`: how a data key is written to a file (and
+/// printed for the admin's offline copy).
+pub fn key_text(master: &[u8; 32]) -> Zeroizing<String> {
+    let mut s = Zeroizing::new(String::from(KEY_TEXT_PREFIX));
+    for b in master {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// Parses [`key_text`] (surrounding whitespace allowed).
+pub fn parse_key_text(text: &str) -> Result<Zeroizing<[u8; 32]>, String> {
+    let hex = text.trim().strip_prefix(KEY_TEXT_PREFIX).ok_or("not a bootvault key (expected bootvault-key-v1 HEX)")?;
+    let mut key = Zeroizing::new([0u8; 32]);
+    crate::wire::hex_into(hex.trim(), &mut key[..]).map_err(|e| format!("bootvault key: {e}"))?;
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testdata::noise;
+
+    const NONCE: [u8; NONCE_BYTES] = [7; NONCE_BYTES];
+
+    #[test]
+    fn chunks_round_trip_and_every_alteration_is_refused() {
+        let k = DataKey::new(&[1; 32]);
+        let plain = noise(3, 70_000);
+        let id = k.chunk_id(&plain);
+        let inner = crate::image::encode_blob(&plain, 1);
+        let sealed = k.seal_chunk(&id, &inner, &NONCE);
+        assert_eq!(sealed[0], TAG_SEALED);
+        assert_eq!(sealed.len(), inner.len() + OVERHEAD);
+        assert_eq!(k.open_chunk(&id, &sealed), Ok(inner.clone()));
+        // Any flipped byte (tag, nonce, ciphertext, Poly1305 tag) is caught.
+        for at in [1, NONCE_BYTES, NONCE_BYTES + 5, sealed.len() / 2, sealed.len() - 1] {
+            let mut bad = sealed.clone();
+            bad[at] ^= 0x40;
+            assert_eq!(k.open_chunk(&id, &bad), Err(SealError::Forged), "byte {at}");
+        }
+        let mut bad = sealed.clone();
+        bad[0] = 2;
+        assert_eq!(k.open_chunk(&id, &bad), Err(SealError::NotSealed));
+        assert_eq!(k.open_chunk(&id, &sealed[..OVERHEAD - 1]), Err(SealError::Truncated));
+        assert_eq!(k.open_chunk(&id, &[]), Err(SealError::NotSealed));
+        // Moved to another name, or opened with another key: refused.
+        let other = k.chunk_id(b"another chunk");
+        assert_eq!(k.open_chunk(&other, &sealed), Err(SealError::Forged));
+        assert_eq!(DataKey::new(&[2; 32]).open_chunk(&id, &sealed), Err(SealError::Forged));
+        // A chunk sealed is not a manifest sealed.
+        assert_eq!(k.open_manifest(&sealed), Err(SealError::Forged));
+    }
+
+    #[test]
+    fn sealed_bytes_hide_the_plain_ones() {
+        let k = DataKey::new(&[9; 32]);
+        let plain = b"the quick brown fox jumps over the lazy dog; ".repeat(100);
+        let id = k.chunk_id(&plain);
+        let sealed = k.seal_chunk(&id, &crate::image::encode_blob(&plain, 0), &NONCE);
+        assert!(!sealed.windows(16).any(|w| plain.windows(16).any(|p| p == w)), "plain text leaked");
+        // Another nonce, another ciphertext for the same chunk.
+        assert_ne!(sealed, k.seal_chunk(&id, &crate::image::encode_blob(&plain, 0), &[8; NONCE_BYTES]));
+    }
+
+    #[test]
+    fn ids_are_keyed_and_stable() {
+        let (a, b) = (DataKey::new(&[1; 32]), DataKey::new(&[2; 32]));
+        let plain = noise(4, 4096);
+        assert_eq!(a.chunk_id(&plain), a.chunk_id(&plain), "deduplication inside a domain");
+        assert_ne!(a.chunk_id(&plain), b.chunk_id(&plain), "nothing shared across domains");
+        assert_ne!(a.chunk_id(&plain), crate::image::chunk_id(&plain), "not the unkeyed id");
+        assert_eq!(
+            a.chunk_id(&plain),
+            *blake3::keyed_hash(&blake3::derive_key(ID_CONTEXT, &[1; 32]), &plain).as_bytes()
+        );
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        assert_eq!(a.fingerprint().len(), 16);
+        assert_eq!(format!("{a:?}"), format!("DataKey({})", a.fingerprint()), "Debug shows no secret");
+    }
+
+    #[test]
+    fn manifests_round_trip() {
+        let k = DataKey::new(&[5; 32]);
+        let m = b"manifest bytes".to_vec();
+        let sealed = k.seal_manifest(&m, &NONCE);
+        assert_eq!(k.open_manifest(&sealed), Ok(m));
+        assert_eq!(DataKey::new(&[6; 32]).open_manifest(&sealed), Err(SealError::Forged));
+    }
+
+    #[test]
+    fn key_text_round_trip() {
+        let master = [0xab; 32];
+        let text = key_text(&master);
+        assert!(text.starts_with("bootvault-key-v1 abab"));
+        assert_eq!(*parse_key_text(&format!("  {}\n", *text)).expect("parses"), master);
+        assert!(parse_key_text("bootvault-key-v1 abcd").is_err(), "short");
+        assert!(parse_key_text(&text.replace("v1", "v2")).is_err());
+        assert!(parse_key_text(&text.replace('a', "g")).is_err(), "not hex");
+    }
+}
