@@ -38,6 +38,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: KernelCmd,
     },
+    /// Data keys for backups encrypted on the PC (docs/DESIGN.md).
+    Key {
+        #[command(subcommand)]
+        cmd: KeyCmd,
+    },
     /// Build one PC's boot files: kernel, initramfs, kernel command line.
     Build(BuildArgs),
     /// List what an initramfs holds (and verify its checksums).
@@ -58,6 +63,10 @@ enum Cmd {
         /// line (`-`: standard input).
         #[arg(long)]
         password_file: Option<PathBuf>,
+        /// Encrypt the backup here with the data key in this file
+        /// (`bootvault key new`): the store only ever holds ciphertext.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
         /// Whose backup this is (a registered PC).
         #[arg(long)]
         pc: String,
@@ -109,6 +118,9 @@ enum Cmd {
         /// standard input).
         #[arg(long)]
         password_file: Option<PathBuf>,
+        /// The data key of an encrypted backup.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
         /// Backup id, or `latest` (of --pc).
         #[arg(long)]
         backup: String,
@@ -243,6 +255,15 @@ enum KernelCmd {
     Show,
 }
 
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// Make a new random data key in FILE (mode 0600; never overwrites).
+    /// Keep a copy offline: without it, its backups cannot be restored.
+    New { file: PathBuf },
+    /// Print the fingerprint of the key in FILE (what backups record).
+    Show { file: PathBuf },
+}
+
 #[derive(clap::Args)]
 struct BuildArgs {
     /// PC name (or give it in --pc-file).
@@ -335,11 +356,8 @@ fn store_for(
     Ok(match (server, dir) {
         (_, Some(d)) => {
             // A drive's mount point: the store is its bootvault folder, as the PCs write it.
-            let root = if !LocalStore::exists(d) && d.join(DRIVE_DIR).is_dir() {
-                d.join(DRIVE_DIR)
-            } else {
-                d.to_owned()
-            };
+            let root =
+                if !LocalStore::exists(d) && d.join(DRIVE_DIR).is_dir() { d.join(DRIVE_DIR) } else { d.to_owned() };
             let store = if write { LocalStore::open(&root)? } else { LocalStore::open_read(&root)? };
             if !store.cleaned().is_empty() {
                 eprintln!("{}: {}", root.display(), store.cleaned().line());
@@ -365,7 +383,16 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Build(args) => build(args),
         Cmd::Inspect { initrd } => inspect(&initrd),
-        Cmd::Backup { disk, server, to, password_file, pc, token, name, level, chunk_kib, threads, raw } => {
+        Cmd::Key { cmd: KeyCmd::New { file } } => {
+            let key = new_key_file(&file)?;
+            println!("new data key {} in {}; keep a copy offline", key.fingerprint(), file.display());
+            Ok(())
+        }
+        Cmd::Key { cmd: KeyCmd::Show { file } } => {
+            println!("{}", read_key_file(&file)?.fingerprint());
+            Ok(())
+        }
+        Cmd::Backup { disk, server, to, password_file, key_file, pc, token, name, level, chunk_kib, threads, raw } => {
             let dev = bootvault_engine::device::Device::open(&disk, false)?;
             let client = store_for(server.as_deref(), to.as_deref(), &pc, token.as_deref(), true)?;
             let client = client.as_ref();
@@ -380,11 +407,14 @@ fn run(cli: Cli) -> Result<()> {
                 let password = admin::read_password(f)?;
                 opts.lock = Some(bootvault_engine::lock::Lock::new(password.as_bytes())?);
             }
+            if let Some(f) = &key_file {
+                opts.key = Some(std::sync::Arc::new(read_key_file(f)?));
+            }
             let r = bootvault_engine::backup::backup(&dev, client, &opts, &mut |p| eprintln!("{}", p.line()))?;
             println!("{}", r.summary());
             Ok(())
         }
-        Cmd::Restore { disk, server, from, password_file, backup, pc, token, verify, threads, compare } => {
+        Cmd::Restore { disk, server, from, password_file, key_file, backup, pc, token, verify, threads, compare } => {
             let client = store_for(server.as_deref(), from.as_deref(), &pc, token.as_deref(), false)?;
             let client = client.as_ref();
             let id = match backup.as_str() {
@@ -405,6 +435,9 @@ fn run(cli: Cli) -> Result<()> {
                 _ => Compare::Auto,
             };
             let mut opts = bootvault_engine::restore::RestoreOptions { verify, compare, ..Default::default() };
+            if let Some(f) = &key_file {
+                opts.key = Some(std::sync::Arc::new(read_key_file(f)?));
+            }
             if let Some(t) = threads {
                 opts.threads = t;
             }
@@ -439,6 +472,34 @@ fn run(cli: Cli) -> Result<()> {
             bootvault_server::serve(bootvault_server::Options { listen, data, limits: limits.limits() })
         }
     }
+}
+
+/// A new random data key, written to `file` (0600, never over another).
+fn new_key_file(file: &Path) -> Result<bootvault_common::seal::DataKey> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut master = bootvault_engine::lock::Zeroizing::new([0u8; 32]);
+    bootvault_engine::lock::random_bytes(&mut master[..])?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .with_context(|| format!("creating {} (an existing key is never overwritten)", file.display()))?;
+    let text = bootvault_common::seal::key_text(&master);
+    f.write_all(format!("{}\n", *text).as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", file.display()))?;
+    Ok(bootvault_common::seal::DataKey::new(&master))
+}
+
+fn read_key_file(file: &Path) -> Result<bootvault_common::seal::DataKey> {
+    let text = bootvault_engine::lock::Zeroizing::new(
+        fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?,
+    );
+    let master =
+        bootvault_common::seal::parse_key_text(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    Ok(bootvault_common::seal::DataKey::new(&master))
 }
 
 fn print_kernel(k: &kernel::Kernel) {

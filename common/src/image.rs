@@ -18,6 +18,11 @@ pub const FORMAT_VERSION: u32 = 1;
 /// cannot say (partition records, unused chunks); version 1 manifests are
 /// still read and written unchanged, so their digests stay the same.
 pub const MANIFEST_VERSION: u32 = 2;
+/// The version of an encrypted backup's public manifest: the chunk index
+/// the server needs, and the whole manifest sealed ([`Manifest::sealed`]).
+pub const MANIFEST_VERSION_SEALED: u32 = 3;
+/// The most a sealed manifest may weigh.
+const MAX_SEALED_BYTES: usize = 256 << 20;
 pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
 pub const MAX_CHUNK_SIZE: u32 = 16 << 20;
 /// Smallest chunk size of a new backup. The format reads any size from 1,
@@ -91,6 +96,8 @@ pub enum BlobError {
     TooLarge { max: usize },
     WrongLength { expected: usize, got: usize },
     WrongHash { expected: ChunkId, got: ChunkId },
+    /// An encrypted blob that could not be opened.
+    Sealed(String),
 }
 
 impl fmt::Display for BlobError {
@@ -103,6 +110,7 @@ impl fmt::Display for BlobError {
             BlobError::WrongLength { expected, got } => {
                 write!(f, "blob holds {got} bytes, the chunk has {expected}")
             }
+            BlobError::Sealed(e) => write!(f, "{e}"),
             BlobError::WrongHash { expected, got } => {
                 write!(f, "blob content hash {} does not match chunk id {}", hex(got), hex(expected))
             }
@@ -197,6 +205,48 @@ fn decode_zstd(payload: &[u8], max_len: usize) -> Result<Vec<u8>, BlobError> {
             Err(e) => Err(BlobError::Inflate(e.to_string())),
         }
     })
+}
+
+/// What a store can check of an encrypted blob without the key: its tag
+/// and that its size is one a chunk can have. The rest (that it opens,
+/// and hashes to its name) only the key's holders can check, and do,
+/// before any byte of it reaches a disk.
+pub fn check_sealed_shape(blob: &[u8]) -> Result<(), BlobError> {
+    if blob.first() != Some(&crate::seal::TAG_SEALED) {
+        return Err(BlobError::Sealed("not an encrypted blob".into()));
+    }
+    let max = MAX_CHUNK_SIZE as usize + 1 + crate::seal::OVERHEAD;
+    if blob.len() < crate::seal::OVERHEAD + 1 || blob.len() > max {
+        return Err(BlobError::Sealed(format!("an encrypted blob of {} bytes, not a chunk's size", blob.len())));
+    }
+    Ok(())
+}
+
+/// A chunk's plain bytes from its blob, checked against its id: under a
+/// data key (an encrypted backup), opened, decoded and named with the
+/// key; without one, as [`decode_verified`].
+pub fn decode_with(
+    blob: &[u8],
+    len: usize,
+    id: &ChunkId,
+    key: Option<&crate::seal::DataKey>,
+) -> Result<Vec<u8>, BlobError> {
+    let Some(key) = key else {
+        if blob.first() == Some(&crate::seal::TAG_SEALED) {
+            return Err(BlobError::Sealed("an encrypted chunk, and no key to open it".into()));
+        }
+        return decode_verified(blob, len, id);
+    };
+    let inner = key.open_chunk(id, blob).map_err(|e| BlobError::Sealed(e.to_string()))?;
+    let plain = decode_blob(&inner, len)?;
+    if plain.len() != len {
+        return Err(BlobError::WrongLength { expected: len, got: plain.len() });
+    }
+    let got = key.chunk_id(&plain);
+    if got != *id {
+        return Err(BlobError::WrongHash { expected: *id, got });
+    }
+    Ok(plain)
 }
 
 pub fn decode_verified(blob: &[u8], len: usize, id: &ChunkId) -> Result<Vec<u8>, BlobError> {
@@ -295,6 +345,19 @@ pub struct Manifest {
     /// target with these: several times faster to compute than BLAKE3, and
     /// a match is still checked against nothing weaker than 128 bits.
     pub quick: Vec<u128>,
+    /// Version 3, an encrypted backup: the whole manifest sealed with the
+    /// backup's data key. The manifest around it is the public index the
+    /// server keeps (chunk ids and sizes, for completion and gc), without
+    /// the table, disk identity, partitions or fingerprints.
+    pub sealed: Option<Sealed>,
+}
+
+/// An encrypted backup's real manifest, as its public one carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    /// Which data key sealed it (`DataKey::fingerprint_bytes`; not secret).
+    pub key: [u8; 8],
+    pub blob: Vec<u8>,
 }
 
 /// The quick fingerprint of a chunk's plain bytes ([`Manifest::quick`]).
@@ -455,13 +518,20 @@ impl Manifest {
                 }
             }
         }
+        if let Some(s) = &self.sealed {
+            out.extend_from_slice(&s.key);
+            out.extend_from_slice(&(s.blob.len() as u32).to_le_bytes());
+            out.extend_from_slice(&s.blob);
+        }
         out
     }
 
     /// 1 when version 1 can say everything (old manifests keep their
     /// bytes and digest), else [`MANIFEST_VERSION`].
     pub fn version(&self) -> u32 {
-        if self.partitions.is_empty()
+        if self.sealed.is_some() {
+            MANIFEST_VERSION_SEALED
+        } else if self.partitions.is_empty()
             && self.quick.is_empty()
             && !self.chunks.iter().any(|c| matches!(c, Chunk::Unused))
         {
@@ -498,8 +568,11 @@ impl Manifest {
             return ferr(base, "not a bootvault manifest (bad magic)");
         }
         let version = c.u32("version")?;
-        if !(1..=MANIFEST_VERSION).contains(&version) {
-            return ferr(base + 8, format!("manifest version {version}, this program reads 1 to {MANIFEST_VERSION}"));
+        if !(1..=MANIFEST_VERSION_SEALED).contains(&version) {
+            return ferr(
+                base + 8,
+                format!("manifest version {version}, this program reads 1 to {MANIFEST_VERSION_SEALED}"),
+            );
         }
         // Check the digest before trusting any field.
         if chunk_id(&bytes[..split]) != bytes[split..] {
@@ -606,6 +679,17 @@ impl Manifest {
                 k => return ferr(at, format!("unknown fingerprint flag {k}")),
             }
         }
+        let mut sealed = None;
+        if version >= MANIFEST_VERSION_SEALED {
+            let mut key = [0u8; 8];
+            key.copy_from_slice(c.take(8, "key fingerprint")?);
+            let at = c.at();
+            let len = c.u32("sealed manifest length")? as usize;
+            if len > MAX_SEALED_BYTES {
+                return ferr(at, format!("sealed manifest of {len} bytes, more than {MAX_SEALED_BYTES}"));
+            }
+            sealed = Some(Sealed { key, blob: c.take(len, "sealed manifest")?.to_vec() });
+        }
         if c.pos != split {
             return ferr(c.at(), format!("{} unexpected bytes before the digest", split - c.pos));
         }
@@ -624,7 +708,50 @@ impl Manifest {
             partitions,
             chunks,
             quick,
+            sealed,
         })
+    }
+
+    /// The public manifest of an encrypted backup: this one sealed whole
+    /// with `key`, around the index the server needs and nothing else.
+    pub fn sealed_with(&self, key: &crate::seal::DataKey, nonce: &[u8; crate::seal::NONCE_BYTES]) -> Manifest {
+        Manifest {
+            model: String::new(),
+            serial: String::new(),
+            extents: Vec::new(),
+            partitions: Vec::new(),
+            quick: Vec::new(),
+            sealed: Some(Sealed { key: key.fingerprint_bytes(), blob: key.seal_manifest(&self.encode(), nonce) }),
+            ..self.clone()
+        }
+    }
+
+    /// The real manifest of a backup: itself when it is not encrypted;
+    /// else its sealed copy, opened with `key` and checked against the
+    /// public index (a server that altered either is caught here).
+    pub fn unsealed(&self, key: Option<&crate::seal::DataKey>) -> Result<Manifest, String> {
+        let Some(s) = &self.sealed else { return Ok(self.clone()) };
+        let hexfp = |b: &[u8; 8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let Some(key) = key else {
+            return Err(format!("the backup is encrypted (key {}); give its key", hexfp(&s.key)));
+        };
+        if key.fingerprint_bytes() != s.key {
+            return Err(format!(
+                "the backup is encrypted with key {}, not with this key ({})",
+                hexfp(&s.key),
+                key.fingerprint()
+            ));
+        }
+        let bytes = key.open_manifest(&s.blob).map_err(|e| format!("sealed manifest: {e}"))?;
+        let m = Manifest::decode(&bytes).map_err(|e| format!("sealed manifest: {e}"))?;
+        let same = m.sealed.is_none()
+            && m.chunks == self.chunks
+            && (m.created, m.chunk_size, m.disk_bytes, &m.pc, &m.name)
+                == (self.created, self.chunk_size, self.disk_bytes, &self.pc, &self.name);
+        if !same {
+            return Err("the manifest's public index differs from its sealed copy: the manifest was altered".into());
+        }
+        Ok(m)
     }
 
     pub fn data_ids(&self) -> Vec<ChunkId> {
@@ -907,6 +1034,7 @@ mod tests {
             extents: vec![Extent { offset: 0, data: vec![0xAB; 512] }, Extent { offset: 16384, data: vec![1; 33] }],
             partitions: Vec::new(),
             quick: Vec::new(),
+            sealed: None,
             chunks: vec![
                 Chunk::Data { id: blobs[0].0, blob_len: blobs[0].1.len() as u32 },
                 Chunk::Zero,
@@ -1076,6 +1204,7 @@ mod tests {
             extents: vec![],
             partitions: Vec::new(),
             quick: Vec::new(),
+            sealed: None,
             chunks: vec![Chunk::Zero, Chunk::Zero, Chunk::Data { id: [0x11; 32], blob_len: 7 }],
         };
         let b = m.encode();

@@ -97,6 +97,10 @@ impl DataKey {
         self.fingerprint.iter().map(|b| format!("{b:02x}")).collect()
     }
 
+    pub fn fingerprint_bytes(&self) -> [u8; 8] {
+        self.fingerprint
+    }
+
     /// The id of a plain chunk inside this key domain.
     pub fn chunk_id(&self, plain: &[u8]) -> ChunkId {
         *blake3::keyed_hash(&self.id, plain).as_bytes()
@@ -244,6 +248,39 @@ mod tests {
         let sealed = k.seal_manifest(&m, &NONCE);
         assert_eq!(k.open_manifest(&sealed), Ok(m));
         assert_eq!(DataKey::new(&[6; 32]).open_manifest(&sealed), Err(SealError::Forged));
+    }
+
+    #[test]
+    fn a_sealed_manifest_hides_the_private_part_and_catches_changes() {
+        use crate::image::{Chunk, Extent, Manifest};
+        let k = DataKey::new(&[4; 32]);
+        let id = k.chunk_id(b"x");
+        let mut full = crate::testdata::manifest_of("pc-1", vec![Chunk::Data { id, blob_len: 99 }, Chunk::Zero]);
+        full.model = "SECRET MODEL".into();
+        full.extents = vec![Extent { offset: 0, data: b"SECRET TABLE".to_vec() }];
+        full.quick = vec![42, 0];
+        let public = full.sealed_with(&k, &NONCE);
+        let bytes = public.encode();
+        assert!(!bytes.windows(6).any(|w| w == b"SECRET"), "private fields in the clear");
+        let back = Manifest::decode(&bytes).expect("decodes");
+        assert_eq!(back.version(), crate::image::MANIFEST_VERSION_SEALED);
+        assert_eq!(back.data_ids(), vec![id], "the server still sees the index");
+        assert_eq!(back.unsealed(Some(&k)), Ok(full.clone()));
+        assert_eq!(full.unsealed(None), Ok(full.clone()), "not encrypted: itself");
+        let e = back.unsealed(None).unwrap_err();
+        assert!(e.starts_with("the backup is encrypted (key ") && e.ends_with("); give its key"), "{e}");
+        let e = back.unsealed(Some(&DataKey::new(&[5; 32]))).unwrap_err();
+        assert!(e.contains("is encrypted with key") && e.contains("not with this key"), "{e}");
+        // The server swaps the public index: caught.
+        let mut swapped = back.clone();
+        swapped.chunks.swap(0, 1);
+        assert!(swapped.unsealed(Some(&k)).unwrap_err().contains("was altered"));
+        // Or alters the sealed copy.
+        let mut bad = back.clone();
+        if let Some(s) = bad.sealed.as_mut() {
+            s.blob[30] ^= 1;
+        }
+        assert!(bad.unsealed(Some(&k)).unwrap_err().contains("does not verify"));
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub fn manifest_of(pc: &str, chunks: Vec<crate::image::Chunk>) -> crate::image::
         extents: vec![],
         partitions: Vec::new(),
         quick: Vec::new(),
+        sealed: None,
         chunks,
     }
 }

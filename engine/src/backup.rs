@@ -27,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bootvault_common::image::{self, Chunk, ChunkId, Extent, Manifest, PartitionRecord, TableKind};
 use bootvault_common::partition;
+use bootvault_common::seal::{self, DataKey};
 use bootvault_common::usedmap::disk::{self as plan, ChunkUse, DiskPlan};
 
 use crate::device::Device;
@@ -57,6 +58,9 @@ pub struct BackupOptions {
     pub raw: bool,
     /// Set from another thread to stop the backup (it then fails).
     pub cancel: Arc<AtomicBool>,
+    /// Encrypt the backup on this side with this data key: keyed chunk
+    /// ids, sealed blobs, a sealed manifest (docs/DESIGN.md).
+    pub key: Option<Arc<DataKey>>,
 }
 
 impl BackupOptions {
@@ -73,6 +77,7 @@ impl BackupOptions {
             lock: None,
             raw: false,
             cancel: Arc::new(AtomicBool::new(false)),
+            key: None,
         }
     }
 }
@@ -222,6 +227,31 @@ impl Shared<'_> {
         (off, (self.dev.bytes - off).min(cs) as usize)
     }
 
+    /// A chunk's id: BLAKE3, keyed with the data key's id key when the
+    /// backup is encrypted.
+    fn chunk_id(&self, plain: &[u8]) -> ChunkId {
+        match &self.opts.key {
+            Some(k) => k.chunk_id(plain),
+            None => image::chunk_id(plain),
+        }
+    }
+
+    /// The blob stored for a chunk: compressed, and sealed under its name
+    /// with a fresh random nonce when the backup is encrypted.
+    fn blob(&self, id: &ChunkId, plain: &[u8]) -> Result<Vec<u8>, EngineError> {
+        let inner = image::encode_blob(plain, self.opts.level);
+        let Some(k) = &self.opts.key else { return Ok(inner) };
+        let mut nonce = [0u8; seal::NONCE_BYTES];
+        crate::lock::random_bytes(&mut nonce)?;
+        Ok(k.seal_chunk(id, &inner, &nonce))
+    }
+
+    /// The length [`Shared::blob`] gives (compression is deterministic).
+    fn blob_len(&self, plain: &[u8]) -> u32 {
+        let sealing = if self.opts.key.is_some() { seal::OVERHEAD } else { 0 };
+        (image::encode_blob(plain, self.opts.level).len() + sealing) as u32
+    }
+
     /// Whether the workers should stop: a failure, or the console cancelled.
     fn stopping(&self) -> bool {
         self.abort.load(Ordering::Relaxed) || self.opts.cancel.load(Ordering::Relaxed)
@@ -274,7 +304,7 @@ impl Shared<'_> {
             ids.push(if image::is_zero(buf) {
                 Slot::Zero
             } else {
-                Slot::Data(image::chunk_id(buf), image::quick_id(buf))
+                Slot::Data(self.chunk_id(buf), image::quick_id(buf))
             });
         }
         let asked: Vec<ChunkId> =
@@ -297,9 +327,9 @@ impl Shared<'_> {
                         blob_len = match self.claim(id) {
                             Err(Some(l)) => l,
                             // Being sent by another worker: same bytes, same blob length.
-                            Err(None) => image::encode_blob(plain, self.opts.level).len() as u32,
+                            Err(None) => self.blob_len(plain),
                             Ok(()) => {
-                                let blob = image::encode_blob(plain, self.opts.level);
+                                let blob = self.blob(&id, plain)?;
                                 self.client
                                     .put_chunk(self.backup, &id, &blob)
                                     .map_err(|e| EngineError::new(format!("chunk {i} at offset {off}: {e}")))?;
@@ -443,8 +473,17 @@ fn run(
         partitions: plan.partitions.clone(),
         chunks,
         quick,
+        sealed: None,
     };
-    client.finish(id, &manifest.encode())?;
+    let stored = match &opts.key {
+        Some(k) => {
+            let mut nonce = [0u8; seal::NONCE_BYTES];
+            crate::lock::random_bytes(&mut nonce)?;
+            manifest.sealed_with(k, &nonce)
+        }
+        None => manifest.clone(),
+    };
+    client.finish(id, &stored.encode())?;
     Ok(BackupReport {
         id,
         disk_bytes: dev.bytes,

@@ -36,7 +36,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bootvault_common::image::{self, Chunk, Manifest};
+use bootvault_common::image::{self, Chunk, ChunkId, Manifest};
+use bootvault_common::seal::DataKey;
 use bootvault_common::units::human_bytes;
 
 use crate::device::Device;
@@ -69,6 +70,8 @@ pub struct RestoreOptions {
     /// Set from another thread to stop the restore (the disk is then
     /// incomplete).
     pub cancel: Arc<AtomicBool>,
+    /// The data key of an encrypted backup.
+    pub key: Option<Arc<DataKey>>,
 }
 
 impl Default for RestoreOptions {
@@ -78,6 +81,7 @@ impl Default for RestoreOptions {
             compare: Compare::Auto,
             verify: false,
             cancel: Arc::new(AtomicBool::new(false)),
+            key: None,
         }
     }
 }
@@ -177,9 +181,23 @@ pub fn cancelled_message(written: u64, matched: u64, total: u64) -> String {
     format!("restore cancelled; {}", target_state(written, matched, total))
 }
 
-pub fn fetch_manifest(client: &dyn Store, backup: i64) -> Result<Manifest, EngineError> {
+/// The manifest of a backup, unsealed with `key` when it is encrypted
+/// (and checked against the index the store keeps).
+pub fn fetch_manifest(client: &dyn Store, backup: i64, key: Option<&DataKey>) -> Result<Manifest, EngineError> {
+    fetch_manifest_sealed(client, backup, key).map(|(m, _)| m)
+}
+
+/// [`fetch_manifest`], and whether the backup is encrypted.
+fn fetch_manifest_sealed(
+    client: &dyn Store,
+    backup: i64,
+    key: Option<&DataKey>,
+) -> Result<(Manifest, bool), EngineError> {
     let bytes = client.manifest(backup)?;
-    Manifest::decode(&bytes).map_err(|e| EngineError::new(format!("manifest of backup {backup} is damaged: {e}")))
+    let m = Manifest::decode(&bytes)
+        .map_err(|e| EngineError::new(format!("manifest of backup {backup} is damaged: {e}")))?;
+    let sealed = m.sealed.is_some();
+    Ok((m.unsealed(key).map_err(|e| EngineError::new(format!("backup {backup}: {e}")))?, sealed))
 }
 
 pub fn restore(
@@ -190,7 +208,9 @@ pub fn restore(
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<RestoreReport, EngineError> {
     let start = Instant::now();
-    let m = fetch_manifest(client, backup)?;
+    let (m, sealed) = fetch_manifest_sealed(client, backup, opts.key.as_deref())?;
+    // A key given for a backup that is not encrypted is not used.
+    let key = if sealed { opts.key.as_deref() } else { None };
     check_target(&m, dev.bytes, dev.logical)?;
     let count = m.chunks.len();
     let next = AtomicUsize::new(0);
@@ -252,7 +272,8 @@ pub fn restore(
                     }
                     if comparing.load(Ordering::Relaxed) {
                         compared.fetch_add(len as u64, Ordering::Relaxed);
-                        let there = already_there(dev, &m.chunks[i], m.quick.get(i).copied(), off, &mut current[..len]);
+                        let there =
+                            already_there(dev, &m.chunks[i], m.quick.get(i).copied(), key, off, &mut current[..len]);
                         if let Chunk::Data { .. } = m.chunks[i] {
                             let n = checked.fetch_add(1, Ordering::Relaxed) + 1;
                             let h = hits.fetch_add(u64::from(there), Ordering::Relaxed) + u64::from(there);
@@ -277,7 +298,7 @@ pub fn restore(
                                 .and_then(|blob| {
                                     fetched.fetch_add(blob.len() as u64, Ordering::Relaxed);
                                     fetched_chunks.fetch_add(1, Ordering::Relaxed);
-                                    image::decode_verified(&blob, len, id).map_err(|e| EngineError::new(e.to_string()))
+                                    image::decode_with(&blob, len, id, key).map_err(|e| EngineError::new(e.to_string()))
                                 })
                                 .map_err(|e| {
                                     EngineError::new(format!(
@@ -331,7 +352,7 @@ pub fn restore(
     progress(&snapshot(start));
     let reread_error = dev.reread_partitions();
     if opts.verify {
-        verify(dev, &m).map_err(stopped)?;
+        verify(dev, &m, key).map_err(stopped)?;
     }
     Ok(RestoreReport {
         id: backup,
@@ -371,14 +392,21 @@ impl Drop for Finished<'_> {
 /// With the manifest's quick fingerprint (XXH3-128, version 2) the
 /// comparison costs a fraction of BLAKE3's; manifests without one
 /// compare BLAKE3 ids.
-fn already_there(dev: &Device, c: &Chunk, quick: Option<u128>, off: u64, buf: &mut [u8]) -> bool {
+fn already_there(
+    dev: &Device,
+    c: &Chunk,
+    quick: Option<u128>,
+    key: Option<&DataKey>,
+    off: u64,
+    buf: &mut [u8],
+) -> bool {
     if off + buf.len() as u64 > dev.bytes || dev.read_at(buf, off).is_err() {
         return false;
     }
     match (c, quick) {
         (Chunk::Zero, _) => image::is_zero(buf),
         (Chunk::Data { .. }, Some(q)) if q != 0 => image::quick_id(buf) == q,
-        (Chunk::Data { id, .. }, _) => image::chunk_id(buf) == *id,
+        (Chunk::Data { id, .. }, _) => id_of(buf, key) == *id,
         (Chunk::Unused, _) => true,
     }
 }
@@ -401,7 +429,15 @@ pub fn unused_runs(m: &Manifest) -> Vec<(u64, u64)> {
 
 /// Reads the restored range back and compares every chunk with the
 /// manifest (free space, which holds whatever it held, is skipped).
-pub fn verify(dev: &Device, m: &Manifest) -> Result<(), EngineError> {
+/// A chunk's id, keyed when the backup is encrypted.
+fn id_of(plain: &[u8], key: Option<&DataKey>) -> ChunkId {
+    match key {
+        Some(k) => k.chunk_id(plain),
+        None => image::chunk_id(plain),
+    }
+}
+
+pub fn verify(dev: &Device, m: &Manifest, key: Option<&DataKey>) -> Result<(), EngineError> {
     let mut buf = vec![0u8; m.chunk_size as usize];
     for (i, c) in m.chunks.iter().enumerate() {
         if *c == Chunk::Unused {
@@ -411,7 +447,7 @@ pub fn verify(dev: &Device, m: &Manifest) -> Result<(), EngineError> {
         dev.read_at(&mut buf[..len], off)?;
         let ok = match c {
             Chunk::Zero => image::is_zero(&buf[..len]),
-            Chunk::Data { id, .. } => image::chunk_id(&buf[..len]) == *id,
+            Chunk::Data { id, .. } => id_of(&buf[..len], key) == *id,
             Chunk::Unused => true,
         };
         if !ok {
@@ -441,6 +477,7 @@ mod tests {
             extents: Vec::new(),
             partitions: Vec::new(),
             quick: Vec::new(),
+            sealed: None,
             chunks: vec![Chunk::Zero; Manifest::chunk_count(disk_bytes, 1 << 20) as usize],
         }
     }

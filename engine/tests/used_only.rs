@@ -247,7 +247,7 @@ fn used_only_backups_leave_deleted_files_out_and_restore_every_file() {
     );
     assert!(r.unused_bytes > 60 * MIB, "only {} bytes left out", r.unused_bytes);
     assert!(r.summary().contains("partition 2 (ext4): used only"), "{}", r.summary());
-    let m = bootvault_engine::restore::fetch_manifest(&client, r.id).expect("manifest");
+    let m = bootvault_engine::restore::fetch_manifest(&client, r.id, None).expect("manifest");
     assert_eq!(m.partitions, r.partitions);
     let extents: Vec<Vec<u8>> = m.extents.iter().map(|e| e.data.clone()).collect();
     assert_eq!(deleted_found(&data, &extents), Vec::<String>::new(), "deleted files reached the store");

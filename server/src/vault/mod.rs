@@ -661,7 +661,12 @@ impl Vault {
             if let image::Chunk::Data { id: cid, .. } = c {
                 let (off, len) = m.chunk_range(i);
                 let blob = self.chunk(cid).map_err(|e| anyhow!("chunk {i} at offset {off}: {e}"))?;
-                image::decode_verified(&blob, len, cid).map_err(|e| anyhow!("chunk {i} at offset {off}: {e}"))?;
+                if m.sealed.is_some() {
+                    // Encrypted: the key is not here; the shape and size are.
+                    image::check_sealed_shape(&blob).map_err(|e| anyhow!("chunk {i} at offset {off}: {e}"))?;
+                } else {
+                    image::decode_verified(&blob, len, cid).map_err(|e| anyhow!("chunk {i} at offset {off}: {e}"))?;
+                }
                 checked += 1;
             }
         }
