@@ -93,9 +93,17 @@ pub enum BlobError {
     Empty,
     UnknownTag(u8),
     Inflate(String),
-    TooLarge { max: usize },
-    WrongLength { expected: usize, got: usize },
-    WrongHash { expected: ChunkId, got: ChunkId },
+    TooLarge {
+        max: usize,
+    },
+    WrongLength {
+        expected: usize,
+        got: usize,
+    },
+    WrongHash {
+        expected: ChunkId,
+        got: ChunkId,
+    },
     /// An encrypted blob that could not be opened.
     Sealed(String),
 }
@@ -225,8 +233,9 @@ pub fn check_sealed_shape(blob: &[u8]) -> Result<(), BlobError> {
 /// A chunk's plain bytes from its blob, checked against its id: under a
 /// data key (an encrypted backup), opened, decoded and named with the
 /// key; without one, as [`decode_verified`].
+/// An encrypted blob is decrypted in place (its buffer is the caller's).
 pub fn decode_with(
-    blob: &[u8],
+    blob: &mut [u8],
     len: usize,
     id: &ChunkId,
     key: Option<&crate::seal::DataKey>,
@@ -237,8 +246,8 @@ pub fn decode_with(
         }
         return decode_verified(blob, len, id);
     };
-    let inner = key.open_chunk(id, blob).map_err(|e| BlobError::Sealed(e.to_string()))?;
-    let plain = decode_blob(&inner, len)?;
+    let inner = key.open_chunk_in_place(id, blob).map_err(|e| BlobError::Sealed(e.to_string()))?;
+    let plain = decode_blob(inner, len)?;
     if plain.len() != len {
         return Err(BlobError::WrongLength { expected: len, got: plain.len() });
     }

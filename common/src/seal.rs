@@ -116,6 +116,26 @@ impl DataKey {
         open(&self.chunk, &[CHUNK_AD, id].concat(), blob)
     }
 
+    /// [`DataKey::open_chunk`] without a copy: decrypts `blob` in place
+    /// and returns the inner blob inside it.
+    pub fn open_chunk_in_place<'a>(&self, id: &ChunkId, blob: &'a mut [u8]) -> Result<&'a [u8], SealError> {
+        let (&mut tag, rest) = blob.split_first_mut().ok_or(SealError::NotSealed)?;
+        if tag != TAG_SEALED {
+            return Err(SealError::NotSealed);
+        }
+        if rest.len() < NONCE_BYTES + 16 {
+            return Err(SealError::Truncated);
+        }
+        let (nonce, body) = rest.split_at_mut(NONCE_BYTES);
+        let at = body.len() - 16;
+        let (ct, mac) = body.split_at_mut(at);
+        let cipher = XChaCha20Poly1305::new((&*self.chunk).into());
+        cipher
+            .decrypt_in_place_detached(XNonce::from_slice(nonce), &[CHUNK_AD, id].concat(), ct, (&*mac).into())
+            .map_err(|_| SealError::Forged)?;
+        Ok(&*ct)
+    }
+
     /// Seals a manifest's bytes.
     pub fn seal_manifest(&self, bytes: &[u8], nonce: &[u8; NONCE_BYTES]) -> Vec<u8> {
         seal(&self.manifest, MANIFEST_AD, bytes, nonce)
@@ -195,11 +215,14 @@ mod tests {
         assert_eq!(sealed[0], TAG_SEALED);
         assert_eq!(sealed.len(), inner.len() + OVERHEAD);
         assert_eq!(k.open_chunk(&id, &sealed), Ok(inner.clone()));
+        let mut in_place = sealed.clone();
+        assert_eq!(k.open_chunk_in_place(&id, &mut in_place).map(<[u8]>::to_vec), Ok(inner.clone()));
         // Any flipped byte (tag, nonce, ciphertext, Poly1305 tag) is caught.
         for at in [1, NONCE_BYTES, NONCE_BYTES + 5, sealed.len() / 2, sealed.len() - 1] {
             let mut bad = sealed.clone();
             bad[at] ^= 0x40;
             assert_eq!(k.open_chunk(&id, &bad), Err(SealError::Forged), "byte {at}");
+            assert_eq!(k.open_chunk_in_place(&id, &mut bad.clone()), Err(SealError::Forged), "byte {at}");
         }
         let mut bad = sealed.clone();
         bad[0] = 2;

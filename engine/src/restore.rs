@@ -295,10 +295,11 @@ pub fn restore(
                             // A valid blob is at most the chunk plus its tag.
                             let plain = client
                                 .chunk(backup, id, len as u64 + 4096)
-                                .and_then(|blob| {
+                                .and_then(|mut blob| {
                                     fetched.fetch_add(blob.len() as u64, Ordering::Relaxed);
                                     fetched_chunks.fetch_add(1, Ordering::Relaxed);
-                                    image::decode_with(&blob, len, id, key).map_err(|e| EngineError::new(e.to_string()))
+                                    image::decode_with(&mut blob, len, id, key)
+                                        .map_err(|e| EngineError::new(e.to_string()))
                                 })
                                 .map_err(|e| {
                                     EngineError::new(format!(
