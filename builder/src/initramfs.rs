@@ -42,6 +42,7 @@ pub fn entries(
     index: &Index,
     wanted: &[String],
     config_text: &str,
+    key_text: Option<&str>,
 ) -> Result<(Vec<Entry>, Report)> {
     let mut report = Report { init_bytes: init.len() as u64, ..Report::default() };
     let mut out = vec![
@@ -50,6 +51,10 @@ pub fn entries(
         Entry { path: "dev/console".into(), mode: 0o600, kind: Kind::CharDev { major: 5, minor: 1 } },
         Entry { path: "dev/null".into(), mode: 0o666, kind: Kind::CharDev { major: 1, minor: 3 } },
     ];
+    if let Some(k) = key_text {
+        // The data key of backups encrypted on the PC (docs/DESIGN.md).
+        out.push(file("etc/bootvault.key", 0o600, format!("{k}\n").into_bytes()));
+    }
     for d in ["proc", "sys", "run", "tmp", "root"] {
         out.push(dir(d));
     }

@@ -301,6 +301,12 @@ struct BuildArgs {
     /// Output directory (default out/NAME).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Encrypt this PC's backups on the PC with the data key in FILE
+    /// (`bootvault key new`). The key goes into the initramfs (mode 0600),
+    /// never to the server, so not with --media pxe (the server publishes
+    /// network-boot files).
+    #[arg(long)]
+    key_file: Option<PathBuf>,
     /// Boot media: pxe (publish to the server for network boot; needs
     /// --data), iso, usb. Repeatable, or a comma list.
     #[arg(long, value_delimiter = ',')]
@@ -583,7 +589,20 @@ fn build(a: BuildArgs) -> Result<()> {
     let out = a.out.unwrap_or_else(|| PathBuf::from("out").join(&pc.config.pc));
     fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
 
-    let (entries, mut report) = initramfs::entries(&init, &k, &index, &wanted, &pc.config.to_file())?;
+    let key = match &a.key_file {
+        Some(f) if a.media.iter().any(|m| m == "pxe") => bail!(
+            "--key-file with --media pxe: the server publishes network-boot files and must never hold {}; boot such PCs from an ISO or USB image",
+            f.display()
+        ),
+        Some(f) => {
+            let text = bootvault_engine::lock::Zeroizing::new(fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?);
+            let master = bootvault_common::seal::parse_key_text(&text).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+            Some(bootvault_common::seal::key_text(&master))
+        }
+        None => None,
+    };
+    let (entries, mut report) =
+        initramfs::entries(&init, &k, &index, &wanted, &pc.config.to_file(), key.as_ref().map(|t| t.as_str()))?;
     initramfs::write(entries, &out.join("initrd.img"), &mut report)?;
     let kernel_bytes =
         fs::copy(&k.image, out.join("vmlinuz")).with_context(|| format!("copying {}", k.image.display()))?;
@@ -599,6 +618,9 @@ fn build(a: BuildArgs) -> Result<()> {
         out.join("initrd.img").display()
     );
     println!("  init       {}", human_bytes(report.init_bytes));
+    if let Some(f) = &a.key_file {
+        println!("  encrypted  backups sealed on the PC with data key {}", read_key_file(f)?.fingerprint());
+    }
     println!(
         "  modules    {} ({}, profile {}): {}",
         report.modules.len(),

@@ -332,7 +332,7 @@ impl Session<'_> {
                     let d = &all[disk_menu.selected];
                     let dest = &dests[dest_menu.selected];
                     let summary = format!(
-                        "Disk:        {}\n{}Destination: {}\nName:        {name}\nPassword:    {}\nCopy:        {}\n\nThe disk is only read; nothing on it changes.",
+                        "Disk:        {}\n{}Destination: {}\nName:        {name}\nPassword:    {}\nCopy:        {}\nEncrypted:   {}\n\nThe disk is only read; nothing on it changes.",
                         disk_title(d),
                         disks::contents(d).iter().map(|l| format!("             {l}\n")).collect::<String>(),
                         self.place_text(dest),
@@ -345,6 +345,11 @@ impl Session<'_> {
                             "every byte (mode=raw), free space and deleted files included"
                         } else {
                             "used space only (free space and deleted files left out)"
+                        },
+                        match jobs::data_key() {
+                            Ok(Some(k)) => format!("yes, here on the PC (data key {})", k.fingerprint()),
+                            Ok(None) => "no (this PC has no data key)".to_owned(),
+                            Err(e) => format!("cannot start: {e}"),
                         },
                     );
                     let mut menu = Menu::new(vec![
@@ -556,6 +561,7 @@ impl Session<'_> {
             opts.serial = d.serial.clone();
             opts.lock = lock;
             opts.cancel = cancel.clone();
+            opts.key = jobs::data_key()?;
             let mut watch = Watch::new(&mut self.term, row, &cancel, "backup");
             backup(&dev, store, &opts, &mut |p| watch.update(p)).map_err(|e| e.to_string())
         });
@@ -841,8 +847,12 @@ impl Session<'_> {
         let cancel = Arc::new(AtomicBool::new(false));
         let start = Instant::now();
         let result = Device::open(&Path::new("/dev").join(&d.name), true).map_err(|e| e.to_string()).and_then(|dev| {
-            let opts =
-                RestoreOptions { verify: self.config.verify, cancel: cancel.clone(), ..RestoreOptions::default() };
+            let opts = RestoreOptions {
+                verify: self.config.verify,
+                cancel: cancel.clone(),
+                key: jobs::data_key()?,
+                ..RestoreOptions::default()
+            };
             let mut watch = Watch::new(&mut self.term, row, &cancel, "restore");
             restore(&dev, store, b.id, &opts, &mut |p| watch.update(p)).map_err(|e| e.to_string())
         });

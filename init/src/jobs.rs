@@ -7,10 +7,12 @@
 //! CLI runs.
 
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bootvault_common::config::{Action, BackupRef, Config, Place};
 use bootvault_common::job::JobMessage;
+use bootvault_common::seal::{self, DataKey};
 use bootvault_common::units::human_bytes;
 use bootvault_engine::backup::{backup, BackupOptions};
 use bootvault_engine::client::Client;
@@ -197,6 +199,26 @@ impl Report<'_> {
     }
 }
 
+/// Where the builder puts the data key of backups encrypted on the PC.
+pub const KEY_PATH: &str = "/etc/bootvault.key";
+
+/// The PC's data key, read once: None when the PC has none (its backups
+/// are not encrypted); an error when the file is there but unreadable, so
+/// a PC meant to encrypt never backs up in the clear.
+pub fn data_key() -> Result<Option<Arc<DataKey>>, String> {
+    static KEY: OnceLock<Result<Option<Arc<DataKey>>, String>> = OnceLock::new();
+    KEY.get_or_init(|| match std::fs::read_to_string(KEY_PATH) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("reading the data key {KEY_PATH}: {e}")),
+        Ok(text) => {
+            let text = zeroize::Zeroizing::new(text);
+            let master = seal::parse_key_text(&text).map_err(|e| format!("{KEY_PATH}: {e}"))?;
+            Ok(Some(Arc::new(DataKey::new(&master))))
+        }
+    })
+    .clone()
+}
+
 /// The console's progress lines: about one a second.
 fn progress_printer() -> impl FnMut(&bootvault_engine::progress::Progress) {
     let mut last_line = Instant::now() - Duration::from_secs(10);
@@ -286,6 +308,10 @@ fn execute(
             opts.model = disk.model.clone();
             opts.serial = disk.serial.clone();
             opts.lock = job.lock.clone();
+            opts.key = data_key()?;
+            if let Some(k) = &opts.key {
+                say(format!("backup: encrypted on this PC with data key {}", k.fingerprint()));
+            }
             say(format!(
                 "backup: {} ({}) as {:?} to {}",
                 disk.name,
@@ -319,7 +345,7 @@ fn execute(
                 disk.name,
                 human_bytes(dev.bytes)
             ));
-            let opts = RestoreOptions { verify: config.verify, ..RestoreOptions::default() };
+            let opts = RestoreOptions { verify: config.verify, key: data_key()?, ..RestoreOptions::default() };
             let r = restore(&dev, store, id, &opts, &mut progress)
                 .map_err(|e| format!("restore of backup {id} onto {}: {e}", disk.name))?;
             if let Some(e) = &r.reread_error {
