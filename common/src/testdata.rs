@@ -15,6 +15,23 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// The first file under `dir` (recursively) whose bytes contain `needle`:
+/// what the tests use to show a store holds no plain text.
+pub fn file_holding(dir: &std::path::Path, needle: &[u8]) -> Option<std::path::PathBuf> {
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
 /// A manifest of 4096-byte chunks named "full" for PC `pc`, for tests
 /// that need a backup on the server without a disk behind it.
 pub fn manifest_of(pc: &str, chunks: Vec<crate::image::Chunk>) -> crate::image::Manifest {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bootvault_common::seal::DataKey;
-use bootvault_common::testdata::noise;
+use bootvault_common::testdata::{file_holding, noise};
 use bootvault_engine::backup::{backup, BackupOptions};
 use bootvault_engine::client::Client;
 use bootvault_engine::device::Device;
@@ -36,22 +36,6 @@ fn source(path: &Path) -> Vec<u8> {
     d
 }
 
-/// Every file under `dir`, read whole: does any hold `needle`?
-fn found_in(dir: &Path, needle: &[u8]) -> Option<PathBuf> {
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) {
-                return Some(p);
-            }
-        }
-    }
-    None
-}
-
 fn restore_opts(key: Option<&Arc<DataKey>>) -> RestoreOptions {
     RestoreOptions { key: key.cloned(), verify: true, ..Default::default() }
 }
@@ -74,8 +58,8 @@ fn the_store_holds_only_ciphertext_and_restores_check_everything() {
     opts.key = Some(key.clone());
     let r = backup(&dev, &client, &opts, &mut |_| {}).expect("encrypted backup");
     assert!(r.new_chunks >= 3, "{r:?}");
-    assert_eq!(found_in(&data_dir, MARKER), None, "plain text in the server's data directory");
-    assert_eq!(found_in(&data_dir, &noise(5, 4096)), None, "plain noise in the server's data directory");
+    assert_eq!(file_holding(&data_dir, MARKER), None, "plain text in the server's data directory");
+    assert_eq!(file_holding(&data_dir, &noise(5, 4096)), None, "plain noise in the server's data directory");
 
     // Unchanged: nothing new sent (keyed ids deduplicate inside the key's domain).
     let again = backup(&dev, &client, &opts, &mut |_| {}).expect("again");
@@ -120,7 +104,7 @@ fn the_store_holds_only_ciphertext_and_restores_check_everything() {
     let store_dir = dir.join("usb/bootvault");
     let local = LocalStore::open(&store_dir).expect("local store");
     let lr = backup(&dev, &local, &opts, &mut |_| {}).expect("encrypted local backup");
-    assert_eq!(found_in(&store_dir, MARKER), None, "plain text in the local store");
+    assert_eq!(file_holding(&store_dir, MARKER), None, "plain text in the local store");
     fs::write(&target, vec![0xEE; data.len()]).expect("target");
     restore(&tdev, &local, lr.id, &restore_opts(Some(&key)), &mut |_| {}).expect("local restore");
     assert!(fs::read(&target).expect("read") == data);

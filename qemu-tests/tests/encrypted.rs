@@ -5,29 +5,13 @@
 //! key is refused before it writes anything.
 
 use std::fs;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use bootvault_common::testdata::file_holding;
 use bootvault_qemu_tests::*;
 
 const STEP: Duration = Duration::from_secs(120);
-
-/// Does any file under `dir` hold `needle`?
-fn found_in(dir: &Path, needle: &[u8]) -> Option<String> {
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) {
-                return Some(p.display().to_string());
-            }
-        }
-    }
-    None
-}
 
 #[test]
 fn encrypted_on_the_pc_restored_by_another_pc_with_the_key() {
@@ -54,7 +38,7 @@ fn encrypted_on_the_pc_restored_by_another_pc_with_the_key() {
         ("a block of random.bin", noise(7, 4096)),
         ("the ext4 label", b"bvroot".to_vec()),
     ] {
-        assert_eq!(found_in(&server.data, &needle), None, "{what} in the server's data directory");
+        assert_eq!(file_holding(&server.data, &needle), None, "{what} in the server's data directory");
     }
 
     // Another PC with the same key, granted the backup: file for file.
