@@ -76,6 +76,7 @@ pub fn coldplug(root: &Path, index: &Index, opts: &Options, loader: &mut dyn Loa
     let mut report = Report::default();
     let mut seen: BTreeSet<String> = BTreeSet::new();
     let mut attempted: BTreeSet<String> = BTreeSet::new();
+    let mut named = Named::default();
     let mut last_change = Instant::now();
     let mut devices;
     loop {
@@ -88,19 +89,7 @@ pub fn coldplug(root: &Path, index: &Index, opts: &Options, loader: &mut dyn Loa
             }
             changed = true;
             for module in index.lookup(alias) {
-                for name in index.load_order(module) {
-                    if !attempted.insert(name.clone()) {
-                        continue;
-                    }
-                    let Some(m) = index.modules.get(&name) else {
-                        report.missing.push(name);
-                        continue;
-                    };
-                    match loader.load(&name, &opts.modules_dir.join(&m.path)) {
-                        Ok(()) => report.loaded.push(name),
-                        Err(e) => report.failed.push((name, e)),
-                    }
-                }
+                load_with_deps(index, module, &opts.modules_dir, &mut attempted, loader, &mut named);
             }
         }
         if changed {
@@ -114,6 +103,7 @@ pub fn coldplug(root: &Path, index: &Index, opts: &Options, loader: &mut dyn Loa
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    (report.loaded, report.failed, report.missing) = (named.loaded, named.failed, named.missing);
     report.unbound = devices
         .iter()
         .filter(|(dir, _)| fs::symlink_metadata(dir.join("driver")).is_err())
@@ -141,21 +131,34 @@ pub fn load_named(index: &Index, names: &[&str], modules_dir: &Path, loader: &mu
     let mut out = Named::default();
     let mut attempted: BTreeSet<String> = BTreeSet::new();
     for want in names {
-        for name in index.load_order(want) {
-            if !attempted.insert(name.clone()) {
-                continue;
-            }
-            let Some(m) = index.modules.get(&name) else {
-                out.missing.push(name);
-                continue;
-            };
-            match loader.load(&name, &modules_dir.join(&m.path)) {
-                Ok(()) => out.loaded.push(name),
-                Err(e) => out.failed.push((name, e)),
-            }
-        }
+        load_with_deps(index, want, modules_dir, &mut attempted, loader, &mut out);
     }
     out
+}
+
+/// Loads `want` after everything it needs, each module at most once
+/// (`attempted` remembers across calls), recording what happened.
+fn load_with_deps(
+    index: &Index,
+    want: &str,
+    modules_dir: &Path,
+    attempted: &mut BTreeSet<String>,
+    loader: &mut dyn Loader,
+    out: &mut Named,
+) {
+    for name in index.load_order(want) {
+        if !attempted.insert(name.clone()) {
+            continue;
+        }
+        let Some(m) = index.modules.get(&name) else {
+            out.missing.push(name);
+            continue;
+        };
+        match loader.load(&name, &modules_dir.join(&m.path)) {
+            Ok(()) => out.loaded.push(name),
+            Err(e) => out.failed.push((name, e)),
+        }
+    }
 }
 
 /// How PID 1 reports devices without a driver: the ones on buses where a

@@ -23,7 +23,7 @@ use bootvault_common::units::{human_bytes, utc_datetime};
 use bootvault_engine::backup::{backup, BackupOptions};
 use bootvault_engine::client::{BackupInfo, Client};
 use bootvault_engine::device::Device;
-use bootvault_engine::local_store::{LocalStore, DRIVE_DIR};
+use bootvault_engine::local_store::DRIVE_DIR;
 use bootvault_engine::lock::Lock;
 use bootvault_engine::progress::Progress;
 use bootvault_engine::restore::{restore, RestoreOptions, PARTLY_OVERWRITTEN};
@@ -34,7 +34,7 @@ use crate::disks::{self, Disk};
 use crate::jobs;
 use crate::sys;
 use crate::tui::{self, frame, Edit, Item, Key, LineEdit, Menu, Pick, ERASE, MENU_KEYS};
-use crate::volumes::{self, Mounted, Volume};
+use crate::volumes::{self, Volume};
 
 /// What the person chose to do when leaving the menu.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -535,7 +535,7 @@ impl Session<'_> {
         let mut note = String::new();
         let drive = match dest {
             Place::Server => None,
-            Place::Drive(v) => match open_drive(v, true) {
+            Place::Drive(v) => match volumes::open_store(v, true, &|_| {}) {
                 Ok((m, store)) => {
                     if !store.cleaned().is_empty() {
                         note = format!("Cleaned up first: {}.\n", store.cleaned().line());
@@ -543,7 +543,7 @@ impl Session<'_> {
                     Some((m, store))
                 }
                 Err(e) => {
-                    let body = format!("Could not use drive {}:\n  {e}\n\nNothing was written.", v.title());
+                    let body = format!("Could not use the drive:\n  {e}\n\nNothing was written.");
                     return self.finish_screen("Back up: FAILED", &body);
                 }
             },
@@ -741,11 +741,11 @@ impl Session<'_> {
                                 &format!("Opening drive {}...", v.title()),
                                 "",
                             ));
-                            match open_drive(v, false) {
+                            match volumes::open_store(v, false, &|_| {}) {
                                 Err(e) => {
                                     self.message(
                                         "Restore: the drive cannot be used",
-                                        &format!("Could not open drive {}:\n  {e}", v.title()),
+                                        &format!("Could not open the drive:\n  {e}"),
                                     )?;
                                     Err(Nav::Back)
                                 }
@@ -920,24 +920,6 @@ impl Session<'_> {
         };
         self.finish_screen(title, &body)
     }
-}
-
-/// Mounts a drive and opens its store: for writing (cleaning up what an
-/// interrupted backup left), or, to restore from a write-protected
-/// drive, read-only.
-fn open_drive(v: &Volume, must_write: bool) -> Result<(Mounted, LocalStore), String> {
-    let m = match volumes::mount(v, true, &|_| {}) {
-        Ok(m) => m,
-        Err(_) if !must_write => volumes::mount(v, false, &|_| {})?,
-        Err(e) => return Err(e),
-    };
-    let root = m.store_dir();
-    let store = if m.writable && (must_write || LocalStore::exists(&root)) {
-        LocalStore::open(&root)
-    } else {
-        LocalStore::open_read(&root)
-    };
-    Ok((m, store.map_err(|e| e.to_string())?))
 }
 
 /// How long a first Ctrl-C waits for the second that cancels.

@@ -17,7 +17,6 @@ use bootvault_common::units::human_bytes;
 use bootvault_engine::backup::{backup, BackupOptions};
 use bootvault_engine::client::Client;
 use bootvault_engine::device::Device;
-use bootvault_engine::local_store::LocalStore;
 use bootvault_engine::lock::Lock;
 use bootvault_engine::restore::{restore, RestoreOptions};
 use bootvault_engine::store::Store;
@@ -254,23 +253,7 @@ fn execute_local(job: &Job, config: &Config, spec: &str) -> Result<Outcome, Stri
         let fits = volumes::fit_text(free, need).map_err(|e| format!("drive {}: {e}", vol.title()))?;
         say(format!("drive: {}: {fits}", vol.title()));
     }
-    let mounted = match volumes::mount(&vol, true, &|m| say(m)) {
-        Ok(m) => m,
-        // A write-protected drive still restores.
-        Err(e) if !backing_up => {
-            say(format!("drive: {e}; reading it read-only"));
-            volumes::mount(&vol, false, &|m| say(m))?
-        }
-        Err(e) => return Err(e),
-    };
-    let root = mounted.store_dir();
-    // A restore never makes a store (an empty folder) on a drive without one.
-    let store = if mounted.writable && (backing_up || LocalStore::exists(&root)) {
-        LocalStore::open(&root)
-    } else {
-        LocalStore::open_read(&root)
-    }
-    .map_err(|e| format!("drive {}: {e}", vol.title()))?;
+    let (mounted, store) = volumes::open_store(&vol, backing_up, &|m| say(m))?;
     if !store.cleaned().is_empty() {
         say(format!("drive: {}: {}", vol.title(), store.cleaned().line()));
     }

@@ -17,7 +17,7 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use bootvault_common::units::human_bytes;
-use bootvault_engine::local_store::DRIVE_DIR;
+use bootvault_engine::local_store::{LocalStore, DRIVE_DIR};
 
 use crate::disks::{self, Disk};
 use crate::{coldplug, sys};
@@ -295,6 +295,28 @@ impl Drop for Mounted {
     }
 }
 
+/// Mounts `v` and opens the store on it, as a backup or a restore uses
+/// it: read-write, which cleans up what an interrupted backup left; to
+/// restore (`for_backup` false), a write-protected drive is read
+/// read-only, and a drive without backups gets no empty store made on it.
+pub fn open_store(v: &Volume, for_backup: bool, say: &dyn Fn(String)) -> Result<(Mounted, LocalStore), String> {
+    let mounted = match mount(v, true, say) {
+        Ok(m) => m,
+        Err(e) if !for_backup => {
+            say(format!("drive: {e}; reading it read-only"));
+            mount(v, false, say)?
+        }
+        Err(e) => return Err(e),
+    };
+    let root = mounted.store_dir();
+    let store = if mounted.writable && (for_backup || LocalStore::exists(&root)) {
+        LocalStore::open(&root)
+    } else {
+        LocalStore::open_read(&root)
+    };
+    Ok((mounted, store.map_err(|e| format!("drive {}: {e}", v.title()))?))
+}
+
 /// What a look at a volume found: free space and the backups on it.
 pub struct Look {
     /// Free bytes, or why the volume could not be looked at.
@@ -311,9 +333,9 @@ pub fn look(v: &Volume, say: &dyn Fn(String)) -> Look {
         Ok(m) => {
             look.free = m.free();
             let store = m.store_dir();
-            if bootvault_engine::local_store::LocalStore::exists(&store) {
+            if LocalStore::exists(&store) {
                 use bootvault_engine::store::Store;
-                if let Ok(s) = bootvault_engine::local_store::LocalStore::open_read(&store) {
+                if let Ok(s) = LocalStore::open_read(&store) {
                     look.backups = s.backups().unwrap_or_default();
                 }
             }
