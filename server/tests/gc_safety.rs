@@ -314,3 +314,24 @@ fn a_retried_finish_of_the_same_manifest_succeeds() {
     assert!(e.message.contains("is complete"), "{e:?}");
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// The server cannot check an encrypted blob, so a PC could store one
+/// under the name of a plain chunk before its owner sends it; the owner's
+/// plain blob, which proves itself, then replaces it.
+#[test]
+fn an_encrypted_blob_cannot_squat_a_plain_chunks_name() {
+    let dir = temp("squat");
+    let v = Vault::open(&dir).unwrap();
+    for (pc, mac) in [("squatter", "52:54:00:00:00:61"), ("owner", "52:54:00:00:00:62")] {
+        v.add_pc(&PcRow::new(pc, mac)).unwrap();
+    }
+    let (cid, blob) = chunk(21);
+    let mut fake = vec![bootvault_common::seal::TAG_SEALED];
+    fake.extend_from_slice(&[0x5a; 4096]);
+    let up = v.create_backup("squatter", "full", 4096, 4096).unwrap();
+    assert!(v.put_chunk_for(Some("squatter"), &cid, &fake, Some(up)).unwrap(), "the shape is all it can check");
+    let mine = pc_backup(&v, "owner", &[21]);
+    assert_eq!(v.chunk(&cid).unwrap(), blob, "the proven plain blob replaced the squatter's");
+    assert_eq!(v.verify_backup(mine).unwrap(), 1);
+    let _ = fs::remove_dir_all(&dir);
+}

@@ -484,7 +484,19 @@ impl Vault {
         let verified = if trusted { None } else { Some(blobs::verify(id, blob).map_err(PutError::Bad)?) };
         let _lock = self.blobs.lock(false).map_err(storage)?;
         let stored_now = match self.blobs.touch(id, gc::margins().1).map_err(storage)? {
-            Some(_) => false,
+            // A plain blob proves itself (its BLAKE3 is its name); an
+            // encrypted one cannot, so a proven plain blob replaces an
+            // encrypted one stored under the same name: no PC can squat a
+            // plain chunk's name with bytes that are not that chunk.
+            Some(_) => {
+                if let Some(v) = &verified {
+                    let sealed = |b: &[u8]| b.first() == Some(&bootvault_common::seal::TAG_SEALED);
+                    if !sealed(blob) && sealed(&self.blobs.get(id, u64::MAX).map_err(storage)?) {
+                        self.blobs.put(v).map_err(storage)?;
+                    }
+                }
+                false
+            }
             None => {
                 if let Some(p) = pc {
                     self.check_quota(p, blob.len() as u64).map_err(PutError::Quota)?;
