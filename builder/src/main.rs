@@ -9,6 +9,7 @@ mod admin;
 mod cpio;
 mod initramfs;
 mod kernel;
+mod known;
 mod local_dir;
 mod media;
 mod netboot;
@@ -73,6 +74,11 @@ enum Cmd {
         /// The PC's token (`bootvault pc show PC --token`), or the admin token.
         #[arg(long, env = "BOOTVAULT_TOKEN", hide_env_values = true, required_unless_present = "to")]
         token: Option<String>,
+        /// The SHA-256 fingerprint of an https:// server's certificate
+        /// (`bootvault fingerprint` on the server); else looked up in the
+        /// known-servers file (docs/DESIGN.md "Transport").
+        #[arg(long, env = "BOOTVAULT_FINGERPRINT")]
+        fingerprint: Option<String>,
         /// Backup name.
         #[arg(long, default_value = "full")]
         name: String,
@@ -130,6 +136,9 @@ enum Cmd {
         /// The PC's token (`bootvault pc show PC --token`), or the admin token.
         #[arg(long, env = "BOOTVAULT_TOKEN", hide_env_values = true, required_unless_present = "from")]
         token: Option<String>,
+        /// The SHA-256 fingerprint of an https:// server's certificate.
+        #[arg(long, env = "BOOTVAULT_FINGERPRINT")]
+        fingerprint: Option<String>,
         /// Read the disk back afterwards and compare.
         #[arg(long)]
         verify: bool,
@@ -197,6 +206,24 @@ enum Cmd {
         data: PathBuf,
         #[command(flatten)]
         limits: ServeLimits,
+        /// Your own certificate chain (PEM, e.g. an ACME client's
+        /// fullchain.pem) instead of the one made in DATA/tls on first start.
+        #[arg(long, requires = "tls_key", conflicts_with = "plain_http")]
+        tls_cert: Option<PathBuf>,
+        /// The key of --tls-cert (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Speak plain HTTP only: PC tokens and restore keys cross the
+        /// network in clear (a closed imaging network, or TLS ended by a
+        /// proxy in front).
+        #[arg(long)]
+        plain_http: bool,
+    },
+    /// Print the fingerprint of the server's certificate (what PCs and
+    /// `--fingerprint` pin).
+    Fingerprint {
+        #[arg(long, default_value = "bootvault-data")]
+        data: PathBuf,
     },
 }
 
@@ -271,9 +298,13 @@ struct BuildArgs {
     /// PC description (TOML).
     #[arg(long)]
     pc_file: Option<PathBuf>,
-    /// Server URL, e.g. http://10.0.2.2:8080.
+    /// Server URL, e.g. https://10.0.2.2:8080.
     #[arg(long)]
     server: Option<String>,
+    /// The SHA-256 fingerprint of the https:// server's certificate, pinned
+    /// into the PC (default with --data: the server's own, DATA/tls).
+    #[arg(long)]
+    fingerprint: Option<String>,
     /// Built-in module profile (qemu, pc).
     #[arg(long)]
     profile: Option<String>,
@@ -356,6 +387,7 @@ fn store_for(
     dir: Option<&Path>,
     pc: &str,
     token: Option<&str>,
+    fingerprint: Option<&str>,
     write: bool,
 ) -> Result<Box<dyn bootvault_engine::store::Store>> {
     use bootvault_engine::local_store::{LocalStore, DRIVE_DIR};
@@ -370,7 +402,10 @@ fn store_for(
             }
             Box::new(store)
         }
-        (Some(url), None) => Box::new(bootvault_engine::client::Client::new(url, pc, token.unwrap_or_default())),
+        (Some(url), None) => {
+            let pin = known::pin_for(url, fingerprint)?;
+            Box::new(bootvault_engine::client::Client::new(url, pc, token.unwrap_or_default()).pinned(pin))
+        }
         (None, None) => bail!("give --server (with --token) or a directory"),
     })
 }
@@ -398,9 +433,23 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", read_key_file(&file)?.fingerprint());
             Ok(())
         }
-        Cmd::Backup { disk, server, to, password_file, key_file, pc, token, name, level, chunk_kib, threads, raw } => {
+        Cmd::Backup {
+            disk,
+            server,
+            to,
+            password_file,
+            key_file,
+            pc,
+            token,
+            fingerprint,
+            name,
+            level,
+            chunk_kib,
+            threads,
+            raw,
+        } => {
             let dev = bootvault_engine::device::Device::open(&disk, false)?;
-            let client = store_for(server.as_deref(), to.as_deref(), &pc, token.as_deref(), true)?;
+            let client = store_for(server.as_deref(), to.as_deref(), &pc, token.as_deref(), fingerprint.as_deref(), true)?;
             let client = client.as_ref();
             let mut opts = bootvault_engine::backup::BackupOptions::new(&pc, &name);
             opts.level = level;
@@ -420,8 +469,21 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", r.summary());
             Ok(())
         }
-        Cmd::Restore { disk, server, from, password_file, key_file, backup, pc, token, verify, threads, compare } => {
-            let client = store_for(server.as_deref(), from.as_deref(), &pc, token.as_deref(), false)?;
+        Cmd::Restore {
+            disk,
+            server,
+            from,
+            password_file,
+            key_file,
+            backup,
+            pc,
+            token,
+            fingerprint,
+            verify,
+            threads,
+            compare,
+        } => {
+            let client = store_for(server.as_deref(), from.as_deref(), &pc, token.as_deref(), fingerprint.as_deref(), false)?;
             let client = client.as_ref();
             let id = match backup.as_str() {
                 "latest" => client.latest(&pc, None)?,
@@ -474,9 +536,26 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Pc { data, json, cmd } => admin::pcs(&data, json, cmd),
         Cmd::Settings { data, json, cmd } => admin::settings(&data, json, cmd),
         Cmd::Gc { data, json, max_age } => admin::gc(&data, json, max_age),
-        Cmd::Serve { listen, data, limits } => {
-            bootvault_server::serve(bootvault_server::Options { listen, data, limits: limits.limits() })
+        Cmd::Serve { listen, data, limits, tls_cert, tls_key, plain_http } => {
+            use bootvault_server::tls::Mode;
+            let tls = match (tls_cert, tls_key) {
+                _ if plain_http => Mode::Plain,
+                (Some(cert), Some(key)) => Mode::Own { cert, key },
+                _ => Mode::Made,
+            };
+            bootvault_server::serve(bootvault_server::Options { listen, data, limits: limits.limits(), tls })
         }
+        Cmd::Fingerprint { data } => match bootvault_server::tls::fingerprint_in(&data)? {
+            Some(fp) => {
+                println!("{fp}");
+                Ok(())
+            }
+            None => bail!(
+                "{} has no certificate yet: `bootvault serve --data {}` makes one on its first start",
+                data.join(bootvault_server::tls::DIR).display(),
+                data.display()
+            ),
+        },
     }
 }
 
@@ -549,8 +628,11 @@ fn build(a: BuildArgs) -> Result<()> {
         None => None,
     };
     let server = a.server.clone().or_else(|| registered.as_ref().and_then(|r| r.server.clone()));
-    let set: Vec<String> =
+    let mut set: Vec<String> =
         registered.iter().flat_map(|r| r.settings.iter().cloned()).chain(a.set.iter().cloned()).collect();
+    if let Some(fp) = pin_for_build(server.as_deref(), a.fingerprint.as_deref(), a.data.as_deref())? {
+        set.push(format!("fingerprint={fp}"));
+    }
     let pc = pc::Pc::from_parts(
         file_text.as_ref().map(|(p, t)| (p.as_str(), t.as_str())),
         &pc::Overrides {
@@ -652,6 +734,33 @@ fn build(a: BuildArgs) -> Result<()> {
         media::write_to_device(&images, device, a.yes)?;
     }
     Ok(())
+}
+
+/// The fingerprint a PC of `server` pins: `--fingerprint`, else (with
+/// --data) the server's own certificate; none for an `http://` server.
+fn pin_for_build(
+    server: Option<&str>,
+    given: Option<&str>,
+    data: Option<&Path>,
+) -> Result<Option<bootvault_common::fingerprint::Fingerprint>> {
+    use bootvault_common::fingerprint::Fingerprint;
+    if let Some(text) = given {
+        return Fingerprint::parse(text).map(Some).map_err(|e| anyhow::anyhow!("--fingerprint: {e}"));
+    }
+    let Some(url) = server.filter(|s| s.starts_with("https://")) else {
+        return Ok(None);
+    };
+    let Some(data) = data else {
+        bail!("{url} is https: give --fingerprint (`bootvault fingerprint` on the server prints it), or --data");
+    };
+    bootvault_server::tls::fingerprint_in(data)?.map(Some).with_context(|| {
+        format!(
+            "{url} is https, but {} has no certificate yet: start the server once (`bootvault serve --data {}`), or \
+             give --fingerprint",
+            data.join(bootvault_server::tls::DIR).display(),
+            data.display()
+        )
+    })
 }
 
 fn inspect(path: &Path) -> Result<()> {

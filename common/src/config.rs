@@ -13,6 +13,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 use crate::cmdline;
+use crate::fingerprint::Fingerprint;
 
 /// Where the PC gets its address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,8 +122,11 @@ pub enum BackupRef {
 pub struct Config {
     /// PC name: hostname, and how the server knows this PC.
     pub pc: String,
-    /// Base URL of the bootvault server, e.g. `http://10.0.2.2:8080`.
+    /// Base URL of the bootvault server, e.g. `https://10.0.2.2:8443`.
     pub server: Option<String>,
+    /// The SHA-256 fingerprint of the server's certificate: the only one
+    /// an `https://` server may present (the builder pins it).
+    pub fingerprint: Option<Fingerprint>,
     /// The PC's secret, issued by the server (`bootvault pc add`), sent
     /// with every request. Only ever written into the initramfs.
     pub token: String,
@@ -173,6 +177,7 @@ impl Default for Config {
         Config {
             pc: "bootvault".into(),
             server: None,
+            fingerprint: None,
             token: String::new(),
             iface: None,
             ip: IpConfig::Dhcp,
@@ -238,6 +243,7 @@ impl fmt::Display for Problem {
 pub const KEYS: &[&str] = &[
     "pc",
     "server",
+    "fingerprint",
     "token",
     "iface",
     "ip",
@@ -383,8 +389,8 @@ fn valid_server(v: &str) -> Result<Option<String>, String> {
     if v.is_empty() {
         return Ok(None);
     }
-    if !v.starts_with("http://") {
-        return Err("server must be an http:// URL".into());
+    if !v.starts_with("http://") && !v.starts_with("https://") {
+        return Err("server must be an https:// (or http://) URL".into());
     }
     Ok(Some(v.trim_end_matches('/').to_owned()))
 }
@@ -397,6 +403,9 @@ impl Config {
         match key {
             "pc" => self.pc = valid_pc_name(value).map_err(bad)?,
             "server" => self.server = valid_server(value).map_err(bad)?,
+            "fingerprint" => {
+                self.fingerprint = if value.is_empty() { None } else { Some(Fingerprint::parse(value).map_err(bad)?) }
+            }
             "token" => {
                 if value.len() > 128 || !value.chars().all(|c| c.is_ascii_alphanumeric()) {
                     // The value is a secret: never echo it.
@@ -459,6 +468,7 @@ impl Config {
         match key {
             "pc" => Some(self.pc.clone()),
             "server" => Some(self.server.clone().unwrap_or_default()),
+            "fingerprint" => Some(self.fingerprint.map(|f| f.to_string()).unwrap_or_default()),
             "token" => Some(self.token.clone()),
             "iface" => Some(self.iface.clone().unwrap_or_default()),
             "ip" => Some(match &self.ip {
@@ -545,6 +555,17 @@ impl Config {
             config.apply_file(text, &mut problems);
         }
         config.apply_cmdline(cmdline, &mut problems);
+        if config.server.as_deref().is_some_and(|s| s.starts_with("https://")) && config.fingerprint.is_none() {
+            let on_cmdline = cmdline.split_whitespace().any(|w| w.starts_with("bootvault.server="));
+            problems.push(Problem {
+                source: if on_cmdline { Source::Cmdline } else { Source::File },
+                line: None,
+                message: "server: an https:// server needs the fingerprint of its certificate (fingerprint=, \
+                          which `bootvault build` writes)"
+                    .into(),
+                fatal: true,
+            });
+        }
         (config, problems)
     }
 
@@ -619,7 +640,9 @@ mod tests {
             ("bootvault.source=local:", "must be 1-64 characters", true),
             ("bootvault.dest=local:a/b", "must not hold '/'", true),
             ("bootvault.dhcp_timeout=soon", "expected a number of seconds", true),
-            ("bootvault.server=ftp://x", "server must be an http:// URL", true),
+            ("bootvault.server=ftp://x", "server must be an https:// (or http://) URL", true),
+            ("bootvault.server=https://x", "needs the fingerprint of its certificate", true),
+            ("bootvault.fingerprint=ab:cd", "not a certificate fingerprint", true),
             ("bootvault.pc", "bootvault.pc needs a value", true),
             ("bootvault.colour=blue", "unknown key bootvault.colour ignored", false),
         ];

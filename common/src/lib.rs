@@ -6,6 +6,7 @@
 
 pub mod cmdline;
 pub mod config;
+pub mod fingerprint;
 pub mod fsprobe;
 pub mod image;
 pub mod job;

@@ -1,5 +1,6 @@
-//! The client side of docs/PROTOCOL.md, over ureq (HTTP/1.1, keep-alive,
-//! no TLS). Every request names the PC. Non-2xx answers become errors
+//! The client side of docs/PROTOCOL.md, over ureq (HTTP/1.1, keep-alive;
+//! `https://` with the server's certificate pinned, [`crate::tls`]).
+//! Every request names the PC. Non-2xx answers become errors
 //! carrying the server's one-line reason and are never retried;
 //! idempotent requests are tried again after a network error or a timeout
 //! while their time budget lasts ([`Timeouts`], docs/PROTOCOL.md "Client
@@ -22,13 +23,20 @@ use bootvault_common::wire;
 
 use zeroize::Zeroizing;
 
+use bootvault_common::fingerprint::Fingerprint;
+
 use crate::lock::{Challenge, Lock, Params};
+use crate::tls::Refusals;
 use crate::EngineError;
 
 #[derive(Clone)]
 pub struct Client {
     agent: ureq::Agent,
     timeouts: Timeouts,
+    /// The only certificate an `https://` server may present.
+    pin: Option<Fingerprint>,
+    /// Why the last handshake refused the server, if it did.
+    refusals: Refusals,
     base: String,
     pc: String,
     /// `Bearer TOKEN`, sent with every request.
@@ -318,10 +326,14 @@ fn secs(d: Duration) -> String {
 impl Client {
     /// A client for PC `pc`, proving itself with `token` (the PC's, or the
     /// server's admin token), with [`Timeouts::DEFAULT`].
+    /// An `https://` server needs [`Client::pinned`].
     pub fn new(base: &str, pc: &str, token: &str) -> Client {
+        let refusals = Refusals::default();
         Client {
-            agent: agent(&Timeouts::DEFAULT),
+            agent: agent(&Timeouts::DEFAULT, None, &refusals),
             timeouts: Timeouts::DEFAULT,
+            pin: None,
+            refusals,
             base: base.trim_end_matches('/').to_owned(),
             pc: pc.to_owned(),
             authorization: format!("{}{token}", wire::BEARER),
@@ -331,8 +343,16 @@ impl Client {
 
     /// The same client with other timeouts (tests use short ones).
     pub fn with_timeouts(mut self, timeouts: Timeouts) -> Client {
-        self.agent = agent(&timeouts);
+        self.agent = agent(&timeouts, self.pin, &self.refusals);
         self.timeouts = timeouts;
+        self
+    }
+
+    /// The same client trusting exactly the certificate `pin` names on an
+    /// `https://` server (None: none, so `https://` is refused).
+    pub fn pinned(mut self, pin: Option<Fingerprint>) -> Client {
+        self.pin = pin;
+        self.agent = agent(&self.timeouts, pin, &self.refusals);
         self
     }
 
@@ -466,6 +486,7 @@ impl Client {
             match self.call(x, budget.saturating_sub(start.elapsed())) {
                 Ok((s, b)) if (200..300).contains(&s) => return Ok((s, b)),
                 Ok((s, b)) => return Err(self.refusal(x, s, &b)),
+                Err(_) if let Some(e) = self.wrong_server() => return Err(e),
                 Err(f) => {
                     // A try cut short by the budget says less than the one before it.
                     if f.specific() || failure.is_none() {
@@ -484,6 +505,13 @@ impl Client {
             line.push_str(&format!(" ({tries} tries in {:.0} s)", start.elapsed().as_secs_f64()));
         }
         Err(EngineError::new(line))
+    }
+
+    /// The error for a server whose certificate is not the pinned one:
+    /// final, never tried again.
+    fn wrong_server(&self) -> Option<EngineError> {
+        let line = self.refusals.take()?;
+        Some(EngineError::new(format!("refusing the server at {}: {line}", self.base)))
     }
 
     /// The error for a definite non-2xx answer.
@@ -546,6 +574,7 @@ impl Client {
                         self.base
                     )));
                 }
+                Err(_) if let Some(e) = self.wrong_server() => return Err(e),
                 Err(f) if start.elapsed() + Duration::from_secs(2) < patience => {
                     log(format!("attempt {attempt}: {}; retrying", self.describe(&x, &f, self.timeouts.total)));
                     std::thread::sleep(Duration::from_secs(2));
@@ -711,8 +740,10 @@ impl Client {
 
 /// The agent behind a client: keep-alive, statuses as answers, and the
 /// phase timeouts (a request adds its own budget and body time).
-fn agent(t: &Timeouts) -> ureq::Agent {
-    ureq::Agent::config_builder()
+fn agent(t: &Timeouts, pin: Option<Fingerprint>, refusals: &Refusals) -> ureq::Agent {
+    use ureq::unversioned::resolver::DefaultResolver;
+    use ureq::unversioned::transport::{Connector, TcpConnector};
+    let config = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_connect(Some(t.connect))
         .timeout_send_request(Some(t.connect))
@@ -721,8 +752,13 @@ fn agent(t: &Timeouts) -> ureq::Agent {
         .timeout_per_write(Some(t.stall))
         .timeout_global(Some(t.total))
         .max_idle_connections_per_host(8)
-        .build()
-        .into()
+        .build();
+    let tls = crate::tls::connector(pin, refusals.clone());
+    match tls {
+        Ok(tls) => ureq::Agent::with_parts(config, TcpConnector::default().chain(tls), DefaultResolver::default()),
+        // Only a provider without TLS 1.3 fails here, which ring is not.
+        Err(_) => ureq::Agent::with_parts(config, TcpConnector::default(), DefaultResolver::default()),
+    }
 }
 
 /// `chunk 1a2b3c4d5e6f of backup 7`: a chunk in messages (the id's first

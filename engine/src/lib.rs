@@ -22,6 +22,7 @@ pub mod lock;
 pub mod progress;
 pub mod restore;
 pub mod store;
+pub mod tls;
 
 use std::fmt;
 

@@ -215,7 +215,9 @@ fn connect(config: &Config, state: &mut State, disks_shown: &mut bool) -> Result
     let Some(base) = &config.server else {
         return Err(format!("no server configured (set server in {CONFIG_PATH} or {CMDLINE_PREFIX}server=)"));
     };
-    let client = Client::new(base, &config.pc, &config.token);
+    // An https:// server must show the certificate pinned when this PC
+    // was built; config.rs refuses https:// without a pin.
+    let client = Client::new(base, &config.pc, &config.token).pinned(config.fingerprint);
     let (mac, addr) = match &state.lease {
         Some(l) => (bootvault_common::units::mac_string(l.link.mac), l.addr.to_string()),
         None => ("-".into(), "-".into()),

@@ -145,13 +145,18 @@ impl Lines {
     }
 }
 
-/// A running `bootvault serve` on 127.0.0.1 with its own data directory.
+/// A running `bootvault serve` on 127.0.0.1 with its own data directory,
+/// speaking HTTPS with the certificate it made (plain HTTP on the same
+/// port serves network-boot files only).
 pub struct Server {
     child: Child,
+    /// `https://127.0.0.1:PORT`.
     pub url: String,
     pub port: u16,
     pub data: PathBuf,
     pub out: Lines,
+    /// Its certificate's SHA-256, as `bootvault serve` printed it.
+    pub fingerprint: String,
 }
 
 impl Server {
@@ -166,24 +171,37 @@ impl Server {
             .map_err(|e| format!("starting {}: {e}", bootvault_bin().display()))?;
         let stdout = child.stdout.take().ok_or("no server stdout")?;
         let out = Lines::spawn(stdout, None, Some(dir.join("server.log")));
-        let (line, _) = out.expect("listening on http://127.0.0.1:", Duration::from_secs(20))?;
+        let (line, _) = out.expect("listening on https://127.0.0.1:", Duration::from_secs(20))?;
         let port: u16 = line
             .split("127.0.0.1:")
             .nth(1)
             .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
             .and_then(|p| p.parse().ok())
             .ok_or_else(|| format!("no port in {line:?}"))?;
-        Ok(Server { child, url: format!("http://127.0.0.1:{port}"), port, data, out })
+        let (line, _) = out.expect("certificate fingerprint ", Duration::from_secs(5))?;
+        let fingerprint = line
+            .split("certificate fingerprint ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .ok_or_else(|| format!("no fingerprint in {line:?}"))?
+            .to_owned();
+        Ok(Server { child, url: format!("https://127.0.0.1:{port}"), port, data, out, fingerprint })
+    }
+
+    /// `--server URL --fingerprint FP`: how the host CLI reaches it.
+    pub fn cli(&self) -> [String; 4] {
+        ["--server".into(), self.url.clone(), "--fingerprint".into(), self.fingerprint.clone()]
     }
 
     /// The URL the guest uses: user-mode networking's alias for the host.
     pub fn guest_url(&self) -> String {
-        format!("http://10.0.2.2:{}", self.port)
+        format!("https://10.0.2.2:{}", self.port)
     }
 
-    /// The iPXE entry script as the guest reaches it (DHCP boot file name).
+    /// The iPXE entry script as the guest reaches it (DHCP boot file
+    /// name): plain HTTP, which iPXE speaks (docs/DESIGN.md "Transport").
     pub fn netboot_url(&self) -> String {
-        format!("{}/boot/ipxe", self.guest_url())
+        format!("http://10.0.2.2:{}/boot/ipxe", self.port)
     }
 
     /// Kills the server at once (SIGKILL), as a crash would.
@@ -251,7 +269,7 @@ impl Throttle {
 
     /// The URL a guest uses to reach the server through the throttle.
     pub fn guest_url(&self) -> String {
-        format!("http://10.0.2.2:{}", self.port)
+        format!("https://10.0.2.2:{}", self.port)
     }
 }
 

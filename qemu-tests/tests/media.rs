@@ -127,6 +127,8 @@ fn usb_image_boots_on_bios_and_uefi() {
     let backup = run(Command::new(bootvault_bin()).args(["backup", "--disk"]).arg(&usb).args([
         "--server",
         &server.url,
+        "--fingerprint",
+        &server.fingerprint,
         "--pc",
         name,
         "--token",
@@ -141,6 +143,8 @@ fn usb_image_boots_on_bios_and_uefi() {
     run(Command::new(bootvault_bin()).args(["restore", "--disk"]).arg(&restored).args([
         "--server",
         &server.url,
+        "--fingerprint",
+        &server.fingerprint,
         "--pc",
         name,
         "--token",

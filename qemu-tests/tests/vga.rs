@@ -113,6 +113,8 @@ fn a_backup_from_the_menu_on_the_vga_console() {
     run(std::process::Command::new(bootvault_bin()).args(["restore", "--disk"]).arg(&restored).args([
         "--server",
         &server.url,
+        "--fingerprint",
+        &server.fingerprint,
         "--pc",
         "pc-vga",
         "--backup",

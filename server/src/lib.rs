@@ -8,7 +8,8 @@
 //! * [`blobs`] — the chunk and manifest store behind a trait (files today);
 //! * [`unlock`] — restore passwords: challenges, tickets, waits;
 //! * [`netboot`] — published boot files and iPXE scripts;
-//! * [`listener`] — the accept loop, timeouts and connection caps;
+//! * [`listener`] — the accept loop, TLS, timeouts and connection caps;
+//! * [`tls`] — the server's certificate, made on first start;
 //!   [`refusals`] — keeping unauthenticated floods out of the log.
 //!
 //! Blocking work (SQLite, fsync, inflating and hashing chunks) runs on
@@ -33,6 +34,7 @@ pub mod listener;
 pub mod netboot;
 mod refusals;
 mod secrets;
+pub mod tls;
 pub mod unlock;
 pub mod vault;
 
@@ -49,15 +51,24 @@ pub struct Options {
     pub data: PathBuf,
     /// Timeouts and connection caps (docs/PROTOCOL.md "Server limits").
     pub limits: listener::Limits,
+    /// HTTPS (the default) or plain HTTP.
+    pub tls: tls::Mode,
 }
 
-/// Starts a server on a free port of 127.0.0.1 in a background thread and
-/// returns the port once it accepts connections (tests, benchmarks).
+/// Starts a plain-HTTP server on a free port of 127.0.0.1 in a background
+/// thread and returns the port once it accepts connections (tests and
+/// benchmarks of everything but the transport).
 pub fn spawn_on_loopback(data: &std::path::Path, limits: listener::Limits) -> anyhow::Result<u16> {
+    spawn_on_loopback_with(data, limits, tls::Mode::Plain)
+}
+
+/// [`spawn_on_loopback`] with the transport `tls`; an HTTPS server's
+/// fingerprint is then in [`tls::fingerprint_in`] (for [`tls::Mode::Made`]).
+pub fn spawn_on_loopback_with(data: &std::path::Path, limits: listener::Limits, tls: tls::Mode) -> anyhow::Result<u16> {
     let port =
         std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).context("finding a free port")?.port();
     let listen = SocketAddr::from(([127, 0, 0, 1], port));
-    let opts = Options { listen, data: data.to_owned(), limits };
+    let opts = Options { listen, data: data.to_owned(), limits, tls };
     std::thread::spawn(move || serve(opts));
     let start = Instant::now();
     while std::net::TcpStream::connect(listen).is_err() {
@@ -91,11 +102,22 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         limits.max_connections = listener::fd_budget(f).max(8);
     }
     let app = Arc::new(api::App::new(vault, events)?);
+    let names = [opts.listen.ip().to_string()];
+    let tls = tls::setup(&opts.data, &opts.tls, &names)?;
     let listener =
         tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("binding {}", opts.listen))?;
     let local = listener.local_addr().context("reading the bound address")?;
-    // Tests and the Makefile parse this line for the port.
-    println!("bootvault server listening on http://{local} (data {})", opts.data.display());
+    // Tests and the Makefile parse these lines for the port and the fingerprint.
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("bootvault server listening on {scheme}://{local} (data {})", opts.data.display());
+    match &tls {
+        Some(t) => {
+            let made = if t.made { ", made now" } else { "" };
+            println!("certificate fingerprint {} ({}{made})", t.fingerprint, t.cert.display());
+            println!("plain http on this port serves network-boot files only; tokens are refused on it");
+        }
+        None => println!("plain http only (--plain-http): PC tokens and restore keys cross the network in clear"),
+    }
     println!("admin token in {} (PCs authenticate with their own tokens)", app.vault.admin_token_path().display());
     if unfinished > 0 {
         println!("{unfinished} backups were left uploading (never complete; `bootvault gc` clears them)");
@@ -122,7 +144,8 @@ async fn run(opts: Options) -> anyhow::Result<()> {
             format!("conn-refused peer={peer} reason={reason:?}")
         });
     };
-    listener::serve(listener, api::router(app.clone()), limits, on_refusal, shutdown_signal()).await;
+    let tls = tls.map(|t| tokio_rustls::TlsAcceptor::from(t.config));
+    listener::serve(listener, api::router(app.clone()), limits, tls, on_refusal, shutdown_signal()).await;
     summaries.abort();
     println!("bootvault server stopped");
     Ok(())

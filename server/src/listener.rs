@@ -4,6 +4,11 @@
 //! may go without data, how long a peer may leave our answer unread, and
 //! how many connections are open at once, in all and per peer address.
 //!
+//! With TLS on, a connection's first byte says what it is: a TLS
+//! handshake is served as HTTPS; anything else is served as plain HTTP
+//! with [`Insecure`] on its requests, which the API refuses to take a
+//! token on (network-boot files stay reachable for iPXE).
+//!
 //! A connection over a cap is answered `503` by this loop itself (a
 //! fixed, minimal answer, no hyper) and closed; the loop never waits on a
 //! peer. [`read_body`] is the handlers' way to read a body under a size
@@ -196,13 +201,20 @@ impl Drop for Slot {
     }
 }
 
+/// Marks a request that came over plain HTTP to a server that speaks
+/// TLS: nothing secret may be taken from it.
+#[derive(Debug, Clone, Copy)]
+pub struct Insecure;
+
 /// Serves `router` on `listener` until `shutdown` resolves, then lets the
 /// requests under way finish. `on_refusal(peer, kind, reason)` hears of
-/// every connection refused over a cap.
+/// every connection refused over a cap. With `tls`, connections that
+/// start a TLS handshake are served over it (see the module's docs).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     on_refusal: impl Fn(IpAddr, &'static str, String) + Send + Sync + 'static,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -240,18 +252,32 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(StallGuard::new(stream, limits.write_stall));
         let router = router.clone();
         let body_idle = limits.body_idle;
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let mut router = router.clone();
-            let req = prepare(req, peer, body_idle);
-            async move { tower_service::Service::call(&mut router, req).await }
-        });
-        let conn = graceful.watch(http.serve_connection(io, service));
+        let (http, tls, watcher) = (http.clone(), tls.clone(), graceful.watcher());
+        let (write_stall, handshake) = (limits.write_stall, limits.header_timeout);
         tokio::spawn(async move {
-            // Timeouts and resets end here; nothing to tell anyone.
-            let _ = conn.await;
+            let service = move |insecure: bool| {
+                hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let mut router = router.clone();
+                    let req = prepare(req, peer, body_idle, insecure);
+                    async move { tower_service::Service::call(&mut router, req).await }
+                })
+            };
+            // Timeouts, resets and failed handshakes end here; nothing to tell anyone.
+            match tls {
+                Some(acceptor) if starts_tls(&stream, handshake).await => {
+                    let accept = acceptor.accept(StallGuard::new(stream, write_stall));
+                    if let Ok(Ok(stream)) = tokio::time::timeout(handshake, accept).await {
+                        let io = TokioIo::new(stream);
+                        let _ = watcher.watch(http.serve_connection(io, service(false))).await;
+                    }
+                }
+                tls => {
+                    let io = TokioIo::new(StallGuard::new(stream, write_stall));
+                    let _ = watcher.watch(http.serve_connection(io, service(tls.is_some()))).await;
+                }
+            }
             drop(slot);
         });
     }
@@ -259,12 +285,23 @@ pub async fn serve(
     graceful.shutdown().await;
 }
 
+/// Whether a connection starts with a TLS handshake record (0x16), read
+/// without taking it; false if nothing comes within `wait`.
+async fn starts_tls(stream: &TcpStream, wait: Duration) -> bool {
+    let mut first = [0u8; 1];
+    matches!(tokio::time::timeout(wait, stream.peek(&mut first)).await, Ok(Ok(1))) && first[0] == 0x16
+}
+
 /// What every request carries into the router: the peer as
-/// `ConnectInfo` and [`PEER_HEADER`], and a body that fails after
-/// `body_idle` without data.
-fn prepare(req: Request<Incoming>, peer: SocketAddr, body_idle: Duration) -> Request<Body> {
+/// `ConnectInfo` and [`PEER_HEADER`], [`Insecure`] when it came over
+/// plain HTTP to a TLS server, and a body that fails after `body_idle`
+/// without data.
+fn prepare(req: Request<Incoming>, peer: SocketAddr, body_idle: Duration, insecure: bool) -> Request<Body> {
     let mut req = req.map(|b| Body::new(IdleBody::new(b, body_idle)));
     req.extensions_mut().insert(ConnectInfo(peer));
+    if insecure {
+        req.extensions_mut().insert(Insecure);
+    }
     let headers = req.headers_mut();
     headers.remove(PEER_HEADER);
     if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {

@@ -129,10 +129,11 @@ fn bench() -> Result<()> {
         let server = Server::start(&sdir)?;
         server.register("bench", &mac_for("bench"))?;
         let script = format!(
-            "{} backup --disk {} --server {} --pc bench --token {} --name full {threads} > {}/ours-{tag}.out",
+            "{} backup --disk {} --server {} --fingerprint {} --pc bench --token {} --name full {threads} > {}/ours-{tag}.out",
             bin.display(),
             disk.display(),
             server.url,
+            server.fingerprint,
             server.token("bench")?,
             dir.display()
         );

@@ -301,10 +301,11 @@ fn bench_disk(d: &Disk, work: &Path) -> Result<()> {
         let token = server.token("bench")?;
         warm(&disk)?;
         let t = timed(&format!(
-            "{} backup --disk {} --server {} --pc bench --token {token} --name full > {}",
+            "{} backup --disk {} --server {} --fingerprint {} --pc bench --token {token} --name full > {}",
             bin.display(),
             disk.display(),
             server.url,
+            server.fingerprint,
             out.display()
         ))?;
         stored = dir_size(&server.data.join("chunks"));
@@ -318,10 +319,11 @@ fn bench_disk(d: &Disk, work: &Path) -> Result<()> {
     server.register("bench", &mac_for("bench"))?;
     let token = server.token("bench")?;
     sh(&format!(
-        "{} backup --disk {} --server {} --pc bench --token {token} --name full > /dev/null",
+        "{} backup --disk {} --server {} --fingerprint {} --pc bench --token {token} --name full > /dev/null",
         bin.display(),
         disk.display(),
-        server.url
+        server.url,
+        server.fingerprint
     ))?;
 
     // Ours into a local store (the directory of a mounted drive), on the
@@ -384,10 +386,11 @@ fn bench_disk(d: &Disk, work: &Path) -> Result<()> {
     blank(&target)?;
     let restore_cmd = |compare: &str| {
         format!(
-            "{} restore --disk {} --server {} --pc bench --token {token} --backup latest --compare {compare} > {}",
+            "{} restore --disk {} --server {} --fingerprint {} --pc bench --token {token} --backup latest --compare {compare} > {}",
             bin.display(),
             target.display(),
             server.url,
+            server.fingerprint,
             work.join("restore.out").display()
         )
     };

@@ -36,6 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bootvault_common::fingerprint::Fingerprint;
 use bootvault_engine::backup::{self, BackupOptions};
 use bootvault_engine::client::Client;
 use bootvault_engine::device::Device;
@@ -143,7 +144,7 @@ fn error_kind(e: &str) -> String {
     let mut words = e.split(' ').peekable();
     while let Some(w) = words.next() {
         let bare = w.trim_matches(|c: char| !c.is_ascii_alphanumeric());
-        if w.starts_with("http://") {
+        if w.starts_with("http://") || w.starts_with("https://") {
             out.push_str("URL");
         } else if bare.len() >= 16 && bare.chars().all(|c| c.is_ascii_hexdigit()) {
             out.push_str(&w.replace(bare, "HEX"));
@@ -225,6 +226,8 @@ struct Server {
     dir: PathBuf,
     port: u16,
     starts: u32,
+    /// Its certificate's, the same across restarts (one data directory).
+    fingerprint: Option<Fingerprint>,
 }
 
 impl Server {
@@ -249,13 +252,20 @@ impl Server {
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
                 let text = fs::read_to_string(&log).unwrap_or_default();
-                if let Some(port) = text
+                let fingerprint = text
                     .lines()
-                    .find_map(|l| l.split("listening on http://127.0.0.1:").nth(1))
-                    .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
-                    .and_then(|p| p.parse::<u16>().ok())
-                {
+                    .find_map(|l| l.strip_prefix("certificate fingerprint "))
+                    .and_then(|s| s.split_whitespace().next())
+                    .and_then(|f| Fingerprint::parse(f).ok());
+                if let (Some(port), Some(fingerprint)) = (
+                    text.lines()
+                        .find_map(|l| l.split("listening on https://127.0.0.1:").nth(1))
+                        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+                        .and_then(|p| p.parse::<u16>().ok()),
+                    fingerprint,
+                ) {
                     self.port = port;
+                    self.fingerprint = Some(fingerprint);
                     self.child = Some(child);
                     return Ok(());
                 }
@@ -285,7 +295,12 @@ impl Server {
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// A client of this server for PC `name`.
+    fn client(&self, name: &str, token: &str) -> Client {
+        Client::new(&self.url(), name, token).pinned(self.fingerprint)
     }
 }
 
@@ -577,9 +592,10 @@ fn soak() -> Result<bool> {
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let data = dir.join("server-data");
-    let mut server = Server { child: None, data: data.clone(), dir: dir.clone(), port: 0, starts: 0 };
+    let mut server = Server { child: None, data: data.clone(), dir: dir.clone(), port: 0, starts: 0, fingerprint: None };
     server.start()?;
     let url = server.url();
+    let fingerprint = server.fingerprint;
     eprintln!("soak: server on {url}, data {}", data.display());
 
     let mut pcs = Vec::new();
@@ -619,7 +635,7 @@ fn soak() -> Result<bool> {
             let pc = Pc {
                 index: i,
                 name: name.clone(),
-                client: Client::new(&url, name, token),
+                client: Client::new(&url, name, token).pinned(fingerprint),
                 dir: pdir.clone(),
                 set: &set,
                 data: &data,
@@ -676,7 +692,7 @@ fn soak() -> Result<bool> {
     let mut lost = Vec::new();
     let target = dir.join("final-restore.img");
     for (i, (name, token, rec)) in records.iter().enumerate() {
-        let client = Client::new(&server.url(), name, token);
+        let client = server.client(name, token);
         let listed = client.backups().map_err(|e| format!("listing the backups of {name}: {e}"))?;
         let listed: Vec<_> = listed.into_iter().filter(|b| b.pc == *name).collect();
         let ids: HashSet<i64> = listed.iter().map(|b| b.id).collect();

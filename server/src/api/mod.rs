@@ -181,6 +181,16 @@ impl FromRequestParts<Shared> for Caller {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, app: &Shared) -> Result<Caller, Response> {
+        if parts.extensions.get::<listener::Insecure>().is_some() {
+            // The token crossed in clear already; taking it would teach
+            // clients that this works.
+            return Err(text(
+                StatusCode::FORBIDDEN,
+                "this server takes tokens only over https:// (with its certificate's fingerprint); this request came \
+                 over plain http"
+                    .to_owned(),
+            ));
+        }
         let headers = parts.headers.clone();
         run(app, move |app| authenticate(app, &headers)).await.map(Caller)
     }
