@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod drives;
+pub mod mitm;
 pub mod vga;
 
 pub use drives::{
@@ -392,6 +393,9 @@ pub struct Guest {
     pub usb_drives: Vec<(PathBuf, String)>,
     /// Writable SATA disks (image, serial) on q35's AHCI, whatever `hardware` is.
     pub sata_disks: Vec<(PathBuf, String)>,
+    /// Every packet of the first NIC, both ways, into this pcap file
+    /// (QEMU's `filter-dump`).
+    pub dump: Option<PathBuf>,
 }
 
 impl Guest {
@@ -410,7 +414,14 @@ impl Guest {
             network: true,
             usb_drives: Vec::new(),
             sata_disks: Vec::new(),
+            dump: None,
         }
+    }
+
+    /// Records the first NIC's traffic, both ways, into `pcap`.
+    pub fn dump_traffic(mut self, pcap: &Path) -> Guest {
+        self.dump = Some(pcap.to_owned());
+        self
     }
 
     /// A PC without any NIC (no `-netdev`, no NIC `-device`).
@@ -593,6 +604,10 @@ impl Guest {
                 _ => (format!("user,id=n{i}"), format!("{nic},netdev=n{i},mac={mac}{rom}")),
             };
             c.args(["-netdev", &netdev, "-device", &device]);
+            if let (0, Some(pcap)) = (i, &self.dump) {
+                // maxlen: whole frames, not QEMU's 64 KiB default cut.
+                c.args(["-object", &format!("filter-dump,id=dump0,netdev=n0,file={},maxlen=65536", pcap.display())]);
+            }
         }
         for (i, (path, serial, sector)) in self.disks.iter().enumerate() {
             c.args(["-drive", &format!("file={},format=raw,if=none,id=d{i}", path.display())]);
