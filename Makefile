@@ -59,7 +59,8 @@ test: unit test-qemu
 # imaging of real-looking disks (an installed Linux system; FAT+ext4+NTFS full of deleted
 # files, built once as root into ~/.cache/bootvault/bench) against partclone|pigz and
 # dd|zstd (and a local store next to the server), the same under QEMU through an exFAT USB
-# drive against the network, the chunk codecs on those disks' contents,
+# drive against the network, TLS and encryption on and off (host and QEMU), the chunk
+# codecs on those disks' contents,
 # boot media against grub-mkrescue, restore passwords; last, the soak (20 PCs backing up
 # and restoring for SOAK_SECONDS while gc loops and the server is killed every 30 s; it
 # fails `make bench` if any backup listed complete does not restore). See BENCHMARKS.md.
@@ -73,6 +74,7 @@ bench: build kernel
 	target/release/bench-backup | tee target/bench/backup.md
 	set -o pipefail; target/release/bench-imaging | tee target/bench/imaging.md
 	set -o pipefail; target/release/bench-local | tee target/bench/local.md
+	set -o pipefail; target/release/bench-transport | tee target/bench/transport.md
 	$(CARGO) run --release -q -p bootvault-engine --example codec_bench -- --runs 3 --max-mib 400 \
 	  $(HOME)/.cache/bootvault/bench/linux/part1.img | tee target/bench/codec-linux.md
 	$(CARGO) run --release -q -p bootvault-engine --example codec_bench -- --runs 3 --max-mib 400 \

@@ -117,6 +117,12 @@ pub enum JobsCmd {
         /// locked backup proves it now, for this PC.
         #[arg(long, value_name = "FILE")]
         password_file: Option<PathBuf>,
+        /// The site's data key (default: the site key, if there is one):
+        /// with a password, the job carries the password's wrap key to
+        /// the PC sealed with it, so a backup gets (or a restore opens) a
+        /// key of its own that the server never sees.
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<PathBuf>,
     },
     /// Results reported by PCs (jobs and headless runs).
     Results {
@@ -613,7 +619,7 @@ pub fn jobs(data: &Path, as_json: bool, cmd: JobsCmd) -> Result<()> {
             }
             Ok(())
         }
-        JobsCmd::Add { pc, action, disk, name, backup, password_file } => {
+        JobsCmd::Add { pc, action, disk, name, backup, password_file, key_file } => {
             let name = name.as_deref().unwrap_or("");
             let Some(file) = password_file else {
                 if action == "restore" && backup.is_none() {
@@ -624,12 +630,26 @@ pub fn jobs(data: &Path, as_json: bool, cmd: JobsCmd) -> Result<()> {
                 return Ok(());
             };
             let password = read_password(&file)?;
+            let site = crate::keys::for_restores(key_file.as_deref())?;
+            let seal_for_pc = |wrap: &[u8; 32]| -> Result<String> {
+                let Some(k) = &site else { bail!("no site key to seal the password's key with") };
+                let mut nonce = [0u8; bootvault_common::seal::NONCE_BYTES];
+                bootvault_engine::lock::random_bytes(&mut nonce)?;
+                Ok(bootvault_common::wire::to_hex(&k.seal_secret(wrap, &nonce)))
+            };
             match action.as_str() {
                 "backup" => {
                     // The key is derived here; the job carries the lock, never the password.
-                    let lock = bootvault_engine::lock::Lock::new(password.as_bytes())?;
-                    let lock = vault::BackupLock::from_text(&Zeroizing::new(lock.to_text()))?;
-                    let id = v.add_job_with(&pc, &action, &disk, name, backup, Some(&lock), false)?;
+                    let made = bootvault_engine::lock::Lock::new(password.as_bytes())?;
+                    let lock = vault::BackupLock::from_text(&Zeroizing::new(made.to_text()))?;
+                    // With the site key, the wrap key goes along sealed: the
+                    // PC seals the backup with a key of its own.
+                    let wrap = match (&site, &made.wrap) {
+                        (Some(_), Some(w)) => Some(seal_for_pc(w)?),
+                        _ => None,
+                    };
+                    let id =
+                        v.add_job_sealed(&pc, &action, &disk, name, backup, Some(&lock), false, wrap.as_deref())?;
                     println!("job {id} queued for {pc}: the backup will be protected by the password");
                 }
                 "restore" => {
@@ -642,8 +662,19 @@ pub fn jobs(data: &Path, as_json: bool, cmd: JobsCmd) -> Result<()> {
                     if v.backup_lock(b)?.is_none() {
                         bail!("backup {b} has no password; queue the job without --password-file");
                     }
-                    prove(&v, &pc, b, &password)?;
-                    let id = v.add_job_with(&pc, &action, &disk, name, Some(b), None, true)?;
+                    let wrap = prove(&v, &pc, b, &password)?;
+                    let manifest = bootvault_common::image::Manifest::decode(&v.manifest(b)?)
+                        .map_err(|e| anyhow::anyhow!("manifest of backup {b}: {e}"))?;
+                    let own = manifest.sealed.as_ref().is_some_and(|s| s.wrapped.is_some());
+                    let wrap = match (own, &site) {
+                        (false, _) => None,
+                        (true, Some(_)) => Some(seal_for_pc(&wrap)?),
+                        (true, None) => bail!(
+                            "backup {b} is encrypted with a key of its own: give --key-file (the site's data key) so \
+                             the job can carry the password's key to {pc} sealed"
+                        ),
+                    };
+                    let id = v.add_job_sealed(&pc, &action, &disk, name, Some(b), None, true, wrap.as_deref())?;
                     println!("job {id} queued for {pc}: restore of backup {b}, unlocked with its password");
                 }
                 other => bail!("action must be backup or restore, not {other:?}"),
@@ -693,14 +724,14 @@ pub fn read_password(file: &Path) -> Result<Zeroizing<String>> {
 
 /// Answers the backup's challenge as PC `pc` would, counting towards the
 /// same wrong-password limit; the job then hands `pc` a ticket.
-fn prove(v: &Vault, pc: &str, backup: i64, password: &str) -> Result<()> {
+/// The password's wrap key, once the password is proven.
+fn prove(v: &Vault, pc: &str, backup: i64, password: &str) -> Result<bootvault_engine::lock::WrapKey> {
     use bootvault_engine::lock;
     let ch = v.challenge(pc, backup, vault::now())?.with_context(|| format!("backup {backup} has no password"))?;
-    let params = ch.params;
-    let key = lock::derive(password.as_bytes(), &ch.salt, &params)?;
+    let (key, wrap) = lock::keys(password.as_bytes(), ch.kdf, &ch.salt, &ch.params)?;
     let proof = lock::proof(&key, &ch.nonce, pc, backup);
     v.verify_unlock(pc, backup, &ch.nonce, &proof, vault::now())?;
-    Ok(())
+    Ok(wrap)
 }
 
 pub fn gc(data: &Path, as_json: bool, max_age: i64) -> Result<()> {

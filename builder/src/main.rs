@@ -9,6 +9,7 @@ mod admin;
 mod cpio;
 mod initramfs;
 mod kernel;
+mod keys;
 mod known;
 mod local_dir;
 mod media;
@@ -65,9 +66,19 @@ enum Cmd {
         #[arg(long)]
         password_file: Option<PathBuf>,
         /// Encrypt the backup here with the data key in this file
-        /// (`bootvault key new`): the store only ever holds ciphertext.
+        /// (`bootvault key new`); default: the site key (BOOTVAULT_KEY_FILE,
+        /// else ~/.config/bootvault/data.key, made on first use). The store
+        /// only ever holds ciphertext.
         #[arg(long)]
         key_file: Option<PathBuf>,
+        /// Store the backup unencrypted (readable by whoever holds the store).
+        #[arg(long, conflicts_with = "key_file")]
+        no_encryption: bool,
+        /// The escrow's public key file (`key escrow`; default: escrow.pub
+        /// next to the site key, if there is one): a locked backup's own key
+        /// is also wrapped for it.
+        #[arg(long)]
+        escrow_pub: Option<PathBuf>,
         /// Whose backup this is (a registered PC).
         #[arg(long)]
         pc: String,
@@ -124,9 +135,15 @@ enum Cmd {
         /// standard input).
         #[arg(long)]
         password_file: Option<PathBuf>,
-        /// The data key of an encrypted backup.
+        /// The data key of an encrypted backup (default: the site key, if
+        /// there is one).
         #[arg(long)]
         key_file: Option<PathBuf>,
+        /// Recover a locked backup whose password is lost with the escrow's
+        /// private key (`key escrow`); with the admin token, which needs no
+        /// password at the server.
+        #[arg(long, conflicts_with = "password_file")]
+        escrow_file: Option<PathBuf>,
         /// Backup id, or `latest` (of --pc).
         #[arg(long)]
         backup: String,
@@ -289,6 +306,12 @@ enum KeyCmd {
     New { file: PathBuf },
     /// Print the fingerprint of the key in FILE (what backups record).
     Show { file: PathBuf },
+    /// Make an escrow key: the private key in FILE (keep it offline) and
+    /// its public half in FILE.pub, which PCs built with --escrow-pub (or
+    /// finding it next to the site key, as escrow.pub) wrap every locked
+    /// backup's own key for. It recovers a backup whose password is lost
+    /// (`restore --escrow-file`).
+    Escrow { file: PathBuf },
 }
 
 #[derive(clap::Args)]
@@ -333,11 +356,21 @@ struct BuildArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Encrypt this PC's backups on the PC with the data key in FILE
-    /// (`bootvault key new`). The key goes into the initramfs (mode 0600),
-    /// never to the server, so not with --media pxe (the server publishes
-    /// network-boot files).
+    /// (`bootvault key new`); default: the site key (BOOTVAULT_KEY_FILE,
+    /// else ~/.config/bootvault/data.key, made on first use). The key goes
+    /// into the initramfs (mode 0600), never to the server, so not with
+    /// --media pxe (the server publishes network-boot files).
     #[arg(long)]
     key_file: Option<PathBuf>,
+    /// Build a PC whose backups are not encrypted (network boot, or a
+    /// closed imaging network).
+    #[arg(long, conflicts_with = "key_file")]
+    no_encryption: bool,
+    /// The escrow's public key file (`key escrow`; default: escrow.pub next
+    /// to the site key, if there is one), written into the PC: its locked
+    /// backups' own keys are also wrapped for it.
+    #[arg(long)]
+    escrow_pub: Option<PathBuf>,
     /// Boot media: pxe (publish to the server for network boot; needs
     /// --data), iso, usb. Repeatable, or a comma list.
     #[arg(long, value_delimiter = ',')]
@@ -380,6 +413,15 @@ fn default_sigpipe() {
     }
 }
 
+/// How `backup`/`restore` use a store.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Write,
+    Read,
+    /// Reading with the escrow key: a drive's password gate is passed.
+    Escrow,
+}
+
 /// The store `backup`/`restore` use: a server (with the PC's token) or a
 /// directory on a mounted drive (to write to, or only to read).
 fn store_for(
@@ -388,7 +430,7 @@ fn store_for(
     pc: &str,
     token: Option<&str>,
     fingerprint: Option<&str>,
-    write: bool,
+    access: Access,
 ) -> Result<Box<dyn bootvault_engine::store::Store>> {
     use bootvault_engine::local_store::{LocalStore, DRIVE_DIR};
     Ok(match (server, dir) {
@@ -396,7 +438,11 @@ fn store_for(
             // A drive's mount point: the store is its bootvault folder, as the PCs write it.
             let root =
                 if !LocalStore::exists(d) && d.join(DRIVE_DIR).is_dir() { d.join(DRIVE_DIR) } else { d.to_owned() };
-            let store = if write { LocalStore::open(&root)? } else { LocalStore::open_read(&root)? };
+            let store = match access {
+                Access::Write => LocalStore::open(&root)?,
+                Access::Read => LocalStore::open_read(&root)?,
+                Access::Escrow => LocalStore::open_read(&root)?.ungated(),
+            };
             if !store.cleaned().is_empty() {
                 eprintln!("{}: {}", root.display(), store.cleaned().line());
             }
@@ -425,12 +471,22 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Build(args) => build(args),
         Cmd::Inspect { initrd } => inspect(&initrd),
         Cmd::Key { cmd: KeyCmd::New { file } } => {
-            let key = new_key_file(&file)?;
+            let key = keys::new_key_file(&file)?;
             println!("new data key {} in {}; keep a copy offline", key.fingerprint(), file.display());
             Ok(())
         }
+        Cmd::Key { cmd: KeyCmd::Escrow { file } } => {
+            let public = keys::new_escrow(&file)?;
+            println!(
+                "new escrow key in {} (keep it offline); public {} in {}.pub",
+                file.display(),
+                bootvault_common::wire::to_hex(&public),
+                file.display()
+            );
+            Ok(())
+        }
         Cmd::Key { cmd: KeyCmd::Show { file } } => {
-            println!("{}", read_key_file(&file)?.fingerprint());
+            println!("{}", keys::read_key_file(&file)?.fingerprint());
             Ok(())
         }
         Cmd::Backup {
@@ -439,6 +495,8 @@ fn run(cli: Cli) -> Result<()> {
             to,
             password_file,
             key_file,
+            no_encryption,
+            escrow_pub,
             pc,
             token,
             fingerprint,
@@ -449,7 +507,14 @@ fn run(cli: Cli) -> Result<()> {
             raw,
         } => {
             let dev = bootvault_engine::device::Device::open(&disk, false)?;
-            let client = store_for(server.as_deref(), to.as_deref(), &pc, token.as_deref(), fingerprint.as_deref(), true)?;
+            let client = store_for(
+                server.as_deref(),
+                to.as_deref(),
+                &pc,
+                token.as_deref(),
+                fingerprint.as_deref(),
+                Access::Write,
+            )?;
             let client = client.as_ref();
             let mut opts = bootvault_engine::backup::BackupOptions::new(&pc, &name);
             opts.level = level;
@@ -462,8 +527,10 @@ fn run(cli: Cli) -> Result<()> {
                 let password = admin::read_password(f)?;
                 opts.lock = Some(bootvault_engine::lock::Lock::new(password.as_bytes())?);
             }
-            if let Some(f) = &key_file {
-                opts.key = Some(std::sync::Arc::new(read_key_file(f)?));
+            if let Some((key, file)) = keys::for_backups(key_file.as_deref(), no_encryption)? {
+                eprintln!("encrypting with data key {} ({})", key.fingerprint(), file.display());
+                opts.key = Some(std::sync::Arc::new(key));
+                opts.escrow = keys::escrow_public(escrow_pub.as_deref())?;
             }
             let r = bootvault_engine::backup::backup(&dev, client, &opts, &mut |p| eprintln!("{}", p.line()))?;
             println!("{}", r.summary());
@@ -475,6 +542,7 @@ fn run(cli: Cli) -> Result<()> {
             from,
             password_file,
             key_file,
+            escrow_file,
             backup,
             pc,
             token,
@@ -483,7 +551,12 @@ fn run(cli: Cli) -> Result<()> {
             threads,
             compare,
         } => {
-            let client = store_for(server.as_deref(), from.as_deref(), &pc, token.as_deref(), fingerprint.as_deref(), false)?;
+            // The escrow key's holder opens a locked backup without its
+            // password: a drive's gate lets them through (a server's needs
+            // the admin token).
+            let access = if escrow_file.is_some() { Access::Escrow } else { Access::Read };
+            let client =
+                store_for(server.as_deref(), from.as_deref(), &pc, token.as_deref(), fingerprint.as_deref(), access)?;
             let client = client.as_ref();
             let id = match backup.as_str() {
                 "latest" => client.latest(&pc, None)?,
@@ -503,8 +576,13 @@ fn run(cli: Cli) -> Result<()> {
                 _ => Compare::Auto,
             };
             let mut opts = bootvault_engine::restore::RestoreOptions { verify, compare, ..Default::default() };
-            if let Some(f) = &key_file {
-                opts.key = Some(std::sync::Arc::new(read_key_file(f)?));
+            opts.key = keys::for_restores(key_file.as_deref())?.map(std::sync::Arc::new);
+            if let Some(f) = &escrow_file {
+                let m = bootvault_common::image::Manifest::decode(&client.manifest(id)?)
+                    .map_err(|e| anyhow::anyhow!("manifest of backup {id}: {e}"))?;
+                let key = keys::recover_with_escrow(f, &m)?;
+                eprintln!("backup {id}: its own key {} recovered with the escrow key", key.fingerprint());
+                opts.key = Some(std::sync::Arc::new(key));
             }
             if let Some(t) = threads {
                 opts.threads = t;
@@ -559,34 +637,6 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// A new random data key, written to `file` (0600, never over another).
-fn new_key_file(file: &Path) -> Result<bootvault_common::seal::DataKey> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut master = bootvault_engine::lock::Zeroizing::new([0u8; 32]);
-    bootvault_engine::lock::random_bytes(&mut master[..])?;
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(file)
-        .with_context(|| format!("creating {} (an existing key is never overwritten)", file.display()))?;
-    let text = bootvault_common::seal::key_text(&master);
-    f.write_all(format!("{}\n", *text).as_bytes())
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing {}", file.display()))?;
-    Ok(bootvault_common::seal::DataKey::new(&master))
-}
-
-fn read_key_file(file: &Path) -> Result<bootvault_common::seal::DataKey> {
-    let text = bootvault_engine::lock::Zeroizing::new(
-        fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?,
-    );
-    let master =
-        bootvault_common::seal::parse_key_text(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    Ok(bootvault_common::seal::DataKey::new(&master))
-}
-
 fn print_kernel(k: &kernel::Kernel) {
     println!("release {}", k.release);
     println!("kernel  {}", k.image.display());
@@ -633,6 +683,10 @@ fn build(a: BuildArgs) -> Result<()> {
     if let Some(fp) = pin_for_build(server.as_deref(), a.fingerprint.as_deref(), a.data.as_deref())? {
         set.push(format!("fingerprint={fp}"));
     }
+    let escrow = if a.no_encryption { None } else { keys::escrow_public(a.escrow_pub.as_deref())? };
+    if let Some(e) = escrow {
+        set.push(format!("escrow={}", bootvault_common::wire::to_hex(&e)));
+    }
     let pc = pc::Pc::from_parts(
         file_text.as_ref().map(|(p, t)| (p.as_str(), t.as_str())),
         &pc::Overrides {
@@ -671,18 +725,15 @@ fn build(a: BuildArgs) -> Result<()> {
     let out = a.out.unwrap_or_else(|| PathBuf::from("out").join(&pc.config.pc));
     fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
 
-    let key = match &a.key_file {
-        Some(f) if a.media.iter().any(|m| m == "pxe") => bail!(
-            "--key-file with --media pxe: the server publishes network-boot files and must never hold {}; boot such PCs from an ISO or USB image",
-            f.display()
-        ),
-        Some(f) => {
-            let text = bootvault_engine::lock::Zeroizing::new(fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?);
-            let master = bootvault_common::seal::parse_key_text(&text).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
-            Some(bootvault_common::seal::key_text(&master))
-        }
-        None => None,
-    };
+    let sealing = keys::for_backups(a.key_file.as_deref(), a.no_encryption)?;
+    if let Some((_, file)) = sealing.as_ref().filter(|_| a.media.iter().any(|m| m == "pxe")) {
+        bail!(
+            "--media pxe: the server publishes network-boot files and must never hold the data key ({}); boot \
+             such PCs from an ISO or USB image, or build with --no-encryption",
+            file.display()
+        );
+    }
+    let key = sealing.as_ref().map(|(_, file)| keys::text_of(file)).transpose()?;
     let (entries, mut report) =
         initramfs::entries(&init, &k, &index, &wanted, &pc.config.to_file(), key.as_ref().map(|t| t.as_str()))?;
     initramfs::write(entries, &out.join("initrd.img"), &mut report)?;
@@ -700,8 +751,11 @@ fn build(a: BuildArgs) -> Result<()> {
         out.join("initrd.img").display()
     );
     println!("  init       {}", human_bytes(report.init_bytes));
-    if let Some(f) = &a.key_file {
-        println!("  encrypted  backups sealed on the PC with data key {}", read_key_file(f)?.fingerprint());
+    match &sealing {
+        Some((k, file)) => {
+            println!("  encrypted  backups sealed on the PC with data key {} ({})", k.fingerprint(), file.display())
+        }
+        None => println!("  encrypted  no (--no-encryption): the store can read this PC's backups"),
     }
     println!(
         "  modules    {} ({}, profile {}): {}",

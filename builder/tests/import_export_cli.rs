@@ -9,7 +9,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use bootvault_engine::lock::{derive, Lock, Params};
+use bootvault_common::wire::Kdf;
+use bootvault_engine::lock::{Lock, Params};
 use bootvault_server::vault::{PcRow, Vault};
 
 fn bootvault(args: &[&str]) -> (bool, String) {
@@ -34,8 +35,12 @@ fn scratch(name: &str) -> (PathBuf, PathBuf, Vec<u8>) {
 }
 
 /// `backup --to STORE` of the image as lab-1.
-fn backup_to(src: &Path, store: &Path, name: &str) {
-    let (ok, out) = bootvault(&["backup", "--disk", s(src), "--to", s(store), "--pc", "lab-1", "--name", name]);
+/// A backup into `store`: encrypted with the site key (the default), or
+/// with `extra` (`--no-encryption` where a test looks at plain chunks).
+fn backup_to(src: &Path, store: &Path, name: &str, extra: &[&str]) {
+    let mut args = vec!["backup", "--disk", s(src), "--to", s(store), "--pc", "lab-1", "--name", name];
+    args.extend_from_slice(extra);
+    let (ok, out) = bootvault(&args);
     assert!(ok && out.contains("complete"), "{out}");
 }
 
@@ -67,7 +72,7 @@ fn import_deduplicates_restores_over_http_and_exports_back() {
     let (dir, src, data) = scratch("round");
     // On a drive, the store is bootvault/ at the filesystem's root.
     let drive = dir.join("usb");
-    backup_to(&src, &drive.join("bootvault"), "stick");
+    backup_to(&src, &drive.join("bootvault"), "stick", &[]);
     let server = dir.join("data");
     fs::create_dir_all(&server).expect("data dir");
 
@@ -91,7 +96,7 @@ fn import_deduplicates_restores_over_http_and_exports_back() {
     assert!(ok && out.contains("already there, skipped"), "{out}");
     assert!(out.contains("0 backups copied, 1 already there, 0 failed; 0 B copied"), "{out}");
     // A second backup of the same disk: recorded, but every chunk is already on the server.
-    backup_to(&src, &drive.join("bootvault"), "again");
+    backup_to(&src, &drive.join("bootvault"), "again", &[]);
     // An unfinished one is never imported.
     fs::write(drive.join("bootvault/uploads/9.open"), "name=half\n").expect("open upload");
     let (ok, out) = bootvault(&["backups", "--data", s(&server), "import-dir", s(&drive)]);
@@ -141,7 +146,9 @@ fn import_deduplicates_restores_over_http_and_exports_back() {
 fn a_damaged_chunk_is_refused_and_nothing_completes() {
     let (dir, src, _) = scratch("damaged");
     let store = dir.join("store");
-    backup_to(&src, &store, "full");
+    // Plain: an import re-hashes plain chunks; an encrypted one is checked
+    // for its shape only, and in full by the restore that opens it.
+    backup_to(&src, &store, "full", &["--no-encryption"]);
     let server = dir.join("data");
     register(&server);
     // Flip the last byte of one chunk file.
@@ -168,11 +175,13 @@ fn a_damaged_chunk_is_refused_and_nothing_completes() {
 fn a_locked_backup_keeps_its_lock() {
     let (dir, src, data) = scratch("locked");
     let store = dir.join("store");
-    backup_to(&src, &store, "secret");
+    // Plain: the lock file is added by hand below, the way a PC of old kept one.
+    backup_to(&src, &store, "secret", &["--no-encryption"]);
     // The lock as a PC's console would keep it (small Argon2id costs).
     let params = Params { m_kib: 64, t_cost: 1, p: 1 };
     let salt = [9u8; 16];
-    let lock = Lock { params, salt, key: derive(b"hunter22", &salt, &params).expect("derive") };
+    let (key, _) = bootvault_engine::lock::keys(b"hunter22", Kdf::Argon2idSplit, &salt, &params).expect("derive");
+    let lock = Lock { kdf: Kdf::Argon2idSplit, params, salt, key, wrap: None };
     fs::create_dir_all(store.join("locks")).expect("locks dir");
     fs::write(store.join("locks/1.lock"), format!("{}\n", lock.to_text())).expect("lock file");
     let server = dir.join("data");

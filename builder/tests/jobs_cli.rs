@@ -35,7 +35,7 @@ fn locked_backup(v: &Vault, pc: &str, password: &[u8]) -> i64 {
     let params = Params { m_kib: 64, t_cost: 1, p: 1 };
     let salt = [5u8; 16];
     let key = derive(password, &salt, &params).expect("derive");
-    let lock = BackupLock { params, salt, key: *key };
+    let lock = BackupLock { kdf: bootvault_common::wire::Kdf::Argon2id, params, salt, key: *key };
     let plain = vec![7u8; 4096];
     let cid = image::chunk_id(&plain);
     let blob = image::encode_blob(&plain, 1);
@@ -67,7 +67,8 @@ fn job_add_with_a_password_file() {
     let job = v.next_job("lab-1").expect("next").expect("a job");
     let lock = BackupLock::from_text(job.lock.as_deref().expect("the job carries a lock")).expect("lock");
     assert_eq!(lock.params, Params::DEFAULT);
-    assert_eq!(*derive(b"correct horse", &lock.salt, &lock.params).expect("derive"), lock.key);
+    let (key, _) = bootvault_engine::lock::keys(b"correct horse", lock.kdf, &lock.salt, &lock.params).expect("derive");
+    assert_eq!(*key, lock.key);
 
     // Restore jobs of the locked backup.
     let (ok, out) = jobs(&data, &["add", "lab-1", "restore", "--backup", &id.to_string()], None);

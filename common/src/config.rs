@@ -130,6 +130,9 @@ pub struct Config {
     /// The PC's secret, issued by the server (`bootvault pc add`), sent
     /// with every request. Only ever written into the initramfs.
     pub token: String,
+    /// The admin's escrow public key (X25519): password-locked backups'
+    /// own keys are also wrapped for it (not secret).
+    pub escrow: Option<[u8; 32]>,
     /// Network interface to use; `None` = first Ethernet with carrier.
     pub iface: Option<String>,
     pub ip: IpConfig,
@@ -179,6 +182,7 @@ impl Default for Config {
             server: None,
             fingerprint: None,
             token: String::new(),
+            escrow: None,
             iface: None,
             ip: IpConfig::Dhcp,
             gateway: None,
@@ -245,6 +249,7 @@ pub const KEYS: &[&str] = &[
     "server",
     "fingerprint",
     "token",
+    "escrow",
     "iface",
     "ip",
     "gateway",
@@ -406,6 +411,10 @@ impl Config {
             "fingerprint" => {
                 self.fingerprint = if value.is_empty() { None } else { Some(Fingerprint::parse(value).map_err(bad)?) }
             }
+            "escrow" => {
+                self.escrow =
+                    if value.is_empty() { None } else { Some(crate::seal::parse_escrow_pub(value).map_err(bad)?) }
+            }
             "token" => {
                 if value.len() > 128 || !value.chars().all(|c| c.is_ascii_alphanumeric()) {
                     // The value is a secret: never echo it.
@@ -469,6 +478,7 @@ impl Config {
             "pc" => Some(self.pc.clone()),
             "server" => Some(self.server.clone().unwrap_or_default()),
             "fingerprint" => Some(self.fingerprint.map(|f| f.to_string()).unwrap_or_default()),
+            "escrow" => Some(self.escrow.map(|e| crate::wire::to_hex(&e)).unwrap_or_default()),
             "token" => Some(self.token.clone()),
             "iface" => Some(self.iface.clone().unwrap_or_default()),
             "ip" => Some(match &self.ip {

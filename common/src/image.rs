@@ -367,6 +367,13 @@ pub struct Sealed {
     /// Which data key sealed it (`DataKey::fingerprint_bytes`; not secret).
     pub key: [u8; 8],
     pub blob: Vec<u8>,
+    /// A password-locked backup's own key, wrapped with the password
+    /// (`seal::wrap_key`, [`crate::seal::WRAPPED_BYTES`]); absent when the
+    /// backup is sealed with the site's data key.
+    pub wrapped: Option<Vec<u8>>,
+    /// The same key wrapped for the admin's escrow key
+    /// (`seal::escrow_wrap`, [`crate::seal::ESCROWED_BYTES`]).
+    pub escrowed: Option<Vec<u8>>,
 }
 
 /// The quick fingerprint of a chunk's plain bytes ([`Manifest::quick`]).
@@ -531,6 +538,15 @@ impl Manifest {
             out.extend_from_slice(&s.key);
             out.extend_from_slice(&(s.blob.len() as u32).to_le_bytes());
             out.extend_from_slice(&s.blob);
+            // Optional, so version-3 manifests without one read as before.
+            if let Some(w) = &s.wrapped {
+                out.push(1);
+                out.extend_from_slice(w);
+            }
+            if let Some(e) = &s.escrowed {
+                out.push(2);
+                out.extend_from_slice(e);
+            }
         }
         out
     }
@@ -697,7 +713,21 @@ impl Manifest {
             if len > MAX_SEALED_BYTES {
                 return ferr(at, format!("sealed manifest of {len} bytes, more than {MAX_SEALED_BYTES}"));
             }
-            sealed = Some(Sealed { key, blob: c.take(len, "sealed manifest")?.to_vec() });
+            let blob = c.take(len, "sealed manifest")?.to_vec();
+            let (mut wrapped, mut escrowed) = (None, None);
+            while c.pos < split {
+                let at = c.at();
+                match c.take(1, "wrapped key flag")?[0] {
+                    1 if wrapped.is_none() => {
+                        wrapped = Some(c.take(crate::seal::WRAPPED_BYTES, "wrapped key")?.to_vec())
+                    }
+                    2 if escrowed.is_none() => {
+                        escrowed = Some(c.take(crate::seal::ESCROWED_BYTES, "escrowed key")?.to_vec())
+                    }
+                    k => return ferr(at, format!("unknown or repeated wrapped key flag {k}")),
+                }
+            }
+            sealed = Some(Sealed { key, blob, wrapped, escrowed });
         }
         if c.pos != split {
             return ferr(c.at(), format!("{} unexpected bytes before the digest", split - c.pos));
@@ -724,15 +754,42 @@ impl Manifest {
     /// The public manifest of an encrypted backup: this one sealed whole
     /// with `key`, around the index the server needs and nothing else.
     pub fn sealed_with(&self, key: &crate::seal::DataKey, nonce: &[u8; crate::seal::NONCE_BYTES]) -> Manifest {
+        self.sealed_wrapped(key, nonce, None, None)
+    }
+
+    /// [`Manifest::sealed_with`] a locked backup's own key, carrying it
+    /// `wrapped` with the password.
+    pub fn sealed_wrapped(
+        &self,
+        key: &crate::seal::DataKey,
+        nonce: &[u8; crate::seal::NONCE_BYTES],
+        wrapped: Option<Vec<u8>>,
+        escrowed: Option<Vec<u8>>,
+    ) -> Manifest {
         Manifest {
             model: String::new(),
             serial: String::new(),
             extents: Vec::new(),
             partitions: Vec::new(),
             quick: Vec::new(),
-            sealed: Some(Sealed { key: key.fingerprint_bytes(), blob: key.seal_manifest(&self.encode(), nonce) }),
+            sealed: Some(Sealed {
+                key: key.fingerprint_bytes(),
+                blob: key.seal_manifest(&self.encode(), nonce),
+                wrapped,
+                escrowed,
+            }),
             ..self.clone()
         }
+    }
+
+    /// A password-locked backup's own key, unwrapped with the password's
+    /// `wrap` key (None: the backup has no key of its own).
+    pub fn own_key(&self, wrap: &[u8; 32]) -> Result<Option<crate::seal::DataKey>, String> {
+        let Some(s) = &self.sealed else { return Ok(None) };
+        let Some(w) = &s.wrapped else { return Ok(None) };
+        let key = crate::seal::unwrap_key(wrap, w, &s.key)
+            .map_err(|_| "the backup's own key does not open with this password (or was altered)".to_owned())?;
+        Ok(Some(crate::seal::DataKey::new(&key)))
     }
 
     /// The real manifest of a backup: itself when it is not encrypted;
@@ -741,9 +798,16 @@ impl Manifest {
     pub fn unsealed(&self, key: Option<&crate::seal::DataKey>) -> Result<Manifest, String> {
         let Some(s) = &self.sealed else { return Ok(self.clone()) };
         let hexfp = |b: &[u8; 8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let own = "the backup is encrypted with a key of its own, which its restore password opens; give the password";
         let Some(key) = key else {
+            if s.wrapped.is_some() {
+                return Err(own.into());
+            }
             return Err(format!("the backup is encrypted (key {}); give its key", hexfp(&s.key)));
         };
+        if key.fingerprint_bytes() != s.key && s.wrapped.is_some() {
+            return Err(own.into());
+        }
         if key.fingerprint_bytes() != s.key {
             return Err(format!(
                 "the backup is encrypted with key {}, not with this key ({})",
@@ -1006,6 +1070,33 @@ impl<R: Read> ImageReader<R> {
 mod tests {
     use super::*;
     use crate::testdata::noise;
+
+    /// A locked backup's manifest carries its own key wrapped twice; both
+    /// survive encoding, the key opens with the password's wrap key, and
+    /// only then does the sealed copy open.
+    #[test]
+    fn a_manifest_with_its_own_key_round_trips() {
+        use crate::seal::{split_password_key, wrap_key, DataKey, ESCROWED_BYTES, NONCE_BYTES};
+        let m = crate::testdata::manifest_of("pc", vec![Chunk::Data { id: [5; 32], blob_len: 9 }, Chunk::Zero]);
+        let own = [77u8; 32];
+        let key = DataKey::new(&own);
+        let (_, wrap) = split_password_key(&[1; 32]);
+        let wrapped = wrap_key(&wrap, &own, &[3; NONCE_BYTES]);
+        let sealed = m.sealed_wrapped(&key, &[4; NONCE_BYTES], Some(wrapped.clone()), Some(vec![6; ESCROWED_BYTES]));
+        let back = Manifest::decode(&sealed.encode()).expect("decodes");
+        assert_eq!(back, sealed);
+        let s = back.sealed.as_ref().expect("sealed");
+        assert_eq!((s.wrapped.as_deref(), s.escrowed.as_ref().map(Vec::len)), (Some(&wrapped[..]), Some(ESCROWED_BYTES)));
+        let e = back.unsealed(Some(&DataKey::new(&[1; 32]))).expect_err("another key");
+        assert!(e.contains("a key of its own"), "{e}");
+        let opened = back.own_key(&wrap).expect("opens").expect("has one");
+        assert_eq!(back.unsealed(Some(&opened)).expect("unseals"), m);
+        let (_, other) = split_password_key(&[2; 32]);
+        assert!(back.own_key(&other).is_err(), "another password");
+        // A version-3 manifest without wrapped keys reads as before.
+        let plain = m.sealed_with(&key, &[4; NONCE_BYTES]);
+        assert_eq!(Manifest::decode(&plain.encode()).expect("decodes").sealed.and_then(|s| s.wrapped), None);
+    }
 
     /// Chunk ids name files and URL paths: one spelling per id. Before,
     /// `u8::from_str_radix` took a sign, so `+f` passed as a byte (found by

@@ -21,7 +21,7 @@ use crate::config::{check_backup_id, check_backup_name, check_disk, parse_backup
 use crate::wire;
 
 /// The keys of a job, in the order [`JobMessage::encode`] writes them.
-pub const KEYS: &[&str] = &["job", "action", "disk", "name", "backup", "lock", "ticket"];
+pub const KEYS: &[&str] = &["job", "action", "disk", "name", "backup", "lock", "ticket", "wrap"];
 
 /// One job for one PC.
 #[derive(Clone, PartialEq, Eq)]
@@ -41,6 +41,10 @@ pub struct JobMessage {
     pub lock: Option<String>,
     /// A restore job's unlock ticket, 64 hex digits.
     pub ticket: Option<String>,
+    /// The password's wrap key, sealed with the site's data key
+    /// (`DataKey::seal_secret`, hex): lets the PC wrap (backup) or open
+    /// (restore) a locked backup's own key. The server cannot open it.
+    pub wrap: Option<String>,
 }
 
 /// The secrets stay out of logs and panic messages.
@@ -54,6 +58,7 @@ impl fmt::Debug for JobMessage {
             .field("backup", &self.backup)
             .field("lock", &self.lock.as_ref().map(|_| "…"))
             .field("ticket", &self.ticket.as_ref().map(|_| "…"))
+            .field("wrap", &self.wrap.as_ref().map(|_| "…"))
             .finish()
     }
 }
@@ -106,6 +111,14 @@ fn check_ticket(t: &str) -> Result<(), String> {
     }
 }
 
+fn check_wrap(w: &str) -> Result<(), String> {
+    if w.len() == 2 * crate::seal::SEALED_SECRET_BYTES && w.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(format!("wrap: expected {} hex digits", 2 * crate::seal::SEALED_SECRET_BYTES))
+    }
+}
+
 /// A control character would end the line (`\n`), hide the rest of it from
 /// a person (`\r`, escapes), or be trimmed away by a reader.
 fn check_text(key: &str, value: &str) -> Result<(), String> {
@@ -119,8 +132,14 @@ impl JobMessage {
     /// Every field by its rule; the error starts with the field's name
     /// and never echoes the lock or the ticket.
     pub fn check(&self) -> Result<(), String> {
-        for (key, value) in [("disk", &self.disk), ("name", &self.name), ("lock", &self.lock), ("ticket", &self.ticket)]
-        {
+        let fields = [
+            ("disk", &self.disk),
+            ("name", &self.name),
+            ("lock", &self.lock),
+            ("ticket", &self.ticket),
+            ("wrap", &self.wrap),
+        ];
+        for (key, value) in fields {
             if let Some(v) = value {
                 check_text(key, v)?;
             }
@@ -143,6 +162,9 @@ impl JobMessage {
         }
         if let Some(t) = &self.ticket {
             check_ticket(t)?;
+        }
+        if let Some(w) = &self.wrap {
+            check_wrap(w)?;
         }
         Ok(())
     }
@@ -176,6 +198,9 @@ impl JobMessage {
         if let Some(t) = &self.ticket {
             line("ticket", t);
         }
+        if let Some(w) = &self.wrap {
+            line("wrap", w);
+        }
         Ok(out)
     }
 
@@ -207,7 +232,7 @@ impl JobMessage {
             }
             check_text(key, value).map_err(|e| format!("the server's job: {e}"))?;
         }
-        let [job, action, disk, name, backup, lock, ticket] = seen;
+        let [job, action, disk, name, backup, lock, ticket, wrap] = seen;
         let id = job.ok_or("the server's job has no id")?;
         let id = id
             .parse::<i64>()
@@ -226,6 +251,7 @@ impl JobMessage {
                     .unwrap_or(BackupRef::Latest),
                 lock: lock.map(str::to_owned),
                 ticket: ticket.map(str::to_owned),
+                wrap: wrap.map(str::to_owned),
             };
             message.check()?;
             Ok(message)
@@ -250,6 +276,7 @@ mod tests {
             backup: BackupRef::Id(1),
             lock: None,
             ticket: Some("0f".repeat(32)),
+            wrap: None,
         }
     }
 
@@ -270,9 +297,11 @@ mod tests {
             backup: BackupRef::Latest,
             lock: Some(LOCK.into()),
             ticket: None,
+            wrap: Some("ab".repeat(crate::seal::SEALED_SECRET_BYTES)),
         };
         let text = backup.encode().unwrap();
-        assert_eq!(text, format!("job=8\naction=backup\nname=\nlock={LOCK}\n"));
+        let wrap = "ab".repeat(crate::seal::SEALED_SECRET_BYTES);
+        assert_eq!(text, format!("job=8\naction=backup\nname=\nlock={LOCK}\nwrap={wrap}\n"));
         assert_eq!(JobMessage::parse(&text), Ok(backup.clone()));
         let pairs: Vec<(&str, &str)> = text.lines().filter_map(|l| l.split_once('=')).collect();
         assert_eq!(JobMessage::from_pairs(pairs), Ok(backup));
@@ -296,6 +325,7 @@ mod tests {
             (JobMessage { action: Action::Menu, ..restore_job() }, "action=\"menu\": expected backup or restore"),
             (JobMessage { lock: Some(LOCK.replace("m=19456", "m=4194304")), ..restore_job() }, "lock: argon2id memory"),
             (JobMessage { ticket: Some("secret".into()), ..restore_job() }, "ticket: expected 64 hex digits"),
+            (JobMessage { wrap: Some("secret".into()), ..restore_job() }, "wrap: expected 146 hex digits"),
         ] {
             let e = j.encode().unwrap_err();
             assert!(e.starts_with(why), "{j:?}: {e}");

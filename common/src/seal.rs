@@ -35,6 +35,10 @@ const ID_CONTEXT: &str = "bootvault 2026-12 chunk id v1";
 const CHUNK_CONTEXT: &str = "bootvault 2026-12 chunk seal v1";
 const MANIFEST_CONTEXT: &str = "bootvault 2026-12 manifest seal v1";
 const FINGERPRINT_CONTEXT: &str = "bootvault 2026-12 key fingerprint v1";
+const SECRET_CONTEXT: &str = "bootvault 2026-12 secret seal v1";
+const SECRET_AD: &[u8] = b"bootvault-secret-v1";
+/// A 32-byte secret sealed with [`DataKey::seal_secret`].
+pub const SEALED_SECRET_BYTES: usize = OVERHEAD + 32;
 const CHUNK_AD: &[u8] = b"bootvault-chunk-v1";
 const MANIFEST_AD: &[u8] = b"bootvault-manifest-v1";
 /// The text form of a data key: `bootvault-key-v1 HEX`.
@@ -64,10 +68,12 @@ impl std::fmt::Display for SealError {
 impl std::error::Error for SealError {}
 
 /// The subkeys of one data key, wiped when dropped.
+#[derive(Clone)]
 pub struct DataKey {
     id: Zeroizing<[u8; 32]>,
     chunk: Zeroizing<[u8; 32]>,
     manifest: Zeroizing<[u8; 32]>,
+    secret: Zeroizing<[u8; 32]>,
     fingerprint: [u8; 8],
 }
 
@@ -87,6 +93,7 @@ impl DataKey {
             id: derive(ID_CONTEXT),
             chunk: derive(CHUNK_CONTEXT),
             manifest: derive(MANIFEST_CONTEXT),
+            secret: derive(SECRET_CONTEXT),
             fingerprint,
         }
     }
@@ -144,6 +151,22 @@ impl DataKey {
     pub fn open_manifest(&self, blob: &[u8]) -> Result<Vec<u8>, SealError> {
         open(&self.manifest, MANIFEST_AD, blob)
     }
+
+    /// Seals a 32-byte secret for the PCs of this key (a job's password
+    /// wrap key, which the server carries but cannot open).
+    pub fn seal_secret(&self, secret: &[u8; 32], nonce: &[u8; NONCE_BYTES]) -> Vec<u8> {
+        seal(&self.secret, SECRET_AD, secret, nonce)
+    }
+
+    pub fn open_secret(&self, blob: &[u8]) -> Result<Zeroizing<[u8; 32]>, SealError> {
+        let plain = Zeroizing::new(open(&self.secret, SECRET_AD, blob)?);
+        let mut out = Zeroizing::new([0u8; 32]);
+        if plain.len() != 32 {
+            return Err(SealError::Forged);
+        }
+        out.copy_from_slice(&plain);
+        Ok(out)
+    }
 }
 
 fn seal(key: &[u8; 32], ad: &[u8], msg: &[u8], nonce: &[u8; NONCE_BYTES]) -> Vec<u8> {
@@ -180,6 +203,121 @@ fn open(key: &[u8; 32], ad: &[u8], blob: &[u8]) -> Result<Vec<u8>, SealError> {
     Ok(plain)
 }
 
+const AUTH_CONTEXT: &str = "bootvault 2026-12 password auth v2";
+const WRAP_CONTEXT: &str = "bootvault 2026-12 password wrap v2";
+const WRAP_AD: &[u8] = b"bootvault-wrapped-key-v1";
+/// A wrapped backup key: tag, nonce, 32 bytes, Poly1305 tag.
+pub const WRAPPED_BYTES: usize = OVERHEAD + 32;
+
+/// What a restore password's Argon2id output `p` is split into: the
+/// `auth` key the store checks (what a lock holds and unlock proofs
+/// use), and the `wrap` key that seals the backup's own key, which never
+/// leaves the PC (docs/DESIGN.md "Restore passwords are keys").
+pub fn split_password_key(p: &[u8; 32]) -> (Zeroizing<[u8; 32]>, Zeroizing<[u8; 32]>) {
+    (Zeroizing::new(blake3::derive_key(AUTH_CONTEXT, p)), Zeroizing::new(blake3::derive_key(WRAP_CONTEXT, p)))
+}
+
+/// Seals the master key `backup_key` of a locked backup with a
+/// password's `wrap` key; bound to the fingerprint of the key it holds, so
+/// a wrapped key moved to another backup does not open.
+pub fn wrap_key(wrap: &[u8; 32], backup_key: &[u8; 32], nonce: &[u8; NONCE_BYTES]) -> Vec<u8> {
+    let fp = DataKey::new(backup_key).fingerprint_bytes();
+    seal(wrap, &[WRAP_AD, &fp].concat(), backup_key, nonce)
+}
+
+/// Opens [`wrap_key`]'s output for a backup sealed with key `fingerprint`.
+pub fn unwrap_key(wrap: &[u8; 32], wrapped: &[u8], fingerprint: &[u8; 8]) -> Result<Zeroizing<[u8; 32]>, SealError> {
+    let plain = Zeroizing::new(open(wrap, &[WRAP_AD, fingerprint].concat(), wrapped)?);
+    let mut key = Zeroizing::new([0u8; 32]);
+    if plain.len() != 32 {
+        return Err(SealError::Forged);
+    }
+    key.copy_from_slice(&plain);
+    if DataKey::new(&key).fingerprint_bytes() != *fingerprint {
+        return Err(SealError::Forged);
+    }
+    Ok(key)
+}
+
+const ESCROW_CONTEXT: &str = "bootvault 2026-12 escrow wrap v1";
+/// A backup key wrapped for the escrow: the ephemeral X25519 public key,
+/// then the sealed key.
+pub const ESCROWED_BYTES: usize = 32 + WRAPPED_BYTES;
+const ESCROW_TEXT: &str = "bootvault-escrow-v1 ";
+const ESCROW_PUB_TEXT: &str = "bootvault-escrow-pub-v1 ";
+
+/// The key that wraps a backup key for the escrow, from the X25519
+/// shared secret and both public keys (so a wrap made for one escrow key
+/// never opens under another).
+fn escrow_key(shared: &[u8; 32], ephemeral: &[u8; 32], escrow: &[u8; 32]) -> Zeroizing<[u8; 32]> {
+    let mut h = blake3::Hasher::new_derive_key(ESCROW_CONTEXT);
+    h.update(shared);
+    h.update(ephemeral);
+    h.update(escrow);
+    Zeroizing::new(*h.finalize().as_bytes())
+}
+
+/// A locked backup's key sealed for the escrow, given the X25519 shared
+/// secret of a fresh ephemeral key (`ephemeral`, its public half) with the
+/// escrow's public key `escrow` (the PC's side; the arithmetic is the
+/// caller's, ring in the engine).
+pub fn escrow_wrap(
+    shared: &[u8; 32],
+    ephemeral: &[u8; 32],
+    escrow: &[u8; 32],
+    backup_key: &[u8; 32],
+    nonce: &[u8; NONCE_BYTES],
+) -> Vec<u8> {
+    let k = escrow_key(shared, ephemeral, escrow);
+    let mut out = ephemeral.to_vec();
+    out.extend(wrap_key(&k, backup_key, nonce));
+    out
+}
+
+/// The ephemeral public key of an [`escrow_wrap`]ped key.
+pub fn escrow_ephemeral(escrowed: &[u8]) -> Option<[u8; 32]> {
+    escrowed.get(..32).and_then(|e| e.try_into().ok())
+}
+
+/// Opens [`escrow_wrap`]'s output with the shared secret the escrow's
+/// private key makes with its ephemeral key (the admin's side).
+pub fn escrow_unwrap(
+    shared: &[u8; 32],
+    escrow: &[u8; 32],
+    escrowed: &[u8],
+    fingerprint: &[u8; 8],
+) -> Result<Zeroizing<[u8; 32]>, SealError> {
+    let ephemeral = escrow_ephemeral(escrowed).ok_or(SealError::Truncated)?;
+    unwrap_key(&escrow_key(shared, &ephemeral, escrow), &escrowed[32..], fingerprint)
+}
+
+/// `bootvault-escrow-v1 HEX` (the private key, kept offline) and
+/// `bootvault-escrow-pub-v1 HEX` (what PCs carry).
+pub fn escrow_text(private: &[u8; 32]) -> Zeroizing<String> {
+    Zeroizing::new(format!("{ESCROW_TEXT}{}", crate::wire::to_hex(private)))
+}
+
+pub fn escrow_pub_text(public: &[u8; 32]) -> String {
+    format!("{ESCROW_PUB_TEXT}{}", crate::wire::to_hex(public))
+}
+
+pub fn parse_escrow_text(text: &str) -> Result<Zeroizing<[u8; 32]>, String> {
+    let hex = text.trim().strip_prefix(ESCROW_TEXT).ok_or("not a bootvault escrow key (bootvault-escrow-v1 HEX)")?;
+    let mut key = Zeroizing::new([0u8; 32]);
+    crate::wire::hex_into(hex.trim(), &mut key[..]).map_err(|e| format!("escrow key: {e}"))?;
+    Ok(key)
+}
+
+/// Reads an escrow public key: its text form, or bare hex (the PC's
+/// `escrow=` setting).
+pub fn parse_escrow_pub(text: &str) -> Result<[u8; 32], String> {
+    let t = text.trim();
+    let hex = t.strip_prefix(ESCROW_PUB_TEXT).unwrap_or(t);
+    let mut key = [0u8; 32];
+    crate::wire::hex_into(hex.trim(), &mut key).map_err(|e| format!("escrow public key: {e}"))?;
+    Ok(key)
+}
+
 /// `bootvault-key-v1 HEX`: how a data key is written to a file (and
 /// printed for the admin's offline copy).
 pub fn key_text(master: &[u8; 32]) -> Zeroizing<String> {
@@ -204,6 +342,28 @@ mod tests {
     use crate::testdata::noise;
 
     const NONCE: [u8; NONCE_BYTES] = [7; NONCE_BYTES];
+
+    #[test]
+    fn a_wrapped_backup_key_opens_with_its_password_only() {
+        let (auth, wrap) = split_password_key(&[9; 32]);
+        assert_ne!(*auth, *wrap, "the key the store checks is not the one that wraps");
+        let b = [33u8; 32];
+        let fp = DataKey::new(&b).fingerprint_bytes();
+        let wrapped = wrap_key(&wrap, &b, &NONCE);
+        assert_eq!(wrapped.len(), WRAPPED_BYTES);
+        assert_eq!(*unwrap_key(&wrap, &wrapped, &fp).expect("opens"), b);
+        let (_, other) = split_password_key(&[8; 32]);
+        assert_eq!(unwrap_key(&other, &wrapped, &fp).map(|_| ()), Err(SealError::Forged), "another password");
+        let elsewhere = DataKey::new(&[34; 32]).fingerprint_bytes();
+        assert_eq!(
+            unwrap_key(&wrap, &wrapped, &elsewhere).map(|_| ()),
+            Err(SealError::Forged),
+            "moved to another backup"
+        );
+        let mut bad = wrapped.clone();
+        bad[30] ^= 1;
+        assert_eq!(unwrap_key(&wrap, &bad, &fp).map(|_| ()), Err(SealError::Forged), "altered");
+    }
 
     #[test]
     fn chunks_round_trip_and_every_alteration_is_refused() {

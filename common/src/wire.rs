@@ -131,17 +131,53 @@ pub fn hex_into(s: &str, out: &mut [u8]) -> Result<(), String> {
 /// A backup's lock as one line of text (no `=` before the first space,
 /// so it travels as the value of a `lock=` line):
 /// `argon2id m=19456 t=2 p=1 salt=HEX32 key=HEX64`.
-pub fn lock_text(params: &LockParams, salt: &[u8; LOCK_SALT_BYTES], key: &[u8; 32]) -> String {
-    format!("argon2id m={} t={} p={} salt={} key={}", params.m_kib, params.t_cost, params.p, to_hex(salt), to_hex(key))
+/// How a lock's key comes from the password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kdf {
+    /// `argon2id`: the key is Argon2id's output itself (locks made before
+    /// restore passwords became keys).
+    Argon2id,
+    /// `argon2id-split`: the key is the auth half of Argon2id's output
+    /// (`seal::split_password_key`); the wrap half never leaves the PC.
+    Argon2idSplit,
+}
+
+impl Kdf {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kdf::Argon2id => "argon2id",
+            Kdf::Argon2idSplit => "argon2id-split",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kdf> {
+        match s {
+            "argon2id" => Some(Kdf::Argon2id),
+            "argon2id-split" => Some(Kdf::Argon2idSplit),
+            _ => None,
+        }
+    }
+}
+
+pub fn lock_text(kdf: Kdf, params: &LockParams, salt: &[u8; LOCK_SALT_BYTES], key: &[u8; 32]) -> String {
+    format!(
+        "{} m={} t={} p={} salt={} key={}",
+        kdf.as_str(),
+        params.m_kib,
+        params.t_cost,
+        params.p,
+        to_hex(salt),
+        to_hex(key)
+    )
 }
 
 /// Parses [`lock_text`]: the key goes into `key`, the rest is returned.
 /// Every field is required, once, in that order; parameters are checked.
-pub fn parse_lock_text(text: &str, key: &mut [u8; 32]) -> Result<(LockParams, [u8; LOCK_SALT_BYTES]), String> {
+pub fn parse_lock_text(text: &str, key: &mut [u8; 32]) -> Result<(Kdf, LockParams, [u8; LOCK_SALT_BYTES]), String> {
     let mut words = text.split_ascii_whitespace();
-    if words.next() != Some("argon2id") {
-        return Err("lock: expected `argon2id m=.. t=.. p=.. salt=.. key=..`".into());
-    }
+    let Some(kdf) = words.next().and_then(Kdf::parse) else {
+        return Err("lock: expected `argon2id-split m=.. t=.. p=.. salt=.. key=..`".into());
+    };
     let mut field = |name: &str| -> Result<&str, String> {
         let w = words.next().ok_or_else(|| format!("lock: {name}= missing"))?;
         w.strip_prefix(name)
@@ -162,7 +198,7 @@ pub fn parse_lock_text(text: &str, key: &mut [u8; 32]) -> Result<(LockParams, [u
     let mut salt = [0u8; LOCK_SALT_BYTES];
     hex_into(salt_hex, &mut salt).map_err(|e| format!("lock: salt: {e}"))?;
     hex_into(key_hex, key).map_err(|e| format!("lock: key: {e}"))?;
-    Ok((params, salt))
+    Ok((kdf, params, salt))
 }
 
 #[cfg(test)]
@@ -173,19 +209,22 @@ mod tests {
     fn lock_text_round_trip_and_refusals() {
         let salt: [u8; 16] = core::array::from_fn(|i| i as u8);
         let key = [0xabu8; 32];
-        let t = lock_text(&LockParams::DEFAULT, &salt, &key);
+        let t = lock_text(Kdf::Argon2id, &LockParams::DEFAULT, &salt, &key);
         assert_eq!(
             t,
             "argon2id m=19456 t=2 p=1 salt=000102030405060708090a0b0c0d0e0f \
              key=abababababababababababababababababababababababababababababababab"
         );
         let mut back = [0u8; 32];
-        assert_eq!(parse_lock_text(&t, &mut back), Ok((LockParams::DEFAULT, salt)));
+        assert_eq!(parse_lock_text(&t, &mut back), Ok((Kdf::Argon2id, LockParams::DEFAULT, salt)));
         assert_eq!(back, key);
+        let split = lock_text(Kdf::Argon2idSplit, &LockParams::DEFAULT, &salt, &key);
+        assert!(split.starts_with("argon2id-split m=19456 "), "{split}");
+        assert_eq!(parse_lock_text(&split, &mut back), Ok((Kdf::Argon2idSplit, LockParams::DEFAULT, salt)));
         let mut k = [0u8; 32];
         for (bad, why) in [
-            ("", "expected `argon2id"),
-            ("scrypt m=1", "expected `argon2id"),
+            ("", "expected `argon2id-split"),
+            ("scrypt m=1", "expected `argon2id-split"),
             ("argon2id m=19456 t=2 p=1 salt=00", "key= missing"),
             ("argon2id m=19456 p=1 t=2 salt=00 key=00", "expected t="),
             ("argon2id m=lots t=2 p=1 salt=00 key=00", "not a number"),

@@ -59,8 +59,19 @@ pub struct BackupOptions {
     /// Set from another thread to stop the backup (it then fails).
     pub cancel: Arc<AtomicBool>,
     /// Encrypt the backup on this side with this data key: keyed chunk
-    /// ids, sealed blobs, a sealed manifest (docs/DESIGN.md).
+    /// ids, sealed blobs, a sealed manifest (docs/DESIGN.md). With a
+    /// `lock` that holds its password's wrap key, the backup is sealed
+    /// with a random key of its own instead, carried in the manifest
+    /// wrapped with the password ("Restore passwords are keys").
     pub key: Option<Arc<DataKey>>,
+    /// The admin's escrow public key (X25519): a backup with a key of
+    /// its own also carries that key wrapped for it, so the admin can
+    /// recover it without the password (docs/DESIGN.md).
+    pub escrow: Option<[u8; 32]>,
+    /// Set by [`backup`] for a backup with a key of its own: the key,
+    /// wrapped with the password, and for the escrow.
+    wrapped: Option<Vec<u8>>,
+    escrowed: Option<Vec<u8>>,
 }
 
 impl BackupOptions {
@@ -78,8 +89,57 @@ impl BackupOptions {
             raw: false,
             cancel: Arc::new(AtomicBool::new(false)),
             key: None,
+            escrow: None,
+            wrapped: None,
+            escrowed: None,
         }
     }
+
+    /// Whether this backup gets a key of its own (see [`BackupOptions::key`]).
+    pub fn own_key(&self) -> bool {
+        self.key.is_some() && self.lock.as_ref().is_some_and(|l| l.wrap.is_some())
+    }
+
+    /// These options with the backup's own key in place of the data key,
+    /// and that key wrapped with the lock's password.
+    fn with_own_key(&self) -> Result<Option<BackupOptions>, EngineError> {
+        let Some(wrap) = self.lock.as_ref().and_then(|l| l.wrap.as_ref()).filter(|_| self.key.is_some()) else {
+            return Ok(None);
+        };
+        let mut own = crate::lock::Zeroizing::new([0u8; 32]);
+        crate::lock::random_bytes(&mut own[..])?;
+        let mut nonce = [0u8; seal::NONCE_BYTES];
+        crate::lock::random_bytes(&mut nonce)?;
+        let escrowed = match &self.escrow {
+            Some(public) => Some(escrow_wrap(public, &own)?),
+            None => None,
+        };
+        Ok(Some(BackupOptions {
+            key: Some(Arc::new(DataKey::new(&own))),
+            wrapped: Some(seal::wrap_key(wrap, &own, &nonce)),
+            escrowed,
+            ..self.clone()
+        }))
+    }
+}
+
+/// `own` wrapped for the escrow public key `public`: X25519 with a fresh
+/// ephemeral key (ring), then `seal::escrow_wrap`.
+fn escrow_wrap(public: &[u8; 32], own: &[u8; 32]) -> Result<Vec<u8>, EngineError> {
+    use ring::agreement::{agree_ephemeral, EphemeralPrivateKey, UnparsedPublicKey, X25519};
+    let rng = ring::rand::SystemRandom::new();
+    let fail = || EngineError::new("wrapping the backup's key for the escrow: no randomness".to_owned());
+    let private = EphemeralPrivateKey::generate(&X25519, &rng).map_err(|_| fail())?;
+    let ephemeral: [u8; 32] =
+        private.compute_public_key().map_err(|_| fail())?.as_ref().try_into().map_err(|_| fail())?;
+    let mut nonce = [0u8; seal::NONCE_BYTES];
+    crate::lock::random_bytes(&mut nonce)?;
+    agree_ephemeral(private, &UnparsedPublicKey::new(&X25519, public), |shared| {
+        let shared: [u8; 32] = shared.try_into().map_err(|_| ())?;
+        Ok::<_, ()>(seal::escrow_wrap(&shared, &ephemeral, public, own, &nonce))
+    })
+    .map_err(|_| EngineError::new("the escrow public key is not a valid X25519 key".to_owned()))?
+    .map_err(|()| EngineError::new("the escrow's shared secret is not 32 bytes".to_owned()))
 }
 
 #[derive(Debug, Clone)]
@@ -379,6 +439,8 @@ pub fn backup(
     if opts.chunk_size == 0 || opts.chunk_size > image::MAX_CHUNK_SIZE {
         return Err(EngineError::new(format!("chunk size {} out of range", opts.chunk_size)));
     }
+    let own = opts.with_own_key()?;
+    let opts = own.as_ref().unwrap_or(opts);
     let plan = disk_plan(dev, opts.raw);
     let (table, extents) = table_extents_masked(dev, &plan)?;
     let id = client.open_backup(&opts.name, dev.bytes, opts.chunk_size, opts.lock.as_ref())?;
@@ -479,7 +541,7 @@ fn run(
         Some(k) => {
             let mut nonce = [0u8; seal::NONCE_BYTES];
             crate::lock::random_bytes(&mut nonce)?;
-            manifest.sealed_with(k, &nonce)
+            manifest.sealed_wrapped(k, &nonce, opts.wrapped.clone(), opts.escrowed.clone())
         }
         None => manifest.clone(),
     };

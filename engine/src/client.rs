@@ -50,6 +50,8 @@ pub struct Client {
 struct Unlocks {
     nonces: HashMap<i64, [u8; 32]>,
     tickets: HashMap<i64, String>,
+    /// Passwords' wrap keys, per backup: they stay here (never sent).
+    wraps: HashMap<i64, crate::lock::WrapKey>,
 }
 
 /// A backup this PC may restore, as `GET /backups?format=lines` lists it.
@@ -104,9 +106,9 @@ pub fn parse_challenge(text: &str) -> Result<Option<Challenge>, EngineError> {
         Some("yes") => {}
         _ => return Err(bad("no locked=yes|no")),
     }
-    if kv_get(&kv, "kdf") != Some("argon2id") {
+    let Some(kdf) = kv_get(&kv, "kdf").and_then(wire::Kdf::parse) else {
         return Err(bad("kdf is not argon2id"));
-    }
+    };
     let num = |k: &str| kv_get(&kv, k).and_then(|v| v.parse::<u32>().ok()).ok_or_else(|| bad(&format!("no {k}")));
     let params = Params { m_kib: num("m")?, t_cost: num("t")?, p: num("p")? };
     params.check().map_err(|e| bad(&e))?;
@@ -118,7 +120,7 @@ pub fn parse_challenge(text: &str) -> Result<Option<Challenge>, EngineError> {
     wire::hex_into(salt_hex, &mut salt).map_err(|e| bad(&format!("salt: {e}")))?;
     let mut nonce = [0u8; 32];
     wire::hex_into(kv_get(&kv, "nonce").unwrap_or(""), &mut nonce).map_err(|e| bad(&format!("nonce: {e}")))?;
-    Ok(Some(Challenge { params, salt, nonce }))
+    Ok(Some(Challenge { kdf, params, salt, nonce }))
 }
 
 /// Parses `key=value` lines (the init-facing answer format).
@@ -376,6 +378,15 @@ impl Client {
     /// Uses `ticket` for backup `backup` (a server job hands the PC one).
     pub fn set_ticket(&self, backup: i64, ticket: String) {
         self.unlocks().tickets.insert(backup, ticket);
+    }
+
+    /// Keeps the wrap key of `backup`'s password, which opens its own key.
+    pub fn set_wrap(&self, backup: i64, wrap: crate::lock::WrapKey) {
+        self.unlocks().wraps.insert(backup, wrap);
+    }
+
+    pub fn wrap(&self, backup: i64) -> Option<crate::lock::WrapKey> {
+        self.unlocks().wraps.get(&backup).cloned()
     }
 
     fn ticket(&self, backup: i64) -> Option<String> {

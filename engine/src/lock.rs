@@ -17,7 +17,7 @@
 
 use std::fmt;
 
-use bootvault_common::wire::{self, LOCK_SALT_BYTES};
+use bootvault_common::wire::{self, Kdf, LOCK_SALT_BYTES};
 /// Re-exported so callers keep passwords in the same wrapper.
 pub use zeroize::Zeroizing;
 
@@ -42,12 +42,38 @@ pub fn derive(password: &[u8], salt: &[u8], params: &Params) -> Result<Zeroizing
     Ok(key)
 }
 
+/// A password's wrap key (`seal::split_password_key`): opens a locked
+/// backup's own key; never leaves the PC.
+pub type WrapKey = Zeroizing<[u8; 32]>;
+
 /// What a backup is locked with; sent once when the backup is opened.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Lock {
+    pub kdf: Kdf,
     pub params: Params,
     pub salt: [u8; 16],
+    /// What the store checks: the auth key ([`Kdf::Argon2idSplit`]) or
+    /// Argon2id's output itself (older locks).
     pub key: Zeroizing<[u8; 32]>,
+    /// The wrap key, when this lock was made here from the password (or
+    /// handed over by a job): never sent, never in [`Lock::to_text`].
+    pub wrap: Option<WrapKey>,
+}
+
+/// The store's key and the wrap key for `password` under a lock's `kdf`,
+/// `salt` and `params`.
+pub fn keys(
+    password: &[u8],
+    kdf: Kdf,
+    salt: &[u8],
+    params: &Params,
+) -> Result<(Zeroizing<[u8; 32]>, WrapKey), EngineError> {
+    let p = derive(password, salt, params)?;
+    let (auth, wrap) = bootvault_common::seal::split_password_key(&p);
+    Ok(match kdf {
+        Kdf::Argon2id => (p, wrap),
+        Kdf::Argon2idSplit => (auth, wrap),
+    })
 }
 
 impl fmt::Debug for Lock {
@@ -61,28 +87,30 @@ impl Lock {
     pub fn new(password: &[u8]) -> Result<Lock, EngineError> {
         let mut salt = [0u8; LOCK_SALT_BYTES];
         random_bytes(&mut salt)?;
-        let key = derive(password, &salt, &Params::DEFAULT)?;
-        Ok(Lock { params: Params::DEFAULT, salt, key })
+        let (key, wrap) = keys(password, Kdf::Argon2idSplit, &salt, &Params::DEFAULT)?;
+        Ok(Lock { kdf: Kdf::Argon2idSplit, params: Params::DEFAULT, salt, key, wrap: Some(wrap) })
     }
 
-    /// One line: `argon2id m=19456 t=2 p=1 salt=HEX key=HEX`. It holds the
-    /// key: callers keep it in a `Zeroizing` and send it only where the
-    /// protocol says (opening a backup, a backup job).
+    /// One line: `argon2id-split m=19456 t=2 p=1 salt=HEX key=HEX`. It
+    /// holds the store's key (never the wrap key): callers keep it in a
+    /// `Zeroizing` and send it only where the protocol says (opening a
+    /// backup, a backup job).
     pub fn to_text(&self) -> String {
-        wire::lock_text(&self.params, &self.salt, &self.key)
+        wire::lock_text(self.kdf, &self.params, &self.salt, &self.key)
     }
 
     /// Parses [`Lock::to_text`], checking the parameters' bounds.
     pub fn from_text(s: &str) -> Result<Lock, EngineError> {
         let mut key = Zeroizing::new([0u8; 32]);
-        let (params, salt) = wire::parse_lock_text(s.trim(), &mut key).map_err(EngineError::new)?;
-        Ok(Lock { params, salt, key })
+        let (kdf, params, salt) = wire::parse_lock_text(s.trim(), &mut key).map_err(EngineError::new)?;
+        Ok(Lock { kdf, params, salt, key, wrap: None })
     }
 }
 
 /// What the server sends to a PC that wants to restore a locked backup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Challenge {
+    pub kdf: Kdf,
     pub params: Params,
     pub salt: Vec<u8>,
     pub nonce: [u8; 32],
@@ -98,11 +126,14 @@ pub fn proof(key: &[u8; 32], nonce: &[u8; 32], pc: &str, backup: i64) -> [u8; 32
 /// the restore that follows. Ok(false) if the backup has no password.
 /// A wrong password is an error whose text is the server's one-line
 /// reason (`wrong password for backup 7 (3 tries left before a wait)`).
+/// The password's wrap key stays in the client for the restore (it opens
+/// the backup's own key; it is never sent).
 pub fn unlock(client: &Client, backup: i64, password: &[u8]) -> Result<bool, EngineError> {
     let Some(ch) = client.challenge(backup)? else { return Ok(false) };
-    let key = derive(password, &ch.salt, &ch.params)?;
+    let (key, wrap) = keys(password, ch.kdf, &ch.salt, &ch.params)?;
     let p = proof(&key, &ch.nonce, client.pc(), backup);
     client.unlock(backup, &p)?;
+    client.set_wrap(backup, wrap);
     Ok(true)
 }
 
@@ -167,10 +198,16 @@ mod tests {
         let lock = Lock::new(b"secret").unwrap();
         assert_eq!(lock.params, Params::DEFAULT);
         assert_ne!(lock.salt, [0u8; 16], "a random salt");
-        assert_eq!(*lock.key, *derive(b"secret", &lock.salt, &Params::DEFAULT).unwrap());
+        // What the store checks is the auth half; the wrap half stays here.
+        let p = derive(b"secret", &lock.salt, &Params::DEFAULT).unwrap();
+        let (auth, wrap) = bootvault_common::seal::split_password_key(&p);
+        assert_eq!((*lock.key, lock.wrap.as_deref().copied()), (*auth, Some(*wrap)));
+        assert_ne!(*lock.key, *p, "the Argon2id output itself is never sent");
         let text = lock.to_text();
-        assert!(text.starts_with("argon2id m=19456 t=2 p=1 salt="), "{text}");
-        assert_eq!(Lock::from_text(&format!(" {text}\n")).unwrap(), lock);
+        assert!(text.starts_with("argon2id-split m=19456 t=2 p=1 salt="), "{text}");
+        assert!(!text.contains(&wire::to_hex(&wrap[..])), "the wrap key is never in the text");
+        let back = Lock::from_text(&format!(" {text}\n")).unwrap();
+        assert_eq!(back, Lock { wrap: None, ..lock.clone() });
         let debug = format!("{lock:?}");
         assert!(!debug.contains(&wire::to_hex(&lock.key[..])) && debug.contains("19456"), "{debug}");
         assert!(Lock::from_text(&text.replace("m=19456", "m=999999999")).is_err());

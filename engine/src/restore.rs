@@ -182,22 +182,37 @@ pub fn cancelled_message(written: u64, matched: u64, total: u64) -> String {
 }
 
 /// The manifest of a backup, unsealed with `key` when it is encrypted
-/// (and checked against the index the store keeps).
+/// (and checked against the index the store keeps); a locked backup with
+/// a key of its own opens with the wrap key of the password the store
+/// was unlocked with.
 pub fn fetch_manifest(client: &dyn Store, backup: i64, key: Option<&DataKey>) -> Result<Manifest, EngineError> {
     fetch_manifest_sealed(client, backup, key).map(|(m, _)| m)
 }
 
-/// [`fetch_manifest`], and whether the backup is encrypted.
+/// [`fetch_manifest`], and the key its chunks open with (None: the
+/// backup is not encrypted).
 fn fetch_manifest_sealed(
     client: &dyn Store,
     backup: i64,
     key: Option<&DataKey>,
-) -> Result<(Manifest, bool), EngineError> {
+) -> Result<(Manifest, Option<Arc<DataKey>>), EngineError> {
     let bytes = client.manifest(backup)?;
     let m = Manifest::decode(&bytes)
         .map_err(|e| EngineError::new(format!("manifest of backup {backup} is damaged: {e}")))?;
-    let sealed = m.sealed.is_some();
-    Ok((m.unsealed(key).map_err(|e| EngineError::new(format!("backup {backup}: {e}")))?, sealed))
+    let wrapped = m.sealed.as_ref().is_some_and(|s| s.wrapped.is_some());
+    let own = match client.wrap_key(backup) {
+        Some(wrap) if wrapped => {
+            m.own_key(&wrap).map_err(|e| EngineError::new(format!("backup {backup}: {e}")))?.map(Arc::new)
+        }
+        _ => None,
+    };
+    let key: Option<Arc<DataKey>> = match (own, m.sealed.is_some()) {
+        (Some(own), _) => Some(own),
+        (None, true) => key.map(|k| Arc::new(k.clone())),
+        (None, false) => None,
+    };
+    let m = m.unsealed(key.as_deref()).map_err(|e| EngineError::new(format!("backup {backup}: {e}")))?;
+    Ok((m, key))
 }
 
 pub fn restore(
@@ -208,9 +223,9 @@ pub fn restore(
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<RestoreReport, EngineError> {
     let start = Instant::now();
-    let (m, sealed) = fetch_manifest_sealed(client, backup, opts.key.as_deref())?;
     // A key given for a backup that is not encrypted is not used.
-    let key = if sealed { opts.key.as_deref() } else { None };
+    let (m, key) = fetch_manifest_sealed(client, backup, opts.key.as_deref())?;
+    let key = key.as_deref();
     check_target(&m, dev.bytes, dev.logical)?;
     let count = m.chunks.len();
     let next = AtomicUsize::new(0);

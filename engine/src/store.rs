@@ -51,6 +51,11 @@ pub trait Store: Sync {
     /// chunks may be read. Ok(false): the backup has no password. A wrong
     /// password is an error saying so.
     fn unlock(&self, backup: i64, password: &[u8]) -> Result<bool, EngineError>;
+    /// The wrap key of the password `backup` was unlocked with here (it
+    /// opens a locked backup's own key; docs/DESIGN.md).
+    fn wrap_key(&self, _backup: i64) -> Option<crate::lock::WrapKey> {
+        None
+    }
 }
 
 impl Store for Client {
@@ -92,5 +97,8 @@ impl Store for Client {
     }
     fn unlock(&self, backup: i64, password: &[u8]) -> Result<bool, EngineError> {
         crate::lock::unlock(self, backup, password)
+    }
+    fn wrap_key(&self, backup: i64) -> Option<crate::lock::WrapKey> {
+        self.wrap(backup)
     }
 }

@@ -52,10 +52,7 @@ pub fn provider() -> CryptoProvider {
     CryptoProvider {
         cipher_suites: vec![cipher_suite::TLS13_CHACHA20_POLY1305_SHA256],
         kx_groups: vec![kx_group::X25519],
-        signature_verification_algorithms: WebPkiSupportedAlgorithms {
-            all: ED25519,
-            mapping: MAPPING,
-        },
+        signature_verification_algorithms: WebPkiSupportedAlgorithms { all: ED25519, mapping: MAPPING },
         secure_random: &Random,
         key_provider: &NoKeys,
     }
@@ -207,7 +204,8 @@ impl<In: Transport> Connector<In> for PinnedTls {
         };
         let host = details.uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
         let name = ServerName::try_from(host.to_owned()).map_err(|_| ureq::Error::Tls("not a host name"))?;
-        let mut conn = ClientConnection::new(config.clone(), name).map_err(|e| ureq::Error::Io(std::io::Error::other(e)))?;
+        let mut conn =
+            ClientConnection::new(config.clone(), name).map_err(|e| ureq::Error::Io(std::io::Error::other(e)))?;
         let mut sock = TransportAdapter::new(transport.boxed(), details.current_time.clone());
         sock.set_timeout(details.timeout);
         if let Err(e) = conn.complete_io(&mut sock) {

@@ -124,3 +124,75 @@ fn the_store_holds_only_ciphertext_and_restores_check_everything() {
     assert!(client.backups().expect("list").iter().any(|b| b.id == r.id && b.name == "sealed"));
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// A password-locked, encrypted backup is sealed with a key of its own,
+/// carried in its manifest wrapped with the password: the site's data
+/// key alone does not open it (a stolen PC image, or the admin's token
+/// past the server's gate), the password does, on the server and on a
+/// drive; its chunks do not deduplicate with the site key's.
+#[test]
+fn a_locked_backup_opens_with_its_password_not_with_the_site_key() {
+    use bootvault_engine::lock::Lock;
+    let dir = temp_dir("own-key");
+    let src = dir.join("src.img");
+    let data = source(&src);
+    let data_dir = dir.join("data");
+    let (token, admin) = {
+        let v = Vault::open(&data_dir).expect("vault");
+        (v.add_pc(&PcRow::new("own-pc", "52:54:00:00:00:32")).expect("add").token, v.admin_token().expect("admin"))
+    };
+    let port = bootvault_server::spawn_on_loopback(&data_dir, Default::default()).expect("server");
+    let url = format!("http://127.0.0.1:{port}");
+    let site = Arc::new(DataKey::new(&[42; 32]));
+    let dev = Device::open(&src, false).expect("open");
+    let target = dir.join("target.img");
+    fs::write(&target, vec![0xEE; data.len()]).expect("target");
+    let tdev = Device::open(&target, true).expect("open target");
+
+    // Sealed with the site key: the baseline a locked backup must not share.
+    let client = Client::new(&url, "own-pc", &token);
+    let mut opts = BackupOptions::new("own-pc", "site");
+    opts.key = Some(site.clone());
+    backup(&dev, &client, &opts, &mut |_| {}).expect("site-key backup");
+
+    let mut opts = BackupOptions::new("own-pc", "locked");
+    opts.key = Some(site.clone());
+    opts.lock = Some(Lock::new(b"a long enough password").expect("lock"));
+    assert!(opts.own_key());
+    let r = backup(&dev, &client, &opts, &mut |_| {}).expect("locked backup");
+    assert!(r.new_chunks >= 3, "a key of its own: nothing deduplicates with the site key's backup: {r:?}");
+    assert_eq!(file_holding(&data_dir, MARKER), None, "plain text in the server's data directory");
+    let m = bootvault_common::image::Manifest::decode(
+        &fs::read(data_dir.join(format!("manifests/{}.bvm", r.id))).expect("m"),
+    )
+    .expect("decode");
+    let sealed = m.sealed.as_ref().expect("sealed");
+    assert!(sealed.wrapped.is_some(), "the wrapped key is in the manifest");
+    assert_ne!(sealed.key, site.fingerprint_bytes(), "sealed with its own key, not the site's");
+
+    // The admin's token passes the server's gate, the site key is given: not enough.
+    let as_admin = Client::new(&url, "own-pc", &admin);
+    let e = restore(&tdev, &as_admin, r.id, &restore_opts(Some(&site)), &mut |_| {}).expect_err("site key alone");
+    assert!(e.to_string().contains("a key of its own, which its restore password opens"), "{e}");
+    assert!(fs::read(&target).expect("read").iter().all(|&b| b == 0xEE), "a refused restore wrote");
+    // A wrong password is refused by the server; the right one opens it, with or without the site key.
+    assert!(bootvault_engine::lock::unlock(&client, r.id, b"not the password").is_err());
+    let fresh = Client::new(&url, "own-pc", &token);
+    assert!(bootvault_engine::lock::unlock(&fresh, r.id, b"a long enough password").expect("unlock"));
+    restore(&tdev, &fresh, r.id, &restore_opts(None), &mut |_| {}).expect("restore with the password");
+    assert!(fs::read(&target).expect("read") == data, "byte for byte");
+
+    // On a drive: the same.
+    let store_dir = dir.join("usb/bootvault");
+    let local = LocalStore::open(&store_dir).expect("local store");
+    let lr = backup(&dev, &local, &opts, &mut |_| {}).expect("locked local backup");
+    assert_eq!(file_holding(&store_dir, MARKER), None, "plain text in the local store");
+    drop(local);
+    let reader = LocalStore::open_read(&store_dir).expect("reader");
+    use bootvault_engine::store::Store;
+    assert!(reader.unlock(lr.id, b"a long enough password").expect("unlock"));
+    fs::write(&target, vec![0xEE; data.len()]).expect("target");
+    restore(&tdev, &reader, lr.id, &restore_opts(Some(&site)), &mut |_| {}).expect("local restore");
+    assert!(fs::read(&target).expect("read") == data, "byte for byte from the drive");
+    let _ = fs::remove_dir_all(&dir);
+}

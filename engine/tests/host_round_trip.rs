@@ -266,10 +266,13 @@ fn walk(d: &Path) -> Vec<PathBuf> {
 
 /// A lock with tiny Argon2id costs, so the test is fast in debug builds
 /// (the costs travel with the challenge; the defaults are unit-tested).
+/// Of the older kind (the key is Argon2id's output itself, no wrap key),
+/// so locks made before restore passwords became keys keep working.
 fn cheap_lock(password: &[u8]) -> Lock {
     let params = Params { m_kib: 64, t_cost: 1, p: 1 };
     let salt = [7u8; 16];
-    Lock { params, salt, key: derive(password, &salt, &params).expect("derive") }
+    let key = derive(password, &salt, &params).expect("derive");
+    Lock { kdf: bootvault_common::wire::Kdf::Argon2id, params, salt, key, wrap: None }
 }
 
 /// A locked backup: listed as locked, refused without a ticket before

@@ -560,6 +560,7 @@ impl Session<'_> {
             opts.model = d.model.clone();
             opts.serial = d.serial.clone();
             opts.lock = lock;
+            opts.escrow = self.config.escrow;
             opts.cancel = cancel.clone();
             opts.key = jobs::data_key()?;
             let mut watch = Watch::new(&mut self.term, row, &cancel, "backup");

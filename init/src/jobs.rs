@@ -37,6 +37,10 @@ pub struct Job {
     pub lock: Option<Lock>,
     /// A restore job's unlock ticket (the admin gave the password).
     pub ticket: Option<String>,
+    /// The password's wrap key, sealed with the site's data key (hex):
+    /// a backup job's backup gets a key of its own; a restore job's
+    /// backup opens with it.
+    pub wrap: Option<String>,
 }
 
 impl Job {
@@ -49,6 +53,7 @@ impl Job {
             backup: c.backup,
             lock: None,
             ticket: None,
+            wrap: None,
         }
     }
 
@@ -66,6 +71,7 @@ impl Job {
             backup: m.backup,
             lock,
             ticket: m.ticket,
+            wrap: m.wrap,
         })
     }
 }
@@ -204,6 +210,19 @@ pub const KEY_PATH: &str = "/etc/bootvault.key";
 /// The PC's data key, read once: None when the PC has none (its backups
 /// are not encrypted); an error when the file is there but unreadable, so
 /// a PC meant to encrypt never backs up in the clear.
+/// A secret a job carries sealed with the site's data key (the
+/// password's wrap key), opened with this PC's.
+fn job_secret(hex: &str, key: Option<&DataKey>) -> Result<bootvault_engine::lock::WrapKey, String> {
+    let Some(key) = key else {
+        return Err("the job carries a password's key sealed with the site's data key, and this PC has none".into());
+    };
+    let mut sealed = vec![0u8; hex.len() / 2];
+    bootvault_common::wire::hex_into(hex, &mut sealed).map_err(|e| format!("the job's wrap: {e}"))?;
+    key.open_secret(&sealed).map_err(|_| {
+        format!("the job's password key does not open with this PC's data key {} (another site's?)", key.fingerprint())
+    })
+}
+
 pub fn data_key() -> Result<Option<Arc<DataKey>>, String> {
     static KEY: OnceLock<Result<Option<Arc<DataKey>>, String>> = OnceLock::new();
     KEY.get_or_init(|| match std::fs::read_to_string(KEY_PATH) {
@@ -291,7 +310,11 @@ fn execute(
             opts.model = disk.model.clone();
             opts.serial = disk.serial.clone();
             opts.lock = job.lock.clone();
+            opts.escrow = config.escrow;
             opts.key = data_key()?;
+            if let (Some(lock), Some(w)) = (opts.lock.as_mut(), &job.wrap) {
+                lock.wrap = Some(job_secret(w, opts.key.as_deref())?);
+            }
             if let Some(k) = &opts.key {
                 say(format!("backup: encrypted on this PC with data key {}", k.fingerprint()));
             }
@@ -320,6 +343,9 @@ fn execute(
             };
             if let (Some(t), Some(client)) = (&job.ticket, server) {
                 client.set_ticket(id, t.clone());
+            }
+            if let (Some(w), Some(client)) = (&job.wrap, server) {
+                client.set_wrap(id, job_secret(w, data_key()?.as_deref())?);
             }
             let dev = Device::open(&path, true).map_err(|e| e.to_string())?;
             say(format!(
@@ -371,6 +397,7 @@ mod tests {
                 backup: BackupRef::Id(12),
                 lock: None,
                 ticket: None,
+                wrap: None,
             }
         );
         let j = Job::from_server(&kv(&[("job", "8"), ("action", "backup"), ("name", "weekly")]), &c).unwrap();

@@ -222,10 +222,13 @@ fn connect(config: &Config, state: &mut State, disks_shown: &mut bool) -> Result
         Some(l) => (bootvault_common::units::mac_string(l.link.mac), l.addr.to_string()),
         None => ("-".into(), "-".into()),
     };
+    let asked = Instant::now();
     let answer = client
         .hello(&mac, &addr, Duration::from_secs(u64::from(config.server_timeout)), &mut |m| say(format!("server: {m}")))
         .map_err(|e| format!("server: {e}"))?;
-    say(format!("server: {} answered: {answer}", client.base()));
+    // The time to the first answer: TCP, the TLS handshake, one request.
+    let how = if config.fingerprint.is_some() && client.base().starts_with("https://") { ", pinned TLS" } else { "" };
+    say(format!("server: {} answered: {answer} ({} ms{how})", client.base(), asked.elapsed().as_millis()));
     Ok(client)
 }
 

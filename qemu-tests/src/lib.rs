@@ -158,45 +158,66 @@ pub struct Server {
     pub out: Lines,
     /// Its certificate's SHA-256, as `bootvault serve` printed it.
     pub fingerprint: String,
+    /// Started with `--plain-http`.
+    pub plain: bool,
 }
 
 impl Server {
     pub fn start(dir: &Path) -> Result<Server> {
+        Server::start_with(dir, false)
+    }
+
+    /// A server speaking plain HTTP only (`--plain-http`): for comparing
+    /// transports (`fingerprint` is then empty).
+    pub fn start_plain(dir: &Path) -> Result<Server> {
+        Server::start_with(dir, true)
+    }
+
+    fn start_with(dir: &Path, plain: bool) -> Result<Server> {
         let data = dir.join("server-data");
         let mut child = Command::new(bootvault_bin())
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(&data)
+            .args(if plain { &["--plain-http"][..] } else { &[] })
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| format!("starting {}: {e}", bootvault_bin().display()))?;
         let stdout = child.stdout.take().ok_or("no server stdout")?;
         let out = Lines::spawn(stdout, None, Some(dir.join("server.log")));
-        let (line, _) = out.expect("listening on https://127.0.0.1:", Duration::from_secs(20))?;
+        let scheme = if plain { "http" } else { "https" };
+        let (line, _) = out.expect(&format!("listening on {scheme}://127.0.0.1:"), Duration::from_secs(20))?;
         let port: u16 = line
             .split("127.0.0.1:")
             .nth(1)
             .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
             .and_then(|p| p.parse().ok())
             .ok_or_else(|| format!("no port in {line:?}"))?;
-        let (line, _) = out.expect("certificate fingerprint ", Duration::from_secs(5))?;
-        let fingerprint = line
-            .split("certificate fingerprint ")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .ok_or_else(|| format!("no fingerprint in {line:?}"))?
-            .to_owned();
-        Ok(Server { child, url: format!("https://127.0.0.1:{port}"), port, data, out, fingerprint })
+        let fingerprint = if plain {
+            String::new()
+        } else {
+            let (line, _) = out.expect("certificate fingerprint ", Duration::from_secs(5))?;
+            line.split("certificate fingerprint ")
+                .nth(1)
+                .and_then(|s| s.split_whitespace().next())
+                .ok_or_else(|| format!("no fingerprint in {line:?}"))?
+                .to_owned()
+        };
+        Ok(Server { child, url: format!("{scheme}://127.0.0.1:{port}"), port, data, out, fingerprint, plain })
     }
 
     /// `--server URL --fingerprint FP`: how the host CLI reaches it.
-    pub fn cli(&self) -> [String; 4] {
-        ["--server".into(), self.url.clone(), "--fingerprint".into(), self.fingerprint.clone()]
+    pub fn cli(&self) -> Vec<String> {
+        let mut args = vec!["--server".into(), self.url.clone()];
+        if !self.plain {
+            args.extend(["--fingerprint".into(), self.fingerprint.clone()]);
+        }
+        args
     }
 
     /// The URL the guest uses: user-mode networking's alias for the host.
     pub fn guest_url(&self) -> String {
-        format!("https://10.0.2.2:{}", self.port)
+        format!("{}://10.0.2.2:{}", if self.plain { "http" } else { "https" }, self.port)
     }
 
     /// The iPXE entry script as the guest reaches it (DHCP boot file

@@ -63,7 +63,8 @@ impl Interceptor {
             handshakes: Arc::default(),
             plaintext: Arc::default(),
         };
-        let (connections, handshakes, plaintext) = (me.connections.clone(), me.handshakes.clone(), me.plaintext.clone());
+        let (connections, handshakes, plaintext) =
+            (me.connections.clone(), me.handshakes.clone(), me.plaintext.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 connections.fetch_add(1, Ordering::Relaxed);
@@ -101,14 +102,16 @@ fn relay(
     plaintext: &AtomicU64,
 ) -> std::io::Result<()> {
     client.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut theirs = rustls::StreamOwned::new(rustls::ServerConnection::new(server).map_err(std::io::Error::other)?, client);
+    let mut theirs =
+        rustls::StreamOwned::new(rustls::ServerConnection::new(server).map_err(std::io::Error::other)?, client);
     while theirs.conn.is_handshaking() {
         theirs.conn.complete_io(&mut theirs.sock)?;
     }
     handshakes.fetch_add(1, Ordering::Relaxed);
     let sock = TcpStream::connect(("127.0.0.1", target))?;
     let name = ServerName::try_from("127.0.0.1").map_err(std::io::Error::other)?;
-    let mut ours = rustls::StreamOwned::new(rustls::ClientConnection::new(upstream, name).map_err(std::io::Error::other)?, sock);
+    let mut ours =
+        rustls::StreamOwned::new(rustls::ClientConnection::new(upstream, name).map_err(std::io::Error::other)?, sock);
     ours.sock.set_read_timeout(Some(Duration::from_millis(200)))?;
     theirs.sock.set_read_timeout(Some(Duration::from_millis(200)))?;
     let mut buf = vec![0u8; 64 * 1024];

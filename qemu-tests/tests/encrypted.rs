@@ -59,7 +59,14 @@ fn encrypted_on_the_pc_restored_by_another_pc_with_the_key() {
     server.register("pc-nokey", &mac_for("pc-nokey")).expect("register");
     server.admin("backups", &["grant", "1", "pc-nokey"]).expect("grant");
     let boot3 = dir.join("boot-nokey");
-    build_for(&boot3, "pc-nokey", &server, "qemu", &["--set", "action=restore", "--set", "backup=1"]).expect("build");
+    build_for(
+        &boot3,
+        "pc-nokey",
+        &server,
+        "qemu",
+        &["--no-encryption", "--set", "action=restore", "--set", "backup=1"],
+    )
+    .expect("build");
     let blank = dir.join("blank.img");
     fs::write(&blank, noise(52, (SOURCE_MIB << 20) as usize)).expect("blank");
     let before = fs::read(&blank).expect("read");

@@ -16,9 +16,14 @@ fn netboot_backup(tag: &str, uefi: bool) {
     let (pc, mac) = (tag, mac_for(tag));
     server.register(pc, &mac).expect("register");
     let boot = dir.join("boot");
-    let built =
-        build_for(&boot, pc, &server, "qemu", &["--media", "pxe", "--set", "action=backup", "--set", "name=net"])
-            .expect("build --media pxe");
+    let built = build_for(
+        &boot,
+        pc,
+        &server,
+        "qemu",
+        &["--media", "pxe", "--no-encryption", "--set", "action=backup", "--set", "name=net"],
+    )
+    .expect("build --media pxe");
     assert!(built.contains(&format!("boot/{pc} (served by MAC")), "{built}");
     let source = dir.join("source.img");
     fs::write(&source, noise(31, 16 << 20)).expect("source disk");
@@ -96,8 +101,14 @@ fn unknown_mac_is_listed_then_registered() {
     let lines = boot_until(&dir, "unpublished", &server, mac, "bootvault: powering off in 60 s");
     find_line(&lines, "PC newcomer has no network boot files yet");
 
-    build_for(&dir.join("boot"), "newcomer", &server, "qemu", &["--media", "pxe", "--set", "action=job"])
-        .expect("build");
+    build_for(
+        &dir.join("boot"),
+        "newcomer",
+        &server,
+        "qemu",
+        &["--media", "pxe", "--no-encryption", "--set", "action=job"],
+    )
+    .expect("build");
     boot_until(&dir, "registered", &server, mac, "bootvault: this is PC newcomer");
 
     server.admin("pc", &["edit", "newcomer", "--mode", "local"]).expect("edit");

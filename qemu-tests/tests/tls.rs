@@ -41,7 +41,8 @@ fn captured_traffic_of_a_locked_encrypted_backup_and_restore_holds_no_secret() {
     // PC 1 backs up, headless, from a job the admin queued with a password.
     let boot = dir.join("boot-a");
     build_for(&boot, "pc-cap", &server, "qemu", &["--set", "action=job", "--key-file", &key_s]).expect("build");
-    server.admin("jobs", &["add", "pc-cap", "backup", "--name", "locked", "--password-file", p]).expect("backup job");
+    let job = ["add", "pc-cap", "backup", "--name", "locked", "--password-file", p, "--key-file", &key_s];
+    server.admin("jobs", &job).expect("backup job");
     let pcap_a = dir.join("backup.pcap");
     let mut vm =
         Guest::new(&boot).disk(&source, "CAP00001").dump_traffic(&pcap_a).boot(&dir.join("a.log")).expect("boots");
@@ -49,11 +50,17 @@ fn captured_traffic_of_a_locked_encrypted_backup_and_restore_holds_no_secret() {
     assert!(line.contains("answered"), "{line}");
     vm.console.expect("backup 1 complete", STEP).expect("backup");
     vm.wait_exit(STEP).expect("powers off");
+    // Locked and encrypted: sealed with a key of its own, which only the
+    // password opens (the job carried its wrap key sealed with the site key).
+    let m = fs::read(server.data.join("manifests/1.bvm")).expect("manifest");
+    let m = bootvault_common::image::Manifest::decode(&m).expect("decode");
+    assert!(m.sealed.as_ref().is_some_and(|s| s.wrapped.is_some()), "backup 1 has no key of its own");
 
     // PC 2 restores it (one image to many PCs): granted, a job with the password.
     server.register("pc-cap2", &mac_for("pc-cap2")).expect("register");
     server.admin("backups", &["grant", "1", "pc-cap2"]).expect("grant");
-    server.admin("jobs", &["add", "pc-cap2", "restore", "--backup", "1", "--password-file", p]).expect("restore job");
+    let job = ["add", "pc-cap2", "restore", "--backup", "1", "--password-file", p, "--key-file", &key_s];
+    server.admin("jobs", &job).expect("restore job");
     let boot2 = dir.join("boot-b");
     build_for(&boot2, "pc-cap2", &server, "qemu", &["--set", "action=job", "--key-file", &key_s]).expect("build");
     let target = dir.join("target.img");

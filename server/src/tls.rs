@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use bootvault_common::fingerprint::Fingerprint;
-use rustls::pki_types::pem::PemObject;
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -161,7 +161,11 @@ fn make(dir: &Path, names: &[String]) -> Result<()> {
         .and_then(|p| p.self_signed(&signing_key))
         .context("making the server's certificate")?;
     let made = rcgen::CertifiedKey { cert, signing_key };
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).with_context(|| format!("creating {}", dir.display()))?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
     let write = |name: &str, text: String, mode: u32| -> Result<()> {
         let tmp = dir.join(format!("{name}.tmp"));
         let _ = fs::remove_file(&tmp);
@@ -171,7 +175,9 @@ fn make(dir: &Path, names: &[String]) -> Result<()> {
             .mode(mode)
             .open(&tmp)
             .with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(text.as_bytes())
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
         fs::rename(&tmp, dir.join(name)).with_context(|| format!("renaming {}", tmp.display()))
     };
     // The key first: a certificate on disk always has its key.

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use anyhow::{anyhow, Result};
-use bootvault_common::wire::{self, LockParams, LOCK_SALT_BYTES};
+use bootvault_common::wire::{self, Kdf, LockParams, LOCK_SALT_BYTES};
 
 use crate::db::Database;
 use crate::secrets::{ct_eq, random_32};
@@ -43,6 +43,7 @@ pub fn unlock_wait(failures: i64) -> i64 {
 /// the PC derived from the password; the password is never sent).
 #[derive(Clone, PartialEq, Eq)]
 pub struct BackupLock {
+    pub kdf: Kdf,
     pub params: LockParams,
     pub salt: [u8; LOCK_SALT_BYTES],
     pub key: [u8; 32],
@@ -58,18 +59,19 @@ impl BackupLock {
     /// Parses and checks the lock text (`wire::lock_text`).
     pub fn from_text(text: &str) -> Result<BackupLock> {
         let mut key = [0u8; 32];
-        let (params, salt) = wire::parse_lock_text(text.trim(), &mut key).map_err(|e| anyhow!("{e}"))?;
-        Ok(BackupLock { params, salt, key })
+        let (kdf, params, salt) = wire::parse_lock_text(text.trim(), &mut key).map_err(|e| anyhow!("{e}"))?;
+        Ok(BackupLock { kdf, params, salt, key })
     }
 
     pub fn to_text(&self) -> String {
-        wire::lock_text(&self.params, &self.salt, &self.key)
+        wire::lock_text(self.kdf, &self.params, &self.salt, &self.key)
     }
 }
 
 /// What a PC must answer to unlock a backup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Challenge {
+    pub kdf: Kdf,
     pub params: LockParams,
     pub salt: [u8; LOCK_SALT_BYTES],
     pub nonce: [u8; 32],
@@ -167,7 +169,7 @@ impl Unlocks {
         let mut s = self.state();
         s.challenges.retain(|_, (_, expires)| *expires > now);
         s.challenges.insert((pc.to_owned(), backup), (nonce, now + CHALLENGE_SECONDS));
-        Ok(Some(Challenge { params: lock.params, salt: lock.salt, nonce }))
+        Ok(Some(Challenge { kdf: lock.kdf, params: lock.params, salt: lock.salt, nonce }))
     }
 
     /// Checks `proof` against the open challenge of (pc, backup), counting

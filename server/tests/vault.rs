@@ -310,7 +310,7 @@ fn grants_pending_and_settings() {
 }
 
 fn test_lock(key: u8) -> BackupLock {
-    BackupLock { params: LockParams { m_kib: 64, t_cost: 1, p: 1 }, salt: [1; 16], key: [key; 32] }
+    BackupLock { kdf: bootvault_common::wire::Kdf::Argon2id, params: LockParams { m_kib: 64, t_cost: 1, p: 1 }, salt: [1; 16], key: [key; 32] }
 }
 
 /// A locked backup, complete, of `pc`.

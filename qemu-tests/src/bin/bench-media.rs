@@ -99,7 +99,7 @@ fn bench() -> Result<()> {
     let mac = mac_for(pc);
     server.register(pc, &mac)?;
     let boot = dir.join("boot");
-    build_for(&boot, pc, &server, "qemu", &["--media", "pxe,iso,usb", "--set", "action=job"])?;
+    build_for(&boot, pc, &server, "qemu", &["--media", "pxe,iso,usb", "--no-encryption", "--set", "action=job"])?;
     let iso = boot.join(format!("{pc}.iso"));
     let usb = boot.join(format!("{pc}-usb.img"));
     let grub = dir.join("grub.iso");

@@ -32,6 +32,10 @@ struct NewJob {
     nonce: Option<String>,
     #[serde(default)]
     proof: Option<String>,
+    /// The password's wrap key sealed with the site's data key (hex),
+    /// for the PC; the server cannot open it.
+    #[serde(default)]
+    wrap: Option<String>,
 }
 
 pub async fn add(State(app): State<Shared>, _: Admin, body: Body) -> Result<Response, Response> {
@@ -55,7 +59,16 @@ pub async fn add(State(app): State<Shared>, _: Admin, body: Body) -> Result<Resp
         }
         let id = app
             .vault
-            .add_job_with(&j.pc, &j.action, &disk, &name, j.backup, lock.as_ref(), proven.is_some())
+            .add_job_sealed(
+                &j.pc,
+                &j.action,
+                &disk,
+                &name,
+                j.backup,
+                lock.as_ref(),
+                proven.is_some(),
+                j.wrap.as_deref(),
+            )
             .map_err(refused)?;
         Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response())
     })
@@ -87,6 +100,7 @@ pub async fn next(State(app): State<Shared>, PcCaller(pc): PcCaller) -> Result<R
                     backup: j.backup.map_or(BackupRef::Latest, BackupRef::Id),
                     lock: j.lock.clone(),
                     ticket: None,
+                    wrap: j.wrap.clone(),
                 };
                 m.check().map(|()| m)
             });

@@ -106,7 +106,8 @@ pub async fn challenge(
             Ok(Some(c)) => Ok(text(
                 StatusCode::OK,
                 format!(
-                    "locked=yes\nkdf=argon2id\nm={}\nt={}\np={}\nsalt={}\nnonce={}\n",
+                    "locked=yes\nkdf={}\nm={}\nt={}\np={}\nsalt={}\nnonce={}\n",
+                    c.kdf.as_str(),
                     c.params.m_kib,
                     c.params.t_cost,
                     c.params.p,

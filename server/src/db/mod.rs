@@ -63,6 +63,10 @@ pub struct JobRow {
     /// A restore job of a locked backup whose password the admin gave:
     /// the PC gets a ticket with the job.
     pub unlocked: bool,
+    /// The password's wrap key sealed for the PC (sent once, like the
+    /// lock; the server cannot open it); never listed.
+    #[serde(skip)]
+    pub wrap: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -200,6 +204,8 @@ pub struct NewJob<'a> {
     /// A backup job's lock text.
     pub lock: Option<String>,
     pub unlocked: bool,
+    /// The password's wrap key sealed for the PC (hex; `JobMessage::wrap`).
+    pub wrap: Option<String>,
 }
 
 /// A result a PC reported (the job it ends, if any).

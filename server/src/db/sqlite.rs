@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use anyhow::{anyhow, bail, Context, Result};
 use bootvault_common::image::ChunkId;
-use bootvault_common::wire::{LockParams, LOCK_SALT_BYTES};
+use bootvault_common::wire::{Kdf, LockParams, LOCK_SALT_BYTES};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
@@ -94,6 +94,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
              PRIMARY KEY (backup, chunk)) WITHOUT ROWID;
          ALTER TABLE pcs ADD COLUMN quota INTEGER;",
     ),
+    // Schema 6: how a lock's key comes from its password (`wire::Kdf`;
+    // NULL = argon2id, the locks made before).
+    // The wrap key a job carries to its PC, sealed with the site's data
+    // key (`JobMessage::wrap`).
+    (6, "ALTER TABLE backups ADD COLUMN kdf TEXT; ALTER TABLE jobs ADD COLUMN wrap TEXT;"),
 ];
 
 /// Brings an older database up to the current schema: each step of
@@ -120,7 +125,7 @@ pub(super) fn is_disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
 const BACKUP_COLS: &str = "id, pc, name, state, created, finished, disk_bytes, chunk_size, chunks, zero_chunks, \
     blob_bytes, received_bytes, received_chunks, digest, reason, lock_key IS NOT NULL, model";
 
-const JOB_COLS: &str = "id, pc, action, disk, name, backup, state, created, started, finished, lock, unlocked";
+const JOB_COLS: &str = "id, pc, action, disk, name, backup, state, created, started, finished, lock, unlocked, wrap";
 
 fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
     Ok(JobRow {
@@ -136,6 +141,7 @@ fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
         finished: r.get(9)?,
         lock: r.get(10)?,
         unlocked: r.get(11)?,
+        wrap: r.get(12)?,
     })
 }
 
@@ -442,8 +448,8 @@ impl Database for SqliteDb {
         let lock = b.lock;
         db.execute(
             "INSERT INTO backups (pc, name, state, created, last_active, disk_bytes, chunk_size, kdf_m, kdf_t, kdf_p,
-               salt, lock_key)
-             VALUES (?1, ?2, 'uploading', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+               salt, lock_key, kdf)
+             VALUES (?1, ?2, 'uploading', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 b.pc,
                 b.name,
@@ -455,7 +461,8 @@ impl Database for SqliteDb {
                 lock.map(|l| l.params.t_cost),
                 lock.map(|l| l.params.p),
                 lock.map(|l| l.salt.to_vec()),
-                lock.map(|l| l.key.to_vec())
+                lock.map(|l| l.key.to_vec()),
+                lock.map(|l| l.kdf.as_str())
             ],
         )?;
         Ok(db.last_insert_rowid())
@@ -469,17 +476,21 @@ impl Database for SqliteDb {
     }
 
     fn backup_lock(&self, id: i64) -> Result<Option<BackupLock>> {
-        type Cols = (Option<u32>, Option<u32>, Option<u32>, Option<Vec<u8>>, Option<Vec<u8>>);
+        type Cols = (Option<u32>, Option<u32>, Option<u32>, Option<Vec<u8>>, Option<Vec<u8>>, Option<String>);
         let cols: Option<Cols> = self
             .db()
-            .query_row("SELECT kdf_m, kdf_t, kdf_p, salt, lock_key FROM backups WHERE id = ?1", [id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            .query_row("SELECT kdf_m, kdf_t, kdf_p, salt, lock_key, kdf FROM backups WHERE id = ?1", [id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
             })
             .optional()?;
-        let Some((Some(m_kib), Some(t_cost), Some(p), Some(salt), Some(key))) = cols else { return Ok(None) };
+        let Some((Some(m_kib), Some(t_cost), Some(p), Some(salt), Some(key), kdf)) = cols else { return Ok(None) };
+        let kdf = match kdf.as_deref() {
+            None => Kdf::Argon2id,
+            Some(k) => Kdf::parse(k).ok_or_else(|| anyhow!("backup {id}: stored kdf {k:?} is unknown"))?,
+        };
         let salt = salt.try_into().map_err(|_| anyhow!("backup {id}: stored salt is not {LOCK_SALT_BYTES} bytes"))?;
         let key = key.try_into().map_err(|_| anyhow!("backup {id}: stored key is not 32 bytes"))?;
-        Ok(Some(BackupLock { params: LockParams { m_kib, t_cost, p }, salt, key }))
+        Ok(Some(BackupLock { kdf, params: LockParams { m_kib, t_cost, p }, salt, key }))
     }
 
     fn list_backups(&self, pc: Option<&str>, all: bool) -> Result<Vec<BackupRow>> {
@@ -667,9 +678,9 @@ impl Database for SqliteDb {
     fn add_job(&self, j: &NewJob<'_>, now: i64) -> Result<i64> {
         let db = self.db();
         db.execute(
-            "INSERT INTO jobs (pc, action, disk, name, backup, state, created, lock, unlocked)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8)",
-            params![j.pc, j.action, j.disk, j.name, j.backup, now, j.lock, j.unlocked],
+            "INSERT INTO jobs (pc, action, disk, name, backup, state, created, lock, unlocked, wrap)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8, ?9)",
+            params![j.pc, j.action, j.disk, j.name, j.backup, now, j.lock, j.unlocked, j.wrap],
         )?;
         Ok(db.last_insert_rowid())
     }
@@ -684,7 +695,7 @@ impl Database for SqliteDb {
         tx.execute("UPDATE jobs SET state = 'running', started = ?2 WHERE id = ?1", params![id, now])?;
         let job = tx.query_row(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?1"), [id], job_row)?;
         // The lock goes to the PC once, with the job; the backup row keeps it.
-        tx.execute("UPDATE jobs SET lock = NULL WHERE id = ?1", [id])?;
+        tx.execute("UPDATE jobs SET lock = NULL, wrap = NULL WHERE id = ?1", [id])?;
         tx.commit()?;
         Ok(Some(job))
     }

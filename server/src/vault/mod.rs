@@ -761,6 +761,32 @@ impl Vault {
         lock: Option<&BackupLock>,
         unlocked: bool,
     ) -> Result<i64> {
+        self.add_job_sealed(pc, action, disk, name, backup, lock, unlocked, None)
+    }
+
+    /// [`Vault::add_job_with`], carrying `wrap` to the PC: the password's
+    /// wrap key sealed with the site's data key (hex), which opens (or,
+    /// for a backup job, makes) a locked backup's own key; the server
+    /// cannot open it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_job_sealed(
+        &self,
+        pc: &str,
+        action: &str,
+        disk: &str,
+        name: &str,
+        backup: Option<i64>,
+        lock: Option<&BackupLock>,
+        unlocked: bool,
+        wrap: Option<&str>,
+    ) -> Result<i64> {
+        let sealed = 2 * bootvault_common::seal::SEALED_SECRET_BYTES;
+        if wrap.is_some_and(|w| w.len() != sealed || !w.bytes().all(|b| b.is_ascii_hexdigit())) {
+            bail!("wrap: expected {sealed} hex digits");
+        }
+        if wrap.is_some() && lock.is_none() && !unlocked {
+            bail!("a sealed wrap key goes with a password (a backup job's lock, or a restore job's proof)");
+        }
         if !matches!(action, "backup" | "restore") {
             bail!("action must be backup or restore, not {action:?}");
         }
@@ -795,7 +821,8 @@ impl Vault {
                 }
             }
         }
-        let job = NewJob { pc, action, disk, name, backup, lock: lock.map(BackupLock::to_text), unlocked };
+        let wrap = wrap.map(str::to_owned);
+        let job = NewJob { pc, action, disk, name, backup, lock: lock.map(BackupLock::to_text), unlocked, wrap };
         self.db.add_job(&job, now())
     }
 
