@@ -935,7 +935,8 @@ impl<W: Write> ImageWriter<W> {
 #[derive(Debug)]
 pub enum Record {
     Chunk { id: ChunkId, blob: Vec<u8> },
-    Manifest(Manifest),
+    /// Boxed: a manifest is much larger than a chunk record's head.
+    Manifest(Box<Manifest>),
 }
 
 pub struct ImageReader<R: Read> {
@@ -1037,7 +1038,7 @@ impl<R: Read> ImageReader<R> {
                 }
                 self.trailer(at)?;
                 self.done = true;
-                Ok(Some(Record::Manifest(m)))
+                Ok(Some(Record::Manifest(Box::new(m))))
             }
             t => ferr(at, format!("unknown record tag {t}")),
         }
@@ -1380,7 +1381,7 @@ mod tests {
                 Record::Manifest(_) => panic!("manifest too early"),
             }
         }
-        assert!(matches!(&recs[3], Record::Manifest(x) if *x == m));
+        assert!(matches!(&recs[3], Record::Manifest(x) if **x == m));
 
         // Damage inside the third blob names that record's offset.
         let third_at = 16 + (37 + blobs[0].1.len()) + (37 + blobs[1].1.len());

@@ -474,13 +474,13 @@ fn schema_3_databases_are_migrated() {
     assert_eq!((b.state.as_str(), b.locked, b.model.as_str()), ("failed", false, ""));
     assert_eq!(v.backup_lock(1).unwrap(), None);
     let j = v.next_job("old").unwrap().unwrap();
-    assert_eq!((j.lock, j.unlocked), (None, false));
+    assert_eq!((j.lock, j.unlocked, j.wrap), (None, false, None));
     assert_eq!(v.unlock_failures("old", 1).unwrap(), (0, 0));
     drop(v);
     let db = rusqlite::Connection::open(dir.join("bootvault.db")).unwrap();
     let version: String =
         db.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, "5");
+    assert_eq!(version, "6");
     drop(db);
     Vault::open(&dir).unwrap(); // the migration runs once
     let _ = fs::remove_dir_all(&dir);
