@@ -92,6 +92,16 @@ pub fn main() -> ! {
     for p in mount_problems {
         say(format!("warning: {p}"));
     }
+    // The kernel's random generator may not be ready this early (no
+    // RDRAND, as on old PCs and QEMU's default CPU): the first getrandom
+    // then waits while the kernel gathers jitter entropy, about a second
+    // under QEMU. Ask now, in the background, so that wait overlaps the
+    // module loading and DHCP instead of delaying the TLS handshake and
+    // the first sealed chunk.
+    std::thread::spawn(|| {
+        let mut one = [0u8; 1];
+        let _ = bootvault_engine::lock::random_bytes(&mut one);
+    });
     // Orphans re-parent to PID 1; reap them so they do not pile up.
     std::thread::spawn(|| loop {
         sys::reap_children();

@@ -267,7 +267,10 @@ pub async fn serve(
             // Timeouts, resets and failed handshakes end here; nothing to tell anyone.
             match tls {
                 Some(acceptor) if starts_tls(&stream, handshake).await => {
-                    let accept = acceptor.accept(StallGuard::new(stream, write_stall));
+                    // rustls reads 4 KiB at a time: a buffer under it makes
+                    // that one system call per 64 KiB of an upload.
+                    let buffered = tokio::io::BufReader::with_capacity(64 << 10, StallGuard::new(stream, write_stall));
+                    let accept = acceptor.accept(buffered);
                     if let Ok(Ok(stream)) = tokio::time::timeout(handshake, accept).await {
                         let io = TokioIo::new(stream);
                         let _ = watcher.watch(http.serve_connection(io, service(false))).await;

@@ -4,7 +4,8 @@
 //!   bench disks (`linux`, `mixed`, built by bench-imaging into
 //!   ~/.cache/bootvault/bench) against a local `bootvault serve`, in the
 //!   four combinations of plain HTTP / pinned TLS and unencrypted /
-//!   encrypted; median of 3 runs each, every run against a fresh server.
+//!   encrypted; median of 5 interleaved rounds, every run against a
+//!   fresh server.
 //!   Ratios are against plain HTTP, unencrypted, in the same run.
 //! * QEMU (TCG): the time from the PC's first request to the server's
 //!   answer (TCP, the TLS handshake, one request), as the init prints it,
@@ -17,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use bootvault_qemu_tests::*;
 
-const RUNS: usize = 3;
+/// Host rounds (each runs every combination once); QEMU boots per server.
+const RUNS: usize = 5;
+const BOOTS: usize = 3;
 
 fn main() {
     if let Err(e) = bench() {
@@ -100,29 +103,33 @@ fn bench() -> Result<()> {
     println!();
     println!("| disk | transport | encrypted | backup | MB/s | ratio | restore | MB/s | ratio |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    for name in ["linux", "mixed"] {
+    // BENCH_DISKS=mixed (a comma list) and BENCH_QEMU=0 narrow a run.
+    let disks = std::env::var("BENCH_DISKS").unwrap_or_else(|_| "linux,mixed".into());
+    for name in disks.split(',') {
         let disk = home.join(".cache/bootvault/bench").join(name).join("disk.img");
         if !disk.is_file() {
             println!("| {name} | (missing: bench-imaging builds {}) | | | | | | | |", disk.display());
             continue;
         }
         let mb = fs::metadata(&disk).map_err(|e| e.to_string())?.len() as f64 / 1e6;
-        let mut base = (0.0, 0.0);
-        for (plain, encrypted) in [(true, false), (false, false), (true, true), (false, true)] {
-            let (mut b, mut r) = (Vec::new(), Vec::new());
-            for _ in 0..RUNS {
-                let (tb, tr) = once(&work.join("run"), &disk, plain, encrypted, &key)?;
-                b.push(tb);
-                r.push(tr);
+        // Rounds interleave the four combinations, so a machine that
+        // slows down for a while slows them all alike.
+        let combos = [(true, false), (false, false), (true, true), (false, true)];
+        let mut times: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); combos.len()];
+        for _ in 0..RUNS {
+            for (i, (plain, encrypted)) in combos.iter().enumerate() {
+                let (tb, tr) = once(&work.join("run"), &disk, *plain, *encrypted, &key)?;
+                times[i].0.push(tb);
+                times[i].1.push(tr);
             }
-            let (b, r) = (median(b), median(r));
-            if plain && !encrypted {
-                base = (b, r);
-            }
+        }
+        let medians: Vec<(f64, f64)> = times.into_iter().map(|(b, r)| (median(b), median(r))).collect();
+        let base = medians[0];
+        for ((plain, encrypted), (b, r)) in combos.iter().zip(medians) {
             println!(
                 "| {name} | {} | {} | {b:.2} s | {:.0} | {:.2} | {r:.2} s | {:.0} | {:.2} |",
-                if plain { "plain HTTP" } else { "pinned TLS" },
-                if encrypted { "yes" } else { "no" },
+                if *plain { "plain HTTP" } else { "pinned TLS" },
+                if *encrypted { "yes" } else { "no" },
                 mb / b,
                 b / base.0,
                 mb / r,
@@ -130,14 +137,17 @@ fn bench() -> Result<()> {
             );
         }
     }
+    if std::env::var("BENCH_QEMU").as_deref() == Ok("0") {
+        return Ok(());
+    }
     println!();
-    println!("### QEMU (TCG): the PC's first request to the server's answer (median of {RUNS} boots)");
+    println!("### QEMU (TCG): the PC's first request to the server's answer (median of {BOOTS} boots)");
     println!();
     println!("| server | first answer |");
     println!("| --- | --- |");
     for plain in [true, false] {
         let mut v = Vec::new();
-        for i in 0..RUNS {
+        for i in 0..BOOTS {
             v.push(hello_ms(&work.join(format!("hello-{i}")), plain)?);
         }
         println!("| {} | {:.0} ms |", if plain { "plain HTTP" } else { "pinned TLS" }, median(v));
