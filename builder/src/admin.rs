@@ -440,11 +440,26 @@ pub fn backups(data: &Path, as_json: bool, cmd: BackupsCmd) -> Result<()> {
         BackupsCmd::Show { id } => {
             let b = v.backup(id)?.with_context(|| format!("no backup {id}"))?;
             // How each partition was taken, from the manifest (complete backups only).
+            // An encrypted backup's partition records are sealed: opened
+            // here with the site key (this machine's, if it has it).
+            let mut sealed_note = None;
             let partitions = match v.manifest(id) {
                 Ok(bytes) => {
-                    bootvault_common::image::Manifest::decode(&bytes)
-                        .with_context(|| format!("manifest of backup {id} is damaged"))?
-                        .partitions
+                    let m = bootvault_common::image::Manifest::decode(&bytes)
+                        .with_context(|| format!("manifest of backup {id} is damaged"))?;
+                    match &m.sealed {
+                        None => m.partitions,
+                        Some(_) => {
+                            let key = crate::keys::for_restores(None).ok().flatten();
+                            match m.unsealed(key.as_ref()) {
+                                Ok(real) => real.partitions,
+                                Err(e) => {
+                                    sealed_note = Some(format!("partitions: sealed ({e})"));
+                                    Vec::new()
+                                }
+                            }
+                        }
+                    }
                 }
                 Err(_) => Vec::new(),
             };
@@ -465,6 +480,9 @@ pub fn backups(data: &Path, as_json: bool, cmd: BackupsCmd) -> Result<()> {
             print_backups(std::slice::from_ref(&b));
             for p in &partitions {
                 println!("{}", p.describe());
+            }
+            if let Some(note) = &sealed_note {
+                println!("{note}");
             }
             if b.locked {
                 println!("protected by a restore password (PCs need it, or a job made with --password-file)");
