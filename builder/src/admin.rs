@@ -666,8 +666,7 @@ pub fn jobs(data: &Path, as_json: bool, cmd: JobsCmd) -> Result<()> {
                         (Some(_), Some(w)) => Some(seal_for_pc(w)?),
                         _ => None,
                     };
-                    let id =
-                        v.add_job_sealed(&pc, &action, &disk, name, backup, Some(&lock), false, wrap.as_deref())?;
+                    let id = v.add_job_with(&pc, &action, &disk, name, backup, Some(&lock), false, wrap.as_deref())?;
                     println!("job {id} queued for {pc}: the backup will be protected by the password");
                 }
                 "restore" => {
@@ -692,7 +691,7 @@ pub fn jobs(data: &Path, as_json: bool, cmd: JobsCmd) -> Result<()> {
                              the job can carry the password's key to {pc} sealed"
                         ),
                     };
-                    let id = v.add_job_sealed(&pc, &action, &disk, name, Some(b), None, true, wrap.as_deref())?;
+                    let id = v.add_job_with(&pc, &action, &disk, name, Some(b), None, true, wrap.as_deref())?;
                     println!("job {id} queued for {pc}: restore of backup {b}, unlocked with its password");
                 }
                 other => bail!("action must be backup or restore, not {other:?}"),

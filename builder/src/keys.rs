@@ -20,13 +20,7 @@ use bootvault_engine::lock::{random_bytes, Zeroizing};
 /// The site key's file: `$BOOTVAULT_KEY_FILE`, else
 /// `$XDG_CONFIG_HOME/bootvault/data.key` (`~/.config/...`).
 pub fn site_key_file() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("BOOTVAULT_KEY_FILE") {
-        return Some(PathBuf::from(p));
-    }
-    let config = std::env::var_os("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
-    Some(config.join("bootvault").join("data.key"))
+    crate::known::config_file("BOOTVAULT_KEY_FILE", "data.key")
 }
 
 /// A new random data key in `file` (0600; an existing file is never

@@ -14,13 +14,19 @@ use bootvault_common::fingerprint::Fingerprint;
 
 /// The known-servers file.
 pub fn file() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("BOOTVAULT_KNOWN_SERVERS") {
+    config_file("BOOTVAULT_KNOWN_SERVERS", "known_servers")
+}
+
+/// `$VAR`, else `NAME` in `$XDG_CONFIG_HOME/bootvault` (`~/.config/...`):
+/// where the CLI keeps what it trusts and the site key.
+pub fn config_file(var: &str, name: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(var) {
         return Some(PathBuf::from(p));
     }
     let config = std::env::var_os("XDG_CONFIG_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
-    Some(config.join("bootvault").join("known_servers"))
+    Some(config.join("bootvault").join(name))
 }
 
 /// The fingerprint `text` names for `url` (trailing slashes ignored).

@@ -105,7 +105,7 @@ fn injected_job_fields_are_refused_by_the_vault() {
         ("auto", "", Some(0), "backup"),
         ("auto", "", Some(-1), "backup"),
     ] {
-        let e = v.add_job_with("pc-one", "restore", disk, name, backup, None, false).unwrap_err().to_string();
+        let e = v.add_job_with("pc-one", "restore", disk, name, backup, None, false, None).unwrap_err().to_string();
         assert!(e.starts_with(field), "{disk:?} {name:?} {backup:?}: the error names {field}: {e}");
         assert!(!e.contains('\n'), "one line: {e:?}");
     }

@@ -310,7 +310,12 @@ fn grants_pending_and_settings() {
 }
 
 fn test_lock(key: u8) -> BackupLock {
-    BackupLock { kdf: bootvault_common::wire::Kdf::Argon2id, params: LockParams { m_kib: 64, t_cost: 1, p: 1 }, salt: [1; 16], key: [key; 32] }
+    BackupLock {
+        kdf: bootvault_common::wire::Kdf::Argon2id,
+        params: LockParams { m_kib: 64, t_cost: 1, p: 1 },
+        salt: [1; 16],
+        key: [key; 32],
+    }
 }
 
 /// A locked backup, complete, of `pc`.
@@ -420,10 +425,10 @@ fn jobs_with_passwords() {
     assert_eq!(e, format!("backup {id} is protected by a password: give the job --password-file FILE"));
     let e = v.add_job("pc1", "restore", "auto", "", None).unwrap_err().to_string();
     assert!(e.contains(&format!("the latest backup of pc1 ({id}) is protected by a password")), "{e}");
-    assert!(v.add_job_with("pc1", "restore", "auto", "", None, None, true).is_err(), "unlocked needs an id");
-    assert!(v.add_job_with("pc1", "restore", "auto", "", Some(id), Some(&lock), false).is_err());
-    let b = v.add_job_with("pc1", "backup", "auto", "weekly", None, Some(&lock), false).unwrap();
-    let r = v.add_job_with("pc1", "restore", "auto", "", Some(id), None, true).unwrap();
+    assert!(v.add_job_with("pc1", "restore", "auto", "", None, None, true, None).is_err(), "unlocked needs an id");
+    assert!(v.add_job_with("pc1", "restore", "auto", "", Some(id), Some(&lock), false, None).is_err());
+    let b = v.add_job_with("pc1", "backup", "auto", "weekly", None, Some(&lock), false, None).unwrap();
+    let r = v.add_job_with("pc1", "restore", "auto", "", Some(id), None, true, None).unwrap();
     assert!(!serde_json::to_string(&v.list_jobs(None).unwrap()).unwrap().contains("argon2id"), "never listed");
     let got = v.next_job("pc1").unwrap().unwrap();
     assert_eq!((got.id, got.lock.as_deref()), (b, Some(lock.to_text().as_str())));

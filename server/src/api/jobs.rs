@@ -59,16 +59,7 @@ pub async fn add(State(app): State<Shared>, _: Admin, body: Body) -> Result<Resp
         }
         let id = app
             .vault
-            .add_job_sealed(
-                &j.pc,
-                &j.action,
-                &disk,
-                &name,
-                j.backup,
-                lock.as_ref(),
-                proven.is_some(),
-                j.wrap.as_deref(),
-            )
+            .add_job_with(&j.pc, &j.action, &disk, &name, j.backup, lock.as_ref(), proven.is_some(), j.wrap.as_deref())
             .map_err(refused)?;
         Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response())
     })

@@ -743,33 +743,18 @@ impl Vault {
     // Jobs and results.
 
     pub fn add_job(&self, pc: &str, action: &str, disk: &str, name: &str, backup: Option<i64>) -> Result<i64> {
-        self.add_job_with(pc, action, disk, name, backup, None, false)
+        self.add_job_with(pc, action, disk, name, backup, None, false, None)
     }
 
     /// A job with a restore password: `lock` for a backup job (the PC
     /// locks the backup with it), `unlocked` for a restore job whose proof
     /// the caller checked ([`Vault::verify_unlock`]) for this PC. A restore
     /// job of a locked backup without it is refused.
+    /// `wrap` goes to the PC with the job: the password's wrap key sealed
+    /// with the site's data key (hex), which opens (or, for a backup job,
+    /// makes) a locked backup's own key; the server cannot open it.
     #[allow(clippy::too_many_arguments)]
     pub fn add_job_with(
-        &self,
-        pc: &str,
-        action: &str,
-        disk: &str,
-        name: &str,
-        backup: Option<i64>,
-        lock: Option<&BackupLock>,
-        unlocked: bool,
-    ) -> Result<i64> {
-        self.add_job_sealed(pc, action, disk, name, backup, lock, unlocked, None)
-    }
-
-    /// [`Vault::add_job_with`], carrying `wrap` to the PC: the password's
-    /// wrap key sealed with the site's data key (hex), which opens (or,
-    /// for a backup job, makes) a locked backup's own key; the server
-    /// cannot open it.
-    #[allow(clippy::too_many_arguments)]
-    pub fn add_job_sealed(
         &self,
         pc: &str,
         action: &str,
