@@ -64,11 +64,10 @@ pub fn provider() -> CryptoProvider {
 /// server (or the CPU) prefers it.
 fn suites() -> Vec<rustls::SupportedCipherSuite> {
     use rustls::crypto::ring::cipher_suite;
-    let mut v = Vec::new();
     #[cfg(feature = "aes-tls")]
-    v.push(cipher_suite::TLS13_AES_128_GCM_SHA256);
-    v.push(cipher_suite::TLS13_CHACHA20_POLY1305_SHA256);
-    v
+    return vec![cipher_suite::TLS13_AES_128_GCM_SHA256, cipher_suite::TLS13_CHACHA20_POLY1305_SHA256];
+    #[cfg(not(feature = "aes-tls"))]
+    vec![cipher_suite::TLS13_CHACHA20_POLY1305_SHA256]
 }
 
 /// The kernel's random numbers (getrandom), as the engine's nonces.

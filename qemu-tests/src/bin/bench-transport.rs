@@ -6,7 +6,9 @@
 //!   four combinations of plain HTTP / pinned TLS and unencrypted /
 //!   encrypted; median of 5 interleaved rounds, every run against a
 //!   fresh server.
-//!   Ratios are against plain HTTP, unencrypted, in the same run.
+//!   Ratios are against plain HTTP, unencrypted, in the same run: of the
+//!   wall time (client and server share the machine) and of the client's
+//!   CPU seconds (user + system, `/usr/bin/time`: what a PC pays).
 //! * QEMU (TCG): the time from the PC's first request to the server's
 //!   answer (TCP, the TLS handshake, one request), as the init prints it,
 //!   against a plain and a TLS server; median of 3 boots each.
@@ -38,8 +40,27 @@ fn sh(script: &str) -> Result<()> {
     run(Command::new("sh").arg("-c").arg(script)).map(|_| ())
 }
 
-/// One backup and one restore of `disk` against a fresh server: seconds each.
-fn once(dir: &Path, disk: &Path, plain: bool, encrypted: bool, key: &Path) -> Result<(f64, f64)> {
+/// User + system seconds `/usr/bin/time` wrote into `file`.
+fn cpu_seconds(file: &Path) -> Result<f64> {
+    let text = fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let line = text.lines().last().unwrap_or("");
+    let v: Vec<f64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    if v.len() != 2 {
+        return Err(format!("{}: no user and system seconds in {line:?}", file.display()));
+    }
+    Ok(v[0] + v[1])
+}
+
+/// Wall and CPU seconds of the client (what a PC pays): a backup, then
+/// a restore of `disk` against a fresh server.
+struct Once {
+    backup: f64,
+    backup_cpu: f64,
+    restore: f64,
+    restore_cpu: f64,
+}
+
+fn once(dir: &Path, disk: &Path, plain: bool, encrypted: bool, key: &Path) -> Result<Once> {
     let _ = fs::remove_dir_all(dir);
     fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let server = if plain { Server::start_plain(dir)? } else { Server::start(dir)? };
@@ -51,27 +72,34 @@ fn once(dir: &Path, disk: &Path, plain: bool, encrypted: bool, key: &Path) -> Re
     let key_arg = if encrypted { format!("--key-file {}", key.display()) } else { String::new() };
     // The source in the page cache for every run alike.
     sh(&format!("cat {} > /dev/null", disk.display()))?;
+    let cpu = dir.join("cpu");
     let t = Instant::now();
     sh(&format!(
-        "{} backup --disk {} {remote} --pc bench --token {token} --name full {crypt} > /dev/null 2>&1",
+        "/usr/bin/time -f '%U %S' -o {} {} backup --disk {} {remote} --pc bench --token {token} --name full {crypt} \
+         > /dev/null 2>&1",
+        cpu.display(),
         bin.display(),
         disk.display()
     ))?;
     let backup = t.elapsed().as_secs_f64();
+    let backup_cpu = cpu_seconds(&cpu)?;
     let target = dir.join("target.img");
     let f = fs::File::create(&target).map_err(|e| e.to_string())?;
     f.set_len(fs::metadata(disk).map_err(|e| e.to_string())?.len()).map_err(|e| e.to_string())?;
     drop(f);
     let t = Instant::now();
     sh(&format!(
-        "{} restore --disk {} {remote} --pc bench --token {token} --backup latest --compare never {key_arg} > /dev/null 2>&1",
+        "/usr/bin/time -f '%U %S' -o {} {} restore --disk {} {remote} --pc bench --token {token} --backup latest \
+         --compare never {key_arg} > /dev/null 2>&1",
+        cpu.display(),
         bin.display(),
         target.display()
     ))?;
     let restore = t.elapsed().as_secs_f64();
+    let restore_cpu = cpu_seconds(&cpu)?;
     drop(server);
     let _ = fs::remove_dir_all(dir);
-    Ok((backup, restore))
+    Ok(Once { backup, backup_cpu, restore, restore_cpu })
 }
 
 /// The init's "answered: ... (N ms" for one boot.
@@ -101,8 +129,10 @@ fn bench() -> Result<()> {
     run(Command::new(bootvault_bin()).args(["key", "new"]).arg(&key))?;
     println!("### Host: transport and encryption (median of {RUNS}; ratios against plain HTTP, unencrypted)");
     println!();
-    println!("| disk | transport | encrypted | backup | MB/s | ratio | restore | MB/s | ratio |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| disk | transport | encrypted | backup | MB/s | ratio | client CPU ratio | restore | MB/s | ratio | client CPU ratio |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     // BENCH_DISKS=mixed (a comma list) and BENCH_QEMU=0 narrow a run.
     let disks = std::env::var("BENCH_DISKS").unwrap_or_else(|_| "linux,mixed".into());
     for name in disks.split(',') {
@@ -115,25 +145,30 @@ fn bench() -> Result<()> {
         // Rounds interleave the four combinations, so a machine that
         // slows down for a while slows them all alike.
         let combos = [(true, false), (false, false), (true, true), (false, true)];
-        let mut times: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); combos.len()];
+        let mut times: Vec<[Vec<f64>; 4]> = vec![Default::default(); combos.len()];
         for _ in 0..RUNS {
             for (i, (plain, encrypted)) in combos.iter().enumerate() {
-                let (tb, tr) = once(&work.join("run"), &disk, *plain, *encrypted, &key)?;
-                times[i].0.push(tb);
-                times[i].1.push(tr);
+                let o = once(&work.join("run"), &disk, *plain, *encrypted, &key)?;
+                for (k, v) in [o.backup, o.backup_cpu, o.restore, o.restore_cpu].into_iter().enumerate() {
+                    times[i][k].push(v);
+                }
             }
         }
-        let medians: Vec<(f64, f64)> = times.into_iter().map(|(b, r)| (median(b), median(r))).collect();
+        let medians: Vec<[f64; 4]> = times.into_iter().map(|t| t.map(median)).collect();
         let base = medians[0];
-        for ((plain, encrypted), (b, r)) in combos.iter().zip(medians) {
+        for ((plain, encrypted), m) in combos.iter().zip(medians) {
             println!(
-                "| {name} | {} | {} | {b:.2} s | {:.0} | {:.2} | {r:.2} s | {:.0} | {:.2} |",
+                "| {name} | {} | {} | {:.2} s | {:.0} | {:.2} | {:.2} | {:.2} s | {:.0} | {:.2} | {:.2} |",
                 if *plain { "plain HTTP" } else { "pinned TLS" },
                 if *encrypted { "yes" } else { "no" },
-                mb / b,
-                b / base.0,
-                mb / r,
-                r / base.1
+                m[0],
+                mb / m[0],
+                m[0] / base[0],
+                m[1] / base[1],
+                m[2],
+                mb / m[2],
+                m[2] / base[2],
+                m[3] / base[3]
             );
         }
     }
