@@ -934,7 +934,10 @@ impl<W: Write> ImageWriter<W> {
 
 #[derive(Debug)]
 pub enum Record {
-    Chunk { id: ChunkId, blob: Vec<u8> },
+    Chunk {
+        id: ChunkId,
+        blob: Vec<u8>,
+    },
     /// Boxed: a manifest is much larger than a chunk record's head.
     Manifest(Box<Manifest>),
 }
@@ -1093,7 +1096,10 @@ mod tests {
         let back = Manifest::decode(&sealed.encode()).expect("decodes");
         assert_eq!(back, sealed);
         let s = back.sealed.as_ref().expect("sealed");
-        assert_eq!((s.wrapped.as_deref(), s.escrowed.as_ref().map(Vec::len)), (Some(&wrapped[..]), Some(ESCROWED_BYTES)));
+        assert_eq!(
+            (s.wrapped.as_deref(), s.escrowed.as_ref().map(Vec::len)),
+            (Some(&wrapped[..]), Some(ESCROWED_BYTES))
+        );
         let e = back.unsealed(Some(&DataKey::new(&[1; 32]))).expect_err("another key");
         assert!(e.contains("a key of its own"), "{e}");
         let opened = back.own_key(&wrap).expect("opens").expect("has one");

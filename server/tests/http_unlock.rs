@@ -90,7 +90,12 @@ fn challenge_unlock_ticket_matrix() {
         bootvault_common::testdata::manifest_of("pc-one", vec![Chunk::Data { id: cid, blob_len: blob.len() as u32 }]);
     m.model = "Disk\tModel 1".into();
     let key = [42u8; 32];
-    let lock = BackupLock { kdf: bootvault_common::wire::Kdf::Argon2id, params: LockParams { m_kib: 64, t_cost: 1, p: 1 }, salt: [3; 16], key };
+    let lock = BackupLock {
+        kdf: bootvault_common::wire::Kdf::Argon2id,
+        params: LockParams { m_kib: 64, t_cost: 1, p: 1 },
+        salt: [3; 16],
+        key,
+    };
     let mut ids = Vec::new();
     for l in [None, Some(&lock)] {
         let id = v.create_backup_locked("pc-one", "full", 4096, 4096, l).expect("create");

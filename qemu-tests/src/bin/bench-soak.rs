@@ -592,7 +592,8 @@ fn soak() -> Result<bool> {
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let data = dir.join("server-data");
-    let mut server = Server { child: None, data: data.clone(), dir: dir.clone(), port: 0, starts: 0, fingerprint: None };
+    let mut server =
+        Server { child: None, data: data.clone(), dir: dir.clone(), port: 0, starts: 0, fingerprint: None };
     server.start()?;
     let url = server.url();
     let fingerprint = server.fingerprint;
