@@ -2,8 +2,8 @@
 //! prints, the builder pins into each PC and the init and the host CLI
 //! check before they send anything (docs/DESIGN.md "Transport").
 //!
-//! Pure text handling; hashing a certificate is the caller's (the engine
-//! and the server hash with the TLS library they already carry).
+//! Text handling, and the hash of a certificate (ring's SHA-256, which
+//! the engine and the server carry for TLS anyway).
 
 use std::fmt;
 
@@ -12,6 +12,14 @@ use std::fmt;
 pub struct Fingerprint(pub [u8; 32]);
 
 impl Fingerprint {
+    /// SHA-256 of a certificate's DER bytes.
+    pub fn of_der(der: &[u8]) -> Fingerprint {
+        let d = ring::digest::digest(&ring::digest::SHA256, der);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        Fingerprint(out)
+    }
+
     /// Reads `ab:cd:…` (32 bytes, as [`Fingerprint`]'s `Display` and
     /// `openssl x509 -fingerprint -sha256` write them, either case), with
     /// or without the colons, with or without a `sha256:` prefix.

@@ -159,13 +159,7 @@ impl DataKey {
     }
 
     pub fn open_secret(&self, blob: &[u8]) -> Result<Zeroizing<[u8; 32]>, SealError> {
-        let plain = Zeroizing::new(open(&self.secret, SECRET_AD, blob)?);
-        let mut out = Zeroizing::new([0u8; 32]);
-        if plain.len() != 32 {
-            return Err(SealError::Forged);
-        }
-        out.copy_from_slice(&plain);
-        Ok(out)
+        open_32(&self.secret, SECRET_AD, blob)
     }
 }
 
@@ -203,6 +197,17 @@ fn seal(key: &[u8; 32], ad: &[u8], msg: &[u8], nonce: &[u8; NONCE_BYTES]) -> Vec
         Err(_) => out.truncate(1 + NONCE_BYTES),
     }
     out
+}
+
+/// [`open`] of a sealed 32-byte secret (a key), kept wiped.
+fn open_32(key: &[u8; 32], ad: &[u8], blob: &[u8]) -> Result<Zeroizing<[u8; 32]>, SealError> {
+    let plain = Zeroizing::new(open(key, ad, blob)?);
+    let mut out = Zeroizing::new([0u8; 32]);
+    if plain.len() != 32 {
+        return Err(SealError::Forged);
+    }
+    out.copy_from_slice(&plain);
+    Ok(out)
 }
 
 fn open(key: &[u8; 32], ad: &[u8], blob: &[u8]) -> Result<Vec<u8>, SealError> {
@@ -246,12 +251,7 @@ pub fn wrap_key(wrap: &[u8; 32], backup_key: &[u8; 32], nonce: &[u8; NONCE_BYTES
 
 /// Opens [`wrap_key`]'s output for a backup sealed with key `fingerprint`.
 pub fn unwrap_key(wrap: &[u8; 32], wrapped: &[u8], fingerprint: &[u8; 8]) -> Result<Zeroizing<[u8; 32]>, SealError> {
-    let plain = Zeroizing::new(open(wrap, &[WRAP_AD, fingerprint].concat(), wrapped)?);
-    let mut key = Zeroizing::new([0u8; 32]);
-    if plain.len() != 32 {
-        return Err(SealError::Forged);
-    }
-    key.copy_from_slice(&plain);
+    let key = open_32(wrap, &[WRAP_AD, fingerprint].concat(), wrapped)?;
     if DataKey::new(&key).fingerprint_bytes() != *fingerprint {
         return Err(SealError::Forged);
     }

@@ -33,14 +33,6 @@ use ureq::unversioned::transport::{
     Buffers, ConnectionDetails, Connector, Either, LazyBuffers, NextTimeout, Transport, TransportAdapter,
 };
 
-/// SHA-256 of a certificate's DER bytes.
-pub fn fingerprint_of(der: &[u8]) -> Fingerprint {
-    let d = ring::digest::digest(&ring::digest::SHA256, der);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    Fingerprint(out)
-}
-
 /// The client's algorithms: one of each, the ones `bootvault serve`
 /// uses with PCs (its own Ed25519 certificate).
 pub fn provider() -> CryptoProvider {
@@ -104,6 +96,11 @@ impl Refusals {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
+    /// The same, left in place (the client takes it for its message).
+    fn peek(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     fn set(&self, line: String) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(line);
     }
@@ -132,7 +129,7 @@ impl ServerCertVerifier for Pinned {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let seen = fingerprint_of(end_entity);
+        let seen = Fingerprint::of_der(end_entity);
         if seen == self.pin {
             return Ok(ServerCertVerified::assertion());
         }
@@ -221,12 +218,8 @@ impl<In: Transport> Connector<In> for PinnedTls {
         let mut sock = Buffered::new(TransportAdapter::new(transport.boxed(), details.current_time.clone()));
         sock.inner.set_timeout(details.timeout);
         if let Err(e) = conn.complete_io(&mut sock) {
-            return Err(ureq::Error::Io(match self.refusals.take() {
-                Some(line) => {
-                    // Kept for the client's message, which names the server.
-                    self.refusals.set(line.clone());
-                    std::io::Error::new(std::io::ErrorKind::PermissionDenied, line)
-                }
+            return Err(ureq::Error::Io(match self.refusals.peek() {
+                Some(line) => std::io::Error::new(std::io::ErrorKind::PermissionDenied, line),
                 None => e,
             }));
         }

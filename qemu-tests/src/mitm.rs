@@ -58,7 +58,7 @@ impl Interceptor {
         let port = listener.local_addr().map_err(|e| e.to_string())?.port();
         let me = Interceptor {
             port,
-            fingerprint: bootvault_engine::tls::fingerprint_of(cert.der()).to_string(),
+            fingerprint: bootvault_common::fingerprint::Fingerprint::of_der(cert.der()).to_string(),
             connections: Arc::default(),
             handshakes: Arc::default(),
             plaintext: Arc::default(),

@@ -71,18 +71,10 @@ impl ResolvesServerCert for Choose {
     }
 }
 
-/// SHA-256 of a certificate's DER bytes.
-pub fn fingerprint_of(der: &[u8]) -> Fingerprint {
-    let d = ring::digest::digest(&ring::digest::SHA256, der);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    Fingerprint(out)
-}
-
 /// The fingerprint of the first certificate in a PEM file.
 pub fn fingerprint_of_file(cert: &Path) -> Result<Fingerprint> {
     let chain = read_chain(cert)?;
-    Ok(fingerprint_of(&chain[0]))
+    Ok(Fingerprint::of_der(&chain[0]))
 }
 
 /// The fingerprint PCs of the server with data directory `data` pin,
@@ -120,7 +112,7 @@ pub fn setup(data: &Path, mode: &Mode, names: &[String]) -> Result<Option<Tls>> 
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let ours = certified(&provider, &cert, &key)?;
-    let fingerprint = fingerprint_of(&ours.cert[0]);
+    let fingerprint = Fingerprint::of_der(&ours.cert[0]);
     let own = match mode {
         Mode::Own { cert, key } => Some((certified(&provider, cert, key)?, cert.clone())),
         _ => None,
