@@ -250,6 +250,46 @@ fn quotas_refuse_new_bytes_past_the_limit() {
     let _ = fs::remove_dir_all(&dir);
 }
 
+/// Chunks of one PC sent at once (a PC keeps several in flight) share the
+/// room left under the quota: never more than the quota is stored, however
+/// the checks interleave.
+#[test]
+fn chunks_sent_at_once_never_pass_the_quota_together() {
+    let dir = temp("quota-race");
+    let v = Vault::open(&dir).unwrap();
+    v.add_pc(&PcRow::new("small", "52:54:00:00:02:02")).unwrap();
+    let one = chunk(1).1.len() as u64;
+    let quota = one * 5 + one / 2;
+    v.set_pc_quota("small", Some(quota)).unwrap();
+    let seeds: Vec<u32> = (100..164).collect();
+    let m = manifest("small", &seeds);
+    let id = v.create_backup("small", "full", m.disk_bytes, 4096).unwrap();
+    let stored = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let (v, seeds, stored) = (&v, &seeds, &stored);
+            s.spawn(move || {
+                for seed in seeds.iter().skip(t).step_by(8) {
+                    let (cid, blob) = chunk(*seed);
+                    match v.put_chunk_for(Some("small"), &cid, &blob, Some(id)) {
+                        Ok(true) => {
+                            stored.fetch_add(blob.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Ok(false) => {}
+                        Err(PutError::Quota(_)) => {}
+                        Err(e) => panic!("{e:?}"),
+                    }
+                }
+            });
+        }
+    });
+    let stored = stored.into_inner();
+    assert_eq!(v.pc_usage("small").unwrap(), stored);
+    assert!(stored <= quota, "{stored} stored past a quota of {quota}");
+    assert_eq!(stored, 5 * one, "the room is used, not refused early");
+    let _ = fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_backup_opened_after_gc_started_keeps_the_old_chunks_it_reuses() {
     let dir = temp("late");

@@ -106,6 +106,9 @@ pub struct Vault {
     manifests: Mutex<rights::ManifestIds>,
     /// When each upload's `last_active` was last written (see `note_active`).
     active: Mutex<HashMap<i64, i64>>,
+    /// Held from a quota check to the stored chunk's note, so two chunks
+    /// of one PC sent at once cannot both fit the room left for one.
+    quota: Mutex<()>,
 }
 
 impl Vault {
@@ -128,6 +131,7 @@ impl Vault {
             boot: BootFiles::new(dir),
             manifests: Mutex::new(rights::ManifestIds::default()),
             active: Mutex::new(HashMap::new()),
+            quota: Mutex::new(()),
         };
         v.ensure_admin_token()?;
         Ok(v)
@@ -483,6 +487,7 @@ impl Vault {
         };
         let verified = if trusted { None } else { Some(blobs::verify(id, blob).map_err(PutError::Bad)?) };
         let _lock = self.blobs.lock(false).map_err(storage)?;
+        let mut _quota = None;
         let stored_now = match self.blobs.touch(id, gc::margins().1).map_err(storage)? {
             // A plain blob proves itself (its BLAKE3 is its name); an
             // encrypted one cannot, so a proven plain blob replaces an
@@ -499,6 +504,9 @@ impl Vault {
             }
             None => {
                 if let Some(p) = pc {
+                    if self.pc_quota(p).map_err(storage)?.is_some() {
+                        _quota = Some(self.quota.lock().unwrap_or_else(|e| e.into_inner()));
+                    }
                     self.check_quota(p, blob.len() as u64).map_err(PutError::Quota)?;
                 }
                 let verified = match verified {
