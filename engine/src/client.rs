@@ -765,11 +765,7 @@ fn agent(t: &Timeouts, pin: Option<Fingerprint>, refusals: &Refusals) -> ureq::A
         .max_idle_connections_per_host(8)
         .build();
     let tls = crate::tls::connector(pin, refusals.clone());
-    match tls {
-        Ok(tls) => ureq::Agent::with_parts(config, TcpConnector::default().chain(tls), DefaultResolver::default()),
-        // Only a provider without TLS 1.3 fails here, which ring is not.
-        Err(_) => ureq::Agent::with_parts(config, TcpConnector::default(), DefaultResolver::default()),
-    }
+    ureq::Agent::with_parts(config, TcpConnector::default().chain(tls), DefaultResolver::default())
 }
 
 /// `chunk 1a2b3c4d5e6f of backup 7`: a chunk in messages (the id's first

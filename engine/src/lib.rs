@@ -23,6 +23,7 @@ pub mod progress;
 pub mod restore;
 pub mod store;
 pub mod tls;
+pub mod tls13;
 
 use std::fmt;
 

@@ -4,17 +4,14 @@
 //! The PC and the host CLI trust exactly one certificate, pinned when the
 //! PC was built (or given with `--fingerprint`): no CA bundle, nothing that
 //! expires on the PC, no name to match. The handshake still proves the
-//! server holds that certificate's private key (rustls checks its
-//! signature over the handshake), so a machine in the middle with any
-//! other certificate is refused before a request byte (token included)
-//! is sent.
+//! server holds that certificate's private key (it signs the handshake),
+//! so a machine in the middle with any other certificate is refused
+//! before a request byte (token included) is sent.
 //!
-//! The server is ours, so the client speaks exactly what it does and
-//! nothing more ([`provider`]): TLS 1.3, X25519, ChaCha20-Poly1305 (fast
-//! without AES instructions, as on the old PCs this project names),
-//! Ed25519 certificates. Every other algorithm ring has stays out of the
-//! init (BENCHMARKS.md "What TLS costs the init": P-256's tables alone are
-//! 151 KB).
+//! The protocol is [`crate::tls13`]: TLS 1.3, X25519, Ed25519 and
+//! ChaCha20-Poly1305 (fast without AES instructions, as on the old PCs
+//! this project names); host builds (feature `aes-tls`) offer
+//! AES-128-GCM first.
 //!
 //! [`connector`] plugs into ureq's connector chain after its TCP
 //! connector: `http://` passes through untouched, `https://` is wrapped
@@ -25,65 +22,17 @@ use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 
 use bootvault_common::fingerprint::Fingerprint;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
 use ureq::unversioned::transport::{
     Buffers, ConnectionDetails, Connector, Either, LazyBuffers, NextTimeout, Transport, TransportAdapter,
 };
 
-/// The client's algorithms: one of each, the ones `bootvault serve`
-/// uses with PCs (its own Ed25519 certificate).
-pub fn provider() -> CryptoProvider {
-    use rustls::crypto::ring::kx_group;
-    use rustls::crypto::WebPkiSupportedAlgorithms;
-    type Algorithms = &'static [&'static dyn rustls::pki_types::SignatureVerificationAlgorithm];
-    static ED25519: Algorithms = &[webpki::ring::ED25519];
-    static MAPPING: &[(SignatureScheme, Algorithms)] = &[(SignatureScheme::ED25519, ED25519)];
-    CryptoProvider {
-        cipher_suites: suites(),
-        kx_groups: vec![kx_group::X25519],
-        signature_verification_algorithms: WebPkiSupportedAlgorithms { all: ED25519, mapping: MAPPING },
-        secure_random: &Random,
-        key_provider: &NoKeys,
-    }
-}
+use crate::tls13::{self, Suite, Tls};
 
-/// ChaCha20-Poly1305 only in the init; the host's builds (feature
-/// `aes-tls`) offer AES-128-GCM first, which CPUs with AES instructions
-/// run about three times faster, and fall back to ChaCha20 where the
-/// server (or the CPU) prefers it.
-fn suites() -> Vec<rustls::SupportedCipherSuite> {
-    use rustls::crypto::ring::cipher_suite;
-    #[cfg(feature = "aes-tls")]
-    return vec![cipher_suite::TLS13_AES_128_GCM_SHA256, cipher_suite::TLS13_CHACHA20_POLY1305_SHA256];
-    #[cfg(not(feature = "aes-tls"))]
-    vec![cipher_suite::TLS13_CHACHA20_POLY1305_SHA256]
-}
-
-/// The kernel's random numbers (getrandom), as the engine's nonces.
-#[derive(Debug)]
-struct Random;
-
-impl rustls::crypto::SecureRandom for Random {
-    fn fill(&self, buf: &mut [u8]) -> Result<(), rustls::crypto::GetRandomFailed> {
-        crate::lock::random_bytes(buf).map_err(|_| rustls::crypto::GetRandomFailed)
-    }
-}
-
-/// The client proves itself with its token, never with a key of its own.
-#[derive(Debug)]
-struct NoKeys;
-
-impl rustls::crypto::KeyProvider for NoKeys {
-    fn load_private_key(
-        &self,
-        _key: rustls::pki_types::PrivateKeyDer<'static>,
-    ) -> Result<Arc<dyn rustls::sign::SigningKey>, rustls::Error> {
-        Err(rustls::Error::General("no client keys".into()))
-    }
-}
+/// The suites offered, in order: ChaCha20-Poly1305 only in the init;
+/// the host's builds (feature `aes-tls`) offer AES-128-GCM first, which
+/// CPUs with AES instructions run about three times faster.
+pub const SUITES: &[Suite] =
+    if cfg!(feature = "aes-tls") { &[Suite::Aes128Gcm, Suite::Chacha20Poly1305] } else { &[Suite::Chacha20Poly1305] };
 
 /// What the last handshake refused, in words for the console: set when
 /// the server showed a certificate other than the pinned one.
@@ -96,77 +45,14 @@ impl Refusals {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    /// The same, left in place (the client takes it for its message).
-    fn peek(&self) -> Option<String> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
     fn set(&self, line: String) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(line);
     }
 }
 
-/// Accepts exactly the certificate whose SHA-256 is `pin`, and checks
-/// the handshake's signature with it.
-struct Pinned {
-    pin: Fingerprint,
-    provider: Arc<CryptoProvider>,
-    refusals: Refusals,
-}
-
-impl fmt::Debug for Pinned {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Pinned({})", self.pin)
-    }
-}
-
-impl ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let seen = Fingerprint::of_der(end_entity);
-        if seen == self.pin {
-            return Ok(ServerCertVerified::assertion());
-        }
-        self.refusals.set(format!(
-            "its certificate is not the one this PC trusts (SHA-256 {seen}, expected {}): another server, or \
-             someone in between; nothing was sent",
-            self.pin
-        ));
-        Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// The TLS step of a client's connector chain.
 pub struct PinnedTls {
-    config: Option<Arc<ClientConfig>>,
+    pin: Option<Fingerprint>,
     refusals: Refusals,
 }
 
@@ -178,22 +64,8 @@ impl fmt::Debug for PinnedTls {
 
 /// The TLS step for a server pinned to `pin` (None: `https://` refused;
 /// `http://` works either way). Its refusals land in `refusals`.
-pub fn connector(pin: Option<Fingerprint>, refusals: Refusals) -> Result<PinnedTls, String> {
-    let config = match pin {
-        None => None,
-        Some(pin) => {
-            let provider = Arc::new(provider());
-            let verifier = Arc::new(Pinned { pin, provider: provider.clone(), refusals: refusals.clone() });
-            let config = ClientConfig::builder_with_provider(provider)
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .map_err(|e| format!("setting up TLS: {e}"))?
-                .dangerous()
-                .with_custom_certificate_verifier(verifier)
-                .with_no_client_auth();
-            Some(Arc::new(config))
-        }
-    };
-    Ok(PinnedTls { config, refusals })
+pub fn connector(pin: Option<Fingerprint>, refusals: Refusals) -> PinnedTls {
+    PinnedTls { pin, refusals }
 }
 
 impl<In: Transport> Connector<In> for PinnedTls {
@@ -206,31 +78,33 @@ impl<In: Transport> Connector<In> for PinnedTls {
         if !details.needs_tls() || transport.is_tls() {
             return Ok(Some(Either::A(transport)));
         }
-        let Some(config) = &self.config else {
+        let Some(pin) = &self.pin else {
             return Err(ureq::Error::Tls(
                 "an https:// server needs its certificate's fingerprint (--fingerprint, or fingerprint= in the PC's settings)",
             ));
         };
-        let host = details.uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
-        let name = ServerName::try_from(host.to_owned()).map_err(|_| ureq::Error::Tls("not a host name"))?;
-        let mut conn =
-            ClientConnection::new(config.clone(), name).map_err(|e| ureq::Error::Io(std::io::Error::other(e)))?;
         let mut sock = Buffered::new(TransportAdapter::new(transport.boxed(), details.current_time.clone()));
         sock.inner.set_timeout(details.timeout);
-        if let Err(e) = conn.complete_io(&mut sock) {
-            return Err(ureq::Error::Io(match self.refusals.peek() {
-                Some(line) => std::io::Error::new(std::io::ErrorKind::PermissionDenied, line),
-                None => e,
-            }));
-        }
+        let stream = match tls13::connect(sock, pin, SUITES) {
+            Ok(s) => s,
+            Err(tls13::Failure::Pin(seen)) => {
+                let line = format!(
+                    "its certificate is not the one this PC trusts (SHA-256 {seen}, expected {pin}): another server, \
+                     or someone in between; nothing was sent"
+                );
+                self.refusals.set(line.clone());
+                return Err(ureq::Error::Io(std::io::Error::new(std::io::ErrorKind::PermissionDenied, line)));
+            }
+            Err(tls13::Failure::Io(e)) => return Err(ureq::Error::Io(e)),
+        };
         let buffers = LazyBuffers::new(details.config.input_buffer_size(), details.config.output_buffer_size());
-        Ok(Some(Either::B(PinnedTransport { buffers, stream: StreamOwned { conn, sock } })))
+        Ok(Some(Either::B(PinnedTransport { buffers, stream })))
     }
 }
 
-/// The socket under rustls, read in large pieces: rustls asks for at most
-/// 4 KiB at a time, which would cost a system call (and ureq's timeout
-/// set-up) per 4 KiB of a restore.
+/// The socket under TLS, read in large pieces: records are read a header
+/// and a body at a time, which would cost a system call (and ureq's
+/// timeout set-up) per record of a restore.
 pub struct Buffered {
     inner: TransportAdapter,
     buf: Vec<u8>,
@@ -276,7 +150,7 @@ impl Write for Buffered {
 /// A TLS connection as ureq's transport.
 pub struct PinnedTransport {
     buffers: LazyBuffers,
-    stream: StreamOwned<ClientConnection, Buffered>,
+    stream: Tls<Buffered>,
 }
 
 impl fmt::Debug for PinnedTransport {
