@@ -1,5 +1,6 @@
-//! The client side of docs/PROTOCOL.md, over ureq (HTTP/1.1, keep-alive;
-//! `https://` with the server's certificate pinned, [`crate::tls`]).
+//! The client side of docs/PROTOCOL.md, over [`crate::http`] (HTTP/1.1,
+//! keep-alive; `https://` with the server's certificate pinned,
+//! [`crate::tls`]).
 //! Every request names the PC. Non-2xx answers become errors
 //! carrying the server's one-line reason and are never retried;
 //! idempotent requests are tried again after a network error or a timeout
@@ -13,7 +14,6 @@
 //! manifest and chunk requests for that backup carry.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,13 +25,14 @@ use zeroize::Zeroizing;
 
 use bootvault_common::fingerprint::Fingerprint;
 
+use crate::http::{Failure, Http, Request};
 use crate::lock::{Challenge, Lock, Params};
 use crate::tls::Refusals;
 use crate::EngineError;
 
 #[derive(Clone)]
 pub struct Client {
-    agent: ureq::Agent,
+    http: Http,
     timeouts: Timeouts,
     /// The only certificate an `https://` server may present.
     pin: Option<Fingerprint>,
@@ -205,7 +206,7 @@ impl Timeouts {
 
     /// Whether a body that has moved `bytes` in `elapsed` is too slow to
     /// go on with (see [`Timeouts::min_rate`]).
-    fn too_slow(&self, bytes: u64, elapsed: Duration) -> bool {
+    pub(crate) fn too_slow(&self, bytes: u64, elapsed: Duration) -> bool {
         elapsed > self.stall && (bytes as f64) < (elapsed - self.stall).as_secs_f64() * self.min_rate as f64
     }
 }
@@ -263,59 +264,6 @@ impl<'a> Exchange<'a> {
     }
 }
 
-/// Why one try got no answer, by the phase the server stopped in.
-#[derive(Debug, Clone, PartialEq)]
-enum Failure {
-    /// No connection within the connect timeout.
-    Connect,
-    /// Connected, but the request headers were not taken.
-    NotTaken,
-    /// The server stopped taking the request body, after this long.
-    StoppedReceiving(Duration),
-    /// The request was sent; no answer came.
-    NoAnswer,
-    /// The answer's body stopped (or dripped), after this long, with
-    /// these bytes of the declared length received.
-    StoppedSending { after: Duration, got: u64, of: Option<u64> },
-    /// The request's whole budget ran out.
-    OutOfTime,
-    /// Anything else (refused, reset, not HTTP), as the transport says it.
-    Other(String),
-}
-
-impl Failure {
-    /// A transport error before the answer's headers.
-    fn sending(e: ureq::Error, has_body: bool, began: Instant) -> Failure {
-        use ureq::Timeout as T;
-        match e {
-            ureq::Error::Timeout(T::Resolve | T::Connect) => Failure::Connect,
-            ureq::Error::Timeout(T::PerWrite | T::SendBody) if has_body => Failure::StoppedReceiving(began.elapsed()),
-            ureq::Error::Timeout(T::SendRequest | T::PerWrite) => Failure::NotTaken,
-            ureq::Error::Timeout(T::RecvResponse | T::PerRead | T::Await100) => Failure::NoAnswer,
-            ureq::Error::Timeout(T::Global | T::PerCall | T::RecvBody) => Failure::OutOfTime,
-            e => Failure::Other(e.to_string()),
-        }
-    }
-
-    /// A transport error while reading the answer's body.
-    fn receiving(e: ureq::Error, after: Duration, got: u64, of: Option<u64>, limit: u64) -> Failure {
-        use ureq::Timeout as T;
-        match e {
-            ureq::Error::Timeout(T::Global | T::PerCall) => Failure::OutOfTime,
-            ureq::Error::Timeout(_) => Failure::StoppedSending { after, got, of },
-            ureq::Error::BodyExceedsLimit(_) => {
-                Failure::Other(format!("the answer is larger than the {} expected", human_bytes(limit)))
-            }
-            e => Failure::Other(format!("reading the answer: {e}")),
-        }
-    }
-
-    /// The failures a person can act on, over the catch-all.
-    fn specific(&self) -> bool {
-        !matches!(self, Failure::OutOfTime)
-    }
-}
-
 /// `20 s`, `2.5 s`.
 fn secs(d: Duration) -> String {
     if d.subsec_millis() == 0 {
@@ -332,7 +280,7 @@ impl Client {
     pub fn new(base: &str, pc: &str, token: &str) -> Client {
         let refusals = Refusals::default();
         Client {
-            agent: agent(&Timeouts::DEFAULT, None, &refusals),
+            http: Http::new(base.trim_end_matches('/'), None, refusals.clone()),
             timeouts: Timeouts::DEFAULT,
             pin: None,
             refusals,
@@ -345,7 +293,6 @@ impl Client {
 
     /// The same client with other timeouts (tests use short ones).
     pub fn with_timeouts(mut self, timeouts: Timeouts) -> Client {
-        self.agent = agent(&timeouts, self.pin, &self.refusals);
         self.timeouts = timeouts;
         self
     }
@@ -354,7 +301,7 @@ impl Client {
     /// `https://` server (None: none, so `https://` is refused).
     pub fn pinned(mut self, pin: Option<Fingerprint>) -> Client {
         self.pin = pin;
-        self.agent = agent(&self.timeouts, pin, &self.refusals);
+        self.http = Http::new(&self.base, pin, self.refusals.clone());
         self
     }
 
@@ -397,52 +344,18 @@ impl Client {
         format!("{}{}{path}", self.base, wire::API)
     }
 
-    /// The request's headers and its timeouts: this try may use `left`
-    /// in all, and its body its own time.
-    fn prepare<B>(&self, x: &Exchange, r: ureq::RequestBuilder<B>, left: Duration) -> ureq::RequestBuilder<B> {
-        let sent = x.body.map_or(0, |b| b.len() as u64);
-        let r = r.config().timeout_global(Some(left)).timeout_send_body(Some(self.timeouts.body(sent))).build();
-        let mut r = r.header(wire::PC_HEADER, &self.pc).header(wire::AUTHORIZATION, &self.authorization);
-        if let Some(t) = &x.ticket {
-            r = r.header(wire::UNLOCK_HEADER, t);
-        }
-        for (k, v) in &x.extra_headers {
-            r = r.header(*k, v);
-        }
-        r
-    }
-
     /// One try, which may take `left` at most: the status and the body.
     fn call(&self, x: &Exchange, left: Duration) -> Result<(u16, Vec<u8>), Failure> {
-        let url = self.url(&x.path);
-        let began = Instant::now();
-        let result = match (x.method, x.body) {
-            ("GET", _) => self.prepare(x, self.agent.get(&url), left).call(),
-            ("PUT", Some(b)) => self.prepare(x, self.agent.put(&url), left).send(b),
-            (_, b) => self.prepare(x, self.agent.post(&url), left).send(b.unwrap_or_default()),
-        };
-        let mut resp = result.map_err(|e| Failure::sending(e, x.body.is_some(), began))?;
-        let status = resp.status().as_u16();
-        // Room for a one-line refusal even where the answer is tiny.
-        let limit = x.limit.max(4096);
-        let declared = resp.body().content_length();
-        let mut reader = resp.body_mut().with_config().limit(limit).reader();
-        let mut out = Vec::with_capacity(declared.unwrap_or(0).min(limit) as usize);
-        let mut step = [0u8; 16 << 10];
-        let started = Instant::now();
-        loop {
-            match reader.read(&mut step) {
-                Ok(0) => return Ok((status, out)),
-                Ok(n) => out.extend_from_slice(&step[..n]),
-                Err(e) => {
-                    let got = out.len() as u64;
-                    return Err(Failure::receiving(e.into(), started.elapsed(), got, declared, limit));
-                }
-            }
-            if self.timeouts.too_slow(out.len() as u64, started.elapsed()) {
-                return Err(Failure::StoppedSending { after: started.elapsed(), got: out.len() as u64, of: declared });
-            }
+        let path = format!("{}{}", wire::API, x.path);
+        let mut headers = vec![(wire::PC_HEADER, self.pc.as_str()), (wire::AUTHORIZATION, self.authorization.as_str())];
+        if let Some(t) = &x.ticket {
+            headers.push((wire::UNLOCK_HEADER, t));
         }
+        for (k, v) in &x.extra_headers {
+            headers.push((k, v));
+        }
+        let req = Request { method: x.method, path: &path, headers: &headers, body: x.body, limit: x.limit };
+        self.http.call(&req, &self.timeouts, left)
     }
 
     /// The line for a failed request: what the server stopped doing.
@@ -747,25 +660,6 @@ impl Client {
         let body: String = kv.iter().map(|(k, v)| format!("{k}={}\n", v.replace('\n', " "))).collect();
         self.expect_ok("POST", "/results".into(), Some(body.as_bytes()), 4096, false).map(|_| ())
     }
-}
-
-/// The agent behind a client: keep-alive, statuses as answers, and the
-/// phase timeouts (a request adds its own budget and body time).
-fn agent(t: &Timeouts, pin: Option<Fingerprint>, refusals: &Refusals) -> ureq::Agent {
-    use ureq::unversioned::resolver::DefaultResolver;
-    use ureq::unversioned::transport::{Connector, TcpConnector};
-    let config = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_connect(Some(t.connect))
-        .timeout_send_request(Some(t.connect))
-        .timeout_recv_response(Some(t.answer))
-        .timeout_per_read(Some(t.stall))
-        .timeout_per_write(Some(t.stall))
-        .timeout_global(Some(t.total))
-        .max_idle_connections_per_host(8)
-        .build();
-    let tls = crate::tls::connector(pin, refusals.clone());
-    ureq::Agent::with_parts(config, TcpConnector::default().chain(tls), DefaultResolver::default())
 }
 
 /// `chunk 1a2b3c4d5e6f of backup 7`: a chunk in messages (the id's first

@@ -17,6 +17,7 @@
 pub mod backup;
 pub mod client;
 pub mod device;
+pub mod http;
 pub mod local_store;
 pub mod lock;
 pub mod progress;

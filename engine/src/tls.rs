@@ -11,20 +11,14 @@
 //! The protocol is [`crate::tls13`]: TLS 1.3, X25519, Ed25519 and
 //! ChaCha20-Poly1305 (fast without AES instructions, as on the old PCs
 //! this project names); host builds (feature `aes-tls`) offer
-//! AES-128-GCM first.
-//!
-//! [`connector`] plugs into ureq's connector chain after its TCP
-//! connector: `http://` passes through untouched, `https://` is wrapped
-//! here, and an `https://` URL without a pin is refused.
+//! AES-128-GCM first. [`crate::http`] calls [`handshake`] on each new
+//! `https://` connection.
 
-use std::fmt;
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 
 use bootvault_common::fingerprint::Fingerprint;
-use ureq::unversioned::transport::{
-    Buffers, ConnectionDetails, Connector, Either, LazyBuffers, NextTimeout, Transport, TransportAdapter,
-};
 
 use crate::tls13::{self, Suite, Tls};
 
@@ -50,81 +44,48 @@ impl Refusals {
     }
 }
 
-/// The TLS step of a client's connector chain.
-pub struct PinnedTls {
-    pin: Option<Fingerprint>,
-    refusals: Refusals,
-}
-
-impl fmt::Debug for PinnedTls {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("PinnedTls")
-    }
-}
-
-/// The TLS step for a server pinned to `pin` (None: `https://` refused;
-/// `http://` works either way). Its refusals land in `refusals`.
-pub fn connector(pin: Option<Fingerprint>, refusals: Refusals) -> PinnedTls {
-    PinnedTls { pin, refusals }
-}
-
-impl<In: Transport> Connector<In> for PinnedTls {
-    type Out = Either<In, PinnedTransport>;
-
-    fn connect(&self, details: &ConnectionDetails, chained: Option<In>) -> Result<Option<Self::Out>, ureq::Error> {
-        let Some(transport) = chained else {
-            return Err(ureq::Error::ConnectionFailed);
-        };
-        if !details.needs_tls() || transport.is_tls() {
-            return Ok(Some(Either::A(transport)));
+/// The TLS handshake on a new connection to a server pinned to `pin`. A
+/// certificate other than the pinned one is refused (the line also lands
+/// in `refusals`, so the client never tries that server again).
+pub fn handshake(tcp: TcpStream, pin: &Fingerprint, refusals: &Refusals) -> io::Result<Tls<Sock>> {
+    match tls13::connect(Sock::new(tcp), pin, SUITES) {
+        Ok(tls) => Ok(tls),
+        Err(tls13::Failure::Pin(seen)) => {
+            let line = format!(
+                "its certificate is not the one this PC trusts (SHA-256 {seen}, expected {pin}): another server, or \
+                 someone in between; nothing was sent"
+            );
+            refusals.set(line.clone());
+            Err(io::Error::new(io::ErrorKind::PermissionDenied, line))
         }
-        let Some(pin) = &self.pin else {
-            return Err(ureq::Error::Tls(
-                "an https:// server needs its certificate's fingerprint (--fingerprint, or fingerprint= in the PC's settings)",
-            ));
-        };
-        let mut sock = Buffered::new(TransportAdapter::new(transport.boxed(), details.current_time.clone()));
-        sock.inner.set_timeout(details.timeout);
-        let stream = match tls13::connect(sock, pin, SUITES) {
-            Ok(s) => s,
-            Err(tls13::Failure::Pin(seen)) => {
-                let line = format!(
-                    "its certificate is not the one this PC trusts (SHA-256 {seen}, expected {pin}): another server, \
-                     or someone in between; nothing was sent"
-                );
-                self.refusals.set(line.clone());
-                return Err(ureq::Error::Io(std::io::Error::new(std::io::ErrorKind::PermissionDenied, line)));
-            }
-            Err(tls13::Failure::Io(e)) => return Err(ureq::Error::Io(e)),
-        };
-        let buffers = LazyBuffers::new(details.config.input_buffer_size(), details.config.output_buffer_size());
-        Ok(Some(Either::B(PinnedTransport { buffers, stream })))
+        Err(tls13::Failure::Io(e)) => Err(e),
     }
 }
 
 /// The socket under TLS, read in large pieces: records are read a header
-/// and a body at a time, which would cost a system call (and ureq's
-/// timeout set-up) per record of a restore.
-pub struct Buffered {
-    inner: TransportAdapter,
+/// and a body at a time, which would otherwise cost two system calls per
+/// record of a restore.
+pub struct Sock {
+    pub tcp: TcpStream,
     buf: Vec<u8>,
     pos: usize,
     len: usize,
 }
 
-impl Buffered {
-    const SIZE: usize = 128 << 10;
+impl Sock {
+    const SIZE: usize = 64 << 10;
 
-    fn new(inner: TransportAdapter) -> Buffered {
-        Buffered { inner, buf: vec![0; Self::SIZE], pos: 0, len: 0 }
+    fn new(tcp: TcpStream) -> Sock {
+        Sock { tcp, buf: vec![0; Self::SIZE], pos: 0, len: 0 }
     }
 }
 
-impl Read for Buffered {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+impl Read for Sock {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.pos == self.len {
             self.pos = 0;
-            self.len = self.inner.read(&mut self.buf)?;
+            self.len = 0;
+            self.len = self.tcp.read(&mut self.buf)?;
         }
         let n = out.len().min(self.len - self.pos);
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
@@ -133,57 +94,12 @@ impl Read for Buffered {
     }
 }
 
-impl Write for Buffered {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.inner.write(data)
+impl Write for Sock {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.tcp.write(data)
     }
 
-    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
-        self.inner.write_vectored(bufs)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// A TLS connection as ureq's transport.
-pub struct PinnedTransport {
-    buffers: LazyBuffers,
-    stream: Tls<Buffered>,
-}
-
-impl fmt::Debug for PinnedTransport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("PinnedTransport")
-    }
-}
-
-impl Transport for PinnedTransport {
-    fn buffers(&mut self) -> &mut dyn Buffers {
-        &mut self.buffers
-    }
-
-    fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq::Error> {
-        self.stream.get_mut().inner.set_timeout(timeout);
-        let output = &self.buffers.output()[..amount];
-        self.stream.write_all(output)?;
-        Ok(())
-    }
-
-    fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
-        self.stream.get_mut().inner.set_timeout(timeout);
-        let input = self.buffers.input_append_buf();
-        let amount = self.stream.read(input)?;
-        self.buffers.input_appended(amount);
-        Ok(amount > 0)
-    }
-
-    fn is_open(&mut self) -> bool {
-        self.stream.get_mut().inner.get_mut().is_open()
-    }
-
-    fn is_tls(&self) -> bool {
-        true
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
     }
 }
