@@ -463,51 +463,68 @@ impl Body<'_> {
         })
     }
 
-    /// Up to `max` bytes into `out` (buffered ones first); Ok(0) at the end.
-    fn read(&mut self, out: &mut Vec<u8>, max: usize) -> Result<usize, Failure> {
-        if self.t.too_slow(out.len() as u64, self.started.elapsed()) {
-            return Err(self.stopped(out.len()));
+    /// Bytes into `dst` (buffered ones first), `got` of the body having
+    /// come before; Ok(0) at the end.
+    fn read(&mut self, dst: &mut [u8], got: usize) -> Result<usize, Failure> {
+        if self.t.too_slow(got as u64, self.started.elapsed()) {
+            return Err(self.stopped(got));
         }
         let pending = self.conn.pending();
         if !pending.is_empty() {
-            let n = pending.len().min(max);
-            out.extend_from_slice(&pending[..n]);
+            let n = pending.len().min(dst.len());
+            dst[..n].copy_from_slice(&pending[..n]);
             self.conn.start += n;
             return Ok(n);
         }
         self.conn.stream.read_timeout(self.t.stall.min(left(self.deadline)));
-        let len = out.len();
-        out.resize(len + max.min(256 << 10), 0);
-        let r = self.conn.stream.read(&mut out[len..]);
-        out.truncate(len + *r.as_ref().unwrap_or(&0));
-        match r {
+        match self.conn.stream.read(dst) {
             Ok(n) => Ok(n),
-            Err(e) if timed_out(&e) => Err(self.stopped(len)),
+            Err(e) if timed_out(&e) => Err(self.stopped(got)),
             Err(e) => Err(Failure::Other(format!("reading the answer: {e}"))),
         }
     }
 
+    /// Reads until `out` holds `n` bytes, straight into it.
     fn exact(&mut self, out: &mut Vec<u8>, n: usize) -> Result<(), Failure> {
-        out.reserve_exact(n);
-        while out.len() < n {
-            if self.read(out, n - out.len())? == 0 {
-                return Err(Failure::Other(format!(
-                    "reading the answer: the server closed the connection after {} of {}",
-                    human_bytes(out.len() as u64),
-                    human_bytes(n as u64)
-                )));
+        let mut got = out.len();
+        out.resize(n, 0);
+        while got < n {
+            match self.read(&mut out[got..], got) {
+                Ok(0) => {
+                    out.truncate(got);
+                    return Err(Failure::Other(format!(
+                        "reading the answer: the server closed the connection after {} of {}",
+                        human_bytes(got as u64),
+                        human_bytes(self.of.unwrap_or(n as u64))
+                    )));
+                }
+                Ok(k) => got += k,
+                Err(f) => {
+                    out.truncate(got);
+                    return Err(f);
+                }
             }
         }
         Ok(())
     }
 
     fn until_closed(&mut self, out: &mut Vec<u8>, limit: u64) -> Result<(), Failure> {
-        while self.read(out, 256 << 10)? > 0 {
-            if out.len() as u64 > limit {
-                return Err(Failure::Other(format!("the answer is larger than the {} expected", human_bytes(limit))));
+        let mut got = out.len();
+        let r = loop {
+            if out.len() - got < (16 << 10) {
+                out.resize(got + (256 << 10), 0);
             }
-        }
-        Ok(())
+            match self.read(&mut out[got..], got) {
+                Ok(0) => break Ok(()),
+                Ok(k) => got += k,
+                Err(f) => break Err(f),
+            }
+            if got as u64 > limit {
+                break Err(Failure::Other(format!("the answer is larger than the {} expected", human_bytes(limit))));
+            }
+        };
+        out.truncate(got);
+        r
     }
 
     /// One CRLF-ended line of a chunked body (size lines, trailers).
