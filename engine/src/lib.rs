@@ -4,7 +4,9 @@
 //! on the PC.
 //!
 //! * [`device`] — block devices and image files behind one type.
-//! * [`client`] — the HTTP protocol of docs/PROTOCOL.md.
+//! * [`client`] — the HTTP protocol of docs/PROTOCOL.md, over [`http`]
+//!   (HTTP/1.1) and, for `https://`, [`tls`] ([`tls13`]: TLS 1.3 with the
+//!   server's certificate pinned).
 //! * [`backup`], [`restore`] — the pipelines: worker threads read, hash,
 //!   compress and send (or fetch, verify and write) in parallel with a
 //!   bounded number of chunks in memory.

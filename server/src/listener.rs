@@ -48,7 +48,7 @@ pub struct Limits {
     /// A request's line and headers must arrive within this, counted from
     /// the connection's start or the end of the previous answer; so it is
     /// also how long an idle keep-alive connection stays open. Longer than
-    /// the engine's idle keep-alive age (ureq: 15 s), so the PC always
+    /// the engine's idle keep-alive age (engine/src/http.rs: 15 s), so the PC always
     /// drops an idle connection before the server does and never sends a
     /// request on a connection the server is closing.
     pub header_timeout: Duration,
