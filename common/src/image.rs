@@ -201,10 +201,11 @@ fn decode_zstd(payload: &[u8], max_len: usize) -> Result<Vec<u8>, BlobError> {
             *slot = zstd::bulk::Decompressor::new().ok();
         }
         let d = slot.as_mut().ok_or_else(|| BlobError::Inflate("no zstd context (out of memory?)".into()))?;
-        let mut out = vec![0u8; cap];
-        match d.decompress_to_buffer(payload, &mut out[..]) {
+        // Into the vector's spare capacity: nothing is zeroed first.
+        let mut out = Vec::with_capacity(cap);
+        match d.decompress_to_buffer(payload, &mut out) {
             Ok(n) => {
-                out.truncate(n);
+                debug_assert_eq!(n, out.len());
                 Ok(out)
             }
             Err(e) if e.to_string().contains("Destination buffer is too small") => {
