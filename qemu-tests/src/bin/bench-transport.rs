@@ -9,6 +9,9 @@
 //!   Ratios are against plain HTTP, unencrypted, in the same run: of the
 //!   wall time (client and server share the machine) and of the client's
 //!   CPU seconds (user + system, `/usr/bin/time`: what a PC pays).
+//! * The same over one 1 Gbit/s link (a proxy sharing 125 MB/s each way
+//!   among the client's connections), plain and unencrypted against TLS
+//!   and encrypted: what a PC on a wired network sees.
 //! * QEMU (TCG): the time from the PC's first request to the server's
 //!   answer (TCP, the TLS handshake, one request), as the init prints it,
 //!   against a plain and a TLS server; median of 3 boots each.
@@ -60,14 +63,62 @@ struct Once {
     restore_cpu: f64,
 }
 
-fn once(dir: &Path, disk: &Path, plain: bool, encrypted: bool, key: &Path) -> Result<Once> {
+/// A link of `rate` bytes per second each way between the client and
+/// the server at `port`, shared by all connections (as one network link
+/// is): a proxy on 127.0.0.1 that gives each piece it forwards the next
+/// free slot of its direction's timeline. Its port.
+fn link(port: u16, rate: u64) -> Result<u16> {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::{Arc, Mutex};
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let own = listener.local_addr().map_err(|e| e.to_string())?.port();
+    let up = Arc::new(Mutex::new(Instant::now()));
+    let down = Arc::new(Mutex::new(Instant::now()));
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(("127.0.0.1", port)) else { continue };
+            let _ = (client.set_nodelay(true), server.set_nodelay(true));
+            let pipe = |mut from: TcpStream, mut to: TcpStream, line: Arc<Mutex<Instant>>| {
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 16 << 10];
+                    while let Ok(n @ 1..) = from.read(&mut buf) {
+                        let slot = {
+                            let mut next = line.lock().unwrap_or_else(|p| p.into_inner());
+                            let start = (*next).max(Instant::now());
+                            *next = start + Duration::from_secs_f64(n as f64 / rate as f64);
+                            *next
+                        };
+                        std::thread::sleep(slot.saturating_duration_since(Instant::now()));
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            };
+            let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else { continue };
+            pipe(client, server, up.clone());
+            pipe(s2, c2, down.clone());
+        }
+    });
+    Ok(own)
+}
+
+fn once(dir: &Path, disk: &Path, plain: bool, encrypted: bool, key: &Path, rate: Option<u64>) -> Result<Once> {
     let _ = fs::remove_dir_all(dir);
     fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let server = if plain { Server::start_plain(dir)? } else { Server::start(dir)? };
     server.register("bench", &mac_for("bench"))?;
     let token = server.token("bench")?;
     let bin = bootvault_bin();
-    let remote = server.cli().join(" ");
+    let mut cli = server.cli();
+    if let Some(rate) = rate {
+        let port = cli[1].rsplit(':').next().and_then(|p| p.parse().ok()).ok_or("no port in the server's URL")?;
+        let scheme = if plain { "http" } else { "https" };
+        cli[1] = format!("{scheme}://127.0.0.1:{}", link(port, rate)?);
+    }
+    let remote = cli.join(" ");
     let crypt = if encrypted { format!("--key-file {}", key.display()) } else { "--no-encryption".into() };
     let key_arg = if encrypted { format!("--key-file {}", key.display()) } else { String::new() };
     // The source in the page cache for every run alike.
@@ -121,13 +172,12 @@ fn hello_ms(dir: &Path, plain: bool) -> Result<f64> {
     Ok(ms)
 }
 
-fn bench() -> Result<()> {
+/// One table: every disk, each of `combos` (plain, encrypted) `RUNS`
+/// times in interleaved rounds (so a machine that slows down for a while
+/// slows them all alike), over a link of `rate` bytes/s if given.
+fn section(title: &str, work: &Path, key: &Path, combos: &[(bool, bool)], rate: Option<u64>) -> Result<()> {
     let home = std::env::var_os("HOME").map(PathBuf::from).ok_or("no HOME")?;
-    let work = scratch("bench-transport");
-    let key = work.join("site.key");
-    let _ = fs::remove_file(&key);
-    run(Command::new(bootvault_bin()).args(["key", "new"]).arg(&key))?;
-    println!("### Host: transport and encryption (median of {RUNS}; ratios against plain HTTP, unencrypted)");
+    println!("### {title} (median of {RUNS}; ratios against plain HTTP, unencrypted)");
     println!();
     println!(
         "| disk | transport | encrypted | backup | MB/s | ratio | client CPU ratio | restore | MB/s | ratio | client CPU ratio |"
@@ -142,13 +192,10 @@ fn bench() -> Result<()> {
             continue;
         }
         let mb = fs::metadata(&disk).map_err(|e| e.to_string())?.len() as f64 / 1e6;
-        // Rounds interleave the four combinations, so a machine that
-        // slows down for a while slows them all alike.
-        let combos = [(true, false), (false, false), (true, true), (false, true)];
         let mut times: Vec<[Vec<f64>; 4]> = vec![Default::default(); combos.len()];
         for _ in 0..RUNS {
             for (i, (plain, encrypted)) in combos.iter().enumerate() {
-                let o = once(&work.join("run"), &disk, *plain, *encrypted, &key)?;
+                let o = once(&work.join("run"), &disk, *plain, *encrypted, key, rate)?;
                 for (k, v) in [o.backup, o.backup_cpu, o.restore, o.restore_cpu].into_iter().enumerate() {
                     times[i][k].push(v);
                 }
@@ -172,10 +219,23 @@ fn bench() -> Result<()> {
             );
         }
     }
+    println!();
+    Ok(())
+}
+
+fn bench() -> Result<()> {
+    let work = scratch("bench-transport");
+    let key = work.join("site.key");
+    let _ = fs::remove_file(&key);
+    run(Command::new(bootvault_bin()).args(["key", "new"]).arg(&key))?;
+    let all = [(true, false), (false, false), (true, true), (false, true)];
+    section("Host: transport and encryption", &work, &key, &all, None)?;
+    // One gigabit link (125 MB/s each way, shared by the client's
+    // connections): what a PC on a wired network sees.
+    section("Host over a 1 Gbit/s link", &work, &key, &[(true, false), (false, true)], Some(125_000_000))?;
     if std::env::var("BENCH_QEMU").as_deref() == Ok("0") {
         return Ok(());
     }
-    println!();
     println!("### QEMU (TCG): the PC's first request to the server's answer (median of {BOOTS} boots)");
     println!();
     println!("| server | first answer |");
