@@ -14,7 +14,10 @@ use crate::EngineError;
 const BLKRRPART: libc::c_ulong = 0x125F;
 const BLKSSZGET: libc::c_ulong = 0x1268;
 const BLKPBSZGET: libc::c_ulong = 0x127B;
-const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+/// `_IOR(0x12, 114, size_t)`: the number holds size_t's size, so it is
+/// 0x8008_1272 on 64-bit PCs and 0x8004_1272 on 32-bit ones (the value
+/// written is a u64 on both).
+const BLKGETSIZE64: libc::c_ulong = 0x8000_1272 | ((std::mem::size_of::<usize>() as libc::c_ulong) << 16);
 const BLKZEROOUT: libc::c_ulong = 0x127F;
 const BLKDISCARD: libc::c_ulong = 0x1277;
 
@@ -152,4 +155,15 @@ impl Device {
 /// `1073741824` -> `1.0 GiB`: offsets in messages, readable.
 pub fn human_offset(offset: u64) -> String {
     bootvault_common::units::human_bytes(offset)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The size ioctl's number as <linux/fs.h> makes it for this target:
+    /// a 64-bit number on a 32-bit PC is ENOTTY ("Not a tty").
+    #[test]
+    fn the_size_ioctl_fits_the_target() {
+        let want: libc::c_ulong = if cfg!(target_pointer_width = "64") { 0x8008_1272 } else { 0x8004_1272 };
+        assert_eq!(super::BLKGETSIZE64, want);
+    }
 }
