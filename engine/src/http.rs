@@ -7,7 +7,7 @@
 //! built on.
 //!
 //! Why not ureq, which the client used before: the same requests cost
-//! the init about 100 KB more with it (BENCHMARKS.md "What the init
+//! the init 156 KB more with it (BENCHMARKS.md "What the init
 //! weighs"), and the protocol needs only this much of HTTP: Content-Length
 //! and chunked answers, keep-alive, `Connection: close`.
 
