@@ -391,9 +391,9 @@ fn answer(conn: &mut Conn, req: &Request, t: &Timeouts, deadline: Instant) -> Re
     } else if let Some(n) = length {
         // Past the limit, what came is read before the refusal: a server
         // dripping it is told apart from one sending too much.
-        reader.exact(&mut out, n.min(limit + 1) as usize).and_then(|()| {
+        reader.exact(&mut out, n.min(limit.saturating_add(1)) as usize).and_then(|()| {
             if n > limit {
-                return Err(Failure::Other(format!("the answer is larger than the {} expected", human_bytes(limit))));
+                return Err(too_large(limit));
             }
             Ok(())
         })
@@ -403,6 +403,10 @@ fn answer(conn: &mut Conn, req: &Request, t: &Timeouts, deadline: Instant) -> Re
     };
     got.map_err(|f| (f, false))?;
     Ok((status, out, keep))
+}
+
+fn too_large(limit: u64) -> Failure {
+    Failure::Other(format!("the answer is larger than the {} expected", human_bytes(limit)))
 }
 
 /// (status, Content-Length, chunked, keep-alive) from an answer head.
@@ -520,7 +524,7 @@ impl Body<'_> {
                 Err(f) => break Err(f),
             }
             if got as u64 > limit {
-                break Err(Failure::Other(format!("the answer is larger than the {} expected", human_bytes(limit))));
+                break Err(too_large(limit));
             }
         };
         out.truncate(got);
@@ -558,8 +562,8 @@ impl Body<'_> {
                 while !self.line(out.len())?.is_empty() {}
                 return Ok(());
             }
-            if out.len() as u64 + size > limit {
-                return Err(Failure::Other(format!("the answer is larger than the {} expected", human_bytes(limit))));
+            if size > limit.saturating_sub(out.len() as u64) {
+                return Err(too_large(limit));
             }
             self.exact(out, out.len() + size as usize)?;
             if !self.line(out.len())?.is_empty() {

@@ -95,6 +95,14 @@ fn answers_past_the_limit_and_broken_heads_are_refused() {
     let (url, _) = server("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n", 1);
     let e = client(&url).manifest(7).expect_err("bad chunk").to_string();
     assert!(e.contains("chunk size of \"zz\""), "{e}");
+    // A chunk size at u64's end: refused as too large, never wrapped
+    // around into a small one.
+    let (url, _) = server(
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\nffffffffffffffff\r\nxx\r\n0\r\n\r\n",
+        1,
+    );
+    let e = client(&url).manifest(7).expect_err("huge chunk").to_string();
+    assert!(e.contains("the answer is larger than"), "{e}");
     let (url, _) = server("SSH-2.0-OpenSSH_9.2\r\n\r\n", 1);
     let e = client(&url).manifest(7).expect_err("not HTTP").to_string();
     assert!(e.contains("not an HTTP answer"), "{e}");
