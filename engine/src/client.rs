@@ -34,8 +34,6 @@ use crate::EngineError;
 pub struct Client {
     http: Http,
     timeouts: Timeouts,
-    /// The only certificate an `https://` server may present.
-    pin: Option<Fingerprint>,
     /// Why the last handshake refused the server, if it did.
     refusals: Refusals,
     base: String,
@@ -282,7 +280,6 @@ impl Client {
         Client {
             http: Http::new(base.trim_end_matches('/'), None, refusals.clone()),
             timeouts: Timeouts::DEFAULT,
-            pin: None,
             refusals,
             base: base.trim_end_matches('/').to_owned(),
             pc: pc.to_owned(),
@@ -300,7 +297,6 @@ impl Client {
     /// The same client trusting exactly the certificate `pin` names on an
     /// `https://` server (None: none, so `https://` is refused).
     pub fn pinned(mut self, pin: Option<Fingerprint>) -> Client {
-        self.pin = pin;
         self.http = Http::new(&self.base, pin, self.refusals.clone());
         self
     }

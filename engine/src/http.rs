@@ -252,8 +252,8 @@ impl Http {
             .map_err(|e| Failure::Other(format!("resolving {}: {e}", target.host)))?;
         let mut last = Failure::Other(format!("{} has no address", target.host));
         for addr in addrs {
-            let wait = t.connect.min(deadline.saturating_duration_since(Instant::now()));
-            match TcpStream::connect_timeout(&addr, wait.max(Duration::from_millis(1))) {
+            let wait = t.connect.min(left(deadline)).max(Duration::from_millis(1));
+            match TcpStream::connect_timeout(&addr, wait) {
                 Ok(tcp) => {
                     let _ = tcp.set_nodelay(true);
                     return self.secure(tcp, target, t, deadline).map(Conn::new);
@@ -278,7 +278,7 @@ impl Http {
                     .into(),
             ));
         };
-        let wait = t.connect.min(deadline.saturating_duration_since(Instant::now())).max(Duration::from_millis(1));
+        let wait = t.connect.min(left(deadline)).max(Duration::from_millis(1));
         let _ = tcp.set_read_timeout(Some(wait));
         let _ = tcp.set_write_timeout(Some(wait));
         match tls::handshake(tcp, pin, &self.refusals) {

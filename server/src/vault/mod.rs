@@ -504,10 +504,10 @@ impl Vault {
             }
             None => {
                 if let Some(p) = pc {
-                    if self.pc_quota(p).map_err(storage)?.is_some() {
+                    if let Some(quota) = self.quota_of(p).map_err(PutError::Quota)? {
                         _quota = Some(self.quota.lock().unwrap_or_else(|e| e.into_inner()));
+                        self.fits_quota(p, quota, blob.len() as u64).map_err(PutError::Quota)?;
                     }
-                    self.check_quota(p, blob.len() as u64).map_err(PutError::Quota)?;
                 }
                 let verified = match verified {
                     Some(v) => v,

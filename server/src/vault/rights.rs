@@ -130,11 +130,19 @@ impl Vault {
 
     /// Refuses when storing `more` new bytes would take `pc` over its quota.
     pub fn check_quota(&self, pc: &str, more: u64) -> std::result::Result<(), String> {
-        let quota = match self.pc_quota(pc) {
-            Ok(Some(q)) => q,
-            Ok(None) => return Ok(()),
-            Err(e) => return Err(format!("reading the quota of {pc}: {e}")),
-        };
+        match self.quota_of(pc)? {
+            Some(quota) => self.fits_quota(pc, quota, more),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Vault::pc_quota`], its error as a quota refusal's line.
+    pub(super) fn quota_of(&self, pc: &str) -> std::result::Result<Option<u64>, String> {
+        self.pc_quota(pc).map_err(|e| format!("reading the quota of {pc}: {e}"))
+    }
+
+    /// Refuses when storing `more` new bytes would take `pc` past `quota`.
+    pub(super) fn fits_quota(&self, pc: &str, quota: u64, more: u64) -> std::result::Result<(), String> {
         let used = self.pc_usage(pc).map_err(|e| format!("reading the usage of {pc}: {e}"))?;
         if used.saturating_add(more) > quota {
             return Err(format!(
