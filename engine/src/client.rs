@@ -143,11 +143,14 @@ pub struct Timeouts {
     /// From the request sent to the answer's status and headers: the
     /// server's thinking time.
     pub answer: Duration,
-    /// The longest silence inside a body, either way; also the grace
-    /// before [`Timeouts::min_rate`] applies to a body.
+    /// The longest silence inside a body, either way; also the stretch
+    /// over which [`Timeouts::min_rate`] is measured.
     pub stall: Duration,
-    /// Bytes per second a body must average once `stall` has passed: a
-    /// server dripping bytes is as stuck as a silent one.
+    /// Bytes per second a body must move, either way: in every
+    /// `stall`-long stretch after its first, at least `min_rate` ×
+    /// `stall` bytes or all it had left (see [`Pace`]). A server dripping
+    /// bytes is as stuck as a silent one, and what the kernel's socket
+    /// buffers took at the start earns no credit for later.
     pub min_rate: u64,
     /// One request with all its tries, for bodies of up to 2 MiB; larger
     /// bodies add their time at `min_rate`.
@@ -161,8 +164,9 @@ const SMALL_BODY: u64 = 2 << 20;
 const TRIES: u32 = 3;
 
 impl Timeouts {
-    /// What a PC uses. A 1 MiB chunk may take `stall` + 4 s (24 s, about
-    /// 350 kbit/s) either way; a stuck request ends within `total`.
+    /// What a PC uses. A 1 MiB chunk may take `stall` (20 s, about 420
+    /// kbit/s) either way; a larger body must keep to 2 Mbit/s after its
+    /// first 20 s; a stuck request ends within `total`.
     pub const DEFAULT: Timeouts = Timeouts {
         connect: Duration::from_secs(10),
         answer: Duration::from_secs(20),
@@ -201,11 +205,43 @@ impl Timeouts {
     fn at_min_rate(&self, bytes: u64) -> Duration {
         Duration::from_secs_f64(bytes as f64 / self.min_rate.max(1) as f64)
     }
+}
 
-    /// Whether a body that has moved `bytes` in `elapsed` is too slow to
-    /// go on with (see [`Timeouts::min_rate`]).
-    pub(crate) fn too_slow(&self, bytes: u64, elapsed: Duration) -> bool {
-        elapsed > self.stall && (bytes as f64) < (elapsed - self.stall).as_secs_f64() * self.min_rate as f64
+/// How a body is moving, for [`Timeouts::min_rate`]: a few samples of
+/// (when, bytes moved so far), the oldest at or before `stall` ago. Samples
+/// are taken at most every `stall / 8`, so a fast body keeps a handful.
+pub(crate) struct Pace {
+    start: Instant,
+    /// The body's length, where known.
+    of: Option<u64>,
+    samples: std::collections::VecDeque<(Instant, u64)>,
+}
+
+impl Pace {
+    pub(crate) fn new(now: Instant, of: Option<u64>) -> Pace {
+        Pace { start: now, of, samples: [(now, 0)].into() }
+    }
+
+    /// Records that `bytes` had moved by `now`; whether the body is too
+    /// slow to go on with: past its first `stall`, the last `stall` moved
+    /// less than `min_rate` × `stall` and less than was left of the body.
+    pub(crate) fn too_slow(&mut self, t: &Timeouts, now: Instant, bytes: u64) -> bool {
+        let window = t.stall.max(Duration::from_millis(1));
+        if let Some(since) = now.checked_sub(window) {
+            while self.samples.len() >= 2 && self.samples[1].0 <= since {
+                self.samples.pop_front();
+            }
+        }
+        if self.samples.back().is_some_and(|&(at, _)| now.saturating_duration_since(at) >= window / 8) {
+            self.samples.push_back((now, bytes));
+        }
+        if now.saturating_duration_since(self.start) <= window {
+            return false;
+        }
+        let (_, then) = self.samples[0];
+        let need =
+            ((t.min_rate as f64 * window.as_secs_f64()) as u64).min(self.of.map_or(u64::MAX, |n| n - then.min(n)));
+        bytes.saturating_sub(then) < need
     }
 }
 
@@ -699,11 +735,8 @@ mod tests {
         // One try that connects slowly, is answered slowly and then stalls
         // in the body still ends within it.
         assert!(t.connect + t.answer + t.stall <= t.total);
-        // A 1 MiB chunk may take 24 s either way: about 350 kbit/s.
+        // A body's own cap: `stall`, then the rest at min_rate.
         assert_eq!(t.body(1 << 20), Duration::from_secs(24));
-        assert!(!t.too_slow(1 << 20, Duration::from_secs(24)));
-        assert!(t.too_slow(5, Duration::from_secs(21)));
-        assert!(!t.too_slow(0, t.stall));
         // Tries, for a server that fails each try after `each`: how long the
         // request takes in all.
         let run = |each: Duration| {
@@ -732,6 +765,52 @@ mod tests {
         assert_eq!(t.again(1, ms(5), ms(5)), Some(ms(500)));
         assert_eq!(t.again(2, ms(600), ms(5)), Some(ms(1000)));
         assert_eq!(t.again(3, ms(2000), ms(5)), None, "three tries at most");
+    }
+
+    /// When [`Pace`] gives up on a body of `of` bytes that has moved
+    /// `moved(s)` bytes `s` seconds in, seen every 100 ms; None if it
+    /// ends first.
+    fn gives_up(t: &Timeouts, of: Option<u64>, moved: impl Fn(f64) -> u64) -> Option<f64> {
+        let start = Instant::now();
+        let mut pace = Pace::new(start, of);
+        for tenth in 1..2000 {
+            let s = f64::from(tenth) / 10.0;
+            let bytes = moved(s).min(of.unwrap_or(u64::MAX));
+            if of == Some(bytes) {
+                return None;
+            }
+            if pace.too_slow(t, start + Duration::from_secs_f64(s), bytes) {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn a_body_keeps_to_min_rate_in_every_stall() {
+        let t = Timeouts::DEFAULT;
+        let rate = |r: f64| move |s: f64| (r * s) as u64;
+        let mib = 1u64 << 20;
+        // A 1 MiB chunk that ends within `stall` is never too slow.
+        assert_eq!(gives_up(&t, Some(mib), rate(60e3)), None);
+        assert_eq!(gives_up(&t, Some(mib), rate(40e3)), Some(20.1));
+        // Large bodies at min_rate go on; below it, they stop after `stall`.
+        assert_eq!(gives_up(&t, Some(64 * mib), rate(300e3)), None);
+        assert_eq!(gives_up(&t, Some(64 * mib), rate(200e3)), Some(20.1));
+        assert_eq!(gives_up(&t, None, rate(200e3)), Some(20.1));
+        // A drip, and silence.
+        assert_eq!(gives_up(&t, Some(mib), |s| s as u64), Some(20.1));
+        assert_eq!(gives_up(&t, None, |_| 0), Some(20.1));
+        // What the socket buffers took at once earns no credit: 4 MiB at
+        // the start, then a trickle, stops a `stall` (and a sample) later.
+        let burst = |s: f64| 4 * mib + (20e3 * s) as u64;
+        let when = gives_up(&t, Some(64 * mib), burst).expect("stops");
+        assert!((20.1..=23.0).contains(&when), "{when}");
+        // 1 MB/s for 30 s, then nothing: once the last `stall` holds less
+        // than min_rate × `stall` (about 15 s after it stopped).
+        let stuck = |s: f64| (1e6 * s.min(30.0)) as u64;
+        let when = gives_up(&t, Some(64 * mib), stuck).expect("stops");
+        assert!((44.5..=46.0).contains(&when), "{when}");
     }
 
     #[test]

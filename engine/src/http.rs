@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bootvault_common::fingerprint::Fingerprint;
 use bootvault_common::units::human_bytes;
 
-use crate::client::Timeouts;
+use crate::client::{Pace, Timeouts};
 use crate::tls::{self, Refusals, Sock};
 use crate::tls13::Tls;
 
@@ -116,6 +116,32 @@ impl Stream {
 
     fn write_timeout(&mut self, d: Duration) {
         let _ = self.tcp().set_write_timeout(Some(d.max(Duration::from_millis(1))));
+    }
+
+    /// Writes all of `data` by `by`, however many system calls it takes:
+    /// a socket that takes a few bytes at a time cannot stretch it.
+    fn write_by(&mut self, data: &[u8], by: Instant) -> io::Result<()> {
+        match self {
+            Stream::Plain(t) => {
+                let mut rest = data;
+                while !rest.is_empty() {
+                    tls::write_until(t, by)?;
+                    match t.write(rest) {
+                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                        Ok(n) => rest = &rest[n..],
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            }
+            Stream::Tls(t) => {
+                t.get_mut().write_by = Some(by);
+                let r = t.write_all(data);
+                t.get_mut().write_by = None;
+                r
+            }
+        }
     }
 }
 
@@ -326,14 +352,18 @@ fn exchange(
             (Failure::Other(e.to_string()), true)
         });
     }
+    // The body: each piece within `stall` (however the kernel takes it,
+    // a few bytes at a time included), the whole at `min_rate` (Pace).
     let body_budget = t.body(body.len() as u64);
+    let mut pace = Pace::new(Instant::now(), Some(body.len() as u64));
+    let mut sent = 0u64;
     for piece in body.chunks(PIECE) {
         let since = began.elapsed();
-        if since > body_budget {
+        if since > body_budget || pace.too_slow(t, Instant::now(), sent) {
             return Err((Failure::StoppedReceiving(since), false));
         }
-        conn.stream.write_timeout(t.stall.min(body_budget - since).min(left(deadline)));
-        if let Err(e) = conn.stream.write_all(piece) {
+        let by = (Instant::now() + t.stall.min(body_budget - since)).min(deadline);
+        if let Err(e) = conn.stream.write_by(piece, by) {
             if timed_out(&e) {
                 return Err((past(deadline).unwrap_or(Failure::StoppedReceiving(began.elapsed())), false));
             }
@@ -344,6 +374,7 @@ fn exchange(
                 Err(_) => Err((Failure::Other(e.to_string()), false)),
             };
         }
+        sent += piece.len() as u64;
     }
     if let Err(e) = conn.stream.flush() {
         return Err((Failure::Other(e.to_string()), false));
@@ -383,7 +414,7 @@ fn answer(conn: &mut Conn, req: &Request, t: &Timeouts, deadline: Instant) -> Re
     let limit = req.limit.max(4096);
     let started = Instant::now();
     let mut out = Vec::new();
-    let mut reader = Body { conn, t, deadline, started, of: length };
+    let mut reader = Body { conn, t, deadline, started, of: length, pace: Pace::new(started, length) };
     let got = if matches!(status, 100..=199 | 204 | 304) {
         Ok(())
     } else if chunked {
@@ -456,6 +487,7 @@ struct Body<'a> {
     deadline: Instant,
     started: Instant,
     of: Option<u64>,
+    pace: Pace,
 }
 
 impl Body<'_> {
@@ -470,7 +502,7 @@ impl Body<'_> {
     /// Bytes into `dst` (buffered ones first), `got` of the body having
     /// come before; Ok(0) at the end.
     fn read(&mut self, dst: &mut [u8], got: usize) -> Result<usize, Failure> {
-        if self.t.too_slow(got as u64, self.started.elapsed()) {
+        if self.pace.too_slow(self.t, Instant::now(), got as u64) {
             return Err(self.stopped(got));
         }
         let pending = self.conn.pending();

@@ -17,6 +17,7 @@
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bootvault_common::fingerprint::Fingerprint;
 
@@ -67,6 +68,8 @@ pub fn handshake(tcp: TcpStream, pin: &Fingerprint, refusals: &Refusals) -> io::
 /// record of a restore.
 pub struct Sock {
     pub tcp: TcpStream,
+    /// When set, every write ends by then (see [`write_until`]).
+    pub write_by: Option<Instant>,
     buf: Vec<u8>,
     pos: usize,
     len: usize,
@@ -76,8 +79,19 @@ impl Sock {
     const SIZE: usize = 64 << 10;
 
     fn new(tcp: TcpStream) -> Sock {
-        Sock { tcp, buf: vec![0; Self::SIZE], pos: 0, len: 0 }
+        Sock { tcp, write_by: None, buf: vec![0; Self::SIZE], pos: 0, len: 0 }
     }
+}
+
+/// Makes the next write on `tcp` end by `by`, or fails with `TimedOut`
+/// if that has passed: `SO_SNDTIMEO` counts from each system call, so a
+/// socket taking a few bytes at a time would otherwise never time out.
+pub(crate) fn write_until(tcp: &TcpStream, by: Instant) -> io::Result<()> {
+    let left = by.saturating_duration_since(Instant::now());
+    if left < Duration::from_millis(1) {
+        return Err(io::ErrorKind::TimedOut.into());
+    }
+    tcp.set_write_timeout(Some(left))
 }
 
 impl Read for Sock {
@@ -96,6 +110,9 @@ impl Read for Sock {
 
 impl Write for Sock {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if let Some(by) = self.write_by {
+            write_until(&self.tcp, by)?;
+        }
         self.tcp.write(data)
     }
 

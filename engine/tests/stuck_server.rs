@@ -1,6 +1,7 @@
 //! The client against servers that misbehave, on 127.0.0.1: one that
 //! accepts and never answers, one that sends headers and then drips a
-//! byte a second, one that stops reading an upload, one that drops every
+//! byte a second, one that stops reading an upload, one that reads it
+//! below the least rate, one that drops every
 //! connection, and definite refusals (507, 404). Each request must end
 //! within a minute (here, with short timeouts, within seconds) with a line
 //! that says what the server stopped doing; a definite answer is never
@@ -158,6 +159,29 @@ fn server_that_stops_reading_an_upload() {
     );
     assert!(took <= SHORT.total + SHORT.stall, "{took:?}: {e}");
     assert!(conns.load(Ordering::SeqCst) >= 1);
+}
+
+#[test]
+fn server_that_reads_an_upload_slowly() {
+    // About 1.3 MB/s against a least rate of 4 MiB/s: each write moves
+    // something within `stall`, and the socket buffers take megabytes at
+    // once, so only the rate over the last `stall` tells it is too slow.
+    let fast = Timeouts { min_rate: 4 << 20, ..SHORT };
+    let (url, conns) = fake(|mut conn| {
+        let _ = read_head(&mut conn);
+        let mut buf = vec![0u8; 64 << 10];
+        while matches!(conn.read(&mut buf), Ok(n) if n > 0) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let blob = vec![7u8; 64 << 20];
+    let (e, took) = timed(|| Client::new(&url, "pc-one", "token").with_timeouts(fast).put_chunk(7, &ID, &blob));
+    assert!(
+        e.starts_with(&format!("the server at {url} stopped receiving chunk abababababab of backup 7 after ")),
+        "{e}"
+    );
+    assert!(took <= fast.total + fast.stall, "{took:?}: {e}");
+    assert!(conns.load(Ordering::SeqCst) >= 2, "{e}");
 }
 
 #[test]
