@@ -32,6 +32,7 @@ use bootvault_common::usedmap::disk::{self as plan, ChunkUse, DiskPlan};
 
 use crate::device::Device;
 use crate::lock::Lock;
+use crate::memory::{self, Fit, Job};
 use crate::progress::Progress;
 use crate::store::Store;
 use crate::EngineError;
@@ -49,6 +50,11 @@ pub struct BackupOptions {
     pub threads: usize,
     /// Chunks per missing-query (and per worker in memory).
     pub group: usize,
+    /// Bytes of memory the backup may size itself from (half of it, see
+    /// [`crate::memory`]); None: what the machine has available at the
+    /// start. Fewer workers and chunks in flight than `threads` and
+    /// `group` are used where those do not fit.
+    pub available: Option<u64>,
     pub model: String,
     pub serial: String,
     /// The restore password's lock, sent when the backup is opened.
@@ -83,6 +89,7 @@ impl BackupOptions {
             level: image::DEFAULT_LEVEL,
             threads: crate::default_threads(),
             group: 4,
+            available: None,
             model: String::new(),
             serial: String::new(),
             lock: None,
@@ -161,6 +168,8 @@ pub struct BackupReport {
     /// Blob bytes of the whole backup (as stored, deduplicated).
     pub blob_bytes: u64,
     pub elapsed: Duration,
+    /// The workers and chunks in flight the memory allowed.
+    pub fit: Fit,
 }
 
 impl BackupReport {
@@ -441,10 +450,15 @@ pub fn backup(
     }
     let own = opts.with_own_key()?;
     let opts = own.as_ref().unwrap_or(opts);
+    let job = Job::Backup { chunk_size: opts.chunk_size, level: opts.level };
+    let fit = memory::fit(job, opts.available.or_else(memory::available), opts.threads, opts.group)
+        .map_err(|e| EngineError::new(format!("{e}; nothing was sent")))?;
+    let sized = BackupOptions { threads: fit.threads, group: fit.group, ..opts.clone() };
+    let opts = &sized;
     let plan = disk_plan(dev, opts.raw);
     let (table, extents) = table_extents_masked(dev, &plan)?;
     let id = client.open_backup(&opts.name, dev.bytes, opts.chunk_size, opts.lock.as_ref())?;
-    let result = run(dev, client, opts, &plan, id, table, extents, start, progress);
+    let result = run(dev, client, opts, &plan, id, table, extents, start, progress).map(|r| BackupReport { fit, ..r });
     if let Err(e) = &result {
         let _ = client.fail(id, &e.0);
     }
@@ -558,5 +572,6 @@ fn run(
         sent_bytes: shared.sent.load(Ordering::Relaxed),
         blob_bytes: manifest.blob_bytes(),
         elapsed: start.elapsed(),
+        fit: Fit { threads: opts.threads, group: opts.group, bytes: 0, available: None },
     })
 }

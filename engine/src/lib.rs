@@ -15,6 +15,7 @@
 //!   the server's layout) another.
 //! * [`progress`] — the console progress line (pure).
 //! * [`lock`] — restore passwords: Argon2id key, challenge–response unlock.
+//! * [`memory`] — the workers and chunks in flight that fit the PC's memory.
 
 pub mod backup;
 pub mod client;
@@ -22,6 +23,7 @@ pub mod device;
 pub mod http;
 pub mod local_store;
 pub mod lock;
+pub mod memory;
 pub mod progress;
 pub mod restore;
 pub mod store;

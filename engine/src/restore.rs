@@ -41,6 +41,7 @@ use bootvault_common::seal::DataKey;
 use bootvault_common::units::human_bytes;
 
 use crate::device::Device;
+use crate::memory::{self, Fit, Job};
 use crate::progress::Progress;
 use crate::store::Store;
 use crate::EngineError;
@@ -72,6 +73,10 @@ pub struct RestoreOptions {
     pub cancel: Arc<AtomicBool>,
     /// The data key of an encrypted backup.
     pub key: Option<Arc<DataKey>>,
+    /// Bytes of memory the restore may size itself from (half of it, see
+    /// [`crate::memory`]); None: what the machine has available at the
+    /// start. Fewer workers than `threads` are used where those do not fit.
+    pub available: Option<u64>,
 }
 
 impl Default for RestoreOptions {
@@ -82,6 +87,7 @@ impl Default for RestoreOptions {
             verify: false,
             cancel: Arc::new(AtomicBool::new(false)),
             key: None,
+            available: None,
         }
     }
 }
@@ -112,6 +118,8 @@ pub struct RestoreReport {
     /// Why the kernel refused to re-read the partition table, if it did.
     pub reread_error: Option<String>,
     pub elapsed: Duration,
+    /// The workers the memory allowed.
+    pub fit: Fit,
 }
 
 impl RestoreReport {
@@ -227,6 +235,9 @@ pub fn restore(
     let (m, key) = fetch_manifest_sealed(client, backup, opts.key.as_deref())?;
     let key = key.as_deref();
     check_target(&m, dev.bytes, dev.logical)?;
+    let job = Job::Restore { chunk_size: m.chunk_size };
+    let fit = memory::fit(job, opts.available.or_else(memory::available), opts.threads, 1)
+        .map_err(|e| EngineError::new(format!("{e}; nothing was written")))?;
     let count = m.chunks.len();
     let next = AtomicUsize::new(0);
     let abort = AtomicBool::new(false);
@@ -269,7 +280,7 @@ pub fn restore(
         elapsed: start.elapsed(),
     };
     std::thread::scope(|s| {
-        let workers = opts.threads.max(1);
+        let workers = fit.threads;
         for _ in 0..workers {
             s.spawn(|| {
                 // Counted out however the worker ends; wakes the progress loop.
@@ -386,6 +397,7 @@ pub fn restore(
         verified: opts.verify,
         reread_error,
         elapsed: start.elapsed(),
+        fit,
     })
 }
 

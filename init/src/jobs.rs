@@ -326,6 +326,7 @@ fn execute(
                 store.location()
             ));
             let r = backup(&dev, store, &opts, &mut progress).map_err(|e| format!("backup of {}: {e}", disk.name))?;
+            say(memory_line(&r.fit));
             Ok(Outcome {
                 summary: r.summary(),
                 disk: disk.name.clone(),
@@ -357,6 +358,7 @@ fn execute(
             let opts = RestoreOptions { verify: config.verify, key: data_key()?, ..RestoreOptions::default() };
             let r = restore(&dev, store, id, &opts, &mut progress)
                 .map_err(|e| format!("restore of backup {id} onto {}: {e}", disk.name))?;
+            say(memory_line(&r.fit));
             if let Some(e) = &r.reread_error {
                 say(format!("restore: the kernel did not re-read the partition table: {e}"));
             }
@@ -372,6 +374,14 @@ fn execute(
             Ok(Outcome { summary: String::new(), disk: disk.name.clone(), backup: 0, bytes: 0, sent: 0 })
         }
     }
+}
+
+/// `memory: 2 workers × 2 chunks (14.0 MiB of 47.0 MiB available); PID 1's peak 31.2 MiB`:
+/// what the engine sized itself to, and what this process held at most.
+fn memory_line(fit: &bootvault_engine::memory::Fit) -> String {
+    let peak =
+        bootvault_engine::memory::peak().map(|p| format!("; PID 1's peak {}", human_bytes(p))).unwrap_or_default();
+    format!("memory: {}{peak}", fit.describe())
 }
 
 #[cfg(test)]
