@@ -239,3 +239,49 @@ fn backup_and_restore_through_a_local_directory() {
     assert!(LocalStore::open_read(&dir).is_err(), "not a store");
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// The pipelines size themselves from the memory given: too little for
+/// one chunk in flight is refused before the store is touched; a little
+/// more runs with one worker and one chunk, and restores byte for byte.
+#[test]
+fn memory_sizes_the_pipelines_and_too_little_is_refused_first() {
+    let dir = std::env::temp_dir().join(format!("bv-store-memory-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("dir");
+    let src = dir.join("src.img");
+    let data = noise(12, 5 << 20);
+    fs::write(&src, &data).expect("source");
+    let dev = Device::open(&src, false).expect("open");
+    let store = MemStore::default();
+    const MIB: u64 = 1 << 20;
+
+    let mut tight = BackupOptions::new("pc", "small");
+    tight.available = Some(12 * MIB);
+    let e = backup(&dev, &store, &tight, &mut |_| {}).expect_err("too little memory").to_string();
+    assert!(e.starts_with("this PC has 12.0 MiB of memory available; a backup of 1.0 MiB chunks needs"), "{e}");
+    assert!(e.ends_with("; nothing was sent"), "{e}");
+    assert!(store.backups.lock().expect("lock").is_empty(), "the store was never asked to open a backup");
+
+    let mut small = BackupOptions::new("pc", "small");
+    small.available = Some(20 * MIB);
+    let r = backup(&dev, &store, &small, &mut |_| {}).expect("one worker, one chunk");
+    assert_eq!((r.fit.threads, r.fit.group), (1, 1), "{}", r.fit.describe());
+    assert!(r.fit.bytes <= 10 * MIB, "{}", r.fit.describe());
+    let roomy = backup(&dev, &store, &BackupOptions::new("pc", "roomy"), &mut |_| {}).expect("roomy");
+    assert!(roomy.fit.threads >= 4 && roomy.fit.group == 4, "{}", roomy.fit.describe());
+
+    let target = dir.join("target.img");
+    fs::write(&target, vec![0u8; data.len()]).expect("target");
+    let tdev = Device::open(&target, true).expect("open target");
+    let e =
+        restore(&tdev, &store, r.id, &RestoreOptions { available: Some(9 * MIB), ..Default::default() }, &mut |_| {})
+            .expect_err("too little")
+            .to_string();
+    assert!(e.starts_with("this PC has 9.0 MiB of memory available; a restore of 1.0 MiB chunks needs"), "{e}");
+    assert!(e.ends_with("; nothing was written"), "{e}");
+    let opts = RestoreOptions { available: Some(16 * MIB), verify: true, ..Default::default() };
+    let done = restore(&tdev, &store, r.id, &opts, &mut |_| {}).expect("restore in 16 MiB");
+    assert_eq!(done.fit.threads, 1, "{}", done.fit.describe());
+    assert!(fs::read(&target).expect("read") == data, "byte for byte");
+    let _ = fs::remove_dir_all(&dir);
+}
