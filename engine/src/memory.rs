@@ -23,8 +23,10 @@ use crate::EngineError;
 const MIB: u64 = 1 << 20;
 
 /// What the kernel needs beside the engine, at the least: a few socket
-/// buffers and the pages being read and written.
-pub const RESERVE: u64 = 8 * MIB;
+/// buffers and the pages being read and written (the page cache gives
+/// back the rest). Below half of what is available only on the smallest
+/// PCs.
+pub const RESERVE: u64 = 4 * MIB;
 
 /// Memory per worker besides its chunks: its stack as used, a connection's
 /// buffers (TLS records, the socket's read buffer, the answer head).
@@ -51,7 +53,7 @@ impl Job {
             // The group's chunks, one blob and its sealed copy, zstd's
             // context (larger at the levels that search further).
             Job::Backup { level, .. } => {
-                let zstd = if level <= 4 { 2 * MIB } else { 8 * MIB };
+                let zstd = if level <= 4 { MIB } else { 8 * MIB };
                 group as u64 * c + 2 * c + zstd + WORKER
             }
             // The target's bytes, the blob, the inflated chunk, zstd's
@@ -208,7 +210,7 @@ mod tests {
     #[test]
     fn less_memory_fewer_chunks_then_fewer_workers() {
         let mut last = (4, 4);
-        for mib in (20..200).rev() {
+        for mib in (9..200).rev() {
             let f = fit(BACKUP, Some(mib * MIB), 4, 4).expect("fits");
             assert!(f.bytes <= (mib * MIB / 2).max(cost(BACKUP, 1, 1)), "{mib} MiB: {f:?}");
             assert!(f.threads <= last.0 && f.threads * f.group <= last.0 * last.1, "{mib}: {f:?} after {last:?}");
@@ -216,7 +218,9 @@ mod tests {
         }
         assert_eq!(last, (1, 1));
         let f = fit(BACKUP, Some(64 * MIB), 4, 4).expect("fits");
-        assert_eq!((f.threads, f.group), (4, 3), "{}", f.describe());
+        assert_eq!((f.threads, f.group), (4, 4), "{}", f.describe());
+        let f = fit(BACKUP, Some(48 * MIB), 4, 4).expect("fits");
+        assert_eq!((f.threads, f.group), (4, 2), "{}", f.describe());
         assert!(f.reduced(4, 4));
         let f = fit(RESTORE, Some(24 * MIB), 8, 1).expect("fits");
         assert_eq!((f.threads, f.group), (2, 1), "{}", f.describe());
@@ -224,15 +228,16 @@ mod tests {
 
     #[test]
     fn too_little_memory_is_refused_with_what_it_needs() {
-        let e = fit(BACKUP, Some(12 * MIB), 4, 4).expect_err("too little");
+        let e = fit(BACKUP, Some(8 * MIB), 4, 4).expect_err("too little");
         assert_eq!(
             e.0,
-            "this PC has 12.0 MiB of memory available; a backup of 1.0 MiB chunks needs at least 13.5 MiB (5.5 MiB \
-             for one chunk in flight, 8.0 MiB for the kernel)"
+            "this PC has 8.0 MiB of memory available; a backup of 1.0 MiB chunks needs at least 8.5 MiB (4.5 MiB \
+             for one chunk in flight, 4.0 MiB for the kernel)"
         );
         // Smaller chunks fit where larger ones do not.
-        assert!(fit(Job::Backup { chunk_size: 256 << 10, level: 1 }, Some(12 * MIB), 4, 4).is_ok());
-        assert!(fit(RESTORE, Some(13 * MIB), 4, 4).is_ok());
+        assert!(fit(Job::Backup { chunk_size: 256 << 10, level: 1 }, Some(8 * MIB), 4, 4).is_ok());
+        assert!(fit(RESTORE, Some(8 * MIB), 4, 4).is_err());
+        assert!(fit(RESTORE, Some(9 * MIB), 4, 4).is_ok());
     }
 
     #[test]

@@ -256,17 +256,17 @@ fn memory_sizes_the_pipelines_and_too_little_is_refused_first() {
     const MIB: u64 = 1 << 20;
 
     let mut tight = BackupOptions::new("pc", "small");
-    tight.available = Some(12 * MIB);
+    tight.available = Some(8 * MIB);
     let e = backup(&dev, &store, &tight, &mut |_| {}).expect_err("too little memory").to_string();
-    assert!(e.starts_with("this PC has 12.0 MiB of memory available; a backup of 1.0 MiB chunks needs"), "{e}");
+    assert!(e.starts_with("this PC has 8.0 MiB of memory available; a backup of 1.0 MiB chunks needs"), "{e}");
     assert!(e.ends_with("; nothing was sent"), "{e}");
     assert!(store.backups.lock().expect("lock").is_empty(), "the store was never asked to open a backup");
 
     let mut small = BackupOptions::new("pc", "small");
-    small.available = Some(20 * MIB);
+    small.available = Some(12 * MIB);
     let r = backup(&dev, &store, &small, &mut |_| {}).expect("one worker, one chunk");
     assert_eq!((r.fit.threads, r.fit.group), (1, 1), "{}", r.fit.describe());
-    assert!(r.fit.bytes <= 10 * MIB, "{}", r.fit.describe());
+    assert!(r.fit.bytes <= 6 * MIB, "{}", r.fit.describe());
     let roomy = backup(&dev, &store, &BackupOptions::new("pc", "roomy"), &mut |_| {}).expect("roomy");
     assert!(roomy.fit.threads >= 4 && roomy.fit.group == 4, "{}", roomy.fit.describe());
 
@@ -274,10 +274,10 @@ fn memory_sizes_the_pipelines_and_too_little_is_refused_first() {
     fs::write(&target, vec![0u8; data.len()]).expect("target");
     let tdev = Device::open(&target, true).expect("open target");
     let e =
-        restore(&tdev, &store, r.id, &RestoreOptions { available: Some(9 * MIB), ..Default::default() }, &mut |_| {})
+        restore(&tdev, &store, r.id, &RestoreOptions { available: Some(8 * MIB), ..Default::default() }, &mut |_| {})
             .expect_err("too little")
             .to_string();
-    assert!(e.starts_with("this PC has 9.0 MiB of memory available; a restore of 1.0 MiB chunks needs"), "{e}");
+    assert!(e.starts_with("this PC has 8.0 MiB of memory available; a restore of 1.0 MiB chunks needs"), "{e}");
     assert!(e.ends_with("; nothing was written"), "{e}");
     let opts = RestoreOptions { available: Some(16 * MIB), verify: true, ..Default::default() };
     let done = restore(&tdev, &store, r.id, &opts, &mut |_| {}).expect("restore in 16 MiB");
