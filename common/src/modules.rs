@@ -49,22 +49,29 @@ pub fn modinfo(elf: &[u8]) -> Result<Vec<(String, String)>, ModuleError> {
         }
         return err("not an ELF file");
     }
-    if elf.get(4) != Some(&2) || elf.get(5) != Some(&1) {
-        return err("not a 64-bit little-endian ELF file");
-    }
+    // 64-bit PCs' modules, and 32-bit ones (Debian's 686 kernel).
+    let wide = match (elf.get(4), elf.get(5)) {
+        (Some(2), Some(1)) => true,
+        (Some(1), Some(1)) => false,
+        _ => return err("not a little-endian ELF file"),
+    };
     let trunc = || ModuleError("truncated ELF header".into());
-    let shoff = u64_at(elf, 0x28).ok_or_else(trunc)?;
-    let shentsize = u16_at(elf, 0x3A).ok_or_else(trunc)?;
-    let shnum = u16_at(elf, 0x3C).ok_or_else(trunc)?;
-    let shstrndx = u16_at(elf, 0x3E).ok_or_else(trunc)?;
-    if shentsize < 64 {
+    let word = |at: u64| if wide { u64_at(elf, at) } else { u32_at(elf, at) };
+    let (shoff, shentsize, shnum, shstrndx) = if wide {
+        (word(0x28), u16_at(elf, 0x3A), u16_at(elf, 0x3C), u16_at(elf, 0x3E))
+    } else {
+        (word(0x20), u16_at(elf, 0x2E), u16_at(elf, 0x30), u16_at(elf, 0x32))
+    };
+    let (shoff, shentsize, shnum, shstrndx) =
+        (shoff.ok_or_else(trunc)?, shentsize.ok_or_else(trunc)?, shnum.ok_or_else(trunc)?, shstrndx.ok_or_else(trunc)?);
+    if shentsize < if wide { 64 } else { 40 } {
         return err("bad ELF section header size");
     }
     let section = |i: u64| -> Option<(u64, u64, u64)> {
         let base = shoff.checked_add(i.checked_mul(shentsize)?)?;
         let name = u32_at(elf, base)?;
-        let off = u64_at(elf, base + 0x18)?;
-        let size = u64_at(elf, base + 0x20)?;
+        let (off, size) =
+            if wide { (word(base + 0x18)?, word(base + 0x20)?) } else { (word(base + 0x10)?, word(base + 0x14)?) };
         Some((name, off, size))
     };
     let bytes_of = |off: u64, size: u64| -> Option<&[u8]> {
@@ -453,6 +460,49 @@ mod tests {
         elf[0x3C..0x3E].copy_from_slice(&3u16.to_le_bytes());
         elf[0x3E..0x40].copy_from_slice(&1u16.to_le_bytes());
         elf
+    }
+
+    /// The same as an ELF32 (a 32-bit PC's module).
+    fn tiny_module32(modinfo: &[u8]) -> Vec<u8> {
+        let shstr = b"\0.shstrtab\0.modinfo\0";
+        let mut elf = vec![0u8; 52];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 1;
+        elf[5] = 1;
+        let shstr_off = elf.len() as u32;
+        elf.extend_from_slice(shstr);
+        let info_off = elf.len() as u32;
+        elf.extend_from_slice(modinfo);
+        let shoff = elf.len() as u32;
+        let sh = |name: u32, off: u32, size: u32| {
+            let mut s = vec![0u8; 40];
+            s[..4].copy_from_slice(&name.to_le_bytes());
+            s[0x10..0x14].copy_from_slice(&off.to_le_bytes());
+            s[0x14..0x18].copy_from_slice(&size.to_le_bytes());
+            s
+        };
+        for s in [sh(0, 0, 0), sh(1, shstr_off, shstr.len() as u32), sh(11, info_off, modinfo.len() as u32)] {
+            elf.extend_from_slice(&s);
+        }
+        elf[0x20..0x24].copy_from_slice(&shoff.to_le_bytes());
+        elf[0x2E..0x30].copy_from_slice(&40u16.to_le_bytes());
+        elf[0x30..0x32].copy_from_slice(&3u16.to_le_bytes());
+        elf[0x32..0x34].copy_from_slice(&1u16.to_le_bytes());
+        elf
+    }
+
+    #[test]
+    fn modinfo_from_elf32() {
+        let elf = tiny_module32(b"license=GPL\0alias=pci:v00008086d0000100Esv*\0depends=\0name=e1000\0\0");
+        let info = modinfo(&elf).expect("parses");
+        assert!(info.contains(&("name".to_owned(), "e1000".to_owned())), "{info:?}");
+        assert!(info.contains(&("alias".to_owned(), "pci:v00008086d0000100Esv*".to_owned())), "{info:?}");
+        let mut big_endian = elf.clone();
+        big_endian[5] = 2;
+        assert!(modinfo(&big_endian).is_err());
+        for n in 0..elf.len() {
+            let _ = modinfo(&elf[..n]);
+        }
     }
 
     #[test]
