@@ -32,7 +32,7 @@ use bootvault_common::usedmap::disk::{self as plan, ChunkUse, DiskPlan};
 
 use crate::device::Device;
 use crate::lock::Lock;
-use crate::memory::{self, Fit, Job};
+use crate::memory::{self, Fit};
 use crate::progress::Progress;
 use crate::store::Store;
 use crate::EngineError;
@@ -450,10 +450,15 @@ pub fn backup(
     }
     let own = opts.with_own_key()?;
     let opts = own.as_ref().unwrap_or(opts);
-    let job = Job::Backup { chunk_size: opts.chunk_size, level: opts.level };
-    let fit = memory::fit(job, opts.available.or_else(memory::available), opts.threads, opts.group)
-        .map_err(|e| EngineError::new(format!("{e}; nothing was sent")))?;
-    let sized = BackupOptions { threads: fit.threads, group: fit.group, ..opts.clone() };
+    let fit = memory::fit_backup(
+        opts.chunk_size,
+        opts.level,
+        opts.available.or_else(memory::available),
+        opts.threads,
+        opts.group,
+    )
+    .map_err(|e| EngineError::new(format!("{e}; nothing was sent")))?;
+    let sized = BackupOptions { threads: fit.threads, group: fit.group, chunk_size: fit.chunk_size, ..opts.clone() };
     let opts = &sized;
     let plan = disk_plan(dev, opts.raw);
     let (table, extents) = table_extents_masked(dev, &plan)?;
@@ -572,6 +577,6 @@ fn run(
         sent_bytes: shared.sent.load(Ordering::Relaxed),
         blob_bytes: manifest.blob_bytes(),
         elapsed: start.elapsed(),
-        fit: Fit { threads: opts.threads, group: opts.group, bytes: 0, available: None },
+        fit: Fit { threads: opts.threads, group: opts.group, chunk_size: opts.chunk_size, bytes: 0, available: None },
     })
 }

@@ -62,11 +62,11 @@ impl Job {
         }
     }
 
-    /// Held once for the whole job: a restore's chunk of zeros.
+    /// Held once for the whole job: a restore's piece of zeros.
     fn shared(&self) -> u64 {
         match self {
             Job::Backup { .. } => 0,
-            Job::Restore { .. } => self.chunk(),
+            Job::Restore { .. } => self.chunk().min(64 << 10),
         }
     }
 
@@ -83,6 +83,8 @@ impl Job {
 pub struct Fit {
     pub threads: usize,
     pub group: usize,
+    /// The chunk size (a backup's may be smaller than asked, see [`fit_backup`]).
+    pub chunk_size: u32,
     /// What the engine's buffers take at most, by this model.
     pub bytes: u64,
     /// What was available when it was sized (None: not known, not limited).
@@ -95,20 +97,16 @@ impl Fit {
         self.threads < threads.max(1) || self.group < group.max(1)
     }
 
-    /// `2 workers × 2 chunks (14 MiB of 47 MiB available)`.
+    /// `2 workers × 2 chunks of 1.0 MiB (14.0 MiB of 47.0 MiB available)`.
     pub fn describe(&self) -> String {
-        let chunks = if self.group == 1 { "chunk".to_owned() } else { "chunks".to_owned() };
+        let chunks = if self.group == 1 { "chunk" } else { "chunks" };
         let workers = if self.threads == 1 { "worker" } else { "workers" };
-        match self.available {
-            Some(a) => format!(
-                "{} {workers} × {} {chunks} ({} of {} available)",
-                self.threads,
-                self.group,
-                human_bytes(self.bytes),
-                human_bytes(a)
-            ),
-            None => format!("{} {workers} × {} {chunks} ({})", self.threads, self.group, human_bytes(self.bytes)),
-        }
+        let size = human_bytes(u64::from(self.chunk_size));
+        let of = match self.available {
+            Some(a) => format!("{} of {} available", human_bytes(self.bytes), human_bytes(a)),
+            None => human_bytes(self.bytes),
+        };
+        format!("{} {workers} × {} {chunks} of {size} ({of})", self.threads, self.group)
     }
 }
 
@@ -124,8 +122,9 @@ pub fn cost(job: Job, threads: usize, group: usize) -> u64 {
 /// worker with one chunk and [`RESERVE`] do not fit.
 pub fn fit(job: Job, available: Option<u64>, threads: usize, group: usize) -> Result<Fit, EngineError> {
     let (threads, group) = (threads.max(1), group.max(1));
+    let chunk_size = job.chunk() as u32;
     let Some(avail) = available else {
-        return Ok(Fit { threads, group, bytes: cost(job, threads, group), available });
+        return Ok(Fit { threads, group, chunk_size, bytes: cost(job, threads, group), available });
     };
     let least = cost(job, 1, 1);
     if least + RESERVE > avail {
@@ -153,7 +152,33 @@ pub fn fit(job: Job, available: Option<u64>, threads: usize, group: usize) -> Re
             t -= 1;
         }
     }
-    Ok(Fit { threads: t, group: g, bytes: cost(job, t, g), available })
+    Ok(Fit { threads: t, group: g, chunk_size, bytes: cost(job, t, g), available })
+}
+
+/// The smallest chunk a backup takes to fit a small PC.
+pub const SMALLEST_CHUNK: u32 = 256 << 10;
+
+/// [`fit`] for a backup, which may also choose its chunk size: where one
+/// chunk of `chunk_size` in flight does not fit, half of it, down to
+/// [`SMALLEST_CHUNK`] (its chunks then deduplicate only against backups
+/// with the same size; a restore takes any size). The error is the one
+/// for the size asked.
+pub fn fit_backup(
+    chunk_size: u32,
+    level: u8,
+    available: Option<u64>,
+    threads: usize,
+    group: usize,
+) -> Result<Fit, EngineError> {
+    let asked = fit(Job::Backup { chunk_size, level }, available, threads, group);
+    let mut size = chunk_size / 2;
+    while asked.is_err() && size >= SMALLEST_CHUNK {
+        if let Ok(f) = fit(Job::Backup { chunk_size: size, level }, available, threads, group) {
+            return Ok(f);
+        }
+        size /= 2;
+    }
+    asked
 }
 
 /// A `Name:   123 kB` line of /proc/meminfo or /proc/self/status, in bytes.
@@ -223,7 +248,7 @@ mod tests {
         assert_eq!((f.threads, f.group), (4, 2), "{}", f.describe());
         assert!(f.reduced(4, 4));
         let f = fit(RESTORE, Some(24 * MIB), 8, 1).expect("fits");
-        assert_eq!((f.threads, f.group), (2, 1), "{}", f.describe());
+        assert_eq!((f.threads, f.group), (3, 1), "{}", f.describe());
     }
 
     #[test]
@@ -236,13 +261,23 @@ mod tests {
         );
         // Smaller chunks fit where larger ones do not.
         assert!(fit(Job::Backup { chunk_size: 256 << 10, level: 1 }, Some(8 * MIB), 4, 4).is_ok());
-        assert!(fit(RESTORE, Some(8 * MIB), 4, 4).is_err());
-        assert!(fit(RESTORE, Some(9 * MIB), 4, 4).is_ok());
+        assert!(fit(RESTORE, Some(7 * MIB), 4, 4).is_err());
+        assert!(fit(RESTORE, Some(8 * MIB), 4, 4).is_ok());
+    }
+
+    #[test]
+    fn a_small_pc_backs_up_in_smaller_chunks() {
+        let f = fit_backup(1 << 20, 1, Some(16 * MIB), 4, 4).expect("fits");
+        assert_eq!(f.chunk_size, 1 << 20, "{}", f.describe());
+        let f = fit_backup(1 << 20, 1, Some(6 * MIB + MIB / 2), 4, 4).expect("fits in smaller chunks");
+        assert_eq!((f.chunk_size, f.threads, f.group), (256 << 10, 1, 1), "{}", f.describe());
+        let e = fit_backup(1 << 20, 1, Some(5 * MIB), 4, 4).expect_err("not even the smallest");
+        assert!(e.0.starts_with("this PC has 5.0 MiB of memory available; a backup of 1.0 MiB chunks"), "{e}");
     }
 
     #[test]
     fn describe() {
-        let f = Fit { threads: 2, group: 1, bytes: 14 * MIB, available: Some(47 * MIB) };
-        assert_eq!(f.describe(), "2 workers × 1 chunk (14.0 MiB of 47.0 MiB available)");
+        let f = Fit { threads: 2, group: 1, chunk_size: 1 << 20, bytes: 14 * MIB, available: Some(47 * MIB) };
+        assert_eq!(f.describe(), "2 workers × 1 chunk of 1.0 MiB (14.0 MiB of 47.0 MiB available)");
     }
 }

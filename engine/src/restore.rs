@@ -46,6 +46,9 @@ use crate::progress::Progress;
 use crate::store::Store;
 use crate::EngineError;
 
+/// The largest piece of zeros a restore writes at once.
+const ZEROS: usize = 64 << 10;
+
 /// Whether a restore reads the target to skip what it already holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compare {
@@ -264,7 +267,8 @@ pub fn restore(
         }
         done.fetch_add(len, Ordering::Relaxed);
     }
-    let zeros = vec![0u8; m.chunk_size as usize];
+    // Zeros for a target that cannot zero a range itself, written a piece at a time.
+    let zeros = vec![0u8; (m.chunk_size as usize).min(ZEROS)];
     let fail = |e: EngineError| {
         abort.store(true, Ordering::Relaxed);
         if let Ok(mut slot) = error.lock() {

@@ -256,16 +256,16 @@ fn memory_sizes_the_pipelines_and_too_little_is_refused_first() {
     const MIB: u64 = 1 << 20;
 
     let mut tight = BackupOptions::new("pc", "small");
-    tight.available = Some(8 * MIB);
+    tight.available = Some(5 * MIB);
     let e = backup(&dev, &store, &tight, &mut |_| {}).expect_err("too little memory").to_string();
-    assert!(e.starts_with("this PC has 8.0 MiB of memory available; a backup of 1.0 MiB chunks needs"), "{e}");
+    assert!(e.starts_with("this PC has 5.0 MiB of memory available; a backup of 1.0 MiB chunks needs"), "{e}");
     assert!(e.ends_with("; nothing was sent"), "{e}");
     assert!(store.backups.lock().expect("lock").is_empty(), "the store was never asked to open a backup");
 
     let mut small = BackupOptions::new("pc", "small");
     small.available = Some(12 * MIB);
     let r = backup(&dev, &store, &small, &mut |_| {}).expect("one worker, one chunk");
-    assert_eq!((r.fit.threads, r.fit.group), (1, 1), "{}", r.fit.describe());
+    assert_eq!((r.fit.threads, r.fit.group, r.fit.chunk_size), (1, 1, 1 << 20), "{}", r.fit.describe());
     assert!(r.fit.bytes <= 6 * MIB, "{}", r.fit.describe());
     let roomy = backup(&dev, &store, &BackupOptions::new("pc", "roomy"), &mut |_| {}).expect("roomy");
     assert!(roomy.fit.threads >= 4 && roomy.fit.group == 4, "{}", roomy.fit.describe());
@@ -274,14 +274,39 @@ fn memory_sizes_the_pipelines_and_too_little_is_refused_first() {
     fs::write(&target, vec![0u8; data.len()]).expect("target");
     let tdev = Device::open(&target, true).expect("open target");
     let e =
-        restore(&tdev, &store, r.id, &RestoreOptions { available: Some(8 * MIB), ..Default::default() }, &mut |_| {})
+        restore(&tdev, &store, r.id, &RestoreOptions { available: Some(7 * MIB), ..Default::default() }, &mut |_| {})
             .expect_err("too little")
             .to_string();
-    assert!(e.starts_with("this PC has 8.0 MiB of memory available; a restore of 1.0 MiB chunks needs"), "{e}");
+    assert!(e.starts_with("this PC has 7.0 MiB of memory available; a restore of 1.0 MiB chunks needs"), "{e}");
     assert!(e.ends_with("; nothing was written"), "{e}");
-    let opts = RestoreOptions { available: Some(16 * MIB), verify: true, ..Default::default() };
-    let done = restore(&tdev, &store, r.id, &opts, &mut |_| {}).expect("restore in 16 MiB");
+    let opts = RestoreOptions { available: Some(12 * MIB), verify: true, ..Default::default() };
+    let done = restore(&tdev, &store, r.id, &opts, &mut |_| {}).expect("restore in 12 MiB");
     assert_eq!(done.fit.threads, 1, "{}", done.fit.describe());
+    assert!(fs::read(&target).expect("read") == data, "byte for byte");
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// A PC too small for one 1 MiB chunk in flight backs up in 256 KiB
+/// chunks, which restore as any backup does.
+#[test]
+fn a_small_pc_backs_up_in_smaller_chunks() {
+    let dir = std::env::temp_dir().join(format!("bv-store-small-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("dir");
+    let src = dir.join("src.img");
+    let data = noise(13, 3 << 20);
+    fs::write(&src, &data).expect("source");
+    let dev = Device::open(&src, false).expect("open");
+    let store = MemStore::default();
+    let mut small = BackupOptions::new("pc", "small");
+    small.available = Some(13 << 19);
+    let r = backup(&dev, &store, &small, &mut |_| {}).expect("smaller chunks");
+    assert_eq!((r.fit.chunk_size, r.chunks), (256 << 10, 12), "{}", r.fit.describe());
+    let target = dir.join("target.img");
+    fs::write(&target, vec![0u8; data.len()]).expect("target");
+    let tdev = Device::open(&target, true).expect("open target");
+    let opts = RestoreOptions { verify: true, ..Default::default() };
+    restore(&tdev, &store, r.id, &opts, &mut |_| {}).expect("restore");
     assert!(fs::read(&target).expect("read") == data, "byte for byte");
     let _ = fs::remove_dir_all(&dir);
 }
