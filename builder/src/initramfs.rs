@@ -74,13 +74,60 @@ pub fn entries(
     Ok((out, report))
 }
 
-/// Writes the gzip-compressed archive to `dest`.
-pub fn write(entries: Vec<Entry>, dest: &Path, report: &mut Report) -> Result<()> {
+/// How the archive is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// gzip -9: every kernel reads it.
+    Gzip,
+    /// xz with the x86 filter and CRC32 (what the kernel's decompressor
+    /// takes), about a quarter smaller than gzip on the init: for the
+    /// floppy. Made by the `xz` program (xz-utils), single-threaded, so
+    /// the bytes are reproducible.
+    Xz,
+}
+
+impl Compression {
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::Gzip => "gzip",
+            Compression::Xz => "xz",
+        }
+    }
+}
+
+fn xz(raw: &[u8]) -> Result<Vec<u8>> {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("xz")
+        .args(["--format=xz", "--check=crc32", "--x86", "--lzma2=preset=9e,dict=1MiB", "-T1", "-c"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running xz (Debian package xz-utils)")?;
+    let mut stdin = child.stdin.take().context("xz's stdin")?;
+    let input = raw.to_vec();
+    let feeder = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().context("running xz")?;
+    feeder.join().map_err(|_| anyhow::anyhow!("feeding xz"))??;
+    if !out.status.success() {
+        anyhow::bail!("xz failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(out.stdout)
+}
+
+/// Writes the compressed archive to `dest`.
+pub fn write(entries: Vec<Entry>, dest: &Path, report: &mut Report, how: Compression) -> Result<()> {
     let mut raw = Vec::new();
     report.cpio_bytes = cpio::write_archive(entries, Format::NewcCrc, &mut raw).context("writing the cpio archive")?;
-    let mut gz = flate2::GzBuilder::new().mtime(0).operating_system(3).write(Vec::new(), flate2::Compression::best());
-    gz.write_all(&raw)?;
-    let bytes = gz.finish()?;
+    let bytes = match how {
+        Compression::Gzip => {
+            let mut gz =
+                flate2::GzBuilder::new().mtime(0).operating_system(3).write(Vec::new(), flate2::Compression::best());
+            gz.write_all(&raw)?;
+            gz.finish()?
+        }
+        Compression::Xz => xz(&raw)?,
+    };
     report.compressed_bytes = bytes.len() as u64;
     let tmp = dest.with_extension("partial");
     fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;

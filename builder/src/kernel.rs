@@ -55,11 +55,11 @@ pub fn fetch(meta: &str) -> Result<Kernel> {
     let deps = run(Command::new("apt-cache").args(["depends", meta]))
         .context("asking apt which kernel package to use (is this Debian with apt? run `apt-get update`)")?;
     let package = parse_depends(&deps).with_context(|| format!("{meta} depends on no linux-image-VERSION package"))?;
-    let root = cache_dir().join("kernels").join(&package);
+    let root = cache_dir().join("kernels").join(package.replace(':', "_"));
     if root.join(".complete").exists() {
         return locate_in(&root);
     }
-    let tmp = cache_dir().join("kernels").join(format!(".{package}.partial"));
+    let tmp = cache_dir().join("kernels").join(format!(".{}.partial", package.replace(':', "_")));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     eprintln!("fetching {package} with apt-get download");
@@ -124,11 +124,22 @@ pub fn user_kernel(image: &Path, modules: &Path) -> Result<Kernel> {
     Ok(Kernel { image: image.to_owned(), modules: modules.to_owned(), release })
 }
 
-/// The latest fetched kernel in the cache, if any.
+/// Debian's stock kernel for 32-bit PCs (`linux-image-686` of the i386
+/// architecture, which dpkg must know: `dpkg --add-architecture i386`,
+/// `apt-get update`), fetched into the cache once.
+pub fn fetch_686() -> Result<Kernel> {
+    fetch("linux-image-686:i386").context("the i686 stock kernel (is i386 in `dpkg --print-foreign-architectures`?)")
+}
+
+/// The latest fetched 64-bit stock kernel in the cache, if any.
 pub fn cached() -> Option<Kernel> {
     let dir = cache_dir().join("kernels");
-    let mut trees: Vec<PathBuf> =
-        fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).filter(|p| p.join(".complete").exists()).collect();
+    let mut trees: Vec<PathBuf> = fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join(".complete").exists() && p.to_string_lossy().ends_with("-amd64"))
+        .collect();
     trees.sort();
     locate_in(trees.last()?).ok()
 }

@@ -8,6 +8,7 @@
 mod admin;
 mod cpio;
 mod initramfs;
+mod kbuild;
 mod kernel;
 mod keys;
 mod known;
@@ -297,6 +298,17 @@ enum KernelCmd {
     },
     /// Show the cached kernel.
     Show,
+    /// Build our own kernel from Debian's linux-source-6.1 and a
+    /// configuration of kernel-config/ (everything built in, no modules),
+    /// once: it is cached like the stock kernel.
+    Build {
+        /// The configuration (kernel-config/NAME.config).
+        #[arg(long, default_value = "pc")]
+        config: String,
+        /// x86_64, or i686 for 32-bit PCs.
+        #[arg(long, default_value = "x86_64")]
+        arch: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -343,6 +355,15 @@ struct BuildArgs {
     /// Per-PC setting KEY=VALUE (repeatable), e.g. --set ip=10.0.0.5/24.
     #[arg(long = "set")]
     set: Vec<String>,
+    /// Our own kernel, built from this configuration of kernel-config/
+    /// (`bootvault kernel build`, done here if the cache lacks it) instead
+    /// of the stock kernel.
+    #[arg(long, conflicts_with = "kernel")]
+    kernel_config: Option<String>,
+    /// The PC's architecture: x86_64, or i686 for 32-bit PCs (the init
+    /// built for i686-unknown-linux-musl, and our i686 kernel).
+    #[arg(long, default_value = "x86_64")]
+    arch: String,
     /// Your own kernel image (with --modules).
     #[arg(long, requires = "modules")]
     kernel: Option<PathBuf>,
@@ -372,7 +393,8 @@ struct BuildArgs {
     #[arg(long)]
     escrow_pub: Option<PathBuf>,
     /// Boot media: pxe (publish to the server for network boot; needs
-    /// --data), iso, usb. Repeatable, or a comma list.
+    /// --data), iso, usb, floppy (1.44 MB, BIOS; fits with our i686
+    /// kernel). Repeatable, or a comma list.
     #[arg(long, value_delimiter = ',')]
     media: Vec<String>,
     /// The server's data directory: build the PC as registered there
@@ -460,6 +482,11 @@ fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Kernel { cmd: KernelCmd::Fetch { package } } => {
             let k = kernel::fetch(&package)?;
+            print_kernel(&k);
+            Ok(())
+        }
+        Cmd::Kernel { cmd: KernelCmd::Build { config, arch } } => {
+            let k = kbuild::build(&config, kbuild::Arch::parse(&arch)?)?;
             print_kernel(&k);
             Ok(())
         }
@@ -644,18 +671,41 @@ fn print_kernel(k: &kernel::Kernel) {
 }
 
 /// The init built by `make init`, next to this program in the target dir.
-fn default_init() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("BOOTVAULT_INIT") {
+/// The init built for `arch` next to this program (or named by
+/// BOOTVAULT_INIT, BOOTVAULT_INIT_I686).
+fn default_init(arch: kbuild::Arch) -> Result<PathBuf> {
+    let (var, targets, make) = match arch {
+        kbuild::Arch::X86_64 => {
+            ("BOOTVAULT_INIT", &["x86_64-unknown-linux-musl", "x86_64-unknown-linux-gnu"][..], "make init")
+        }
+        kbuild::Arch::I686 => ("BOOTVAULT_INIT_I686", &["i686-unknown-linux-musl"][..], "make init-i686"),
+    };
+    if let Some(p) = std::env::var_os(var) {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe().context("locating this program")?;
     let target = exe.parent().and_then(Path::parent).context("locating the target directory")?;
-    for p in [target.join("x86_64-unknown-linux-musl/init/init"), target.join("x86_64-unknown-linux-gnu/init/init")] {
+    for t in targets {
+        let p = target.join(t).join("init/init");
         if p.is_file() {
             return Ok(p);
         }
     }
-    bail!("no init binary found next to {} (run `make init`, or pass --init)", exe.display())
+    bail!("no {} init found next to {} (run `{make}`, or pass --init)", arch.name(), exe.display())
+}
+
+/// Refuses an init that cannot run on `arch`'s kernel (ELF class and machine).
+fn check_init_arch(init: &[u8], arch: kbuild::Arch) -> Result<()> {
+    let class = init.get(4).copied();
+    let machine = init.get(18..20).map(|m| u16::from_le_bytes([m[0], m[1]]));
+    let want = match arch {
+        kbuild::Arch::X86_64 => (Some(2), Some(62)),
+        kbuild::Arch::I686 => (Some(1), Some(3)),
+    };
+    if !init.starts_with(b"\x7fELF") || (class, machine) != want {
+        bail!("the init is not an {} executable (ELF class {class:?}, machine {machine:?}): build it with --arch's target", arch.name());
+    }
+    Ok(())
 }
 
 fn build(a: BuildArgs) -> Result<()> {
@@ -711,17 +761,21 @@ fn build(a: BuildArgs) -> Result<()> {
             .to_owned(),
     };
     let wanted = profile::resolve(&profile_text)?;
-    let k = match (&a.kernel, &a.modules) {
-        (Some(img), Some(m)) => kernel::user_kernel(img, m)?,
+    let arch = kbuild::Arch::parse(&a.arch)?;
+    let k = match (&a.kernel, &a.modules, &a.kernel_config) {
+        (Some(img), Some(m), _) => kernel::user_kernel(img, m)?,
+        (_, _, Some(config)) => kbuild::build(config, arch)?,
+        _ if arch == kbuild::Arch::I686 => kernel::fetch_686()?,
         _ => kernel::cached()
             .context("no kernel in the cache; run `bootvault kernel fetch` or pass --kernel/--modules")?,
     };
     let index = kernel::index(&k.modules)?;
     let init_path = match a.init {
         Some(p) => p,
-        None => default_init()?,
+        None => default_init(arch)?,
     };
     let init = fs::read(&init_path).with_context(|| format!("reading init {}", init_path.display()))?;
+    check_init_arch(&init, arch).with_context(|| format!("init {}", init_path.display()))?;
     let out = a.out.unwrap_or_else(|| PathBuf::from("out").join(&pc.config.pc));
     fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
 
@@ -736,7 +790,10 @@ fn build(a: BuildArgs) -> Result<()> {
     let key = sealing.as_ref().map(|(_, file)| keys::text_of(file)).transpose()?;
     let (entries, mut report) =
         initramfs::entries(&init, &k, &index, &wanted, &pc.config.to_file(), key.as_ref().map(|t| t.as_str()))?;
-    initramfs::write(entries, &out.join("initrd.img"), &mut report)?;
+    // The floppy needs every byte: xz there, gzip elsewhere.
+    let compression =
+        if a.media.iter().any(|m| m == "floppy") { initramfs::Compression::Xz } else { initramfs::Compression::Gzip };
+    initramfs::write(entries, &out.join("initrd.img"), &mut report, compression)?;
     let kernel_bytes =
         fs::copy(&k.image, out.join("vmlinuz")).with_context(|| format!("copying {}", k.image.display()))?;
     let cmdline = pc.cmdline();
@@ -745,8 +802,9 @@ fn build(a: BuildArgs) -> Result<()> {
     println!("built PC {} in {}", pc.config.pc, out.display());
     println!("  kernel     {} ({})  {}", human_bytes(kernel_bytes), k.release, out.join("vmlinuz").display());
     println!(
-        "  initramfs  {} gzip, {} cpio  {}",
+        "  initramfs  {} {}, {} cpio  {}",
         human_bytes(report.compressed_bytes),
+        compression.name(),
         human_bytes(report.cpio_bytes),
         out.join("initrd.img").display()
     );
@@ -778,7 +836,8 @@ fn build(a: BuildArgs) -> Result<()> {
             }
             "iso" => images.push(media::iso(&out, &pc.config.pc)?),
             "usb" => images.push(media::usb(&out, &pc.config.pc)?),
-            other => bail!("--media {other}: expected pxe, iso or usb"),
+            "floppy" => images.push(media::floppy(&out, &pc.config.pc)?),
+            other => bail!("--media {other}: expected pxe, iso, usb or floppy"),
         }
     }
     for image in &images {
@@ -825,6 +884,16 @@ fn inspect(path: &Path) -> Result<()> {
             .read_to_end(&mut d)
             .with_context(|| format!("decompressing {}", path.display()))?;
         d
+    } else if raw.starts_with(b"\xFD7zXZ\0") {
+        let out = std::process::Command::new("xz")
+            .args(["-dc", "--"])
+            .arg(path)
+            .output()
+            .context("running xz -d (Debian package xz-utils)")?;
+        if !out.status.success() {
+            bail!("decompressing {}: {}", path.display(), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        out.stdout
     } else {
         raw
     };

@@ -30,6 +30,8 @@ pub enum Kind {
     Iso,
     /// Raw disk image (MBR + one FAT partition) for a USB stick; BIOS and UEFI.
     Usb,
+    /// A 1.44 MB floppy (FAT12, syslinux); BIOS.
+    Floppy,
 }
 
 impl Kind {
@@ -37,6 +39,7 @@ impl Kind {
         match self {
             Kind::Iso => "iso",
             Kind::Usb => "usb",
+            Kind::Floppy => "floppy",
         }
     }
 }
@@ -55,6 +58,7 @@ impl Image {
         let how = match self.kind {
             Kind::Iso => "BIOS isolinux, UEFI systemd-boot",
             Kind::Usb => "BIOS syslinux, UEFI systemd-boot",
+            Kind::Floppy => "1.44 MB, BIOS syslinux",
         };
         format!("  {:<10} {}  {} ({how})", self.kind.name(), human_bytes(self.bytes), self.path.display())
     }
@@ -130,6 +134,30 @@ pub fn loader_conf() -> String {
 /// systemd-boot's entry: the EFI-stub kernel, its initrd and command line.
 pub fn loader_entry(pc: &str, cmdline: &str) -> String {
     format!("title   bootvault {pc}\nlinux   /vmlinuz\ninitrd  /initrd.img\noptions {cmdline}\n")
+}
+
+/// A 1.44 MB floppy: 2880 sectors of 512 bytes.
+pub const FLOPPY_BYTES: u64 = 1_474_560;
+
+/// What a 1.44 MB FAT12 floppy holds in files: its 2880 sectors less the
+/// boot sector, two 9-sector FATs and the 14-sector root directory, one
+/// sector per cluster.
+pub const FLOPPY_DATA_BYTES: u64 = (2880 - 1 - 2 * 9 - 14) * 512;
+
+/// Whether files of these sizes fit on a floppy (each takes whole
+/// 512-byte clusters); Err says by how much they do not.
+pub fn floppy_fit(files: &[(&str, u64)]) -> std::result::Result<u64, String> {
+    let used: u64 = files.iter().map(|(_, n)| n.div_ceil(512) * 512).sum();
+    if used <= FLOPPY_DATA_BYTES {
+        return Ok(used);
+    }
+    let parts: Vec<String> = files.iter().map(|(name, n)| format!("{name} {}", human_bytes(*n))).collect();
+    Err(format!(
+        "does not fit on a 1.44 MB floppy: {} take {used} bytes, {} more than the {FLOPPY_DATA_BYTES} its FAT12 \
+         holds ({FLOPPY_BYTES} bytes in all)",
+        parts.join(" + "),
+        used - FLOPPY_DATA_BYTES
+    ))
 }
 
 /// Size of a FAT16 filesystem (MiB) holding `payload` bytes in `files`
@@ -533,10 +561,67 @@ pub fn usb(out: &Path, pc: &str) -> Result<Image> {
     Ok(Image { kind: Kind::Usb, path: final_path, bytes })
 }
 
+/// `OUT/NAME-floppy.img`: a 1.44 MB FAT12 floppy with syslinux, the kernel
+/// and the initramfs; BIOS only. Refused, with the sizes, when they do not
+/// fit (our own kernel with `--kernel-config` and `--arch i686` is the
+/// smallest there is).
+pub fn floppy(out: &Path, pc: &str) -> Result<Image> {
+    let env = Env::from_process()?;
+    let boot = BootFiles::read(out)?;
+    let ldlinux = LDLINUX_C32.path()?;
+    let staging = Staging::new(out.join(format!(".{pc}-floppy.tmp")))?;
+    let cfg = staging.write("syslinux.cfg", &syslinux_cfg(pc, &boot.cmdline))?;
+    // ldlinux.sys, which `syslinux --install` writes, is about half of ldlinux.c32.
+    let files = [
+        ("kernel", file_len(&boot.vmlinuz)?),
+        ("initramfs", file_len(&boot.initrd)?),
+        ("syslinux", file_len(ldlinux)? * 3 / 2),
+        ("syslinux.cfg", file_len(&cfg)?),
+    ];
+    floppy_fit(&files).map_err(|e| anyhow::anyhow!("--media floppy: {e}"))?;
+    let final_path = out.join(format!("{pc}-floppy.img"));
+    let partial = Partial::new(&final_path)?;
+    let img = &partial.tmp;
+    env.run(MKFS_VFAT, &final_path, |c| {
+        c.args(["--invariant", "-C", "-F", "12", "-n", "BOOTVAULT", "-i", &volume_serial(pc, "floppy")])
+            .arg(img)
+            .arg((FLOPPY_BYTES / 1024).to_string());
+    })?;
+    let fat = img.as_os_str().to_owned();
+    for (source, target) in [
+        (cfg.as_path(), "::/syslinux.cfg"),
+        (ldlinux, "::/ldlinux.c32"),
+        (boot.vmlinuz.as_path(), "::/vmlinuz"),
+        (boot.initrd.as_path(), "::/initrd.img"),
+    ] {
+        env.run(MCOPY, &final_path, |c| {
+            c.arg("-i").arg(&fat).arg("-o").arg(source).arg(target);
+        })?;
+    }
+    // Last, so nothing moves the ldlinux.sys whose sectors it records.
+    env.run(SYSLINUX, &final_path, |c| {
+        c.arg("--install").arg(img);
+    })?;
+    let bytes = partial.commit(&final_path)?;
+    Ok(Image { kind: Kind::Floppy, path: final_path, bytes })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use bootvault_common::partition::{parse_mbr, MbrEntry};
+
+    #[test]
+    fn what_fits_on_a_floppy() {
+        assert_eq!(FLOPPY_DATA_BYTES, 1_457_664);
+        assert_eq!(floppy_fit(&[("kernel", 1_000_000), ("initramfs", 1)]), Ok(1_000_448 + 512));
+        let e = floppy_fit(&[("kernel", 1_000_000), ("initramfs", 500_000)]).expect_err("too large");
+        assert_eq!(
+            e,
+            "does not fit on a 1.44 MB floppy: kernel 976.6 KiB + initramfs 488.3 KiB take 1500672 bytes, 43008 more \
+             than the 1457664 its FAT12 holds (1474560 bytes in all)"
+        );
+    }
 
     #[test]
     fn write_needs_an_image() {

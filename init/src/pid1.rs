@@ -119,6 +119,14 @@ pub fn main() -> ! {
         say(format!("warning: {e}"));
     }
     say(format!("this is PC {}", config.pc));
+    if let Ok(info) = fs::read_to_string("/proc/meminfo") {
+        let kb = |name| {
+            bootvault_engine::memory::parse_kb(&info, name)
+                .map(bootvault_common::units::human_bytes)
+                .unwrap_or_default()
+        };
+        say(format!("memory: {} in all, {} available", kb("MemTotal"), kb("MemAvailable")));
+    }
 
     let mut state = State::default();
     loop {

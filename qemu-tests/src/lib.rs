@@ -43,6 +43,13 @@ pub fn init_bin() -> PathBuf {
         .unwrap_or_else(|| workspace().join("target/x86_64-unknown-linux-musl/init/init"))
 }
 
+/// The init for 32-bit PCs (`make init-i686`).
+pub fn init_bin_i686() -> PathBuf {
+    std::env::var_os("BOOTVAULT_INIT_I686")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/i686-unknown-linux-musl/init/init"))
+}
+
 /// A scratch directory under `target/qemu-tests/NAME`, emptied first and
 /// kept afterwards for post-mortems.
 pub fn scratch(name: &str) -> PathBuf {
@@ -346,9 +353,10 @@ pub fn build_for(out: &Path, name: &str, server: &Server, profile: &str, extra: 
 /// Builds one PC's boot files with the real builder.
 pub fn build_pc(out: &Path, name: &str, server_url: &str, profile: &str, extra: &[&str]) -> Result<String> {
     let mut cmd = Command::new(bootvault_bin());
+    let i686 = extra.windows(2).any(|w| w == ["--arch", "i686"]);
     cmd.args(["build", name, "--server", server_url, "--profile", profile, "--console", "ttyS0,115200"])
         .arg("--init")
-        .arg(init_bin())
+        .arg(if i686 { init_bin_i686() } else { init_bin() })
         .arg("--out")
         .arg(out)
         .args(["--set", "error_wait=5", "--set", "dhcp_timeout=60"])
@@ -363,6 +371,10 @@ pub enum Hardware {
     Virtio,
     /// e1000 + a SATA disk on q35's AHCI controller.
     E1000Ahci,
+    /// A 32-bit-only PC (`qemu-system-i386`, i440FX, an Atom N270, one
+    /// core): an Intel 82540EM (e1000) NIC and IDE disks on the PIIX
+    /// controller.
+    Pc32,
 }
 
 /// What the guest boots from instead of `-kernel`/`-initrd` (the media of
@@ -377,6 +389,8 @@ pub enum Medium {
     /// No medium: the first NIC's option ROM (QEMU's iPXE) boots from the
     /// network, fetching this URL (user-mode networking's `bootfile=`).
     Network(String),
+    /// A 1.44 MB floppy image in the first floppy drive (read-only).
+    Floppy(PathBuf),
 }
 
 /// The guest's firmware.
@@ -553,14 +567,20 @@ impl Guest {
         if !self.network && matches!(self.medium, Some(Medium::Network(_))) {
             return Err("a guest without a NIC cannot boot from the network".into());
         }
-        let mut c = Command::new("qemu-system-x86_64");
-        c.args(["-machine", "q35", "-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot"]);
+        let old = matches!(self.hardware, Hardware::Pc32);
+        let mut c = Command::new(if old { "qemu-system-i386" } else { "qemu-system-x86_64" });
+        let machine = if old { "pc" } else { "q35" };
+        c.args(["-machine", machine, "-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot"]);
         if std::env::var("BOOTVAULT_KVM").is_ok_and(|v| v == "1") {
             c.args(["-accel", "kvm", "-cpu", "host"]);
         } else {
             c.args(["-accel", "tcg"]);
+            if old {
+                // 32-bit only, SSE2 (which ring's x86 code needs).
+                c.args(["-cpu", "n270"]);
+            }
         }
-        c.args(["-m", &self.memory_mib.to_string(), "-smp", "2"]);
+        c.args(["-m", &self.memory_mib.to_string(), "-smp", if old { "1" } else { "2" }]);
         if let Some(socket) = &self.vga_monitor {
             c.args(["-vga", "std", "-monitor", &format!("unix:{},server=on,wait=off", socket.display())]);
         }
@@ -602,6 +622,10 @@ impl Guest {
                 c.args(["-device", "ide-cd,drive=cd,bus=ide.5,bootindex=0"]);
             }
             Some(Medium::Network(_)) => {}
+            Some(Medium::Floppy(image)) => {
+                c.args(["-drive", &format!("file={},format=raw,if=none,id=fd,readonly=on", image.display())]);
+                c.args(["-device", "floppy,unit=0,drive=fd,bootindex=0"]);
+            }
             Some(Medium::UsbStick(image)) => {
                 c.args(["-drive", &format!("file={},format=raw,if=none,id=stick,readonly=on", image.display())]);
                 c.args(["-device", "usb-storage,bus=xhci.0,drive=stick,removable=on,bootindex=0"]);
@@ -611,6 +635,7 @@ impl Guest {
         let nic = match self.hardware {
             Hardware::Virtio => "virtio-net-pci",
             Hardware::E1000Ahci => "e1000",
+            Hardware::Pc32 => "e1000",
         };
         // Booting from a medium, the NICs get no option ROM: the firmware
         // has nothing to network-boot with (no PXE detour, no traffic).
@@ -640,6 +665,9 @@ impl Guest {
                     ),
                 ]),
                 Hardware::E1000Ahci => c.args(["-device", &format!("ide-hd,drive=d{i},bus=ide.{i},serial={serial}")]),
+                Hardware::Pc32 => {
+                    c.args(["-device", &format!("ide-hd,drive=d{i},bus=ide.{},unit={},serial={serial}", i / 2, i % 2)])
+                }
             };
         }
         // Destination drives: writable, and no bootindex (the firmware never boots them).
@@ -662,7 +690,7 @@ impl Guest {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("starting qemu-system-x86_64: {e}"))?;
+            .map_err(|e| format!("starting {:?}: {e}", cmd.get_program()))?;
         let stdout = child.stdout.take().ok_or("no qemu stdout")?;
         let stderr = child.stderr.take().ok_or("no qemu stderr")?;
         let echo = std::env::var("BOOTVAULT_ECHO").is_ok().then_some("guest|");
