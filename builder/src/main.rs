@@ -393,8 +393,9 @@ struct BuildArgs {
     #[arg(long)]
     escrow_pub: Option<PathBuf>,
     /// Boot media: pxe (publish to the server for network boot; needs
-    /// --data), iso, usb, floppy (1.44 MB, BIOS; fits with our i686
-    /// kernel). Repeatable, or a comma list.
+    /// --data), iso, usb, floppy (1.44 MB, BIOS), floppy288 (2.88 MB,
+    /// BIOS; what our smallest kernel and the init fit on). Repeatable, or
+    /// a comma list.
     #[arg(long, value_delimiter = ',')]
     media: Vec<String>,
     /// The server's data directory: build the PC as registered there
@@ -791,8 +792,11 @@ fn build(a: BuildArgs) -> Result<()> {
     let (entries, mut report) =
         initramfs::entries(&init, &k, &index, &wanted, &pc.config.to_file(), key.as_ref().map(|t| t.as_str()))?;
     // The floppy needs every byte: xz there, gzip elsewhere.
-    let compression =
-        if a.media.iter().any(|m| m == "floppy") { initramfs::Compression::Xz } else { initramfs::Compression::Gzip };
+    let compression = if a.media.iter().any(|m| m.starts_with("floppy")) {
+        initramfs::Compression::Xz
+    } else {
+        initramfs::Compression::Gzip
+    };
     initramfs::write(entries, &out.join("initrd.img"), &mut report, compression)?;
     let kernel_bytes =
         fs::copy(&k.image, out.join("vmlinuz")).with_context(|| format!("copying {}", k.image.display()))?;
@@ -836,8 +840,9 @@ fn build(a: BuildArgs) -> Result<()> {
             }
             "iso" => images.push(media::iso(&out, &pc.config.pc)?),
             "usb" => images.push(media::usb(&out, &pc.config.pc)?),
-            "floppy" => images.push(media::floppy(&out, &pc.config.pc)?),
-            other => bail!("--media {other}: expected pxe, iso, usb or floppy"),
+            "floppy" => images.push(media::floppy(&out, &pc.config.pc, media::FLOPPY_144)?),
+            "floppy288" => images.push(media::floppy(&out, &pc.config.pc, media::FLOPPY_288)?),
+            other => bail!("--media {other}: expected pxe, iso, usb, floppy or floppy288"),
         }
     }
     for image in &images {

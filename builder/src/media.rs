@@ -58,7 +58,7 @@ impl Image {
         let how = match self.kind {
             Kind::Iso => "BIOS isolinux, UEFI systemd-boot",
             Kind::Usb => "BIOS syslinux, UEFI systemd-boot",
-            Kind::Floppy => "1.44 MB, BIOS syslinux",
+            Kind::Floppy => "FAT12 floppy, BIOS syslinux",
         };
         format!("  {:<10} {}  {} ({how})", self.kind.name(), human_bytes(self.bytes), self.path.display())
     }
@@ -136,28 +136,52 @@ pub fn loader_entry(pc: &str, cmdline: &str) -> String {
     format!("title   bootvault {pc}\nlinux   /vmlinuz\ninitrd  /initrd.img\noptions {cmdline}\n")
 }
 
-/// A 1.44 MB floppy: 2880 sectors of 512 bytes.
-pub const FLOPPY_BYTES: u64 = 1_474_560;
+/// A floppy's size and the FAT12 layout mkfs.vfat gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Floppy {
+    /// `1.44 MB`
+    pub name: &'static str,
+    pub sectors: u64,
+    /// Sectors per FAT (two FATs), root directory sectors, bytes per cluster.
+    pub fat: u64,
+    pub root: u64,
+    pub cluster: u64,
+}
 
-/// What a 1.44 MB FAT12 floppy holds in files: its 2880 sectors less the
-/// boot sector, two 9-sector FATs and the 14-sector root directory, one
-/// sector per cluster.
-pub const FLOPPY_DATA_BYTES: u64 = (2880 - 1 - 2 * 9 - 14) * 512;
+/// The 1.44 MB floppy of every PC with a floppy drive.
+pub const FLOPPY_144: Floppy = Floppy { name: "1.44 MB", sectors: 2880, fat: 9, root: 14, cluster: 512 };
+/// The 2.88 MB (ED) floppy of some drives and of QEMU's.
+pub const FLOPPY_288: Floppy = Floppy { name: "2.88 MB", sectors: 5760, fat: 9, root: 15, cluster: 1024 };
 
-/// Whether files of these sizes fit on a floppy (each takes whole
-/// 512-byte clusters); Err says by how much they do not.
-pub fn floppy_fit(files: &[(&str, u64)]) -> std::result::Result<u64, String> {
-    let used: u64 = files.iter().map(|(_, n)| n.div_ceil(512) * 512).sum();
-    if used <= FLOPPY_DATA_BYTES {
-        return Ok(used);
+impl Floppy {
+    pub fn bytes(&self) -> u64 {
+        self.sectors * 512
     }
-    let parts: Vec<String> = files.iter().map(|(name, n)| format!("{name} {}", human_bytes(*n))).collect();
-    Err(format!(
-        "does not fit on a 1.44 MB floppy: {} take {used} bytes, {} more than the {FLOPPY_DATA_BYTES} its FAT12 \
-         holds ({FLOPPY_BYTES} bytes in all)",
-        parts.join(" + "),
-        used - FLOPPY_DATA_BYTES
-    ))
+
+    /// What its files can take: all sectors less the boot sector, the two
+    /// FATs and the root directory.
+    pub fn data_bytes(&self) -> u64 {
+        (self.sectors - 1 - 2 * self.fat - self.root) * 512
+    }
+
+    /// Whether files of these sizes fit (each takes whole clusters); Err
+    /// says by how much they do not.
+    pub fn fit(&self, files: &[(&str, u64)]) -> std::result::Result<u64, String> {
+        let used: u64 = files.iter().map(|(_, n)| n.div_ceil(self.cluster) * self.cluster).sum();
+        let room = self.data_bytes();
+        if used <= room {
+            return Ok(used);
+        }
+        let parts: Vec<String> = files.iter().map(|(name, n)| format!("{name} {}", human_bytes(*n))).collect();
+        Err(format!(
+            "does not fit on a {} floppy: {} take {used} bytes, {} more than the {room} its FAT12 holds ({} \
+             bytes in all)",
+            self.name,
+            parts.join(" + "),
+            used - room,
+            self.bytes()
+        ))
+    }
 }
 
 /// Size of a FAT16 filesystem (MiB) holding `payload` bytes in `files`
@@ -561,11 +585,11 @@ pub fn usb(out: &Path, pc: &str) -> Result<Image> {
     Ok(Image { kind: Kind::Usb, path: final_path, bytes })
 }
 
-/// `OUT/NAME-floppy.img`: a 1.44 MB FAT12 floppy with syslinux, the kernel
-/// and the initramfs; BIOS only. Refused, with the sizes, when they do not
-/// fit (our own kernel with `--kernel-config` and `--arch i686` is the
-/// smallest there is).
-pub fn floppy(out: &Path, pc: &str) -> Result<Image> {
+/// `OUT/NAME-floppy.img` (1.44 MB) or `OUT/NAME-floppy288.img` (2.88 MB):
+/// a FAT12 floppy with syslinux, the kernel and the initramfs; BIOS only.
+/// Refused, with the sizes, when they do not fit (our smallest kernel is
+/// `--kernel-config floppy --arch i686`).
+pub fn floppy(out: &Path, pc: &str, size: Floppy) -> Result<Image> {
     let env = Env::from_process()?;
     let boot = BootFiles::read(out)?;
     let ldlinux = LDLINUX_C32.path()?;
@@ -578,14 +602,15 @@ pub fn floppy(out: &Path, pc: &str) -> Result<Image> {
         ("syslinux", file_len(ldlinux)? * 3 / 2),
         ("syslinux.cfg", file_len(&cfg)?),
     ];
-    floppy_fit(&files).map_err(|e| anyhow::anyhow!("--media floppy: {e}"))?;
-    let final_path = out.join(format!("{pc}-floppy.img"));
+    let flag = if size == FLOPPY_144 { "floppy" } else { "floppy288" };
+    size.fit(&files).map_err(|e| anyhow::anyhow!("--media {flag}: {e}"))?;
+    let final_path = out.join(format!("{pc}-{flag}.img"));
     let partial = Partial::new(&final_path)?;
     let img = &partial.tmp;
     env.run(MKFS_VFAT, &final_path, |c| {
         c.args(["--invariant", "-C", "-F", "12", "-n", "BOOTVAULT", "-i", &volume_serial(pc, "floppy")])
             .arg(img)
-            .arg((FLOPPY_BYTES / 1024).to_string());
+            .arg((size.bytes() / 1024).to_string());
     })?;
     let fat = img.as_os_str().to_owned();
     for (source, target) in [
@@ -613,14 +638,17 @@ mod tests {
 
     #[test]
     fn what_fits_on_a_floppy() {
-        assert_eq!(FLOPPY_DATA_BYTES, 1_457_664);
-        assert_eq!(floppy_fit(&[("kernel", 1_000_000), ("initramfs", 1)]), Ok(1_000_448 + 512));
-        let e = floppy_fit(&[("kernel", 1_000_000), ("initramfs", 500_000)]).expect_err("too large");
+        assert_eq!((FLOPPY_144.bytes(), FLOPPY_144.data_bytes()), (1_474_560, 1_457_664));
+        assert_eq!((FLOPPY_288.bytes(), FLOPPY_288.data_bytes()), (2_949_120, 2_931_712));
+        assert_eq!(FLOPPY_144.fit(&[("kernel", 1_000_000), ("initramfs", 1)]), Ok(1_000_448 + 512));
+        assert_eq!(FLOPPY_288.fit(&[("kernel", 1_000_000), ("initramfs", 1)]), Ok(1_000_448 + 1024));
+        let e = FLOPPY_144.fit(&[("kernel", 1_000_000), ("initramfs", 500_000)]).expect_err("too large");
         assert_eq!(
             e,
             "does not fit on a 1.44 MB floppy: kernel 976.6 KiB + initramfs 488.3 KiB take 1500672 bytes, 43008 more \
              than the 1457664 its FAT12 holds (1474560 bytes in all)"
         );
+        assert!(FLOPPY_288.fit(&[("kernel", 1_000_000), ("initramfs", 500_000)]).is_ok());
     }
 
     #[test]

@@ -624,7 +624,8 @@ impl Guest {
             Some(Medium::Network(_)) => {}
             Some(Medium::Floppy(image)) => {
                 c.args(["-drive", &format!("file={},format=raw,if=none,id=fd,readonly=on", image.display())]);
-                c.args(["-device", "floppy,unit=0,drive=fd,bootindex=0"]);
+                // A floppy drive takes no bootindex: the boot order does it.
+                c.args(["-device", "floppy,unit=0,drive=fd", "-boot", "order=a"]);
             }
             Some(Medium::UsbStick(image)) => {
                 c.args(["-drive", &format!("file={},format=raw,if=none,id=stick,readonly=on", image.display())]);
