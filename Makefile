@@ -61,11 +61,12 @@ init-i686: deps
 kernel: build
 	$(BIN) kernel fetch
 
-# Our own kernels (kernel-config/pc.config), built once into ~/.cache/bootvault:
-# about 6 minutes each on 2 cores the first time, nothing afterwards.
+# Our own kernels (kernel-config/*.config), built once into ~/.cache/bootvault:
+# about 6, 5 and 4 minutes on 2 cores the first time, nothing afterwards.
 kernels: build
 	$(BIN) kernel build --config pc --arch x86_64
 	$(BIN) kernel build --config pc --arch i686
+	$(BIN) kernel build --config floppy --arch i686
 
 demo: build kernel
 	target/release/demo

@@ -235,13 +235,6 @@ pub fn mount(v: &Volume, writable: bool, say: &dyn Fn(String)) -> Result<Mounted
     let mut flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_NOATIME;
     if !writable {
         flags |= libc::MS_RDONLY;
-    } else if matches!(fstype(v.kind), "vfat" | "exfat") {
-        // FAT and exFAT have no journal: a directory's entries written as
-        // they change, not at writeback, so a power cut mid-backup leaves
-        // at most the entry being written torn, not a whole directory's
-        // worth (fsck.exfat found "the checksum of a file is wrong" in
-        // chunks/ after a cut). Costs a write per chunk file created.
-        flags |= libc::MS_DIRSYNC;
     }
     let data = match (fstype(v.kind), writable) {
         ("ext4", false) => "norecovery",
