@@ -125,16 +125,7 @@ pub fn source() -> Result<PathBuf> {
         return Ok(tree);
     }
     let tmp = kernel::cache_dir().join(".kernel-source.partial");
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    eprintln!("fetching {SOURCE_PACKAGE} with apt-get download");
-    run(Command::new("apt-get").current_dir(&tmp).args(["download", "-q", SOURCE_PACKAGE]))
-        .with_context(|| format!("downloading {SOURCE_PACKAGE} (try `apt-get update` first)"))?;
-    let deb = fs::read_dir(&tmp)?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .with_context(|| format!("apt-get download left no .deb in {}", tmp.display()))?;
+    let deb = kernel::download(SOURCE_PACKAGE, &tmp)?;
     let version = deb.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(tmp.join("deb")))?;
     fs::remove_file(&deb)?;

@@ -60,16 +60,7 @@ pub fn fetch(meta: &str) -> Result<Kernel> {
         return locate_in(&root);
     }
     let tmp = cache_dir().join("kernels").join(format!(".{}.partial", package.replace(':', "_")));
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    eprintln!("fetching {package} with apt-get download");
-    run(Command::new("apt-get").current_dir(&tmp).args(["download", "-q", &package]))
-        .with_context(|| format!("downloading {package} (try `apt-get update` first)"))?;
-    let deb = fs::read_dir(&tmp)?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .with_context(|| format!("apt-get download left no .deb in {}", tmp.display()))?;
+    let deb = download(&package, &tmp)?;
     let unpacked = tmp.join("tree");
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
     fs::remove_file(&deb)?;
@@ -83,6 +74,21 @@ pub fn fetch(meta: &str) -> Result<Kernel> {
     fs::rename(&unpacked, &root).with_context(|| format!("moving the kernel into {}", root.display()))?;
     let _ = fs::remove_dir_all(&tmp);
     locate_in(&root)
+}
+
+/// Downloads a Debian package into `dir` (emptied first) with `apt-get
+/// download`; returns the .deb.
+pub fn download(package: &str, dir: &Path) -> Result<PathBuf> {
+    let _ = fs::remove_dir_all(dir);
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    eprintln!("fetching {package} with apt-get download");
+    run(Command::new("apt-get").current_dir(dir).args(["download", "-q", package]))
+        .with_context(|| format!("downloading {package} (try `apt-get update` first)"))?;
+    fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .with_context(|| format!("apt-get download left no .deb in {}", dir.display()))
 }
 
 /// Finds `boot/vmlinuz-R` and `lib/modules/R` in an unpacked package tree.
