@@ -114,8 +114,10 @@ struct Outcome {
 fn round_trip(dir: &Path, server: &Server, v: &Variant, mib: u32, disk: &Path, n: &mut u32) -> Result<Outcome> {
     *n += 1;
     let lines = boot_job(dir, &format!("backup-{mib}"), server, v, &["action=backup", "name=bench"], mib, disk)?;
-    let id = line_with(&lines, "bootvault: backup ")
-        .filter(|l| l.contains(" complete:"))
+    let id = lines
+        .iter()
+        .find(|l| l.contains("bootvault: backup ") && l.contains(" complete:"))
+        .and_then(|l| l.split("bootvault: backup ").nth(1))
         .and_then(|l| l.split_whitespace().next().map(str::to_owned))
         .ok_or_else(|| format!("no completed backup at {mib} MiB"))?;
     let backup_memory = line_with(&lines, "PID 1's peak").map(|_| peak_line(&lines)).unwrap_or_default();
