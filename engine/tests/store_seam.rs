@@ -299,7 +299,7 @@ fn a_small_pc_backs_up_in_smaller_chunks() {
     let dev = Device::open(&src, false).expect("open");
     let store = MemStore::default();
     let mut small = BackupOptions::new("pc", "small");
-    small.available = Some(13 << 19);
+    small.available = Some(15 << 19);
     let r = backup(&dev, &store, &small, &mut |_| {}).expect("smaller chunks");
     assert_eq!((r.fit.chunk_size, r.chunks), (256 << 10, 12), "{}", r.fit.describe());
     let target = dir.join("target.img");

@@ -120,12 +120,18 @@ pub fn main() -> ! {
     }
     say(format!("this is PC {}", config.pc));
     if let Ok(info) = fs::read_to_string("/proc/meminfo") {
-        let kb = |name| {
-            bootvault_engine::memory::parse_kb(&info, name)
-                .map(bootvault_common::units::human_bytes)
-                .unwrap_or_default()
-        };
+        use bootvault_engine::memory::{parse_kb, SMALL_PC, SOCKET_BUFFER};
+        let kb = |name| parse_kb(&info, name).map(bootvault_common::units::human_bytes).unwrap_or_default();
         say(format!("memory: {} in all, {} available", kb("MemTotal"), kb("MemAvailable")));
+        // A small PC: no socket may buffer more than the engine counts for it.
+        if parse_kb(&info, "MemTotal").is_some_and(|t| t < SMALL_PC) {
+            for (knob, default) in [("tcp_rmem", 131_072), ("tcp_wmem", 16_384)] {
+                let value = format!("4096 {default} {SOCKET_BUFFER}\n");
+                if let Err(e) = fs::write(format!("/proc/sys/net/ipv4/{knob}"), value) {
+                    say(format!("warning: capping {knob}: {e}"));
+                }
+            }
+        }
     }
 
     let mut state = State::default();
