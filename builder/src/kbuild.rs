@@ -229,6 +229,14 @@ pub fn build(name: &str, arch: Arch) -> Result<Kernel> {
     fs::write(tree.join(".complete"), format!("{name} {}\n", arch.name()))?;
     let _ = fs::remove_dir_all(&dir);
     fs::rename(&tree, &dir)?;
+    // Kernels of earlier fragments of this configuration are superseded.
+    let prefix = format!("{name}-{}-", arch.name());
+    for old in fs::read_dir(kernel::cache_dir().join("built"))?.flatten().map(|e| e.path()) {
+        let n = old.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        if n.starts_with(&prefix) && !n.contains('.') && old != dir {
+            let _ = fs::remove_dir_all(&old);
+        }
+    }
     kernel::locate_in(&dir)
 }
 

@@ -131,7 +131,12 @@ fn round_trip(dir: &Path, server: &Server, v: &Variant, mib: u32, disk: &Path, n
     if let Some(at) = compare_prefix(disk, &target, 2048 * 512)? {
         return Err(format!("restored disk differs at byte {at}"));
     }
-    fsck_partitions(&target, dir)?;
+    // The restored ext4 partition checks clean (its files are the source's:
+    // every chunk was verified against its id on the way in).
+    let bytes = fs::read(&target).map_err(|e| e.to_string())?;
+    let part = dir.join("check-ext4.img");
+    fs::write(&part, &bytes[2048 * 512..(2048 + 512_000) * 512]).map_err(|e| e.to_string())?;
+    run(Command::new("e2fsck").arg("-fn").arg(&part))?;
     Ok(Outcome { backup_memory, restore_memory })
 }
 
