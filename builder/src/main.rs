@@ -819,15 +819,20 @@ fn build(a: BuildArgs) -> Result<()> {
         }
         None => println!("  encrypted  no (--no-encryption): the store can read this PC's backups"),
     }
-    println!(
-        "  modules    {} ({}, profile {}): {}",
-        report.modules.len(),
-        human_bytes(report.module_bytes),
-        a.profile_file.as_ref().map(|p| p.display().to_string()).unwrap_or(pc.profile.clone()),
-        report.modules.join(" ")
-    );
-    if !report.missing.is_empty() {
-        println!("  not in this kernel (built in, or absent): {}", report.missing.join(" "));
+    if index.modules.is_empty() {
+        // Our own kernels: nothing to pick, nothing to list as missing.
+        println!("  modules    none: everything is built into this kernel");
+    } else {
+        println!(
+            "  modules    {} ({}, profile {}): {}",
+            report.modules.len(),
+            human_bytes(report.module_bytes),
+            a.profile_file.as_ref().map(|p| p.display().to_string()).unwrap_or(pc.profile.clone()),
+            report.modules.join(" ")
+        );
+        if !report.missing.is_empty() {
+            println!("  not in this kernel (built in, or absent): {}", report.missing.join(" "));
+        }
     }
     println!("  cmdline    {cmdline}");
     let mut images = Vec::new();
