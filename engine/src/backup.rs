@@ -50,7 +50,7 @@ pub struct BackupOptions {
     pub threads: usize,
     /// Chunks per missing-query (and per worker in memory).
     pub group: usize,
-    /// Bytes of memory the backup may size itself from (half of it, see
+    /// Bytes of memory the backup may size itself from (a third of it, see
     /// [`crate::memory`]); None: what the machine has available at the
     /// start. Fewer workers and chunks in flight than `threads` and
     /// `group` are used where those do not fit.

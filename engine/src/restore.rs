@@ -76,7 +76,7 @@ pub struct RestoreOptions {
     pub cancel: Arc<AtomicBool>,
     /// The data key of an encrypted backup.
     pub key: Option<Arc<DataKey>>,
-    /// Bytes of memory the restore may size itself from (half of it, see
+    /// Bytes of memory the restore may size itself from (a third of it, see
     /// [`crate::memory`]); None: what the machine has available at the
     /// start. Fewer workers than `threads` are used where those do not fit.
     pub available: Option<u64>,
