@@ -81,8 +81,8 @@ pub enum Compression {
     Gzip,
     /// xz, LZMA2 only with CRC32 (what every kernel's decompressor takes:
     /// the x86 filter needs CONFIG_XZ_DEC_X86), about a sixth smaller than
-    /// gzip on the init: for the floppy. Made by the `xz` program (xz-utils), single-threaded, so
-    /// the bytes are reproducible.
+    /// gzip on the init: for the floppy. Made by the `xz` program
+    /// (xz-utils), single-threaded, so the bytes are reproducible.
     Xz,
 }
 
@@ -95,7 +95,7 @@ impl Compression {
     }
 }
 
-fn xz(raw: &[u8]) -> Result<Vec<u8>> {
+fn xz(raw: Vec<u8>) -> Result<Vec<u8>> {
     use std::process::{Command, Stdio};
     let mut child = Command::new("xz")
         .args(["--format=xz", "--check=crc32", "--lzma2=preset=9e,dict=1MiB", "-T1", "-c"])
@@ -105,8 +105,7 @@ fn xz(raw: &[u8]) -> Result<Vec<u8>> {
         .spawn()
         .context("running xz (Debian package xz-utils)")?;
     let mut stdin = child.stdin.take().context("xz's stdin")?;
-    let input = raw.to_vec();
-    let feeder = std::thread::spawn(move || stdin.write_all(&input));
+    let feeder = std::thread::spawn(move || stdin.write_all(&raw));
     let out = child.wait_with_output().context("running xz")?;
     feeder.join().map_err(|_| anyhow::anyhow!("feeding xz"))??;
     if !out.status.success() {
@@ -126,7 +125,7 @@ pub fn write(entries: Vec<Entry>, dest: &Path, report: &mut Report, how: Compres
             gz.write_all(&raw)?;
             gz.finish()?
         }
-        Compression::Xz => xz(&raw)?,
+        Compression::Xz => xz(raw)?,
     };
     report.compressed_bytes = bytes.len() as u64;
     let tmp = dest.with_extension("partial");

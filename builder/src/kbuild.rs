@@ -19,7 +19,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::kernel::{self, Kernel};
+use crate::kernel::{self, run, Kernel};
 
 /// The source package: the stock kernel's series.
 pub const SOURCE_PACKAGE: &str = "linux-source-6.1";
@@ -104,17 +104,6 @@ pub fn not_kept(wanted: &[(String, String)], config: &str) -> Vec<String> {
             (have != v).then(|| format!("{k}={v} (got {have})"))
         })
         .collect()
-}
-
-fn run(cmd: &mut Command) -> Result<()> {
-    let shown = format!("{cmd:?}");
-    let out = cmd.output().with_context(|| format!("running {shown}"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = err.lines().rev().take(15).collect();
-        bail!("{shown} failed ({}):\n{}", out.status, tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
-    }
-    Ok(())
 }
 
 /// The unpacked source tree, downloaded and unpacked on first use.
@@ -213,7 +202,7 @@ pub fn build(name: &str, arch: Arch) -> Result<Kernel> {
         obj.display()
     );
     run(&mut make(&["-s", "-j", &jobs, "bzImage"]))?;
-    let release = String::from_utf8_lossy(&make(&["-s", "kernelrelease"]).output()?.stdout).trim().to_owned();
+    let release = run(&mut make(&["-s", "kernelrelease"]))?.trim().to_owned();
     if release.is_empty() {
         bail!("the kernel's build gave no release name");
     }

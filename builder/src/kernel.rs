@@ -30,11 +30,15 @@ pub fn cache_dir() -> PathBuf {
     home.join(".cache/bootvault")
 }
 
-fn run(cmd: &mut Command) -> Result<String> {
+/// Runs `cmd`; its standard output, or an error with the last lines it
+/// wrote to standard error (a kernel build writes many).
+pub(crate) fn run(cmd: &mut Command) -> Result<String> {
     let shown = format!("{cmd:?}");
     let out = cmd.output().with_context(|| format!("running {shown}"))?;
     if !out.status.success() {
-        bail!("{shown} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        let err = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = err.trim().lines().collect();
+        bail!("{shown} failed ({}): {}", out.status, lines[lines.len().saturating_sub(15)..].join("\n"));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

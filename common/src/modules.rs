@@ -432,68 +432,44 @@ mod tests {
         assert!(Index::parse("", "alias onlyone\n").unwrap_err().0.contains("line 1"));
     }
 
-    /// A minimal ELF64 with a section string table and a .modinfo section.
-    fn tiny_module(modinfo: &[u8]) -> Vec<u8> {
+    /// A minimal module: an ELF64 (or, not `wide`, an ELF32: a 32-bit PC's)
+    /// with a section string table and a .modinfo section.
+    fn tiny_module(modinfo: &[u8], wide: bool) -> Vec<u8> {
+        // Header size, section header size; where e_shoff, e_shentsize
+        // (then e_shnum, e_shstrndx) and a section's sh_offset (then
+        // sh_size) are; the width of an address.
+        let (header, section, shoff_at, shentsize_at, offset_at, w) =
+            if wide { (64, 64, 0x28, 0x3A, 0x18, 8) } else { (52, 40, 0x20, 0x2E, 0x10, 4) };
+        let word = |v: u64| v.to_le_bytes()[..w].to_vec();
         let shstr = b"\0.shstrtab\0.modinfo\0";
-        let mut elf = vec![0u8; 64];
+        let mut elf = vec![0u8; header];
         elf[..4].copy_from_slice(b"\x7fELF");
-        elf[4] = 2;
+        elf[4] = if wide { 2 } else { 1 };
         elf[5] = 1;
         let shstr_off = elf.len() as u64;
         elf.extend_from_slice(shstr);
         let info_off = elf.len() as u64;
         elf.extend_from_slice(modinfo);
         let shoff = elf.len() as u64;
-        let sh = |name: u32, off: u64, size: u64| {
-            let mut s = vec![0u8; 64];
+        for (name, off, size) in
+            [(0u32, 0, 0), (1, shstr_off, shstr.len() as u64), (11, info_off, modinfo.len() as u64)]
+        {
+            let mut s = vec![0u8; section];
             s[..4].copy_from_slice(&name.to_le_bytes());
-            s[0x18..0x20].copy_from_slice(&off.to_le_bytes());
-            s[0x20..0x28].copy_from_slice(&size.to_le_bytes());
-            s
-        };
-        let sections = [sh(0, 0, 0), sh(1, shstr_off, shstr.len() as u64), sh(11, info_off, modinfo.len() as u64)];
-        for s in sections {
+            s[offset_at..offset_at + w].copy_from_slice(&word(off));
+            s[offset_at + w..offset_at + 2 * w].copy_from_slice(&word(size));
             elf.extend_from_slice(&s);
         }
-        elf[0x28..0x30].copy_from_slice(&shoff.to_le_bytes());
-        elf[0x3A..0x3C].copy_from_slice(&64u16.to_le_bytes());
-        elf[0x3C..0x3E].copy_from_slice(&3u16.to_le_bytes());
-        elf[0x3E..0x40].copy_from_slice(&1u16.to_le_bytes());
-        elf
-    }
-
-    /// The same as an ELF32 (a 32-bit PC's module).
-    fn tiny_module32(modinfo: &[u8]) -> Vec<u8> {
-        let shstr = b"\0.shstrtab\0.modinfo\0";
-        let mut elf = vec![0u8; 52];
-        elf[..4].copy_from_slice(b"\x7fELF");
-        elf[4] = 1;
-        elf[5] = 1;
-        let shstr_off = elf.len() as u32;
-        elf.extend_from_slice(shstr);
-        let info_off = elf.len() as u32;
-        elf.extend_from_slice(modinfo);
-        let shoff = elf.len() as u32;
-        let sh = |name: u32, off: u32, size: u32| {
-            let mut s = vec![0u8; 40];
-            s[..4].copy_from_slice(&name.to_le_bytes());
-            s[0x10..0x14].copy_from_slice(&off.to_le_bytes());
-            s[0x14..0x18].copy_from_slice(&size.to_le_bytes());
-            s
-        };
-        for s in [sh(0, 0, 0), sh(1, shstr_off, shstr.len() as u32), sh(11, info_off, modinfo.len() as u32)] {
-            elf.extend_from_slice(&s);
+        elf[shoff_at..shoff_at + w].copy_from_slice(&word(shoff));
+        for (i, v) in [section as u16, 3, 1].into_iter().enumerate() {
+            elf[shentsize_at + 2 * i..shentsize_at + 2 * i + 2].copy_from_slice(&v.to_le_bytes());
         }
-        elf[0x20..0x24].copy_from_slice(&shoff.to_le_bytes());
-        elf[0x2E..0x30].copy_from_slice(&40u16.to_le_bytes());
-        elf[0x30..0x32].copy_from_slice(&3u16.to_le_bytes());
-        elf[0x32..0x34].copy_from_slice(&1u16.to_le_bytes());
         elf
     }
 
     #[test]
     fn modinfo_from_elf32() {
-        let elf = tiny_module32(b"license=GPL\0alias=pci:v00008086d0000100Esv*\0depends=\0name=e1000\0\0");
+        let elf = tiny_module(b"license=GPL\0alias=pci:v00008086d0000100Esv*\0depends=\0name=e1000\0\0", false);
         let info = modinfo(&elf).expect("parses");
         assert!(info.contains(&("name".to_owned(), "e1000".to_owned())), "{info:?}");
         assert!(info.contains(&("alias".to_owned(), "pci:v00008086d0000100Esv*".to_owned())), "{info:?}");
@@ -507,7 +483,7 @@ mod tests {
 
     #[test]
     fn modinfo_from_elf() {
-        let elf = tiny_module(b"license=GPL\0alias=virtio:d00000001v*\0depends=virtio,virtio_ring\0softdep=pre: crc32c\0name=virtio_net\0\0");
+        let elf = tiny_module(b"license=GPL\0alias=virtio:d00000001v*\0depends=virtio,virtio_ring\0softdep=pre: crc32c\0name=virtio_net\0\0", true);
         let info = modinfo(&elf).expect("parses");
         assert_eq!(info.len(), 5);
         let index = Index::from_modinfo([("kernel/drivers/net/virtio_net.ko".to_string(), info.as_slice())]);

@@ -463,7 +463,7 @@ pub fn backup(
     let plan = disk_plan(dev, opts.raw);
     let (table, extents) = table_extents_masked(dev, &plan)?;
     let id = client.open_backup(&opts.name, dev.bytes, opts.chunk_size, opts.lock.as_ref())?;
-    let result = run(dev, client, opts, &plan, id, table, extents, start, progress).map(|r| BackupReport { fit, ..r });
+    let result = run(dev, client, opts, fit, &plan, id, table, extents, start, progress);
     if let Err(e) = &result {
         let _ = client.fail(id, &e.0);
     }
@@ -475,6 +475,7 @@ fn run(
     dev: &Device,
     client: &dyn Store,
     opts: &BackupOptions,
+    fit: Fit,
     plan: &DiskPlan,
     id: i64,
     table: TableKind,
@@ -577,6 +578,6 @@ fn run(
         sent_bytes: shared.sent.load(Ordering::Relaxed),
         blob_bytes: manifest.blob_bytes(),
         elapsed: start.elapsed(),
-        fit: Fit { threads: opts.threads, group: opts.group, chunk_size: opts.chunk_size, bytes: 0, available: None },
+        fit,
     })
 }

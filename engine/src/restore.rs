@@ -46,8 +46,8 @@ use crate::progress::Progress;
 use crate::store::Store;
 use crate::EngineError;
 
-/// The largest piece of zeros a restore writes at once.
-const ZEROS: usize = 64 << 10;
+/// The largest piece of zeros a restore writes at once (and holds).
+pub(crate) const ZEROS: usize = 64 << 10;
 
 /// Whether a restore reads the target to skip what it already holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -389,7 +389,8 @@ pub enum Medium {
     /// No medium: the first NIC's option ROM (QEMU's iPXE) boots from the
     /// network, fetching this URL (user-mode networking's `bootfile=`).
     Network(String),
-    /// A 1.44 MB floppy image in the first floppy drive (read-only).
+    /// A floppy image (1.44 or 2.88 MB) in the first floppy drive,
+    /// read-only.
     Floppy(PathBuf),
 }
 
