@@ -824,9 +824,10 @@ fn build(a: BuildArgs) -> Result<()> {
         println!("  modules    none: everything is built into this kernel");
     } else {
         println!(
-            "  modules    {} ({}, profile {}): {}",
+            "  modules    {} ({}, gzipped {}, profile {}): {}",
             report.modules.len(),
             human_bytes(report.module_bytes),
+            human_bytes(report.module_packed),
             a.profile_file.as_ref().map(|p| p.display().to_string()).unwrap_or(pc.profile.clone()),
             report.modules.join(" ")
         );

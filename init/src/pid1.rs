@@ -260,7 +260,7 @@ struct KernelLoader;
 
 impl coldplug::Loader for KernelLoader {
     fn load(&mut self, _name: &str, path: &Path) -> Result<(), String> {
-        sys::finit_module(path).map_err(|e| e.to_string())
+        sys::load_module(path)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The syscall edge of the init: everything that talks to the kernel
-//! directly (mounts, module loading, power, interface ioctls, raw packet
-//! sockets). Nothing here decides anything; callers do.
+//! directly (mounts, module loading, gzipped or not, power, interface
+//! ioctls, raw packet sockets). Nothing else here decides anything;
+//! callers do.
 //!
 //! Every error names the operation and the object, e.g.
 //! `finit_module /lib/modules/6.1.0/kernel/drivers/net/virtio_net.ko: File exists`.
@@ -86,9 +87,30 @@ pub fn space(path: &str) -> Result<(u64, u64)> {
     Ok(((st.f_bavail as u64).saturating_mul(unit), (st.f_blocks as u64).saturating_mul(unit)))
 }
 
-/// Loads a kernel module from a file. `EEXIST` (already loaded, or built
-/// in) counts as success.
-pub fn finit_module(path: &Path) -> Result<()> {
+/// Loads a kernel module from a file: a `.ko.gz` the builder shipped is
+/// unpacked in memory and handed to `init_module`, a plain `.ko` to
+/// `finit_module`. `EEXIST` (already loaded, or built in) counts as
+/// success.
+pub fn load_module(path: &Path) -> std::result::Result<(), String> {
+    use bootvault_common::modules::{gunzip, GZ};
+    if !path.to_str().is_some_and(|p| p.ends_with(GZ)) {
+        return finit_module(path).map_err(|e| e.to_string());
+    }
+    let what = path.display().to_string();
+    let packed =
+        std::fs::read(path).map_err(|err| SysError { op: "opening module", what: what.clone(), err }.to_string())?;
+    let image = gunzip(&packed).map_err(|e| format!("unpacking module {what}: {e}"))?;
+    drop(packed);
+    let params = c"";
+    // SAFETY: image and params outlive the call; the kernel copies the image.
+    let rc = unsafe { libc::syscall(libc::SYS_init_module, image.as_ptr(), image.len(), params.as_ptr()) };
+    match check(rc as libc::c_int, "init_module", what) {
+        Err(e) if e.err.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        r => r.map(|_| ()).map_err(|e| e.to_string()),
+    }
+}
+
+fn finit_module(path: &Path) -> Result<()> {
     let what = path.display().to_string();
     let file = File::open(path).map_err(|err| SysError { op: "opening module", what: what.clone(), err })?;
     let params = c"";

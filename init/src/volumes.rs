@@ -180,7 +180,7 @@ struct ModuleLoader;
 
 impl coldplug::Loader for ModuleLoader {
     fn load(&mut self, _name: &str, path: &Path) -> Result<(), String> {
-        sys::finit_module(path).map_err(|e| e.to_string())
+        sys::load_module(path)
     }
 }
 
