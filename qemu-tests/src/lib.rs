@@ -607,6 +607,10 @@ impl Guest {
                 if self.vga_monitor.is_some() {
                     cmdline = format!("{cmdline} {}", vga::VGA_CMDLINE);
                 }
+                // For looking into a failure by hand, e.g. `loglevel=7`.
+                if let Ok(extra) = std::env::var("BOOTVAULT_QEMU_APPEND") {
+                    cmdline = format!("{cmdline} {extra}");
+                }
                 c.arg("-kernel").arg(self.boot.join("vmlinuz"));
                 c.arg("-initrd").arg(self.boot.join("initrd.img"));
                 c.args(["-append", &cmdline]);
