@@ -92,6 +92,28 @@ pub enum SettingsCmd {
     RegisterUnknown { value: String },
 }
 
+/// The web console's admin accounts (`/admin/` on the server).
+#[derive(clap::Subcommand)]
+pub enum AdminCmd {
+    /// Add an account; its password is the first line of --password-file
+    /// (`-`: standard input), at least 10 characters.
+    Add {
+        name: String,
+        #[arg(long, default_value = "-")]
+        password_file: PathBuf,
+    },
+    /// Set an account's password (its open sessions end).
+    Passwd {
+        name: String,
+        #[arg(long, default_value = "-")]
+        password_file: PathBuf,
+    },
+    /// The accounts.
+    List,
+    /// Remove an account (its open sessions end).
+    Rm { name: String },
+}
+
 #[derive(clap::Subcommand)]
 pub enum JobsCmd {
     /// Queued, running and finished jobs.
@@ -720,6 +742,35 @@ pub fn jobs(data: &Path, as_json: bool, cmd: JobsCmd) -> Result<()> {
             Ok(())
         }
     }
+}
+
+pub fn admins(data: &Path, as_json: bool, cmd: AdminCmd) -> Result<()> {
+    let v = Vault::open(data)?;
+    match cmd {
+        AdminCmd::Add { name, password_file } => {
+            v.add_admin(&name, &read_password(&password_file)?)?;
+            println!("admin {name} added; sign in at the server's /admin/");
+        }
+        AdminCmd::Passwd { name, password_file } => {
+            v.set_admin_password(&name, &read_password(&password_file)?)?;
+            println!("admin {name}: password changed, open sessions ended");
+        }
+        AdminCmd::List => {
+            let rows = v.list_admins()?;
+            if as_json {
+                let rows: Vec<_> = rows.iter().map(|(n, c)| serde_json::json!({"name": n, "created": c})).collect();
+                return json(&rows);
+            }
+            for (name, created) in rows {
+                println!("{name:<24} added {}", when(created));
+            }
+        }
+        AdminCmd::Rm { name } => {
+            v.remove_admin(&name)?;
+            println!("admin {name} removed, open sessions ended");
+        }
+    }
+    Ok(())
 }
 
 /// The first line of `file` (`-`: standard input), without its line end.

@@ -195,6 +195,15 @@ enum Cmd {
         #[command(subcommand)]
         cmd: admin::JobsCmd,
     },
+    /// The web console's admin accounts (sign-in at the server's /admin/).
+    Admin {
+        #[arg(long, default_value = "bootvault-data")]
+        data: PathBuf,
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        cmd: admin::AdminCmd,
+    },
     /// Server-wide settings: the server's URLs, listing unknown MACs.
     Settings {
         #[arg(long, default_value = "bootvault-data")]
@@ -641,6 +650,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Jobs { data, json, cmd } => admin::jobs(&data, json, cmd),
         Cmd::Pc { data, json, cmd } => admin::pcs(&data, json, cmd),
         Cmd::Settings { data, json, cmd } => admin::settings(&data, json, cmd),
+        Cmd::Admin { data, json, cmd } => admin::admins(&data, json, cmd),
         Cmd::Gc { data, json, max_age } => admin::gc(&data, json, max_age),
         Cmd::Serve { listen, data, limits, tls_cert, tls_key, plain_http } => {
             use bootvault_server::tls::Mode;

@@ -7,6 +7,9 @@
 pub const API: &str = "/api/v1";
 /// `GET {API}/hello`: the PC announces itself; the answer is one line of text.
 pub const HELLO: &str = "/api/v1/hello";
+/// A PC's report of how far its backup or restore is (`key=value` lines:
+/// action, job, step, done, total, moved, rate, eta), for the web console.
+pub const PROGRESS: &str = "/api/v1/progress";
 /// Request header carrying the PC name.
 pub const PC_HEADER: &str = "x-bootvault-pc";
 /// Request header carrying the PC's MAC address (`aa:bb:cc:dd:ee:ff`).

@@ -10,6 +10,7 @@
 //! * [`netboot`] — published boot files and iPXE scripts;
 //! * [`listener`] — the accept loop, TLS, timeouts and connection caps;
 //! * [`tls`] — the server's certificate, made on first start;
+//! * [`web`] — the admin's web console (`/admin/`) and live progress;
 //!   [`refusals`] — keeping unauthenticated floods out of the log.
 //!
 //! Blocking work (SQLite, fsync, inflating and hashing chunks) runs on
@@ -37,6 +38,7 @@ mod secrets;
 pub mod tls;
 pub mod unlock;
 pub mod vault;
+pub mod web;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -101,9 +103,9 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     if let Some(f) = fd_capped {
         limits.max_connections = listener::fd_budget(f).max(8);
     }
-    let app = Arc::new(api::App::new(vault, events)?);
     let names = [opts.listen.ip().to_string()];
     let tls = tls::setup(&opts.data, &opts.tls, &names)?;
+    let app = Arc::new(api::App::new(vault, events, tls.is_some())?);
     let listener =
         tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("binding {}", opts.listen))?;
     let local = listener.local_addr().context("reading the bound address")?;

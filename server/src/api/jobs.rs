@@ -140,6 +140,28 @@ pub async fn result(State(app): State<Shared>, PcCaller(pc): PcCaller, body: Bod
     .await
 }
 
+/// A PC's progress report: kept in memory for the console's live view
+/// (the result, at the end, goes to the database as before).
+pub async fn progress(State(app): State<Shared>, PcCaller(pc): PcCaller, body: Body) -> Result<Response, Response> {
+    let kv = kv_body(&take_body(body, SMALL_BODY).await?);
+    let p = crate::web::progress::Progress::from_report(&pc, &kv, vault::now())
+        .map_err(|e| text(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+    // The log gets each PC's steps, not every report.
+    let line = format!(
+        "progress pc={} action={} job={} step={} done={} total={}",
+        p.pc,
+        p.action,
+        p.job.map(|j| j.to_string()).unwrap_or_else(|| "-".into()),
+        p.step,
+        p.done,
+        p.total
+    );
+    if app.progress.report(p) {
+        app.event(&line);
+    }
+    Ok(text(StatusCode::OK, "noted"))
+}
+
 pub async fn list_results(
     State(app): State<Shared>,
     Query(query): Query<HashMap<String, String>>,

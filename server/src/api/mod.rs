@@ -50,12 +50,16 @@ pub struct App {
     refusal_log: Mutex<refusals::RefusalLog>,
     /// New `pending` MACs per peer address (netboot, unauthenticated).
     new_pending: Mutex<refusals::PeerRate>,
+    /// The server speaks HTTPS (the console's cookie is then Secure).
+    pub https: bool,
+    /// What PCs are running now, for the web console.
+    pub progress: crate::web::progress::Hub,
 }
 
 pub type Shared = Arc<App>;
 
 impl App {
-    pub fn new(vault: Vault, events: std::fs::File) -> anyhow::Result<App> {
+    pub fn new(vault: Vault, events: std::fs::File, https: bool) -> anyhow::Result<App> {
         let admin_token = vault.admin_token()?;
         Ok(App {
             vault,
@@ -63,6 +67,8 @@ impl App {
             admin_token,
             refusal_log: Mutex::new(refusals::RefusalLog::default()),
             new_pending: Mutex::new(netboot::new_pending_rate()),
+            https,
+            progress: crate::web::progress::Hub::default(),
         })
     }
 
@@ -134,10 +140,12 @@ pub fn router(app: Shared) -> Router {
         .route("/api/v1/jobs", post(jobs::add).get(jobs::list))
         .route("/api/v1/jobs/next", get(jobs::next))
         .route("/api/v1/results", post(jobs::result).get(jobs::list_results))
+        .route(wire::PROGRESS, post(jobs::progress))
         // Bodies are read by each handler after the caller is known, with
         // the route's own limit (see `take_body`).
         .layer(DefaultBodyLimit::disable())
-        .with_state(app)
+        .with_state(app.clone())
+        .merge(crate::web::router(app))
 }
 
 /// Who sent a request, proven by a token.

@@ -318,6 +318,34 @@ pub trait Database: Send + Sync {
     /// Records a result and ends its job (done or failed).
     fn record_result(&self, r: &NewResult<'_>, now: i64) -> Result<()>;
     fn list_results(&self, pc: Option<&str>) -> Result<Vec<ResultRow>>;
+    /// Ends a queued job as failed with a result saying `message`; false
+    /// if it was not queued (a PC took it, or it ended).
+    fn cancel_job(&self, id: i64, message: &str, now: i64) -> Result<bool>;
+
+    // The web console's admin accounts and sessions.
+    /// Adds an account; refuses a name already taken.
+    fn add_admin(&self, name: &str, hash: &str, now: i64) -> Result<()>;
+    /// Replaces an account's password hash and ends its sessions; false if
+    /// there is no such account.
+    fn set_admin_hash(&self, name: &str, hash: &str) -> Result<bool>;
+    fn admin_hash(&self, name: &str) -> Result<Option<String>>;
+    /// (name, created), by name.
+    fn list_admins(&self) -> Result<Vec<(String, i64)>>;
+    /// Removes an account and its sessions; false if there was none.
+    fn remove_admin(&self, name: &str) -> Result<bool>;
+    /// A session: `id` is the hash of the cookie's secret, never the secret.
+    fn add_session(&self, id: &str, admin: &str, csrf: &str, now: i64) -> Result<()>;
+    /// The (admin, CSRF token) of a session used at or after `idle_since`
+    /// and created at or after `created_since`, marked used at `now`;
+    /// sessions past either limit are deleted.
+    fn session(&self, id: &str, idle_since: i64, created_since: i64, now: i64) -> Result<Option<(String, String)>>;
+    fn end_session(&self, id: &str) -> Result<()>;
+    /// Failed sign-ins under `key` (an account or a peer) at or after `since`.
+    fn signin_failures(&self, key: &str, since: i64) -> Result<i64>;
+    /// Notes a failed sign-in under each of `keys`; failures before
+    /// `forget_before` are dropped.
+    fn add_signin_failure(&self, keys: &[&str], now: i64, forget_before: i64) -> Result<()>;
+    fn clear_signin_failures(&self, key: &str) -> Result<()>;
 }
 
 /// Whether an error comes from a full disk or an exhausted disk quota

@@ -99,6 +99,17 @@ const MIGRATIONS: &[(i64, &str)] = &[
     // The wrap key a job carries to its PC, sealed with the site's data
     // key (`JobMessage::wrap`).
     (6, "ALTER TABLE backups ADD COLUMN kdf TEXT; ALTER TABLE jobs ADD COLUMN wrap TEXT;"),
+    // Schema 7: the web console's admin accounts (Argon2id PHC strings),
+    // their sessions (by the hash of the cookie's secret, with the form
+    // token), and failed sign-ins per account and per peer.
+    (
+        7,
+        "CREATE TABLE IF NOT EXISTS admins (name TEXT PRIMARY KEY, hash TEXT NOT NULL, created INTEGER NOT NULL);
+         CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, admin TEXT NOT NULL, csrf TEXT NOT NULL,
+             created INTEGER NOT NULL, last_used INTEGER NOT NULL);
+         CREATE TABLE IF NOT EXISTS signin_failures (key TEXT NOT NULL, at INTEGER NOT NULL);
+         CREATE INDEX IF NOT EXISTS signin_failures_key ON signin_failures(key, at);",
+    ),
 ];
 
 /// Brings an older database up to the current schema: each step of
@@ -762,5 +773,116 @@ impl Database for SqliteDb {
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
+    }
+
+    fn cancel_job(&self, id: i64, message: &str, now: i64) -> Result<bool> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let job = tx
+            .query_row(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?1 AND state = 'queued'"), [id], job_row)
+            .optional()?;
+        let Some(job) = job else { return Ok(false) };
+        tx.execute(
+            "UPDATE jobs SET state = 'failed', finished = ?2, lock = NULL, wrap = NULL WHERE id = ?1",
+            params![id, now],
+        )?;
+        tx.execute(
+            "INSERT INTO results (pc, job, action, disk, backup, ok, message, bytes, sent, seconds, at)
+             VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, 0, 0, 0, ?7)",
+            params![job.pc, id, job.action, job.disk, job.backup, message, now],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    fn add_admin(&self, name: &str, hash: &str, now: i64) -> Result<()> {
+        let added = self.db().execute(
+            "INSERT OR IGNORE INTO admins (name, hash, created) VALUES (?1, ?2, ?3)",
+            params![name, hash, now],
+        )?;
+        if added == 0 {
+            anyhow::bail!("an admin named {name} exists already");
+        }
+        Ok(())
+    }
+
+    fn set_admin_hash(&self, name: &str, hash: &str) -> Result<bool> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let changed = tx.execute("UPDATE admins SET hash = ?2 WHERE name = ?1", params![name, hash])?;
+        tx.execute("DELETE FROM sessions WHERE admin = ?1", [name])?;
+        tx.commit()?;
+        Ok(changed > 0)
+    }
+
+    fn admin_hash(&self, name: &str) -> Result<Option<String>> {
+        Ok(self.db().query_row("SELECT hash FROM admins WHERE name = ?1", [name], |r| r.get(0)).optional()?)
+    }
+
+    fn list_admins(&self) -> Result<Vec<(String, i64)>> {
+        let db = self.db();
+        let mut st = db.prepare("SELECT name, created FROM admins ORDER BY name")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    fn remove_admin(&self, name: &str) -> Result<bool> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let removed = tx.execute("DELETE FROM admins WHERE name = ?1", [name])?;
+        tx.execute("DELETE FROM sessions WHERE admin = ?1", [name])?;
+        tx.commit()?;
+        Ok(removed > 0)
+    }
+
+    fn add_session(&self, id: &str, admin: &str, csrf: &str, now: i64) -> Result<()> {
+        self.db().execute(
+            "INSERT INTO sessions (id, admin, csrf, created, last_used) VALUES (?1, ?2, ?3, ?4, ?4)",
+            params![id, admin, csrf, now],
+        )?;
+        Ok(())
+    }
+
+    fn session(&self, id: &str, idle_since: i64, created_since: i64, now: i64) -> Result<Option<(String, String)>> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        tx.execute("DELETE FROM sessions WHERE last_used < ?1 OR created < ?2", params![idle_since, created_since])?;
+        let row = tx
+            .query_row("SELECT admin, csrf FROM sessions WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if row.is_some() {
+            tx.execute("UPDATE sessions SET last_used = ?2 WHERE id = ?1", params![id, now])?;
+        }
+        tx.commit()?;
+        Ok(row)
+    }
+
+    fn end_session(&self, id: &str) -> Result<()> {
+        self.db().execute("DELETE FROM sessions WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    fn signin_failures(&self, key: &str, since: i64) -> Result<i64> {
+        Ok(self.db().query_row(
+            "SELECT COUNT(*) FROM signin_failures WHERE key = ?1 AND at >= ?2",
+            params![key, since],
+            |r| r.get(0),
+        )?)
+    }
+
+    fn add_signin_failure(&self, keys: &[&str], now: i64, forget_before: i64) -> Result<()> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        tx.execute("DELETE FROM signin_failures WHERE at < ?1", [forget_before])?;
+        for key in keys {
+            tx.execute("INSERT INTO signin_failures (key, at) VALUES (?1, ?2)", params![key, now])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn clear_signin_failures(&self, key: &str) -> Result<()> {
+        self.db().execute("DELETE FROM signin_failures WHERE key = ?1", [key])?;
+        Ok(())
     }
 }

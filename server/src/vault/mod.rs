@@ -31,6 +31,7 @@ use crate::durable::{fsync_dir, DurableWriter};
 use crate::netboot::BootFiles;
 use crate::unlock::Unlocks;
 
+pub mod admins;
 mod gc;
 mod rights;
 
@@ -844,6 +845,12 @@ impl Vault {
     ) -> Result<()> {
         let r = NewResult { pc, job, action, disk, backup, ok, message, bytes, sent, seconds };
         self.db.record_result(&r, now())
+    }
+
+    /// Ends a queued job before a PC takes it, saying so in its result;
+    /// false if it was not waiting any more.
+    pub fn cancel_job(&self, id: i64, message: &str) -> Result<bool> {
+        self.db.cancel_job(id, message, now())
     }
 
     pub fn list_results(&self, pc: Option<&str>) -> Result<Vec<ResultRow>> {

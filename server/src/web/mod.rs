@@ -1,0 +1,431 @@
+//! The admin's web console under `/admin/`, on the server's own listener:
+//! sign-in with an admin account ([`crate::vault::admins`]), pages for
+//! PCs, backups, jobs and their history, and live progress of what PCs
+//! are running ([`progress`], followed by the pages over server-sent
+//! events).
+//!
+//! Every page and form goes through [`Console`]: the session cookie
+//! (`bv_session`: HttpOnly, SameSite=Strict, Secure over HTTPS) names a
+//! session; every POST must carry that session's form token (`csrf`), and
+//! a POST whose `Origin` is another site's is refused as well. A PC's
+//! token opens nothing here, and the PC API takes no cookie. Every answer
+//! carries a strict Content-Security-Policy (scripts and styles from this
+//! server's own files only, nothing inline), and is not cached or framed.
+//! Over plain http to an HTTPS server the console only points to https.
+//!
+//! Handlers call the same [`crate::vault::Vault`] operations the CLI does.
+
+pub mod pages;
+pub mod progress;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
+use axum::http::header::{self, HeaderValue};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{middleware, Router};
+use futures_util::stream::{self, Stream, StreamExt};
+
+use crate::api::{internal, run, Shared};
+use crate::listener;
+use crate::secrets::ct_eq;
+use crate::vault;
+use crate::vault::admins::{Session, SignInError};
+
+/// The session cookie's name.
+pub const COOKIE: &str = "bv_session";
+
+/// The largest form the console takes.
+const FORM_BODY: usize = 64 << 10;
+
+/// What every console answer carries.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+    connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+pub fn router(app: Shared) -> Router {
+    Router::new()
+        .route("/admin", get(|| async { Redirect::to("/admin/") }))
+        .route("/admin/", get(pages::dashboard))
+        .route("/admin/sign-in", get(pages::sign_in_page).post(sign_in))
+        .route("/admin/sign-out", post(sign_out))
+        .route("/admin/pcs", get(pages::pcs))
+        .route("/admin/pcs/approve", post(approve_pc))
+        .route("/admin/backups", get(pages::backups))
+        .route("/admin/backups/{id}/delete", post(delete_backup))
+        .route("/admin/backups/{id}/verify", post(verify_backup))
+        .route("/admin/jobs", get(pages::jobs).post(queue_jobs))
+        .route("/admin/jobs/{id}/cancel", post(cancel_job))
+        .route("/admin/history", get(pages::history))
+        .route("/admin/events", get(events))
+        .route("/admin/static/console.css", get(|| async { asset("text/css", include_str!("console.css")) }))
+        .route("/admin/static/console.js", get(|| async { asset("text/javascript", include_str!("console.js")) }))
+        .layer(DefaultBodyLimit::max(FORM_BODY))
+        .layer(middleware::map_response(security_headers))
+        .with_state(app)
+}
+
+fn asset(kind: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, kind)], body).into_response()
+}
+
+async fn security_headers(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    for (k, v) in [
+        ("content-security-policy", CSP),
+        ("x-frame-options", "DENY"),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+        ("cache-control", "no-store"),
+        ("cross-origin-opener-policy", "same-origin"),
+    ] {
+        h.insert(k, HeaderValue::from_static(v));
+    }
+    r
+}
+
+/// The value of the session cookie, if the request has one.
+fn cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_owned())
+}
+
+fn peer(headers: &HeaderMap) -> String {
+    headers
+        .get(listener::PEER_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse::<IpAddr>().ok())
+        .map(|ip| ip.to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// A plain-http request to a server that speaks HTTPS.
+fn insecure(parts: &Parts) -> bool {
+    parts.extensions.get::<listener::Insecure>().is_some()
+}
+
+/// A signed-in admin (extractor). Without a session a page answers with
+/// the sign-in page's address (303), anything else 401.
+pub struct Console(pub Session);
+
+impl FromRequestParts<Shared> for Console {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Shared) -> Result<Console, Response> {
+        if insecure(parts) {
+            return Err(plain_http());
+        }
+        let secret = cookie(&parts.headers);
+        let found = match secret {
+            Some(s) => run(app, move |app| app.vault.session(&s, vault::now()).map_err(internal)).await?,
+            None => None,
+        };
+        match found {
+            Some(s) => Ok(Console(s)),
+            None if parts.method == axum::http::Method::GET && !parts.uri.path().starts_with("/admin/events") => {
+                Err(Redirect::to("/admin/sign-in").into_response())
+            }
+            None => Err(refuse(StatusCode::UNAUTHORIZED, "sign in first (/admin/sign-in)")),
+        }
+    }
+}
+
+fn plain_http() -> Response {
+    refuse(
+        StatusCode::FORBIDDEN,
+        "the console is served over https only: open it at https://, with this server's certificate",
+    )
+}
+
+fn refuse(status: StatusCode, why: &str) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{why}\n")).into_response()
+}
+
+/// A POSTed form's fields (`application/x-www-form-urlencoded`), a
+/// repeated field's values in order.
+pub struct Form(pub Vec<(String, String)>);
+
+impl Form {
+    pub fn parse(body: &[u8]) -> Form {
+        Form(form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
+    }
+
+    pub fn all(&self, key: &str) -> Vec<&str> {
+        self.0.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str()).collect()
+    }
+}
+
+/// A form POSTed by a signed-in admin from this site: the session's form
+/// token and, when the browser says where it comes from, this server's own
+/// origin.
+fn checked(session: &Session, headers: &HeaderMap, body: &Bytes) -> Result<Form, Response> {
+    if let (Some(origin), Some(host)) = (headers.get(header::ORIGIN), headers.get(header::HOST)) {
+        let origin = origin.to_str().unwrap_or("");
+        let host = host.to_str().unwrap_or("");
+        let same = origin.split_once("://").is_some_and(|(_, rest)| rest == host);
+        if !same {
+            return Err(refuse(StatusCode::FORBIDDEN, "this form came from another site"));
+        }
+    }
+    let form = Form::parse(body);
+    match form.get("csrf") {
+        Some(t) if ct_eq(t.as_bytes(), session.csrf.as_bytes()) => Ok(form),
+        _ => {
+            Err(refuse(StatusCode::FORBIDDEN, "this form's token is not this session's: reload the page and try again"))
+        }
+    }
+}
+
+/// Where a form's handler sends the browser next, with a one-line note
+/// the page shows (`?note=`), or an error (`?error=`).
+fn back(to: &str, note: Result<String, String>) -> Response {
+    let (key, text) = match &note {
+        Ok(t) => ("note", t),
+        Err(t) => ("error", t),
+    };
+    let q: String = form_urlencoded::Serializer::new(String::new()).append_pair(key, text).finish();
+    Redirect::to(&format!("{to}?{q}")).into_response()
+}
+
+async fn sign_in(State(app): State<Shared>, req: axum::extract::Request) -> Response {
+    let (parts, body) = req.into_parts();
+    if insecure(&parts) {
+        return plain_http();
+    }
+    let Ok(body) = axum::body::to_bytes(body, FORM_BODY).await else {
+        return refuse(StatusCode::PAYLOAD_TOO_LARGE, "that form is too large");
+    };
+    let headers = parts.headers;
+    let form = Form::parse(&body);
+    let name = form.get("name").unwrap_or("").to_owned();
+    let password = form.get("password").unwrap_or("").to_owned();
+    let from = peer(&headers);
+    let https = app.https;
+    let answer = run(&app, move |app| app.vault.sign_in(&name, &password, &from, vault::now()).map_err(internal)).await;
+    match answer {
+        Ok(Ok((secret, s))) => {
+            app.event(&format!("admin-signed-in admin={} peer={}", s.admin, peer(&headers)));
+            let secure = if https { "; Secure" } else { "" };
+            let set = format!("{COOKIE}={secret}; Path=/admin; HttpOnly; SameSite=Strict{secure}");
+            let mut r = Redirect::to("/admin/").into_response();
+            if let Ok(v) = HeaderValue::from_str(&set) {
+                r.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            r
+        }
+        Ok(Err(SignInError::Wrong)) => {
+            app.event(&format!("admin-sign-in-refused peer={} reason=wrong", peer(&headers)));
+            pages::sign_in_answer(StatusCode::UNAUTHORIZED, "wrong name or password")
+        }
+        Ok(Err(SignInError::Limited { retry_after })) => {
+            app.event(&format!("admin-sign-in-refused peer={} reason=limited", peer(&headers)));
+            let mut r = pages::sign_in_answer(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!("too many failed sign-ins: try again in {} minutes", (retry_after + 59) / 60),
+            );
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            r
+        }
+        Err(r) => r,
+    }
+}
+
+async fn sign_out(State(app): State<Shared>, Console(s): Console, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = checked(&s, &headers, &body) {
+        return r;
+    }
+    if let Some(secret) = cookie(&headers) {
+        let _ = run(&app, move |app| app.vault.sign_out(&secret).map_err(internal)).await;
+    }
+    let mut r = Redirect::to("/admin/sign-in").into_response();
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("bv_session=; Path=/admin; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
+    r
+}
+
+/// Registers a pending MAC as a PC named in the form.
+async fn approve_pc(State(app): State<Shared>, Console(s): Console, headers: HeaderMap, body: Bytes) -> Response {
+    let form = match checked(&s, &headers, &body) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let (Some(mac), Some(name)) = (form.get("mac").map(str::to_owned), form.get("name").map(str::to_owned)) else {
+        return back("/admin/pcs", Err("approving needs the MAC and a name".into()));
+    };
+    let admin = s.admin.clone();
+    let done = run(&app, move |app| {
+        let pc = app.vault.add_pc(&vault::PcRow::new(&name, &mac)).map_err(|e| e.to_string());
+        if let Ok(pc) = &pc {
+            let _ = app.vault.forget_pending(&pc.mac);
+            app.event(&format!("pc-approved pc={} mac={} admin={admin}", pc.name, pc.mac));
+        }
+        Ok(pc)
+    })
+    .await;
+    match done {
+        Ok(Ok(pc)) => back("/admin/pcs", Ok(format!("PC {} registered with MAC {}", pc.name, pc.mac))),
+        Ok(Err(e)) => back("/admin/pcs", Err(e)),
+        Err(r) => r,
+    }
+}
+
+async fn delete_backup(
+    State(app): State<Shared>,
+    Console(s): Console,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = checked(&s, &headers, &body) {
+        return r;
+    }
+    let admin = s.admin.clone();
+    let done = run(&app, move |app| {
+        let r = app.vault.delete_backup(id).map_err(|e| format!("{e:#}"));
+        if r.is_ok() {
+            app.event(&format!("backup-deleted backup={id} admin={admin}"));
+        }
+        Ok(r)
+    })
+    .await;
+    match done {
+        Ok(r) => back("/admin/backups", r.map(|()| format!("backup {id} deleted"))),
+        Err(r) => r,
+    }
+}
+
+async fn verify_backup(
+    State(app): State<Shared>,
+    Console(s): Console,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = checked(&s, &headers, &body) {
+        return r;
+    }
+    let done = run(&app, move |app| Ok(app.vault.verify_backup(id).map_err(|e| format!("backup {id}: {e:#}")))).await;
+    match done {
+        Ok(r) => {
+            back("/admin/backups", r.map(|n| format!("backup {id}: all {n} chunks read back and match their ids")))
+        }
+        Err(r) => r,
+    }
+}
+
+/// One job per PC ticked: a backup, or a restore of one backup onto each
+/// (the one-image-to-many-PCs deployment).
+async fn queue_jobs(State(app): State<Shared>, Console(s): Console, headers: HeaderMap, body: Bytes) -> Response {
+    let form = match checked(&s, &headers, &body) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let pcs: Vec<String> = form.all("pc").into_iter().map(str::to_owned).collect();
+    let action = form.get("action").unwrap_or("").to_owned();
+    let disk = form.get("disk").unwrap_or("auto").to_owned();
+    let name = form.get("name").unwrap_or("").to_owned();
+    let backup = match form.get("backup").map(str::parse::<i64>).transpose() {
+        Ok(b) => b,
+        Err(_) => return back("/admin/jobs", Err("backup: not a backup id".into())),
+    };
+    if pcs.is_empty() {
+        return back("/admin/jobs", Err("tick at least one PC".into()));
+    }
+    if action == "restore" && backup.is_none() {
+        return back("/admin/jobs", Err("a restore needs the backup to restore".into()));
+    }
+    let admin = s.admin.clone();
+    let done = run(&app, move |app| {
+        let mut ids = Vec::new();
+        for pc in &pcs {
+            match app.vault.add_job(pc, &action, &disk, &name, backup) {
+                Ok(id) => {
+                    app.event(&format!("job-added job={id} pc={pc} action={action} admin={admin}"));
+                    ids.push(id);
+                }
+                Err(e) => return Ok(Err(format!("{pc}: {e:#} ({} queued before it)", ids.len()))),
+            }
+        }
+        Ok(Ok(ids))
+    })
+    .await;
+    match done {
+        Ok(Ok(ids)) => back("/admin/jobs", Ok(format!("{} queued: jobs {}", ids.len(), join(&ids)))),
+        Ok(Err(e)) => back("/admin/jobs", Err(e)),
+        Err(r) => r,
+    }
+}
+
+fn join(ids: &[i64]) -> String {
+    ids.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
+}
+
+async fn cancel_job(
+    State(app): State<Shared>,
+    Console(s): Console,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = checked(&s, &headers, &body) {
+        return r;
+    }
+    let admin = s.admin.clone();
+    let done = run(&app, move |app| {
+        let ok = app.vault.cancel_job(id, &format!("cancelled by {admin}")).map_err(internal)?;
+        if ok {
+            app.event(&format!("job-cancelled job={id} admin={admin}"));
+        }
+        Ok(ok)
+    })
+    .await;
+    match done {
+        Ok(true) => back("/admin/jobs", Ok(format!("job {id} cancelled"))),
+        Ok(false) => back("/admin/jobs", Err(format!("job {id} is not waiting: a PC took it, or it ended"))),
+        Err(r) => r,
+    }
+}
+
+/// Server-sent events: every running PC's last report at once, then each
+/// new report as it comes (`event: progress`, JSON), with a comment every
+/// 15 s to keep proxies from closing the stream.
+async fn events(
+    State(app): State<Shared>,
+    _: Console,
+) -> Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>> {
+    let now = app.progress.current(vault::now());
+    let rx = app.progress.subscribe();
+    let first = stream::iter(now);
+    let live = stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(p) => return Some((p, rx)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    let events = first.chain(live).map(|p| Ok(Event::default().event("progress").json_data(&p).unwrap_or_default()));
+    Sse::new(events).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+}
+
+/// Query parameters of a page: `note`/`error` from a form's answer.
+pub fn notes(query: &HashMap<String, String>) -> (Option<String>, Option<String>) {
+    (query.get("note").cloned(), query.get("error").cloned())
+}
