@@ -687,6 +687,13 @@ impl Client {
         Ok((status != 204 && !body.is_empty()).then(|| parse_kv(&Self::text(&body))))
     }
 
+    /// Tells the server how far a backup or restore is (its web console
+    /// shows it live): `key=value` lines as `POST results` takes them.
+    pub fn progress(&self, kv: &[(&str, String)]) -> Result<(), EngineError> {
+        let body: String = kv.iter().map(|(k, v)| format!("{k}={}\n", v.replace('\n', " "))).collect();
+        self.expect_ok("POST", "/progress".into(), Some(body.as_bytes()), 4096, false).map(|_| ())
+    }
+
     /// Reports the outcome of an action.
     pub fn report(&self, kv: &[(&str, String)]) -> Result<(), EngineError> {
         let body: String = kv.iter().map(|(k, v)| format!("{k}={}\n", v.replace('\n', " "))).collect();

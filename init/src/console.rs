@@ -564,7 +564,9 @@ impl Session<'_> {
             opts.cancel = cancel.clone();
             opts.key = jobs::data_key()?;
             let mut watch = Watch::new(&mut self.term, row, &cancel, "backup");
-            backup(&dev, store, &opts, &mut |p| watch.update(p)).map_err(|e| e.to_string())
+            jobs::with_reports(self.client, "backup", None, &mut |p| watch.update(p), |progress| {
+                backup(&dev, store, &opts, progress).map_err(|e| e.to_string())
+            })
         });
         // The drive written out and unmounted before anything is said.
         let unmounted = drive.map(|(m, store)| {
@@ -855,7 +857,9 @@ impl Session<'_> {
                 ..RestoreOptions::default()
             };
             let mut watch = Watch::new(&mut self.term, row, &cancel, "restore");
-            restore(&dev, store, b.id, &opts, &mut |p| watch.update(p)).map_err(|e| e.to_string())
+            jobs::with_reports(self.client, "restore", None, &mut |p| watch.update(p), |progress| {
+                restore(&dev, store, b.id, &opts, progress).map_err(|e| e.to_string())
+            })
         });
         let summary = match &result {
             Ok(r) => r.summary(&d.name),

@@ -18,6 +18,7 @@ use bootvault_engine::backup::{backup, BackupOptions};
 use bootvault_engine::client::Client;
 use bootvault_engine::device::Device;
 use bootvault_engine::lock::Lock;
+use bootvault_engine::progress::Progress;
 use bootvault_engine::restore::{restore, RestoreOptions};
 use bootvault_engine::store::Store;
 
@@ -237,8 +238,73 @@ pub fn data_key() -> Result<Option<Arc<DataKey>>, String> {
     .clone()
 }
 
+/// How often a running job tells the server how far it is.
+const REPORT_EVERY: Duration = Duration::from_secs(2);
+
+/// Runs `job` (a backup or restore) with `show` as its progress callback
+/// and, with a server, also reports progress to it (`POST progress`, for
+/// the web console): about every [`REPORT_EVERY`] from a thread of its
+/// own, so a slow answer never holds the job up (a report it has no room
+/// for is skipped; the next carries everything), then `done` or `failed`
+/// at the end. A report that fails changes nothing for the job.
+pub fn with_reports<T>(
+    client: Option<&Client>,
+    action: &'static str,
+    job: Option<i64>,
+    show: &mut dyn FnMut(&Progress),
+    run: impl FnOnce(&mut dyn FnMut(&Progress)) -> Result<T, String>,
+) -> Result<T, String> {
+    let Some(client) = client else { return run(show) };
+    let kv = |p: &Progress, step: &str| -> Vec<(&'static str, String)> {
+        let secs = p.elapsed.as_secs_f64();
+        let rate = if secs > 0.0 { (p.done as f64 / secs) as u64 } else { 0 };
+        let mut kv = vec![("action", action.to_owned())];
+        if let Some(j) = job {
+            kv.push(("job", j.to_string()));
+        }
+        kv.extend([
+            ("step", step.to_owned()),
+            ("done", p.done.to_string()),
+            ("total", p.total.to_string()),
+            ("moved", p.sent.to_string()),
+            ("rate", rate.to_string()),
+        ]);
+        if let Some(eta) = p.eta().filter(|_| step != "done") {
+            kv.push(("eta", eta.as_secs().to_string()));
+        }
+        kv
+    };
+    let step = if action == "backup" { "sending" } else { "writing" };
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(&'static str, String)>>(1);
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            for report in rx {
+                let _ = client.progress(&report);
+            }
+        });
+        let mut sent_at: Option<Instant> = None;
+        let mut last: Option<Progress> = None;
+        let result = run(&mut |p: &Progress| {
+            show(p);
+            if sent_at.is_none_or(|t| t.elapsed() >= REPORT_EVERY) {
+                sent_at = Some(Instant::now());
+                let _ = tx.try_send(kv(p, step));
+            }
+            last = Some(p.clone());
+        });
+        let end = last.unwrap_or(Progress { action, done: 0, total: 0, sent: 0, elapsed: Duration::ZERO });
+        let end = match &result {
+            Ok(_) => kv(&Progress { done: end.total, ..end }, "done"),
+            Err(_) => kv(&end, "failed"),
+        };
+        let _ = tx.send(end);
+        drop(tx);
+        result
+    })
+}
+
 /// The console's progress lines: about one a second.
-fn progress_printer() -> impl FnMut(&bootvault_engine::progress::Progress) {
+fn progress_printer() -> impl FnMut(&Progress) {
     let mut last_line = Instant::now() - Duration::from_secs(10);
     move |p| {
         if last_line.elapsed() >= Duration::from_millis(900) || p.done == p.total {
@@ -300,10 +366,26 @@ fn execute(
     let all = disks::probe(Path::new("/"));
     let disk = disks::pick(&all, disk.unwrap_or(&job.disk))?;
     let path = Path::new("/dev").join(&disk.name);
-    let mut progress = progress_printer();
+    let mut printer = progress_printer();
+    let action = if job.action == Action::Backup { "backup" } else { "restore" };
+    with_reports(server, action, job.id, &mut printer, |progress| {
+        execute_on(job, config, store, server, disk, &path, progress)
+    })
+}
+
+/// [`execute`] on the chosen disk, with `progress` as the callback.
+fn execute_on(
+    job: &Job,
+    config: &Config,
+    store: &dyn Store,
+    server: Option<&Client>,
+    disk: &disks::Disk,
+    path: &Path,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Outcome, String> {
     match job.action {
         Action::Backup => {
-            let dev = Device::open(&path, false).map_err(|e| e.to_string())?;
+            let dev = Device::open(path, false).map_err(|e| e.to_string())?;
             let mut opts = BackupOptions::new(&config.pc, if job.name.is_empty() { "full" } else { &job.name });
             opts.level = config.level;
             opts.raw = config.raw;
@@ -325,7 +407,7 @@ fn execute(
                 opts.name,
                 store.location()
             ));
-            let r = backup(&dev, store, &opts, &mut progress).map_err(|e| format!("backup of {}: {e}", disk.name))?;
+            let r = backup(&dev, store, &opts, progress).map_err(|e| format!("backup of {}: {e}", disk.name))?;
             say(memory_line(&r.fit));
             Ok(Outcome {
                 summary: r.summary(),
@@ -348,7 +430,7 @@ fn execute(
             if let (Some(w), Some(client)) = (&job.wrap, server) {
                 client.set_wrap(id, job_secret(w, data_key()?.as_deref())?);
             }
-            let dev = Device::open(&path, true).map_err(|e| e.to_string())?;
+            let dev = Device::open(path, true).map_err(|e| e.to_string())?;
             say(format!(
                 "restore: backup {id} from {} onto {} ({})",
                 store.location(),
@@ -356,7 +438,7 @@ fn execute(
                 human_bytes(dev.bytes)
             ));
             let opts = RestoreOptions { verify: config.verify, key: data_key()?, ..RestoreOptions::default() };
-            let r = restore(&dev, store, id, &opts, &mut progress)
+            let r = restore(&dev, store, id, &opts, progress)
                 .map_err(|e| format!("restore of backup {id} onto {}: {e}", disk.name))?;
             say(memory_line(&r.fit));
             if let Some(e) = &r.reread_error {

@@ -119,6 +119,17 @@ fn backup_then_restore(label: &str, raw: bool) {
     }
     let jobs = admin(&["jobs", "--json", "list"]);
     assert!(jobs.contains("\"state\": \"done\""), "{jobs}");
+    // The PCs told the server how far they were (the web console shows
+    // it live); the log keeps each step.
+    let events = fs::read_to_string(server.data.join("events.log")).unwrap_or_default();
+    for want in [
+        format!("progress pc={pc} action=backup job=- step=sending"),
+        format!("progress pc={pc} action=backup job=- step=done"),
+        format!("progress pc={pc} action=restore job=1 step=writing"),
+        format!("progress pc={pc} action=restore job=1 step=done done={} total={}", SOURCE_MIB << 20, SOURCE_MIB << 20),
+    ] {
+        assert!(events.contains(&want), "{want:?} not in the server's events:\n{events}");
+    }
     let results = admin(&["jobs", "results"]);
     assert_eq!(results.lines().filter(|l| l.contains(" ok disk vda")).count(), 4, "{results}");
 
