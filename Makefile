@@ -10,7 +10,7 @@ INIT32 := target/$(MUSL32)/init/init
 BIN := target/release/bootvault
 APT_PACKAGES := qemu-system-x86 binutils cpio fdisk gzip e2fsprogs dosfstools mtools \
   musl-tools xorriso isolinux syslinux syslinux-common systemd-boot-efi ovmf ntfs-3g exfatprogs xfsprogs btrfs-progs cryptsetup-bin exfat-fuse \
-  make bc bison flex libelf-dev xz-utils musl-dev:i386
+  make bc bison flex libelf-dev xz-utils musl-dev:i386 chromium chromium-driver
 export BOOTVAULT_BIN := $(CURDIR)/$(BIN)
 export BOOTVAULT_INIT := $(CURDIR)/$(INIT)
 export BOOTVAULT_INIT_I686 := $(CURDIR)/$(INIT32)

@@ -13,8 +13,11 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use bootvault_common::modules::Index;
 
-use crate::cpio::{self, Entry, Format, Kind};
 use crate::kernel::Kernel;
+use bootvault_common::cpio::{self, Entry, Format, Kind};
+
+/// Where the PC's configuration is in the archive.
+pub const CONFIG_PATH: &str = "etc/bootvault.conf";
 
 /// What went into an image, for the size report.
 #[derive(Debug, Default)]
@@ -49,7 +52,7 @@ pub fn entries(
     let mut report = Report { init_bytes: init.len() as u64, ..Report::default() };
     let mut out = vec![
         file("init", 0o755, init.to_vec()),
-        file("etc/bootvault.conf", 0o644, config_text.as_bytes().to_vec()),
+        file(CONFIG_PATH, 0o644, config_text.as_bytes().to_vec()),
         Entry { path: "dev/console".into(), mode: 0o600, kind: Kind::CharDev { major: 5, minor: 1 } },
         Entry { path: "dev/null".into(), mode: 0o666, kind: Kind::CharDev { major: 1, minor: 3 } },
     ];
@@ -71,7 +74,7 @@ pub fn entries(
     for (name, m) in shipped.modules.iter_mut() {
         let src = kernel.modules.join(&m.path);
         let data = fs::read(&src).with_context(|| format!("reading module {}", src.display()))?;
-        let packed = bootvault_common::modules::gzip(&data, 9);
+        let packed = bootvault_common::gz::gzip(&data, 9);
         report.module_bytes += data.len() as u64;
         report.module_packed += packed.len() as u64;
         report.modules.push(name.clone());

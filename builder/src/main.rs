@@ -6,7 +6,7 @@
 //! * `bootvault serve` — the server.
 
 mod admin;
-mod cpio;
+use bootvault_common::cpio;
 mod initramfs;
 mod kbuild;
 mod kernel;
@@ -799,8 +799,15 @@ fn build(a: BuildArgs) -> Result<()> {
         );
     }
     let key = sealing.as_ref().map(|(_, file)| keys::text_of(file)).transpose()?;
+    let config_text = pc.config.to_file();
     let (entries, mut report) =
-        initramfs::entries(&init, &k, &index, &wanted, &pc.config.to_file(), key.as_ref().map(|t| t.as_str()))?;
+        initramfs::entries(&init, &k, &index, &wanted, &config_text, key.as_ref().map(|t| t.as_str()))?;
+    // Network boot: the same initramfs without this PC's configuration too,
+    // the site's template for PCs approved in the web console.
+    if a.media.iter().any(|m| m == "pxe") {
+        let base = entries.iter().filter(|e| e.path != initramfs::CONFIG_PATH).cloned().collect();
+        initramfs::write(base, &out.join("base.img"), &mut initramfs::Report::default(), initramfs::Compression::Gzip)?;
+    }
     // The floppy needs every byte: xz there, gzip elsewhere.
     let compression = if a.media.iter().any(|m| m.starts_with("floppy")) {
         initramfs::Compression::Xz
@@ -851,7 +858,7 @@ fn build(a: BuildArgs) -> Result<()> {
         match m.as_str() {
             "pxe" => {
                 let vault = vault.as_ref().context("--media pxe needs --data (the server's data directory)")?;
-                let (bytes, dir) = netboot::publish(vault, &pc.config.pc, &out)?;
+                let (bytes, dir) = netboot::publish(vault, &pc.config.pc, &out, &config_text)?;
                 println!("  pxe        {}  {} (served by MAC to iPXE: /boot/ipxe)", human_bytes(bytes), dir.display());
             }
             "iso" => images.push(media::iso(&out, &pc.config.pc)?),

@@ -61,29 +61,7 @@ pub fn registered(vault: &bootvault_server::vault::Vault, name: &str) -> Result<
     let server = vault
         .setting(bootvault_server::vault::SERVER_URLS)?
         .and_then(|v| v.split(',').map(str::trim).find(|u| !u.is_empty()).map(str::to_owned));
-    Ok(Registered { settings: settings_of(&row), server })
-}
-
-/// The init settings a registered PC's record stands for.
-pub fn settings_of(row: &bootvault_server::vault::PcRow) -> Vec<String> {
-    let action = match row.default_action.as_str() {
-        "backup" => "backup",
-        "restore" => "restore",
-        _ => "menu",
-    };
-    let mut out = vec![
-        format!("token={}", row.token),
-        format!("ip={}", row.ip),
-        format!("disk={}", row.disk),
-        format!("action={action}"),
-    ];
-    if !row.gateway.is_empty() {
-        out.push(format!("gateway={}", row.gateway));
-    }
-    if !row.dns.is_empty() {
-        out.push(format!("dns={}", row.dns));
-    }
-    out
+    Ok(Registered { settings: row.settings(), server })
 }
 
 pub struct Overrides<'a> {
@@ -177,14 +155,14 @@ mod tests {
         row.ip = "10.1.1.5/24".into();
         row.gateway = "10.1.1.1".into();
         row.default_action = "backup".into();
-        let set = settings_of(&row);
+        let set = row.settings();
         let pc = Pc::from_parts(None, &Overrides { name: Some("lab-3"), set: &set, ..none() }).expect("valid");
         assert_eq!(pc.config.token, "ab12");
         assert_eq!(pc.config.get("ip").as_deref(), Some("10.1.1.5/24"));
         assert_eq!(pc.config.get("action").as_deref(), Some("backup"));
         assert!(!pc.cmdline().contains("ab12"), "the token never goes on the command line");
         row.default_action = "menu".into();
-        assert!(settings_of(&row).contains(&"action=menu".to_string()));
+        assert!(row.settings().contains(&"action=menu".to_string()));
     }
 
     #[test]

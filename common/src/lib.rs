@@ -6,8 +6,10 @@
 
 pub mod cmdline;
 pub mod config;
+pub mod cpio;
 pub mod fingerprint;
 pub mod fsprobe;
+pub mod gz;
 pub mod image;
 pub mod job;
 pub mod modules;

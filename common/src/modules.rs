@@ -51,61 +51,9 @@ pub const MAX_MODULE: usize = 64 << 20;
 /// The suffix of the modules the builder ships compressed.
 pub const GZ: &str = ".gz";
 
-/// Unpacks a gzip file (RFC 1952, one member): the header's optional
-/// fields skipped, the deflate stream inflated up to [`MAX_MODULE`], its
-/// length and CRC-32 checked against the trailer.
+/// Unpacks a `.ko.gz`, at most [`MAX_MODULE`] bytes.
 pub fn gunzip(gz: &[u8]) -> Result<Vec<u8>, ModuleError> {
-    const FHCRC: u8 = 2;
-    const FEXTRA: u8 = 4;
-    const FNAME: u8 = 8;
-    const FCOMMENT: u8 = 16;
-    if gz.len() < 18 || gz[..3] != [0x1f, 0x8b, 8] {
-        return err("not a gzip file");
-    }
-    let flags = gz[3];
-    let mut at = 10usize;
-    let short = || ModuleError("truncated gzip header".into());
-    if flags & FEXTRA != 0 {
-        let n = rd::<2>(gz, at as u64).map(u16::from_le_bytes).ok_or_else(short)?;
-        at += 2 + usize::from(n);
-    }
-    for flag in [FNAME, FCOMMENT] {
-        if flags & flag != 0 {
-            let end = gz.get(at..).and_then(|rest| rest.iter().position(|&b| b == 0)).ok_or_else(short)?;
-            at += end + 1;
-        }
-    }
-    if flags & FHCRC != 0 {
-        at += 2;
-    }
-    let body = gz.get(at..gz.len().saturating_sub(8)).ok_or_else(short)?;
-    let out = miniz_oxide::inflate::decompress_to_vec_with_limit(body, MAX_MODULE).map_err(|e| {
-        if e.status == miniz_oxide::inflate::TINFLStatus::HasMoreOutput {
-            ModuleError(format!("gzip: unpacks to more than {MAX_MODULE} bytes"))
-        } else {
-            ModuleError(format!("gzip: bad deflate stream ({:?})", e.status))
-        }
-    })?;
-    let tail = &gz[gz.len() - 8..];
-    let crc = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
-    let len = u32::from_le_bytes([tail[4], tail[5], tail[6], tail[7]]);
-    if len != out.len() as u32 {
-        return err(format!("gzip: {} bytes unpacked, the trailer says {len}", out.len()));
-    }
-    if crc != crate::partition::crc32(&out) {
-        return err("gzip: CRC-32 mismatch");
-    }
-    Ok(out)
-}
-
-/// Packs `data` as gzip with no name and no time, so the same module
-/// gives the same bytes (the builder's reproducible initramfs).
-pub fn gzip(data: &[u8], level: u8) -> Vec<u8> {
-    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
-    out.extend(miniz_oxide::deflate::compress_to_vec(data, level));
-    out.extend(crate::partition::crc32(data).to_le_bytes());
-    out.extend((data.len() as u32).to_le_bytes());
-    out
+    crate::gz::gunzip(gz, MAX_MODULE).map_err(ModuleError)
 }
 
 /// The `key=value` strings of a module's `.modinfo` section, in order.
@@ -415,42 +363,6 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn gzip_round_trip_with_the_optional_header_fields() {
-        let module: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8 ^ (i >> 9) as u8).collect();
-        let packed = gzip(&module, 9);
-        assert!(packed.len() < module.len() / 2);
-        assert_eq!(gunzip(&packed), Ok(module.clone()));
-        assert_eq!(gzip(&module, 9), packed, "reproducible");
-        // What gzip(1) writes: a name (FNAME), here also FEXTRA, FCOMMENT and FHCRC.
-        let mut full = vec![0x1f, 0x8b, 8, 2 | 4 | 8 | 16, 1, 2, 3, 4, 0, 3, 3, 0, b'a', b'b', b'c'];
-        full.extend(b"virtio_net.ko\0a comment\0");
-        full.extend([0xAA, 0xBB]);
-        full.extend(&packed[10..]);
-        assert_eq!(gunzip(&full), Ok(module));
-    }
-
-    #[test]
-    fn bad_gzip_is_refused() {
-        let packed = gzip(b"\x7fELF module bytes", 6);
-        assert_eq!(gunzip(b"\x7fELF not packed at all"), Err(ModuleError("not a gzip file".into())));
-        let mut crc = packed.clone();
-        let n = crc.len();
-        crc[n - 8] ^= 1;
-        assert_eq!(gunzip(&crc), Err(ModuleError("gzip: CRC-32 mismatch".into())));
-        let mut len = packed.clone();
-        len[n - 1] = 1;
-        assert!(gunzip(&len).is_err_and(|e| e.0.contains("the trailer says")));
-        assert!(gunzip(&packed[..n - 3]).is_err());
-        let mut name = packed[..10].to_vec();
-        name[3] = 8; // a name that never ends
-        name.extend(b"no terminator here");
-        assert_eq!(gunzip(&name), Err(ModuleError("truncated gzip header".into())));
-        // A bomb stops at the limit instead of filling memory.
-        let bomb = gzip(&vec![0u8; MAX_MODULE + 1], 1);
-        assert!(gunzip(&bomb).is_err_and(|e| e.0.contains("more than")));
-    }
 
     #[test]
     fn glob_table() {

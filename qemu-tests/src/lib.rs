@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 pub mod drives;
 pub mod mitm;
 pub mod vga;
+pub mod webdriver;
 
 pub use drives::{
     copy_store_in, copy_store_out, fsck_drive, image_digest, locate_volume, make_drive, make_exfat_drive,

@@ -7,10 +7,14 @@
 //! when a PC is built, so it needs no CA and nothing on a PC expires; they
 //! speak only Ed25519 (engine/src/tls.rs, to keep the init small).
 //!
-//! An admin may add their own certificate chain and key (an ACME
-//! client's files, for browsers): a client that can verify it gets it,
-//! one that offers only Ed25519 (our PCs and CLI) gets the made one. So
-//! renewing the admin's certificate never breaks a PC's pin.
+//! Browsers verify no Ed25519 certificate, so the server makes a second
+//! one for them on first start, ECDSA P-256 (`browser.crt`,
+//! `browser.key`): the web console works at once, behind the browser's
+//! warning about a certificate it does not know. An admin may add their
+//! own certificate chain and key (an ACME client's files, for browsers):
+//! a client that can verify it gets it, one that offers Ed25519 (our PCs
+//! and CLI) gets the made one, any other the browsers' one. So renewing
+//! the admin's certificate never breaks a PC's pin.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -28,6 +32,9 @@ use rustls::sign::CertifiedKey;
 pub const DIR: &str = "tls";
 pub const CERT: &str = "server.crt";
 pub const KEY: &str = "server.key";
+/// The certificate for browsers (ECDSA P-256) and its key.
+pub const BROWSER_CERT: &str = "browser.crt";
+pub const BROWSER_KEY: &str = "browser.key";
 
 /// How the server is reached.
 #[derive(Debug, Clone, Default)]
@@ -55,18 +62,22 @@ pub struct Tls {
     pub own: Option<PathBuf>,
 }
 
-/// The admin's certificate for clients that can verify it, else ours.
+/// The admin's certificate for clients that can verify it, else ours
+/// for clients that speak Ed25519, else the browsers' one.
 #[derive(Debug)]
 struct Choose {
     made: Arc<CertifiedKey>,
     own: Option<Arc<CertifiedKey>>,
+    browser: Arc<CertifiedKey>,
 }
 
 impl ResolvesServerCert for Choose {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let offered = hello.signature_schemes();
         match &self.own {
-            Some(own) if own.key.choose_scheme(hello.signature_schemes()).is_some() => Some(own.clone()),
-            _ => Some(self.made.clone()),
+            Some(own) if own.key.choose_scheme(offered).is_some() => Some(own.clone()),
+            _ if self.made.key.choose_scheme(offered).is_some() => Some(self.made.clone()),
+            _ => Some(self.browser.clone()),
         }
     }
 }
@@ -108,7 +119,11 @@ pub fn setup(data: &Path, mode: &Mode, names: &[String]) -> Result<Option<Tls>> 
     let (cert, key) = (dir.join(CERT), dir.join(KEY));
     let made = !cert.exists();
     if made {
-        make(&dir, names)?;
+        make(&dir, names, &rcgen::PKCS_ED25519, (KEY, CERT))?;
+    }
+    // Data directories from before the browsers' certificate get it now.
+    if !dir.join(BROWSER_CERT).exists() {
+        make(&dir, names, &rcgen::PKCS_ECDSA_P256_SHA256, (BROWSER_KEY, BROWSER_CERT))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let ours = certified(&provider, &cert, &key)?;
@@ -117,7 +132,8 @@ pub fn setup(data: &Path, mode: &Mode, names: &[String]) -> Result<Option<Tls>> 
         Mode::Own { cert, key } => Some((certified(&provider, cert, key)?, cert.clone())),
         _ => None,
     };
-    let choose = Choose { made: Arc::new(ours), own: own.as_ref().map(|(k, _)| Arc::new(k.clone())) };
+    let browser = Arc::new(certified(&provider, &dir.join(BROWSER_CERT), &dir.join(BROWSER_KEY))?);
+    let choose = Choose { made: Arc::new(ours), own: own.as_ref().map(|(k, _)| Arc::new(k.clone())), browser };
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("setting up TLS")?
@@ -141,14 +157,15 @@ fn certified(provider: &CryptoProvider, cert: &Path, key: &Path) -> Result<Certi
     Ok(certified)
 }
 
-/// A self-signed certificate for `names` (and `bootvault`) and its key,
-/// written as complete files or not at all.
-fn make(dir: &Path, names: &[String]) -> Result<()> {
+/// A self-signed certificate for `names` (and `bootvault`) and its key
+/// (`files`: the key's name, the certificate's), written as complete files
+/// or not at all.
+fn make(dir: &Path, names: &[String], alg: &'static rcgen::SignatureAlgorithm, files: (&str, &str)) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let mut sans = vec!["bootvault".to_owned()];
     sans.extend(names.iter().filter(|n| !n.is_empty()).cloned());
-    let signing_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).context("making the server's key")?;
+    let signing_key = rcgen::KeyPair::generate_for(alg).context("making the server's key")?;
     let cert = rcgen::CertificateParams::new(sans)
         .and_then(|p| p.self_signed(&signing_key))
         .context("making the server's certificate")?;
@@ -173,8 +190,8 @@ fn make(dir: &Path, names: &[String]) -> Result<()> {
         fs::rename(&tmp, dir.join(name)).with_context(|| format!("renaming {}", tmp.display()))
     };
     // The key first: a certificate on disk always has its key.
-    write(KEY, made.signing_key.serialize_pem(), 0o600)?;
-    write(CERT, made.cert.pem(), 0o644)
+    write(files.0, made.signing_key.serialize_pem(), 0o600)?;
+    write(files.1, made.cert.pem(), 0o644)
 }
 
 #[cfg(test)]
@@ -195,6 +212,12 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = fs::metadata(dir.join(DIR).join(KEY)).expect("key").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+        // The browsers' certificate: ECDSA P-256, its key as private.
+        let mode = fs::metadata(dir.join(DIR).join(BROWSER_KEY)).expect("key").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let browser = fs::read_to_string(dir.join(DIR).join(BROWSER_KEY)).expect("key");
+        let key = rcgen::KeyPair::from_pem(&browser).expect("a key");
+        assert!(key.is_compatible(&rcgen::PKCS_ECDSA_P256_SHA256));
         // The admin's own files, swapped: refused with the file's name.
         let swapped = Mode::Own { cert: dir.join(DIR).join(KEY), key: dir.join(DIR).join(CERT) };
         let e = format!("{:#}", setup(&dir, &swapped, &[]).err().expect("swapped files refused"));

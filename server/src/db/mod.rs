@@ -141,6 +141,31 @@ pub struct PcRow {
 }
 
 impl PcRow {
+    /// The init settings (`KEY=VALUE`) this record stands for: its token,
+    /// network, disk and what it does at boot. What `bootvault build`
+    /// writes into the PC's initramfs, and what the network-boot overlay
+    /// of an approved PC holds ([`crate::netboot`]).
+    pub fn settings(&self) -> Vec<String> {
+        let action = match self.default_action.as_str() {
+            "backup" => "backup",
+            "restore" => "restore",
+            _ => "menu",
+        };
+        let mut out = vec![
+            format!("token={}", self.token),
+            format!("ip={}", self.ip),
+            format!("disk={}", self.disk),
+            format!("action={action}"),
+        ];
+        if !self.gateway.is_empty() {
+            out.push(format!("gateway={}", self.gateway));
+        }
+        if !self.dns.is_empty() {
+            out.push(format!("dns={}", self.dns));
+        }
+        out
+    }
+
     /// A PC with the defaults: DHCP, network mode, first fixed disk, menu.
     pub fn new(name: &str, mac: &str) -> PcRow {
         PcRow {

@@ -297,6 +297,22 @@ impl Vault {
         self.boot.publish(pc, files)
     }
 
+    /// Publishes the site's network-boot template (see [`crate::netboot`]).
+    pub fn publish_site_template(&self, files: &[(&str, Vec<u8>)]) -> Result<()> {
+        self.boot.publish_site(files)
+    }
+
+    /// Publishes registered PC `pc`'s boot files made from the site's
+    /// template; false if there is no template (a `bootvault build ...
+    /// --media pxe` publishes one).
+    pub fn publish_from_site(&self, pc: &str) -> Result<bool> {
+        let row = self.pc(pc)?.ok_or_else(|| anyhow!("no registered PC {pc}"))?;
+        let Some(template) = self.boot.site() else { return Ok(false) };
+        let files = crate::netboot::overlay_initrd(&template, &row)?;
+        self.boot.publish(pc, &files)?;
+        Ok(true)
+    }
+
     // Grants.
 
     /// Lets `pc` (or every PC, `*`) restore backup `backup`.

@@ -80,7 +80,7 @@ async fn security_headers(mut r: Response) -> Response {
         ("content-security-policy", CSP),
         ("x-frame-options", "DENY"),
         ("x-content-type-options", "nosniff"),
-        ("referrer-policy", "no-referrer"),
+        ("referrer-policy", "same-origin"),
         ("cache-control", "no-store"),
         ("cross-origin-opener-policy", "same-origin"),
     ] {
@@ -270,17 +270,26 @@ async fn approve_pc(State(app): State<Shared>, Console(s): Console, headers: Hea
     };
     let admin = s.admin.clone();
     let done = run(&app, move |app| {
-        let pc = app.vault.add_pc(&vault::PcRow::new(&name, &mac)).map_err(|e| e.to_string());
-        if let Ok(pc) = &pc {
-            let _ = app.vault.forget_pending(&pc.mac);
-            app.event(&format!("pc-approved pc={} mac={} admin={admin}", pc.name, pc.mac));
-        }
-        Ok(pc)
+        let pc = match app.vault.add_pc(&vault::PcRow::new(&name, &mac)) {
+            Ok(pc) => pc,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let _ = app.vault.forget_pending(&pc.mac);
+        // Its network-boot files at once, from the site's template.
+        let boot = match app.vault.publish_from_site(&pc.name) {
+            Ok(true) => "; its network-boot files are ready: power it on again".to_owned(),
+            Ok(false) => format!(
+                "; no network-boot template yet (one `bootvault build ... --media pxe --data DIR` makes it): build                  {}'s boot media by hand",
+                pc.name
+            ),
+            Err(e) => format!("; its network-boot files could not be made: {e:#}"),
+        };
+        app.event(&format!("pc-approved pc={} mac={} admin={admin}", pc.name, pc.mac));
+        Ok(Ok(format!("PC {} registered with MAC {}{boot}", pc.name, pc.mac)))
     })
     .await;
     match done {
-        Ok(Ok(pc)) => back("/admin/pcs", Ok(format!("PC {} registered with MAC {}", pc.name, pc.mac))),
-        Ok(Err(e)) => back("/admin/pcs", Err(e)),
+        Ok(note) => back("/admin/pcs", note),
         Err(r) => r,
     }
 }

@@ -161,7 +161,7 @@ pub async fn dashboard(
                 div.card { b { (human_bytes(stored)) } "new data they stored" }
                 div.card { b { (queued) } a href="/admin/jobs" { "jobs waiting" } }
             }
-            h2 { "Running now" }
+            h2 { "Running, and just finished" }
             (running_table(&now))
         },
     )
@@ -312,7 +312,7 @@ pub async fn jobs(
                 }
                 button type="submit" id="queue-jobs" { "Queue for the ticked PCs" }
             }
-            h2 { "Running now" }
+            h2 { "Running, and just finished" }
             (running_table(&now))
             h2 { "All jobs" }
             (job_rows(&s, &jobs))

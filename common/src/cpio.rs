@@ -5,7 +5,8 @@
 //! archive bytes out, and back. It never opens a file or reads the clock,
 //! so the same entries always give the same bytes (sorted, owners and
 //! times zeroed, inodes numbered in archive order). Gathering the files
-//! and compressing the archive belong to `initramfs`.
+//! and compressing the archive belong to the builder's `initramfs` (and
+//! to the server's network-boot overlays, `server/src/netboot.rs`).
 //!
 //! The layout follows Linux `usr/gen_init_cpio.c` (what the kernel's own
 //! build writes) and is tested against GNU cpio, which reads and writes
