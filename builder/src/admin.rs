@@ -8,7 +8,6 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use bootvault_common::config::Config;
 use bootvault_common::units::human_bytes;
 use bootvault_engine::lock::Zeroizing;
 use bootvault_server::vault::{self, BackupRow, PcRow, Vault};
@@ -187,61 +186,19 @@ pub struct PcSettings {
 }
 
 impl PcSettings {
-    /// `--quota`: Some(None) clears it, Some(Some(bytes)) sets it.
-    fn quota(&self) -> Result<Option<Option<u64>>> {
-        let Some(q) = &self.quota else { return Ok(None) };
-        if q == "none" {
-            return Ok(Some(None));
+    /// The changes these flags ask for, checked by the vault
+    /// ([`vault::PcChanges`]: the web console's PC page checks the same).
+    fn changes(&self) -> vault::PcChanges {
+        vault::PcChanges {
+            mac: self.mac.clone(),
+            ip: if self.dhcp { Some("dhcp".into()) } else { self.ip.clone() },
+            gateway: self.gateway.clone(),
+            dns: self.dns.clone(),
+            mode: self.mode.clone(),
+            disk: self.disk.clone(),
+            default_action: self.default_action.clone(),
+            quota: self.quota.clone(),
         }
-        let bytes = bootvault_common::units::parse_size(q)
-            .with_context(|| format!("--quota {q:?}: expected a size such as 500G, 2T or 800M, or none"))?;
-        Ok(Some(Some(bytes)))
-    }
-}
-
-impl PcSettings {
-    /// Applies the given settings over `pc`, checking each with the same
-    /// parsers the init uses, so a bad value fails here, not at boot.
-    fn apply(&self, pc: &mut PcRow) -> Result<()> {
-        let mut check = Config::default();
-        let mut set = |k: &str, v: &str| -> Result<()> { check.set(k, v).map_err(anyhow::Error::msg).map(|_| ()) };
-        set("pc", &pc.name)?;
-        if let Some(m) = &self.mac {
-            pc.mac = vault::normalize_mac(m).with_context(|| format!("--mac {m:?}: expected aa:bb:cc:dd:ee:ff"))?;
-        }
-        if self.dhcp {
-            pc.ip = "dhcp".into();
-            pc.gateway.clear();
-        }
-        if let Some(ip) = &self.ip {
-            set("ip", ip)?;
-            pc.ip = ip.clone();
-        }
-        if let Some(g) = &self.gateway {
-            set("gateway", g)?;
-            pc.gateway = g.clone();
-        }
-        if let Some(d) = &self.dns {
-            set("dns", d)?;
-            pc.dns = d.clone();
-        }
-        if let Some(m) = &self.mode {
-            if !matches!(m.as_str(), "network" | "local") {
-                bail!("--mode {m:?}: expected network or local");
-            }
-            pc.mode = m.clone();
-        }
-        if let Some(d) = &self.disk {
-            set("disk", d)?;
-            pc.disk = d.clone();
-        }
-        if let Some(a) = &self.default_action {
-            if !matches!(a.as_str(), "menu" | "backup" | "restore") {
-                bail!("--default-action {a:?}: expected menu, backup or restore");
-            }
-            pc.default_action = a.clone();
-        }
-        Ok(())
     }
 }
 
@@ -325,17 +282,7 @@ pub fn pcs(data: &Path, as_json: bool, cmd: PcCmd) -> Result<()> {
     let v = Vault::open(data)?;
     match cmd {
         PcCmd::Add { name, settings } => {
-            if settings.mac.is_none() {
-                bail!("pc add {name}: --mac is required (the server knows a booting PC by its MAC)");
-            }
-            let mut pc = PcRow::new(&name, "");
-            settings.apply(&mut pc)?;
-            let quota = settings.quota()?;
-            let pc = v.add_pc(&pc)?;
-            if let Some(q) = quota {
-                v.set_pc_quota(&pc.name, q)?;
-            }
-            v.forget_pending(&pc.mac)?;
+            let pc = v.add_pc_with(&name, &settings.changes())?;
             if as_json {
                 return json(&pc_view(&v, &pc)?);
             }
@@ -378,13 +325,7 @@ pub fn pcs(data: &Path, as_json: bool, cmd: PcCmd) -> Result<()> {
             print_pc(&pc, token, &v)
         }
         PcCmd::Edit { name, settings } => {
-            let mut pc = v.pc(&name)?.with_context(|| format!("no registered PC {name}"))?;
-            settings.apply(&mut pc)?;
-            let quota = settings.quota()?;
-            let mut pc = v.edit_pc(&pc)?;
-            if let Some(q) = quota {
-                v.set_pc_quota(&pc.name, q)?;
-            }
+            let mut pc = v.edit_pc_with(&name, &settings.changes())?;
             pc.token.clear();
             if as_json {
                 return json(&pc_view(&v, &pc)?);

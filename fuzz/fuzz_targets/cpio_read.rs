@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 
 // The module lives in the builder binary crate, which a fuzz target cannot
 // depend on; it is pure std, so it is compiled in here as is.
-#[path = "../../builder/src/cpio.rs"]
+#[path = "../../common/src/cpio.rs"]
 #[allow(dead_code)]
 mod cpio;
 

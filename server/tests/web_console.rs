@@ -236,3 +236,55 @@ fn a_pcs_progress_reaches_the_event_stream() {
     let page = http(port, "GET", "/admin/", &[("cookie", &cookie)], "").body;
     assert!(page.contains("data-pc=\"lab1\"") && page.contains("100.0 %"), "{page}");
 }
+
+#[test]
+fn pc_settings_token_and_grants() {
+    let dir = temp("pc");
+    let (port, v) = start(&dir);
+    let old = v.add_pc(&PcRow::new("lab1", "52:54:00:00:0d:01")).expect("pc").token;
+    v.add_pc(&PcRow::new("lab2", "52:54:00:00:0d:02")).expect("pc");
+    let id = v.create_backup("lab1", "golden", 1 << 20, 1 << 20).expect("backup");
+    let cookie = sign_in(port, "ann", "correct horse battery");
+    let page = http(port, "GET", "/admin/pcs/lab1", &[("cookie", &cookie)], "");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("value=\"52:54:00:00:0d:01\""), "{}", page.body);
+    let token = csrf_of(&page.body);
+    let post = |path: &str, form: &str| {
+        http(port, "POST", path, &[FORM, ("cookie", &cookie)], &format!("csrf={token}&{form}"))
+    };
+
+    // Settings, checked as the init checks them; a bad one changes nothing.
+    let bad = post("/admin/pcs/lab1", "ip=10.1.1.300/24&gateway=&dns=&mode=network&disk=auto&default_action=menu");
+    assert!(bad.header("location").is_some_and(|l| l.contains("error=")), "{:?}", bad.header("location"));
+    assert_eq!(v.pc("lab1").expect("db").expect("pc").ip, "dhcp");
+    let ok = post(
+        "/admin/pcs/lab1",
+        "mac=52:54:00:00:0d:01&ip=10.1.1.30/24&gateway=10.1.1.1&dns=10.1.1.1&mode=network&disk=sda&default_action=backup&quota=20G",
+    );
+    assert!(ok.header("location").is_some_and(|l| l.contains("note=")), "{:?}", ok.header("location"));
+    let pc = v.pc("lab1").expect("db").expect("pc");
+    assert_eq!((pc.ip.as_str(), pc.gateway.as_str(), pc.disk.as_str()), ("10.1.1.30/24", "10.1.1.1", "sda"));
+    assert_eq!(v.pc_quota("lab1").expect("db"), Some(20 << 30));
+    let page = http(port, "GET", "/admin/pcs/lab1", &[("cookie", &cookie)], "").body;
+    assert!(page.contains("value=\"20G\""), "the quota shows as it was given");
+
+    // A new token: the old one is refused from now on.
+    post("/admin/pcs/lab1/token", "");
+    let new = v.pc("lab1").expect("db").expect("pc").token;
+    assert_ne!(new, old);
+    let hello = |t: &str| {
+        let bearer = format!("Bearer {t}");
+        http(port, "GET", "/api/v1/hello", &[("authorization", &bearer), ("x-bootvault-pc", "lab1")], "").status
+    };
+    assert_eq!((hello(&old), hello(&new)), (401, 200));
+
+    // Grants: lab2 may restore lab1's backup, then may not.
+    post(&format!("/admin/backups/{id}/grant"), "pc=lab2");
+    assert_eq!(v.grants(id).expect("grants"), ["lab2"]);
+    let page = http(port, "GET", "/admin/backups", &[("cookie", &cookie)], "").body;
+    assert!(page.contains("revoke lab2"), "{page}");
+    post(&format!("/admin/backups/{id}/revoke"), "pc=lab2");
+    assert!(v.grants(id).expect("grants").is_empty());
+    let nobody = post(&format!("/admin/backups/{id}/grant"), "pc=nobody");
+    assert!(nobody.header("location").is_some_and(|l| l.contains("error=")));
+}

@@ -261,6 +261,8 @@ pub trait Database: Send + Sync {
     fn edit_pc(&self, pc: &PcRow) -> Result<()>;
     /// Registered PCs, by name.
     fn list_pcs(&self) -> Result<Vec<PcRow>>;
+    /// Replaces a registered PC's token; false if there is no such PC.
+    fn set_pc_token(&self, name: &str, token: &str) -> Result<bool>;
     /// Unregisters a PC and drops its grants (its backups are the caller's).
     fn remove_pc(&self, name: &str) -> Result<()>;
     /// Notes a contact from `pc` (registered or not).

@@ -775,6 +775,10 @@ impl Database for SqliteDb {
         Ok(rows)
     }
 
+    fn set_pc_token(&self, name: &str, token: &str) -> Result<bool> {
+        Ok(self.db().execute("UPDATE pcs SET token = ?2 WHERE name = ?1 AND registered = 1", params![name, token])? > 0)
+    }
+
     fn cancel_job(&self, id: i64, message: &str, now: i64) -> Result<bool> {
         let mut db = self.db();
         let tx = db.transaction()?;

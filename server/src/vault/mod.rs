@@ -33,6 +33,7 @@ use crate::unlock::Unlocks;
 
 pub mod admins;
 mod gc;
+mod pcs;
 mod rights;
 
 pub use crate::db::{is_storage_full, BackupRow, JobRow, OpenUpload, PcRow, Pending, PendingRow, ResultRow};
@@ -42,6 +43,7 @@ pub use crate::unlock::{
     UNLOCK_FIRST_WAIT, UNLOCK_FREE_TRIES, UNLOCK_MAX_WAIT,
 };
 pub use gc::{margins as gc_margins, GcPhase, GcReport, GC_MARGIN, TOUCH_SKIP};
+pub use pcs::PcChanges;
 pub use rights::Rights;
 
 pub fn now() -> i64 {

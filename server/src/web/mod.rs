@@ -56,9 +56,13 @@ pub fn router(app: Shared) -> Router {
         .route("/admin/sign-out", post(sign_out))
         .route("/admin/pcs", get(pages::pcs))
         .route("/admin/pcs/approve", post(approve_pc))
+        .route("/admin/pcs/{name}", get(pages::pc).post(edit_pc))
+        .route("/admin/pcs/{name}/token", post(rotate_token))
         .route("/admin/backups", get(pages::backups))
         .route("/admin/backups/{id}/delete", post(delete_backup))
         .route("/admin/backups/{id}/verify", post(verify_backup))
+        .route("/admin/backups/{id}/grant", post(grant_backup))
+        .route("/admin/backups/{id}/revoke", post(revoke_backup))
         .route("/admin/jobs", get(pages::jobs).post(queue_jobs))
         .route("/admin/jobs/{id}/cancel", post(cancel_job))
         .route("/admin/history", get(pages::history))
@@ -270,26 +274,173 @@ async fn approve_pc(State(app): State<Shared>, Console(s): Console, headers: Hea
     };
     let admin = s.admin.clone();
     let done = run(&app, move |app| {
-        let pc = match app.vault.add_pc(&vault::PcRow::new(&name, &mac)) {
+        let changes = vault::PcChanges { mac: Some(mac), ..vault::PcChanges::default() };
+        let pc = match app.vault.add_pc_with(&name, &changes) {
             Ok(pc) => pc,
-            Err(e) => return Ok(Err(e.to_string())),
-        };
-        let _ = app.vault.forget_pending(&pc.mac);
-        // Its network-boot files at once, from the site's template.
-        let boot = match app.vault.publish_from_site(&pc.name) {
-            Ok(true) => "; its network-boot files are ready: power it on again".to_owned(),
-            Ok(false) => format!(
-                "; no network-boot template yet (one `bootvault build ... --media pxe --data DIR` makes it): build                  {}'s boot media by hand",
-                pc.name
-            ),
-            Err(e) => format!("; its network-boot files could not be made: {e:#}"),
+            Err(e) => return Ok(Err(format!("{e:#}"))),
         };
         app.event(&format!("pc-approved pc={} mac={} admin={admin}", pc.name, pc.mac));
-        Ok(Ok(format!("PC {} registered with MAC {}{boot}", pc.name, pc.mac)))
+        Ok(Ok(format!("PC {} registered with MAC {}{}", pc.name, pc.mac, republish(app, &pc.name))))
     })
     .await;
     match done {
         Ok(note) => back("/admin/pcs", note),
+        Err(r) => r,
+    }
+}
+
+/// The PC's network-boot files made again from the site's template (its
+/// settings or token changed), as a note's ending.
+fn republish(app: &crate::api::App, pc: &str) -> String {
+    match app.vault.pc(pc) {
+        Ok(Some(row)) if row.mode != "network" => {
+            "; it boots from its own media (mode local): build them again with `bootvault build`".to_owned()
+        }
+        _ => match app.vault.publish_from_site(pc) {
+            Ok(true) => "; its network-boot files are ready: power it on again".to_owned(),
+            Ok(false) => format!(
+                "; no network-boot template yet (one `bootvault build ... --media pxe --data DIR` makes it): build \
+                 {pc}'s boot media by hand"
+            ),
+            Err(e) => format!("; its network-boot files could not be made: {e:#}"),
+        },
+    }
+}
+
+/// A PC's settings from its page's form; its network-boot files follow.
+async fn edit_pc(
+    State(app): State<Shared>,
+    Console(s): Console,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = match checked(&s, &headers, &body) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let field = |k: &str| form.0.iter().find(|(key, _)| key == k).map(|(_, v)| v.trim().to_owned());
+    let changes = vault::PcChanges {
+        mac: field("mac"),
+        ip: field("ip"),
+        gateway: field("gateway"),
+        dns: field("dns"),
+        mode: field("mode"),
+        disk: field("disk"),
+        default_action: field("default_action"),
+        quota: field("quota"),
+    };
+    let admin = s.admin.clone();
+    let to = format!("/admin/pcs/{name}");
+    let done = run(&app, move |app| {
+        Ok(match app.vault.edit_pc_with(&name, &changes) {
+            Ok(pc) => {
+                app.event(&format!("pc-edited pc={} admin={admin}", pc.name));
+                Ok(format!("PC {} saved{}", pc.name, republish(app, &pc.name)))
+            }
+            Err(e) => Err(format!("{e:#}")),
+        })
+    })
+    .await;
+    match done {
+        Ok(note) => back(&to, note),
+        Err(r) => r,
+    }
+}
+
+/// A new token: the PC's old boot media stop working at once.
+async fn rotate_token(
+    State(app): State<Shared>,
+    Console(s): Console,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = checked(&s, &headers, &body) {
+        return r;
+    }
+    let admin = s.admin.clone();
+    let to = format!("/admin/pcs/{name}");
+    let done = run(&app, move |app| {
+        Ok(match app.vault.rotate_token(&name) {
+            Ok(pc) => {
+                app.event(&format!("pc-token-rotated pc={} admin={admin}", pc.name));
+                Ok(format!(
+                    "PC {}: new token; boot media made before no longer work{}",
+                    pc.name,
+                    republish(app, &pc.name)
+                ))
+            }
+            Err(e) => Err(format!("{e:#}")),
+        })
+    })
+    .await;
+    match done {
+        Ok(note) => back(&to, note),
+        Err(r) => r,
+    }
+}
+
+/// Lets another PC (or every PC, `*`) restore a backup.
+async fn grant_backup(
+    State(app): State<Shared>,
+    Console(s): Console,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = match checked(&s, &headers, &body) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let Some(pc) = form.get("pc").map(str::to_owned) else {
+        return back("/admin/backups", Err("granting needs a PC".into()));
+    };
+    let admin = s.admin.clone();
+    let done = run(&app, move |app| {
+        Ok(match app.vault.grant(id, &pc) {
+            Ok(()) => {
+                app.event(&format!("backup-granted backup={id} pc={pc} admin={admin}"));
+                let who = if pc == "*" { "every PC".to_owned() } else { format!("PC {pc}") };
+                Ok(format!("backup {id}: {who} may restore it"))
+            }
+            Err(e) => Err(format!("{e:#}")),
+        })
+    })
+    .await;
+    match done {
+        Ok(note) => back("/admin/backups", note),
+        Err(r) => r,
+    }
+}
+
+async fn revoke_backup(
+    State(app): State<Shared>,
+    Console(s): Console,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = match checked(&s, &headers, &body) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let pc = form.get("pc").unwrap_or("").to_owned();
+    let admin = s.admin.clone();
+    let done = run(&app, move |app| {
+        let gone = app.vault.revoke(id, &pc).map_err(internal)?;
+        if gone {
+            app.event(&format!("backup-revoked backup={id} pc={pc} admin={admin}"));
+        }
+        Ok(if gone {
+            Ok(format!("backup {id}: {pc} may no longer restore it"))
+        } else {
+            Err(format!("backup {id} had no grant for {pc}"))
+        })
+    })
+    .await;
+    match done {
+        Ok(note) => back("/admin/backups", note),
         Err(r) => r,
     }
 }

@@ -206,7 +206,7 @@ pub async fn pcs(State(app): State<Shared>, Console(s): Console, Query(q): Query
                 thead { tr { th { "PC" } th { "MAC" } th.wide { "IP" } th.wide { "Mode" } th { "Action" } th { "Last seen" } } }
                 tbody { @for p in &pcs {
                     tr data-pc=(p.name) {
-                        td { (p.name) } td { code { (p.mac) } } td.wide { (p.ip) } td.wide { (p.mode) } td { (p.default_action) }
+                        td { a href={ "/admin/pcs/" (p.name) } { (p.name) } } td { code { (p.mac) } } td.wide { (p.ip) } td.wide { (p.mode) } td { (p.default_action) }
                         td { (when(p.last_seen)) @if !p.last_addr.is_empty() { span.muted { " from " (p.last_addr) } } }
                     }
                 } }
@@ -215,17 +215,39 @@ pub async fn pcs(State(app): State<Shared>, Console(s): Console, Query(q): Query
     )
 }
 
-fn backup_rows(s: &Session, rows: &[BackupRow]) -> Markup {
+/// Backups, with who else may restore each (`grants`, per row) and a
+/// form to let one more PC (`pcs`: the choices; none: no form).
+fn backup_rows(s: &Session, rows: &[BackupRow], grants: &[Vec<String>], pcs: &[String]) -> Markup {
     html! {
         div.table-wrap { table id="backups" {
-            thead { tr { th { "Id" } th { "PC" } th { "Name" } th { "State" } th.wide { "Made" } th { "Disk" } th { "New data" } th { "Password" } th { "" } } }
-            tbody { @for b in rows {
+            thead { tr { th { "Id" } th { "PC" } th { "Name" } th { "State" } th.wide { "Made" } th { "Disk" } th { "New data" } th { "Password" } th { "Also restored by" } th { "" } } }
+            tbody { @for (i, b) in rows.iter().enumerate() {
                 tr data-backup=(b.id) {
                     td.num { (b.id) } td { (b.pc) } td { (b.name) }
                     td { (b.state) @if !b.reason.is_empty() { span.muted { ": " (b.reason) } } }
                     td.wide { (when(Some(b.created))) }
                     td.num { (human_bytes(b.disk_bytes)) } td.num { (human_bytes(b.blob_bytes)) }
                     td { @if b.locked { "protected" } @else { span.muted { "no" } } }
+                    td {
+                        @for g in grants.get(i).map(Vec::as_slice).unwrap_or_default() {
+                            form.inline method="post" action={ "/admin/backups/" (b.id) "/revoke" } {
+                                (csrf(s)) input type="hidden" name="pc" value=(g);
+                                (if g == "*" { "every PC" } else { g.as_str() }) " "
+                                button.quiet type="submit" aria-label={ "revoke " (g) } { "×" }
+                            }
+                            " "
+                        }
+                        @if b.state == "complete" && !pcs.is_empty() {
+                            form.inline method="post" action={ "/admin/backups/" (b.id) "/grant" } {
+                                (csrf(s))
+                                select name="pc" aria-label={ "PC to let restore backup " (b.id) } {
+                                    option value="*" { "every PC" }
+                                    @for p in pcs { @if *p != b.pc { option value=(p) { (p) } } }
+                                }
+                                " " button.quiet type="submit" { "Grant" }
+                            }
+                        }
+                    }
                     td {
                         @if b.state == "complete" {
                             form.inline method="post" action={ "/admin/backups/" (b.id) "/verify" } { (csrf(s)) button.quiet type="submit" { "Verify" } }
@@ -244,11 +266,19 @@ pub async fn backups(
     Console(s): Console,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let rows = match run(&app, |app| app.vault.list_backups(None, true).map_err(internal)).await {
-        Ok(r) => r,
+    let found = run(&app, |app| {
+        let rows = app.vault.list_backups(None, true).map_err(internal)?;
+        let grants =
+            rows.iter().map(|b| app.vault.grants(b.id)).collect::<anyhow::Result<Vec<_>>>().map_err(internal)?;
+        let pcs = app.vault.list_pcs().map_err(internal)?.into_iter().map(|p| p.name).collect::<Vec<_>>();
+        Ok((rows, grants, pcs))
+    })
+    .await;
+    let (rows, grants, pcs) = match found {
+        Ok(f) => f,
         Err(r) => return r,
     };
-    layout("Backups", "/admin/backups", &s, &q, backup_rows(&s, &rows))
+    layout("Backups", "/admin/backups", &s, &q, backup_rows(&s, &rows, &grants, &pcs))
 }
 
 fn job_rows(s: &Session, jobs: &[JobRow]) -> Markup {
@@ -346,4 +376,95 @@ pub async fn history(
         Err(r) => return r,
     };
     layout("History", "/admin/history", &s, &q, result_rows(&rows))
+}
+
+/// One PC: its settings (a form), its token, its boot files, its backups.
+pub async fn pc(
+    State(app): State<Shared>,
+    Console(s): Console,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let found = run(&app, move |app| {
+        let Some(pc) = app.vault.pc(&name).map_err(internal)? else { return Ok(None) };
+        let quota = app.vault.pc_quota(&name).map_err(internal)?;
+        let backups = app.vault.list_backups(Some(&name), true).map_err(internal)?;
+        let boot = app.vault.boot_files().ready(&name).is_some();
+        Ok(Some((pc, quota, backups, boot)))
+    })
+    .await;
+    let (pc, quota, backups, boot) = match found {
+        Ok(Some(f)) => f,
+        Ok(None) => return (StatusCode::NOT_FOUND, "no such PC\n").into_response(),
+        Err(r) => return r,
+    };
+    let select = |name: &str, options: &[&str], value: &str| {
+        html! {
+            select name=(name) id=(name) {
+                @for o in options { option value=(o) selected[*o == value] { (o) } }
+            }
+        }
+    };
+    let title = format!("PC {}", pc.name);
+    layout(
+        &title,
+        "/admin/pcs",
+        &s,
+        &q,
+        html! {
+            form method="post" action={ "/admin/pcs/" (pc.name) } id="pc-settings" {
+                (csrf(&s))
+                fieldset {
+                    legend { "Settings" }
+                    label { "MAC " input name="mac" value=(pc.mac) size="17"; }
+                    label { "Address " input name="ip" value=(pc.ip) size="18" aria-describedby="ip-help"; }
+                    span.muted id="ip-help" { "dhcp, or ADDR/PREFIX" }
+                    br;
+                    label { "Gateway " input name="gateway" value=(pc.gateway) size="15"; }
+                    label { "DNS " input name="dns" value=(pc.dns) size="24"; }
+                    br;
+                    label { "Boots " (select("mode", &["network", "local"], &pc.mode)) }
+                    label { "Disk " input name="disk" value=(pc.disk) size="8"; }
+                    label { "At boot " (select("default_action", &["menu", "backup", "restore"], &pc.default_action)) }
+                    label { "Quota " input name="quota" value=(quota.map(quota_text).unwrap_or_else(|| "none".into())) size="8"; }
+                }
+                button type="submit" id="save-pc" { "Save" }
+            }
+            h2 { "Boot" }
+            p {
+                @if pc.mode == "local" { "Boots from its own media (ISO or USB image made by " code { "bootvault build" } ")." }
+                @else if boot { "Its network-boot files are published." }
+                @else { "No network-boot files yet." }
+                " Last seen: " (when(pc.last_seen)) @if !pc.last_addr.is_empty() { " from " (pc.last_addr) } "."
+            }
+            form method="post" action={ "/admin/pcs/" (pc.name) "/token" } {
+                (csrf(&s))
+                p.muted { "A new token locks out the PC's boot media made before (network-boot files are made again)." }
+                button.danger type="submit" id="rotate-token" { "New token" }
+            }
+            h2 { "Its backups" }
+            (backup_rows(&s, &backups, &[], &[]))
+        },
+    )
+}
+
+/// A quota as the form shows it and takes it back unchanged: whole units
+/// (`500G`), else bytes.
+fn quota_text(q: u64) -> String {
+    for (suffix, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
+        if q >= 1 << shift && q.is_multiple_of(1 << shift) {
+            return format!("{}{suffix}", q >> shift);
+        }
+    }
+    q.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn quotas_round_trip_through_the_form() {
+        for q in [500u64 << 30, 3 << 40, 1536 << 20, 1_000_000_007, 4096] {
+            assert_eq!(bootvault_common::units::parse_size(&super::quota_text(q)), Some(q));
+        }
+    }
 }
