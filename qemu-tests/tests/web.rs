@@ -181,6 +181,12 @@ fn the_console_in_a_browser_approves_backs_up_and_deploys_to_two_pcs() {
         b.screenshot(&shots.join(shot)).expect("shot");
     }
     assert_eq!(b.find_all("#jobs tr[data-state=\"done\"]").expect("rows").len(), 3);
+    b.go(&format!("{}/admin/pcs/web-a", server.url)).expect("pc page");
+    b.screenshot(&shots.join("pc.png")).expect("shot");
+    b.go(&format!("{}/admin/store", server.url)).expect("store");
+    b.click(&b.find("#gc").expect("gc button")).expect("click");
+    b.wait_text(".note", "garbage collected", Duration::from_secs(30)).expect("gc ran");
+    b.screenshot(&shots.join("store.png")).expect("shot");
     b.go(&format!("{}/admin/history", server.url)).expect("history");
     let results = b.text(&b.find("#results").expect("results")).expect("text");
     assert_eq!(results.matches(" ok").count(), 3, "{results}");

@@ -865,6 +865,11 @@ impl Vault {
         self.db.record_result(&r, now())
     }
 
+    /// When the last gc started (0: never).
+    pub fn last_gc(&self) -> Result<i64> {
+        self.db.last_gc()
+    }
+
     /// Ends a queued job before a PC takes it, saying so in its result;
     /// false if it was not waiting any more.
     pub fn cancel_job(&self, id: i64, message: &str) -> Result<bool> {

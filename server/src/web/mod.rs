@@ -66,6 +66,8 @@ pub fn router(app: Shared) -> Router {
         .route("/admin/jobs", get(pages::jobs).post(queue_jobs))
         .route("/admin/jobs/{id}/cancel", post(cancel_job))
         .route("/admin/history", get(pages::history))
+        .route("/admin/store", get(pages::store))
+        .route("/admin/store/gc", post(collect_garbage))
         .route("/admin/events", get(events))
         .route("/admin/static/console.css", get(|| async { asset("text/css", include_str!("console.css")) }))
         .route("/admin/static/console.js", get(|| async { asset("text/javascript", include_str!("console.js")) }))
@@ -441,6 +443,40 @@ async fn revoke_backup(
     .await;
     match done {
         Ok(note) => back("/admin/backups", note),
+        Err(r) => r,
+    }
+}
+
+/// `bootvault gc` from the console: the same vault operation, uploads
+/// idle for an hour counted as abandoned.
+async fn collect_garbage(State(app): State<Shared>, Console(s): Console, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = checked(&s, &headers, &body) {
+        return r;
+    }
+    let admin = s.admin.clone();
+    let done = run(&app, move |app| {
+        Ok(match app.vault.gc(3600) {
+            Ok(r) => {
+                app.event(&format!(
+                    "gc admin={admin} removed={} freed={} kept={} recent={} stale={}",
+                    r.chunks_removed, r.bytes_freed, r.chunks_kept, r.recent_kept, r.stale_uploads
+                ));
+                Ok(format!(
+                    "garbage collected: {} chunks removed ({}), {} kept for complete backups, {} kept for running ones, {} \
+                     abandoned uploads failed",
+                    r.chunks_removed,
+                    bootvault_common::units::human_bytes(r.bytes_freed),
+                    r.chunks_kept,
+                    r.recent_kept,
+                    r.stale_uploads
+                ))
+            }
+            Err(e) => Err(format!("gc: {e:#}")),
+        })
+    })
+    .await;
+    match done {
+        Ok(note) => back("/admin/store", note),
         Err(r) => r,
     }
 }

@@ -17,12 +17,13 @@ use crate::api::{internal, run, Shared};
 use crate::vault::admins::Session;
 use crate::vault::{self, BackupRow, JobRow, PcRow, PendingRow, ResultRow};
 
-const PAGES: [(&str, &str); 5] = [
+const PAGES: [(&str, &str); 6] = [
     ("/admin/", "Dashboard"),
     ("/admin/pcs", "PCs"),
     ("/admin/backups", "Backups"),
     ("/admin/jobs", "Jobs"),
     ("/admin/history", "History"),
+    ("/admin/store", "Store"),
 ];
 
 fn layout(title: &str, here: &str, s: &Session, q: &HashMap<String, String>, body: Markup) -> Response {
@@ -444,6 +445,63 @@ pub async fn pc(
             }
             h2 { "Its backups" }
             (backup_rows(&s, &backups, &[], &[]))
+        },
+    )
+}
+
+/// What each PC's backups take, against its quota, and garbage collection.
+pub async fn store(State(app): State<Shared>, Console(s): Console, Query(q): Query<HashMap<String, String>>) -> Response {
+    let found = run(&app, |app| {
+        let v = &app.vault;
+        let mut rows = Vec::new();
+        for p in v.list_pcs().map_err(internal)? {
+            let used = v.pc_usage(&p.name).map_err(internal)?;
+            let quota = v.pc_quota(&p.name).map_err(internal)?;
+            rows.push((p.name, used, quota));
+        }
+        let backups = v.list_backups(None, true).map_err(internal)?;
+        Ok((rows, backups, v.last_gc().map_err(internal)?))
+    })
+    .await;
+    let (rows, backups, last_gc) = match found {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let complete = backups.iter().filter(|b| b.state == "complete").count();
+    let uploading = backups.iter().filter(|b| b.state == "uploading").count();
+    let stored: u64 = backups.iter().filter(|b| b.state == "complete").map(|b| b.blob_bytes).sum();
+    layout(
+        "Store",
+        "/admin/store",
+        &s,
+        &q,
+        html! {
+            div.cards {
+                div.card { b { (complete) } "complete backups" }
+                div.card { b { (uploading) } "uploading now" }
+                div.card { b { (human_bytes(stored)) } "new data of the complete ones" }
+                div.card { b { (if last_gc > 0 { utc_datetime(last_gc) } else { "never".into() }) } "last garbage collection" }
+            }
+            h2 { "By PC" }
+            div.table-wrap { table id="usage" {
+                thead { tr { th { "PC" } th { "Stores" } th { "Quota" } } }
+                tbody { @for (pc, used, quota) in &rows {
+                    tr data-pc=(pc) {
+                        td { a href={ "/admin/pcs/" (pc) } { (pc) } }
+                        td.num { (human_bytes(*used)) }
+                        td { @if let Some(q) = quota { (human_bytes(*q)) " (" (format!("{:.0} %", *used as f64 * 100.0 / (*q).max(1) as f64)) ")" } @else { span.muted { "none" } } }
+                    }
+                } }
+            } }
+            h2 { "Garbage collection" }
+            p.muted {
+                "Removes the chunks no complete backup names (a deleted backup's, a failed upload's), and fails uploads idle for an hour. "
+                "Chunks that running backups use are kept (docs/DESIGN.md)."
+            }
+            form method="post" action="/admin/store/gc" {
+                (csrf(&s))
+                button type="submit" id="gc" { "Collect garbage now" }
+            }
         },
     )
 }
