@@ -46,14 +46,7 @@ impl Interceptor {
             .with_single_cert(vec![cert.der().clone()], der)
             .map_err(|e| e.to_string())?;
         let server = Arc::new(server);
-        let upstream = Arc::new(
-            rustls::ClientConfig::builder_with_provider(provider.clone())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(TrustAnything(provider)))
-                .with_no_client_auth(),
-        );
+        let upstream = trust_anything()?;
         let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("interceptor: {e}"))?;
         let port = listener.local_addr().map_err(|e| e.to_string())?.port();
         let me = Interceptor {
@@ -140,6 +133,20 @@ fn relay(
             std::thread::yield_now();
         }
     }
+}
+
+/// A TLS client set-up that takes any server certificate: the attacker's
+/// side here, and benches on 127.0.0.1.
+pub fn trust_anything() -> crate::Result<Arc<rustls::ClientConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(TrustAnything(provider)))
+            .with_no_client_auth(),
+    ))
 }
 
 /// The attacker's side: any certificate will do.

@@ -290,7 +290,11 @@ fn pc_settings_token_and_grants() {
 
     // The store page and gc from it: the same gc as `bootvault gc`.
     let store = http(port, "GET", "/admin/store", &[("cookie", &cookie)], "");
-    assert!(store.status == 200 && store.body.contains("data-pc=\"lab1\"") && store.body.contains("20.0 GiB"), "{}", store.body);
+    assert!(
+        store.status == 200 && store.body.contains("data-pc=\"lab1\"") && store.body.contains("20.0 GiB"),
+        "{}",
+        store.body
+    );
     let gc = post("/admin/store/gc", "");
     assert!(gc.header("location").is_some_and(|l| l.contains("garbage+collected")), "{:?}", gc.header("location"));
     assert!(v.last_gc().expect("db") > 0);

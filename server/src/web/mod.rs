@@ -265,30 +265,66 @@ async fn sign_out(State(app): State<Shared>, Console(s): Console, headers: Heade
     r
 }
 
-/// Registers a pending MAC as a PC named in the form.
-async fn approve_pc(State(app): State<Shared>, Console(s): Console, headers: HeaderMap, body: Bytes) -> Response {
-    let form = match checked(&s, &headers, &body) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let (Some(mac), Some(name)) = (form.get("mac").map(str::to_owned), form.get("name").map(str::to_owned)) else {
-        return back("/admin/pcs", Err("approving needs the MAC and a name".into()));
-    };
-    let admin = s.admin.clone();
-    let done = run(&app, move |app| {
-        let changes = vault::PcChanges { mac: Some(mac), ..vault::PcChanges::default() };
-        let pc = match app.vault.add_pc_with(&name, &changes) {
-            Ok(pc) => pc,
-            Err(e) => return Ok(Err(format!("{e:#}"))),
-        };
-        app.event(&format!("pc-approved pc={} mac={} admin={admin}", pc.name, pc.mac));
-        Ok(Ok(format!("PC {} registered with MAC {}{}", pc.name, pc.mac, republish(app, &pc.name))))
-    })
-    .await;
-    match done {
-        Ok(note) => back("/admin/pcs", note),
-        Err(r) => r,
+/// What a form's work answers: a note for the page (done), or why not.
+type Note = Result<String, String>;
+
+/// A form POSTed by a signed-in admin from this site (extractor): the
+/// session found ([`Console`]), the body read within [`FORM_BODY`], and
+/// the form checked as this session's own ([`checked`]).
+pub struct Posted {
+    form: Form,
+    admin: String,
+}
+
+impl axum::extract::FromRequest<Shared> for Posted {
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, app: &Shared) -> Result<Posted, Response> {
+        let (mut parts, body) = req.into_parts();
+        let Console(s) = Console::from_request_parts(&mut parts, app).await?;
+        let body = axum::body::to_bytes(body, FORM_BODY)
+            .await
+            .map_err(|_| refuse(StatusCode::PAYLOAD_TOO_LARGE, "that form is too large"))?;
+        let form = checked(&s, &parts.headers, &body)?;
+        Ok(Posted { form, admin: s.admin })
     }
+}
+
+impl Posted {
+    /// Runs `work` on the blocking pool with the form and the admin's
+    /// name, and sends the browser back to `to` with its note. An
+    /// `Err(Response)` from `work` is the answer itself (the server failed).
+    async fn act(
+        self,
+        app: &Shared,
+        to: String,
+        work: impl FnOnce(&crate::api::App, Form, String) -> Result<Note, Response> + Send + 'static,
+    ) -> Response {
+        let Posted { form, admin } = self;
+        match run(app, move |app| work(app, form, admin)).await {
+            Ok(note) => back(&to, note),
+            Err(r) => r,
+        }
+    }
+}
+
+/// Registers a pending MAC as a PC named in the form.
+async fn approve_pc(State(app): State<Shared>, posted: Posted) -> Response {
+    posted
+        .act(&app, "/admin/pcs".into(), |app, form, admin| {
+            let (Some(mac), Some(name)) = (form.get("mac"), form.get("name")) else {
+                return Ok(Err("approving needs the MAC and a name".into()));
+            };
+            let changes = vault::PcChanges { mac: Some(mac.to_owned()), ..vault::PcChanges::default() };
+            Ok(match app.vault.add_pc_with(name, &changes) {
+                Ok(pc) => {
+                    app.event(&format!("pc-approved pc={} mac={} admin={admin}", pc.name, pc.mac));
+                    Ok(format!("PC {} registered with MAC {}{}", pc.name, pc.mac, republish(app, &pc.name)))
+                }
+                Err(e) => Err(format!("{e:#}")),
+            })
+        })
+        .await
 }
 
 /// The PC's network-boot files made again from the site's template (its
@@ -310,151 +346,84 @@ fn republish(app: &crate::api::App, pc: &str) -> String {
 }
 
 /// A PC's settings from its page's form; its network-boot files follow.
-async fn edit_pc(
-    State(app): State<Shared>,
-    Console(s): Console,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let form = match checked(&s, &headers, &body) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let field = |k: &str| form.0.iter().find(|(key, _)| key == k).map(|(_, v)| v.trim().to_owned());
-    let changes = vault::PcChanges {
-        mac: field("mac"),
-        ip: field("ip"),
-        gateway: field("gateway"),
-        dns: field("dns"),
-        mode: field("mode"),
-        disk: field("disk"),
-        default_action: field("default_action"),
-        quota: field("quota"),
-    };
-    let admin = s.admin.clone();
-    let to = format!("/admin/pcs/{name}");
-    let done = run(&app, move |app| {
-        Ok(match app.vault.edit_pc_with(&name, &changes) {
-            Ok(pc) => {
-                app.event(&format!("pc-edited pc={} admin={admin}", pc.name));
-                Ok(format!("PC {} saved{}", pc.name, republish(app, &pc.name)))
-            }
-            Err(e) => Err(format!("{e:#}")),
+async fn edit_pc(State(app): State<Shared>, Path(name): Path<String>, posted: Posted) -> Response {
+    posted
+        .act(&app, format!("/admin/pcs/{name}"), move |app, form, admin| {
+            let field = |k: &str| form.0.iter().find(|(key, _)| key == k).map(|(_, v)| v.trim().to_owned());
+            let changes = vault::PcChanges {
+                mac: field("mac"),
+                ip: field("ip"),
+                gateway: field("gateway"),
+                dns: field("dns"),
+                mode: field("mode"),
+                disk: field("disk"),
+                default_action: field("default_action"),
+                quota: field("quota"),
+            };
+            Ok(match app.vault.edit_pc_with(&name, &changes) {
+                Ok(pc) => {
+                    app.event(&format!("pc-edited pc={} admin={admin}", pc.name));
+                    Ok(format!("PC {} saved{}", pc.name, republish(app, &pc.name)))
+                }
+                Err(e) => Err(format!("{e:#}")),
+            })
         })
-    })
-    .await;
-    match done {
-        Ok(note) => back(&to, note),
-        Err(r) => r,
-    }
+        .await
 }
 
 /// A new token: the PC's old boot media stop working at once.
-async fn rotate_token(
-    State(app): State<Shared>,
-    Console(s): Console,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Err(r) = checked(&s, &headers, &body) {
-        return r;
-    }
-    let admin = s.admin.clone();
-    let to = format!("/admin/pcs/{name}");
-    let done = run(&app, move |app| {
-        Ok(match app.vault.rotate_token(&name) {
-            Ok(pc) => {
-                app.event(&format!("pc-token-rotated pc={} admin={admin}", pc.name));
-                Ok(format!(
-                    "PC {}: new token; boot media made before no longer work{}",
-                    pc.name,
-                    republish(app, &pc.name)
-                ))
-            }
-            Err(e) => Err(format!("{e:#}")),
+async fn rotate_token(State(app): State<Shared>, Path(name): Path<String>, posted: Posted) -> Response {
+    posted
+        .act(&app, format!("/admin/pcs/{name}"), move |app, _, admin| {
+            Ok(match app.vault.rotate_token(&name) {
+                Ok(pc) => {
+                    app.event(&format!("pc-token-rotated pc={} admin={admin}", pc.name));
+                    Ok(format!(
+                        "PC {}: new token; boot media made before no longer work{}",
+                        pc.name,
+                        republish(app, &pc.name)
+                    ))
+                }
+                Err(e) => Err(format!("{e:#}")),
+            })
         })
-    })
-    .await;
-    match done {
-        Ok(note) => back(&to, note),
-        Err(r) => r,
-    }
+        .await
 }
 
 /// Lets another PC (or every PC, `*`) restore a backup.
-async fn grant_backup(
-    State(app): State<Shared>,
-    Console(s): Console,
-    Path(id): Path<i64>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let form = match checked(&s, &headers, &body) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let Some(pc) = form.get("pc").map(str::to_owned) else {
-        return back("/admin/backups", Err("granting needs a PC".into()));
-    };
-    let admin = s.admin.clone();
-    let done = run(&app, move |app| {
-        Ok(match app.vault.grant(id, &pc) {
-            Ok(()) => {
-                app.event(&format!("backup-granted backup={id} pc={pc} admin={admin}"));
-                let who = if pc == "*" { "every PC".to_owned() } else { format!("PC {pc}") };
-                Ok(format!("backup {id}: {who} may restore it"))
-            }
-            Err(e) => Err(format!("{e:#}")),
+async fn grant_backup(State(app): State<Shared>, Path(id): Path<i64>, posted: Posted) -> Response {
+    posted
+        .act(&app, "/admin/backups".into(), move |app, form, admin| {
+            let Some(pc) = form.get("pc") else { return Ok(Err("granting needs a PC".into())) };
+            Ok(match app.vault.grant(id, pc) {
+                Ok(()) => {
+                    app.event(&format!("backup-granted backup={id} pc={pc} admin={admin}"));
+                    let who = if pc == "*" { "every PC".to_owned() } else { format!("PC {pc}") };
+                    Ok(format!("backup {id}: {who} may restore it"))
+                }
+                Err(e) => Err(format!("{e:#}")),
+            })
         })
-    })
-    .await;
-    match done {
-        Ok(note) => back("/admin/backups", note),
-        Err(r) => r,
-    }
+        .await
 }
 
-async fn revoke_backup(
-    State(app): State<Shared>,
-    Console(s): Console,
-    Path(id): Path<i64>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let form = match checked(&s, &headers, &body) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let pc = form.get("pc").unwrap_or("").to_owned();
-    let admin = s.admin.clone();
-    let done = run(&app, move |app| {
-        let gone = app.vault.revoke(id, &pc).map_err(internal)?;
-        if gone {
+async fn revoke_backup(State(app): State<Shared>, Path(id): Path<i64>, posted: Posted) -> Response {
+    posted
+        .act(&app, "/admin/backups".into(), move |app, form, admin| {
+            let pc = form.get("pc").unwrap_or("");
+            if !app.vault.revoke(id, pc).map_err(internal)? {
+                return Ok(Err(format!("backup {id} had no grant for {pc}")));
+            }
             app.event(&format!("backup-revoked backup={id} pc={pc} admin={admin}"));
-        }
-        Ok(if gone {
-            Ok(format!("backup {id}: {pc} may no longer restore it"))
-        } else {
-            Err(format!("backup {id} had no grant for {pc}"))
+            Ok(Ok(format!("backup {id}: {pc} may no longer restore it")))
         })
-    })
-    .await;
-    match done {
-        Ok(note) => back("/admin/backups", note),
-        Err(r) => r,
-    }
+        .await
 }
 
 /// `bootvault gc` from the console: the same vault operation, uploads
 /// idle for an hour counted as abandoned.
-async fn collect_garbage(State(app): State<Shared>, Console(s): Console, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = checked(&s, &headers, &body) {
-        return r;
-    }
-    let admin = s.admin.clone();
-    let done = run(&app, move |app| {
+async fn collect_garbage(State(app): State<Shared>, posted: Posted) -> Response {
+    posted.act(&app, "/admin/store".into(), |app, _, admin| {
         Ok(match app.vault.gc(3600) {
             Ok(r) => {
                 app.event(&format!(
@@ -474,128 +443,77 @@ async fn collect_garbage(State(app): State<Shared>, Console(s): Console, headers
             Err(e) => Err(format!("gc: {e:#}")),
         })
     })
-    .await;
-    match done {
-        Ok(note) => back("/admin/store", note),
-        Err(r) => r,
-    }
+    .await
 }
 
-async fn delete_backup(
-    State(app): State<Shared>,
-    Console(s): Console,
-    Path(id): Path<i64>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Err(r) = checked(&s, &headers, &body) {
-        return r;
-    }
-    let admin = s.admin.clone();
-    let done = run(&app, move |app| {
-        let r = app.vault.delete_backup(id).map_err(|e| format!("{e:#}"));
-        if r.is_ok() {
-            app.event(&format!("backup-deleted backup={id} admin={admin}"));
-        }
-        Ok(r)
-    })
-    .await;
-    match done {
-        Ok(r) => back("/admin/backups", r.map(|()| format!("backup {id} deleted"))),
-        Err(r) => r,
-    }
+async fn delete_backup(State(app): State<Shared>, Path(id): Path<i64>, posted: Posted) -> Response {
+    posted
+        .act(&app, "/admin/backups".into(), move |app, _, admin| {
+            Ok(match app.vault.delete_backup(id) {
+                Ok(()) => {
+                    app.event(&format!("backup-deleted backup={id} admin={admin}"));
+                    Ok(format!("backup {id} deleted"))
+                }
+                Err(e) => Err(format!("{e:#}")),
+            })
+        })
+        .await
 }
 
-async fn verify_backup(
-    State(app): State<Shared>,
-    Console(s): Console,
-    Path(id): Path<i64>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Err(r) = checked(&s, &headers, &body) {
-        return r;
-    }
-    let done = run(&app, move |app| Ok(app.vault.verify_backup(id).map_err(|e| format!("backup {id}: {e:#}")))).await;
-    match done {
-        Ok(r) => {
-            back("/admin/backups", r.map(|n| format!("backup {id}: all {n} chunks read back and match their ids")))
-        }
-        Err(r) => r,
-    }
+async fn verify_backup(State(app): State<Shared>, Path(id): Path<i64>, posted: Posted) -> Response {
+    posted
+        .act(&app, "/admin/backups".into(), move |app, _, _| {
+            Ok(app
+                .vault
+                .verify_backup(id)
+                .map(|n| format!("backup {id}: all {n} chunks read back and match their ids"))
+                .map_err(|e| format!("backup {id}: {e:#}")))
+        })
+        .await
 }
 
 /// One job per PC ticked: a backup, or a restore of one backup onto each
 /// (the one-image-to-many-PCs deployment).
-async fn queue_jobs(State(app): State<Shared>, Console(s): Console, headers: HeaderMap, body: Bytes) -> Response {
-    let form = match checked(&s, &headers, &body) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let pcs: Vec<String> = form.all("pc").into_iter().map(str::to_owned).collect();
-    let action = form.get("action").unwrap_or("").to_owned();
-    let disk = form.get("disk").unwrap_or("auto").to_owned();
-    let name = form.get("name").unwrap_or("").to_owned();
-    let backup = match form.get("backup").map(str::parse::<i64>).transpose() {
-        Ok(b) => b,
-        Err(_) => return back("/admin/jobs", Err("backup: not a backup id".into())),
-    };
-    if pcs.is_empty() {
-        return back("/admin/jobs", Err("tick at least one PC".into()));
-    }
-    if action == "restore" && backup.is_none() {
-        return back("/admin/jobs", Err("a restore needs the backup to restore".into()));
-    }
-    let admin = s.admin.clone();
-    let done = run(&app, move |app| {
-        let mut ids = Vec::new();
-        for pc in &pcs {
-            match app.vault.add_job(pc, &action, &disk, &name, backup) {
-                Ok(id) => {
-                    app.event(&format!("job-added job={id} pc={pc} action={action} admin={admin}"));
-                    ids.push(id);
-                }
-                Err(e) => return Ok(Err(format!("{pc}: {e:#} ({} queued before it)", ids.len()))),
+async fn queue_jobs(State(app): State<Shared>, posted: Posted) -> Response {
+    posted
+        .act(&app, "/admin/jobs".into(), |app, form, admin| {
+            let pcs = form.all("pc");
+            let action = form.get("action").unwrap_or("");
+            let (disk, name) = (form.get("disk").unwrap_or("auto"), form.get("name").unwrap_or(""));
+            let Ok(backup) = form.get("backup").map(str::parse::<i64>).transpose() else {
+                return Ok(Err("backup: not a backup id".into()));
+            };
+            if pcs.is_empty() {
+                return Ok(Err("tick at least one PC".into()));
             }
-        }
-        Ok(Ok(ids))
-    })
-    .await;
-    match done {
-        Ok(Ok(ids)) => back("/admin/jobs", Ok(format!("{} queued: jobs {}", ids.len(), join(&ids)))),
-        Ok(Err(e)) => back("/admin/jobs", Err(e)),
-        Err(r) => r,
-    }
+            if action == "restore" && backup.is_none() {
+                return Ok(Err("a restore needs the backup to restore".into()));
+            }
+            let mut ids = Vec::new();
+            for pc in &pcs {
+                match app.vault.add_job(pc, action, disk, name, backup) {
+                    Ok(id) => {
+                        app.event(&format!("job-added job={id} pc={pc} action={action} admin={admin}"));
+                        ids.push(id.to_string());
+                    }
+                    Err(e) => return Ok(Err(format!("{pc}: {e:#} ({} queued before it)", ids.len()))),
+                }
+            }
+            Ok(Ok(format!("{} queued: jobs {}", ids.len(), ids.join(", "))))
+        })
+        .await
 }
 
-fn join(ids: &[i64]) -> String {
-    ids.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
-}
-
-async fn cancel_job(
-    State(app): State<Shared>,
-    Console(s): Console,
-    Path(id): Path<i64>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Err(r) = checked(&s, &headers, &body) {
-        return r;
-    }
-    let admin = s.admin.clone();
-    let done = run(&app, move |app| {
-        let ok = app.vault.cancel_job(id, &format!("cancelled by {admin}")).map_err(internal)?;
-        if ok {
+async fn cancel_job(State(app): State<Shared>, Path(id): Path<i64>, posted: Posted) -> Response {
+    posted
+        .act(&app, "/admin/jobs".into(), move |app, _, admin| {
+            if !app.vault.cancel_job(id, &format!("cancelled by {admin}")).map_err(internal)? {
+                return Ok(Err(format!("job {id} is not waiting: a PC took it, or it ended")));
+            }
             app.event(&format!("job-cancelled job={id} admin={admin}"));
-        }
-        Ok(ok)
-    })
-    .await;
-    match done {
-        Ok(true) => back("/admin/jobs", Ok(format!("job {id} cancelled"))),
-        Ok(false) => back("/admin/jobs", Err(format!("job {id} is not waiting: a PC took it, or it ended"))),
-        Err(r) => r,
-    }
+            Ok(Ok(format!("job {id} cancelled")))
+        })
+        .await
 }
 
 /// Server-sent events: every running PC's last report at once, then each

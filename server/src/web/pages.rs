@@ -450,7 +450,11 @@ pub async fn pc(
 }
 
 /// What each PC's backups take, against its quota, and garbage collection.
-pub async fn store(State(app): State<Shared>, Console(s): Console, Query(q): Query<HashMap<String, String>>) -> Response {
+pub async fn store(
+    State(app): State<Shared>,
+    Console(s): Console,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let found = run(&app, |app| {
         let v = &app.vault;
         let mut rows = Vec::new();
