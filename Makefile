@@ -101,6 +101,7 @@ bench: build kernel kernels
 	set -o pipefail; target/release/bench-imaging | tee target/bench/imaging.md
 	set -o pipefail; target/release/bench-local | tee target/bench/local.md
 	set -o pipefail; target/release/bench-transport | tee target/bench/transport.md
+	set -o pipefail; target/release/bench-web | tee target/bench/web.md
 	$(CARGO) run --release -q -p bootvault-engine --example codec_bench -- --runs 3 --max-mib 400 \
 	  $(HOME)/.cache/bootvault/bench/linux/part1.img | tee target/bench/codec-linux.md
 	$(CARGO) run --release -q -p bootvault-engine --example codec_bench -- --runs 3 --max-mib 400 \
