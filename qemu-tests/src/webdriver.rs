@@ -176,6 +176,13 @@ impl Browser {
         Err(format!("{css} did not show {needle:?} within {timeout:?}; last: {last:?}; page {at}:\n{page}"))
     }
 
+    /// The text of the open dialog (`confirm`), then dismisses it.
+    pub fn dismiss_dialog(&self) -> Result<String> {
+        let text = self.call("GET", &self.at("/alert/text"), None)?.as_str().unwrap_or_default().to_owned();
+        self.call("POST", &self.at("/alert/dismiss"), Some(json!({})))?;
+        Ok(text)
+    }
+
     /// Sets the window's size (a phone's, say).
     pub fn resize(&self, width: u32, height: u32) -> Result<()> {
         self.call("POST", &self.at("/window/rect"), Some(json!({"width": width, "height": height}))).map(|_| ())

@@ -190,6 +190,13 @@ fn the_console_in_a_browser_approves_backs_up_and_deploys_to_two_pcs() {
     b.go(&format!("{}/admin/history", server.url)).expect("history");
     let results = b.text(&b.find("#results").expect("results")).expect("text");
     assert_eq!(results.matches(" ok").count(), 3, "{results}");
+    // Deleting asks first; saying no keeps the backup.
+    b.go(&format!("{}/admin/backups", server.url)).expect("backups");
+    b.click(&b.find("#backups tr[data-backup=\"1\"] button.danger").expect("delete")).expect("click");
+    let asked = b.dismiss_dialog().expect("a question");
+    assert!(asked.contains("Delete backup 1 of web-a?"), "{asked}");
+    b.go(&format!("{}/admin/backups", server.url)).expect("backups");
+    b.find("#backups tr[data-backup=\"1\"]").expect("still there");
     // On a phone's screen.
     b.resize(390, 844).expect("resize");
     b.go(&console).expect("dashboard");

@@ -1,7 +1,14 @@
-// bootvault web console: live progress. Follows /admin/events (server-sent
-// events) and updates the rows of running jobs; without JavaScript the
-// pages still work, showing progress as of their loading.
+// bootvault web console: live progress, and a question before deleting.
+// Follows /admin/events (server-sent events) and updates the rows of
+// running jobs; without JavaScript the pages still work, showing progress
+// as of their loading.
 "use strict";
+// Forms that destroy something ask first (data-confirm); without the
+// script they do it at once.
+document.addEventListener("submit", (e) => {
+  const text = e.target.dataset && e.target.dataset.confirm;
+  if (text && !window.confirm(text)) e.preventDefault();
+});
 (function () {
   const table = document.getElementById("running");
   if (!table || !window.EventSource) return;

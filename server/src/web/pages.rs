@@ -110,7 +110,7 @@ fn running_table(now: &[Progress]) -> Markup {
     html! {
         div.table-wrap {
             table id="running" {
-                thead { tr { th { "PC" } th { "Doing" } th { "Step" } th { "Progress" } th { "Speed" } th { "Moved" } th { "Left" } } }
+                thead { tr { th { "PC" } th { "Doing" } th { "Step" } th { "Progress" } th.rate { "Speed" } th.moved { "Moved" } th.eta { "Left" } } }
                 tbody {
                     @for p in now {
                         tr data-pc=(p.pc) data-step=(p.step) {
@@ -254,7 +254,9 @@ fn backup_rows(s: &Session, rows: &[BackupRow], grants: &[Vec<String>], pcs: &[S
                             form.inline method="post" action={ "/admin/backups/" (b.id) "/verify" } { (csrf(s)) button.quiet type="submit" { "Verify" } }
                             " "
                         }
-                        form.inline method="post" action={ "/admin/backups/" (b.id) "/delete" } { (csrf(s)) button.danger type="submit" { "Delete" } }
+                        form.inline method="post" action={ "/admin/backups/" (b.id) "/delete" } data-confirm={ "Delete backup " (b.id) " of " (b.pc) "? Its chunks go at the next garbage collection." } {
+                            (csrf(s)) button.danger type="submit" { "Delete" }
+                        }
                     }
                 }
             } }
@@ -438,7 +440,7 @@ pub async fn pc(
                 @else { "No network-boot files yet." }
                 " Last seen: " (when(pc.last_seen)) @if !pc.last_addr.is_empty() { " from " (pc.last_addr) } "."
             }
-            form method="post" action={ "/admin/pcs/" (pc.name) "/token" } {
+            form method="post" action={ "/admin/pcs/" (pc.name) "/token" } data-confirm={ "Give " (pc.name) " a new token? Its USB and ISO media stop working." } {
                 (csrf(&s))
                 p.muted { "A new token locks out the PC's boot media made before (network-boot files are made again)." }
                 button.danger type="submit" id="rotate-token" { "New token" }
