@@ -362,12 +362,12 @@ fn when(t: i64) -> String {
     bootvault_common::units::utc_datetime(t)
 }
 
-fn json(v: &impl serde::Serialize) -> Result<()> {
+pub fn json(v: &impl serde::Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
-fn print_backups(rows: &[BackupRow]) {
+pub fn print_backups(rows: &[BackupRow]) {
     println!(
         "{:>5}  {:<16} {:<16} {:<10} {:<16} {:>10} {:>7} {:>10}  PASSWORD",
         "ID", "PC", "NAME", "STATE", "CREATED (UTC)", "DISK", "CHUNKS", "STORED"
@@ -574,32 +574,54 @@ pub fn settings(data: &Path, as_json: bool, cmd: SettingsCmd) -> Result<()> {
     }
 }
 
+pub fn print_jobs(rows: &[vault::JobRow], as_json: bool) -> Result<()> {
+    if as_json {
+        return json(&rows);
+    }
+    println!(
+        "{:>5}  {:<16} {:<8} {:<8} {:<12} {:<8} {:<16}",
+        "ID", "PC", "ACTION", "DISK", "NAME", "STATE", "CREATED (UTC)"
+    );
+    for j in rows {
+        println!(
+            "{:>5}  {:<16} {:<8} {:<8} {:<12} {:<8} {:<16}",
+            j.id,
+            j.pc,
+            j.action,
+            j.disk,
+            j.name,
+            j.state,
+            when(j.created)
+        );
+    }
+    Ok(())
+}
+
+pub fn print_results(rows: &[vault::ResultRow], as_json: bool) -> Result<()> {
+    if as_json {
+        return json(&rows);
+    }
+    for r in rows {
+        println!(
+            "{} {} {} {} disk {}: {} ({}, {:.1} s) {}",
+            when(r.at),
+            r.pc,
+            r.action,
+            if r.ok { "ok" } else { "FAILED" },
+            r.disk,
+            human_bytes(r.bytes),
+            human_bytes(r.sent),
+            r.seconds,
+            r.message
+        );
+    }
+    Ok(())
+}
+
 pub fn jobs(data: &Path, as_json: bool, cmd: JobsCmd) -> Result<()> {
     let v = Vault::open(data)?;
     match cmd {
-        JobsCmd::List { pc } => {
-            let rows = v.list_jobs(pc.as_deref())?;
-            if as_json {
-                return json(&rows);
-            }
-            println!(
-                "{:>5}  {:<16} {:<8} {:<8} {:<12} {:<8} {:<16}",
-                "ID", "PC", "ACTION", "DISK", "NAME", "STATE", "CREATED (UTC)"
-            );
-            for j in rows {
-                println!(
-                    "{:>5}  {:<16} {:<8} {:<8} {:<12} {:<8} {:<16}",
-                    j.id,
-                    j.pc,
-                    j.action,
-                    j.disk,
-                    j.name,
-                    j.state,
-                    when(j.created)
-                );
-            }
-            Ok(())
-        }
+        JobsCmd::List { pc } => print_jobs(&v.list_jobs(pc.as_deref())?, as_json),
         JobsCmd::Add { pc, action, disk, name, backup, password_file, key_file } => {
             let name = name.as_deref().unwrap_or("");
             let Some(file) = password_file else {
@@ -661,27 +683,7 @@ pub fn jobs(data: &Path, as_json: bool, cmd: JobsCmd) -> Result<()> {
             }
             Ok(())
         }
-        JobsCmd::Results { pc } => {
-            let rows = v.list_results(pc.as_deref())?;
-            if as_json {
-                return json(&rows);
-            }
-            for r in rows {
-                println!(
-                    "{} {} {} {} disk {}: {} ({}, {:.1} s) {}",
-                    when(r.at),
-                    r.pc,
-                    r.action,
-                    if r.ok { "ok" } else { "FAILED" },
-                    r.disk,
-                    human_bytes(r.bytes),
-                    human_bytes(r.sent),
-                    r.seconds,
-                    r.message
-                );
-            }
-            Ok(())
-        }
+        JobsCmd::Results { pc } => print_results(&v.list_results(pc.as_deref())?, as_json),
     }
 }
 

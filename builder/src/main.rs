@@ -17,6 +17,7 @@ mod media;
 mod netboot;
 mod pc;
 mod profile;
+mod remote;
 
 use std::fs;
 use std::io::Read;
@@ -171,6 +172,8 @@ enum Cmd {
     Backups {
         #[arg(long, default_value = "bootvault-data")]
         data: PathBuf,
+        #[command(flatten)]
+        remote: remote::Remote,
         /// JSON output, for scripts.
         #[arg(long)]
         json: bool,
@@ -190,6 +193,8 @@ enum Cmd {
     Jobs {
         #[arg(long, default_value = "bootvault-data")]
         data: PathBuf,
+        #[command(flatten)]
+        remote: remote::Remote,
         #[arg(long)]
         json: bool,
         #[command(subcommand)]
@@ -646,8 +651,14 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Backups { data, json, cmd } => admin::backups(&data, json, cmd),
-        Cmd::Jobs { data, json, cmd } => admin::jobs(&data, json, cmd),
+        Cmd::Backups { data, remote, json, cmd } => match remote.client()? {
+            Some(c) => remote::backups(&c, json, cmd),
+            None => admin::backups(&data, json, cmd),
+        },
+        Cmd::Jobs { data, remote, json, cmd } => match remote.client()? {
+            Some(c) => remote::jobs(&c, json, cmd),
+            None => admin::jobs(&data, json, cmd),
+        },
         Cmd::Pc { data, json, cmd } => admin::pcs(&data, json, cmd),
         Cmd::Settings { data, json, cmd } => admin::settings(&data, json, cmd),
         Cmd::Admin { data, json, cmd } => admin::admins(&data, json, cmd),

@@ -119,3 +119,69 @@ fn job_add_refuses_what_the_pc_would_refuse() {
     assert!(ok, "{out}");
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// The same admin commands against a running server (`--server`, the
+/// admin token, the pinned certificate) instead of its data directory.
+#[test]
+fn jobs_and_backups_over_the_servers_api() {
+    let dir = std::env::temp_dir().join(format!("bv-jobs-remote-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = dir.join("data");
+    let v = Vault::open(&data).expect("vault");
+    v.add_pc(&PcRow::new("lab-1", "52:54:00:aa:00:11")).expect("add pc");
+    let backup = locked_backup(&v, "lab-1", b"correct horse");
+    let port = bootvault_server::spawn_on_loopback_with(&data, Default::default(), bootvault_server::tls::Mode::Made)
+        .expect("server");
+    let fp = bootvault_server::tls::fingerprint_in(&data).expect("read").expect("made").to_string();
+    let url = format!("https://127.0.0.1:{port}");
+    let admin = v.admin_token().expect("token");
+    let cli = |cmd: &str, args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_bootvault"))
+            .args([cmd, "--server", &url, "--fingerprint", &fp])
+            .args(args)
+            .env("BOOTVAULT_ADMIN_TOKEN", &admin)
+            .output()
+            .expect("runs bootvault");
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    let (ok, out) = cli("jobs", &["add", "lab-1", "backup", "--name", "nightly"]);
+    assert!(ok && out.contains("job 1 queued for lab-1"), "{out}");
+    let (ok, out) = cli("jobs", &["--json", "list"]);
+    assert!(ok && out.contains("\"name\": \"nightly\"") && out.contains("\"state\": \"queued\""), "{out}");
+    assert_eq!(v.list_jobs(None).expect("jobs").len(), 1, "the server's database has it");
+    // The server's own checks answer, as on the data directory.
+    let (ok, out) = cli("jobs", &["add", "lab-1", "backup", "--disk", "sda;reboot"]);
+    assert!(!ok && out.contains("disk"), "{out}");
+    let (ok, out) = cli("jobs", &["add", "nobody", "backup"]);
+    assert!(!ok && out.contains("no registered PC nobody"), "{out}");
+    // Password jobs stay on the data directory for now, and say so.
+    let (ok, out) = cli("jobs", &["add", "lab-1", "restore", "--password-file", "-"]);
+    assert!(!ok && out.contains("--data"), "{out}");
+    let (ok, out) = cli("backups", &["list"]);
+    assert!(ok && out.contains("lab-1"), "{out}");
+    let (ok, out) = cli("backups", &["rm", &backup.to_string()]);
+    assert!(ok, "{out}");
+    assert!(v.backup(backup).expect("db").is_none());
+    let (ok, out) = cli("jobs", &["results"]);
+    assert!(ok, "{out}");
+    // A wrong token or a wrong certificate: refused, nothing done.
+    let out = Command::new(env!("CARGO_BIN_EXE_bootvault"))
+        .args(["jobs", "--server", &url, "--fingerprint", &fp, "--admin-token", "0000", "list"])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("401"));
+    let other = "00".repeat(32);
+    let (ok, out) = {
+        let out = Command::new(env!("CARGO_BIN_EXE_bootvault"))
+            .args(["jobs", "--server", &url, "--fingerprint", &other, "list"])
+            .env("BOOTVAULT_ADMIN_TOKEN", &admin)
+            .output()
+            .expect("runs");
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    assert!(!ok && out.contains("refusing the server"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

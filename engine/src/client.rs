@@ -687,6 +687,14 @@ impl Client {
         Ok((status != 204 && !body.is_empty()).then(|| parse_kv(&Self::text(&body))))
     }
 
+    /// An admin request (the client holds the admin token): `path` under
+    /// `/api/v1`, the answer's body if it is 2xx, else the server's
+    /// reason. What `bootvault jobs|backups --server URL` send.
+    pub fn admin_call(&self, method: &'static str, path: &str, body: Option<&[u8]>) -> Result<Vec<u8>, EngineError> {
+        let idempotent = method == "GET";
+        self.expect_ok(method, path.to_owned(), body, 64 << 20, idempotent).map(|(_, b)| b)
+    }
+
     /// Tells the server how far a backup or restore is (its web console
     /// shows it live): `key=value` lines as `POST results` takes them.
     pub fn progress(&self, kv: &[(&str, String)]) -> Result<(), EngineError> {

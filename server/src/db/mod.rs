@@ -17,11 +17,11 @@ pub mod sqlite;
 
 use anyhow::Result;
 use bootvault_common::image::ChunkId;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::unlock::BackupLock;
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BackupRow {
     pub id: i64,
     pub pc: String,
@@ -44,7 +44,7 @@ pub struct BackupRow {
     pub model: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct JobRow {
     pub id: i64,
     pub pc: String,
@@ -69,7 +69,7 @@ pub struct JobRow {
     pub wrap: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ResultRow {
     pub id: i64,
     pub pc: String,
