@@ -188,7 +188,7 @@ pub struct PcSettings {
 impl PcSettings {
     /// The changes these flags ask for, checked by the vault
     /// ([`vault::PcChanges`]: the web console's PC page checks the same).
-    fn changes(&self) -> vault::PcChanges {
+    pub fn changes(&self) -> vault::PcChanges {
         vault::PcChanges {
             mac: self.mac.clone(),
             ip: if self.dhcp { Some("dhcp".into()) } else { self.ip.clone() },
@@ -237,27 +237,13 @@ pub enum PcCmd {
 
 /// A PC as `pc show --json` and `pc add --json` print it: its settings,
 /// quota and what its backups take.
-#[derive(serde::Serialize)]
-struct PcView<'a> {
-    #[serde(flatten)]
-    pc: &'a PcRow,
-    quota: Option<u64>,
-    used: u64,
-}
-
-fn pc_view<'a>(v: &Vault, pc: &'a PcRow) -> Result<PcView<'a>> {
-    Ok(PcView { pc, quota: v.pc_quota(&pc.name)?, used: v.pc_usage(&pc.name)? })
-}
-
-fn print_pc(p: &PcRow, token: bool, v: &Vault) -> Result<()> {
-    let view = pc_view(v, p)?;
-    print_pc_row(p, token);
+pub fn print_pc(view: &vault::PcView, token: bool) {
+    print_pc_row(&view.pc, token);
     println!(
         "quota          {} ({} used)",
         view.quota.map(human_bytes).unwrap_or_else(|| "none".into()),
         human_bytes(view.used)
     );
-    Ok(())
 }
 
 fn print_pc_row(p: &PcRow, token: bool) {
@@ -282,80 +268,86 @@ pub fn pcs(data: &Path, as_json: bool, cmd: PcCmd) -> Result<()> {
     let v = Vault::open(data)?;
     match cmd {
         PcCmd::Add { name, settings } => {
-            let pc = v.add_pc_with(&name, &settings.changes())?;
-            if as_json {
-                return json(&pc_view(&v, &pc)?);
-            }
-            print_pc(&pc, true, &v)?;
-            println!("registered; the token above goes into the PC's boot media");
-            Ok(())
+            let view = v.pc_view(v.add_pc_with(&name, &settings.changes())?, true)?;
+            print_added(&view, as_json)
         }
-        PcCmd::List => {
-            let mut rows = v.list_pcs()?;
-            if as_json {
-                rows.iter_mut().for_each(|p| p.token.clear());
-                return json(&rows);
-            }
-            println!(
-                "{:<16} {:<17} {:<18} {:<8} {:<6} {:<8} LAST SEEN (UTC)",
-                "PC", "MAC", "IP", "MODE", "DISK", "ACTION"
-            );
-            for p in rows {
-                println!(
-                    "{:<16} {:<17} {:<18} {:<8} {:<6} {:<8} {}",
-                    p.name,
-                    p.mac,
-                    p.ip,
-                    p.mode,
-                    p.disk,
-                    p.default_action,
-                    p.last_seen.map(when).unwrap_or_else(|| "never".into())
-                );
-            }
-            Ok(())
-        }
+        PcCmd::List => print_pc_list(&v.list_pcs()?, as_json),
         PcCmd::Show { name, token } => {
-            let mut pc = v.pc(&name)?.with_context(|| format!("no registered PC {name}"))?;
-            if !token {
-                pc.token.clear();
-            }
-            if as_json {
-                return json(&pc_view(&v, &pc)?);
-            }
-            print_pc(&pc, token, &v)
+            let pc = v.pc(&name)?.with_context(|| format!("no registered PC {name}"))?;
+            print_view(&v.pc_view(pc, token)?, token, as_json)
         }
         PcCmd::Edit { name, settings } => {
-            let mut pc = v.edit_pc_with(&name, &settings.changes())?;
-            pc.token.clear();
-            if as_json {
-                return json(&pc_view(&v, &pc)?);
-            }
-            print_pc(&pc, false, &v)
+            print_view(&v.pc_view(v.edit_pc_with(&name, &settings.changes())?, false)?, false, as_json)
         }
-        PcCmd::Pending => {
-            let rows = v.list_pending(vault::now())?;
-            if as_json {
-                return json(&rows);
-            }
-            println!("{:<17} {:<16} {:<16} {:>5}  ADDRESS", "MAC", "FIRST (UTC)", "LAST (UTC)", "BOOTS");
-            for p in rows {
-                println!(
-                    "{:<17} {:<16} {:<16} {:>5}  {}",
-                    p.mac,
-                    when(p.first_seen),
-                    when(p.last_seen),
-                    p.count,
-                    p.addr
-                );
-            }
-            Ok(())
-        }
+        PcCmd::Pending => print_pending(&v.list_pending(vault::now())?, as_json),
         PcCmd::Rm { name, with_backups } => {
-            let n = v.remove_pc(&name, with_backups)?;
-            println!("PC {name} unregistered{}", if n > 0 { format!(", {n} backups removed") } else { String::new() });
+            print_removed(&name, v.remove_pc(&name, with_backups)?);
             Ok(())
         }
     }
+}
+
+pub fn print_added(view: &vault::PcView, as_json: bool) -> Result<()> {
+    if as_json {
+        return json(view);
+    }
+    print_pc(view, true);
+    println!("registered; the token above goes into the PC's boot media");
+    Ok(())
+}
+
+pub fn print_view(view: &vault::PcView, token: bool, as_json: bool) -> Result<()> {
+    if as_json {
+        return json(view);
+    }
+    print_pc(view, token);
+    Ok(())
+}
+
+pub fn print_removed(name: &str, backups: u64) {
+    println!(
+        "PC {name} unregistered{}",
+        if backups > 0 { format!(", {backups} backups removed") } else { String::new() }
+    );
+}
+
+pub fn print_pc_list(rows: &[PcRow], as_json: bool) -> Result<()> {
+    if as_json {
+        let rows: Vec<PcRow> = rows
+            .iter()
+            .cloned()
+            .map(|mut p| {
+                p.token.clear();
+                p
+            })
+            .collect();
+        return json(&rows);
+    }
+    println!("{:<16} {:<17} {:<18} {:<8} {:<6} {:<8} LAST SEEN (UTC)", "PC", "MAC", "IP", "MODE", "DISK", "ACTION");
+    for p in rows {
+        println!(
+            "{:<16} {:<17} {:<18} {:<8} {:<6} {:<8} {}",
+            p.name,
+            p.mac,
+            p.ip,
+            p.mode,
+            p.disk,
+            p.default_action,
+            p.last_seen.map(when).unwrap_or_else(|| "never".into())
+        );
+    }
+    Ok(())
+}
+
+pub fn print_pending(rows: &[vault::PendingRow], as_json: bool) -> Result<()> {
+    if as_json {
+        return json(&rows);
+    }
+    println!("{:<17} {:<16} {:<16} {:>5}  ADDRESS", "MAC", "FIRST (UTC)", "LAST (UTC)", "BOOTS");
+    for p in rows {
+        println!("{:<17} {:<16} {:<16} {:>5}  {}", p.mac, when(p.first_seen), when(p.last_seen), p.count, p.addr);
+    }
+    Ok(())
 }
 
 fn when(t: i64) -> String {

@@ -184,6 +184,8 @@ enum Cmd {
     Pc {
         #[arg(long, default_value = "bootvault-data")]
         data: PathBuf,
+        #[command(flatten)]
+        remote: remote::Remote,
         #[arg(long)]
         json: bool,
         #[command(subcommand)]
@@ -659,7 +661,10 @@ fn run(cli: Cli) -> Result<()> {
             Some(c) => remote::jobs(&c, json, cmd),
             None => admin::jobs(&data, json, cmd),
         },
-        Cmd::Pc { data, json, cmd } => admin::pcs(&data, json, cmd),
+        Cmd::Pc { data, remote, json, cmd } => match remote.client()? {
+            Some(c) => remote::pcs(&c, json, cmd),
+            None => admin::pcs(&data, json, cmd),
+        },
         Cmd::Settings { data, json, cmd } => admin::settings(&data, json, cmd),
         Cmd::Admin { data, json, cmd } => admin::admins(&data, json, cmd),
         Cmd::Gc { data, json, max_age } => admin::gc(&data, json, max_age),

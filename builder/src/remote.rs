@@ -1,4 +1,4 @@
-//! `bootvault jobs|backups --server URL`: the same admin commands as on
+//! `bootvault pc|jobs|backups --server URL`: the same admin commands as on
 //! the data directory, over the server's admin API (docs/PROTOCOL.md
 //! "Admin (JSON)") with the admin token and the server's pinned
 //! certificate, for an admin who is not on the server machine. The
@@ -11,9 +11,9 @@
 
 use anyhow::{bail, Context, Result};
 use bootvault_engine::client::{url_escape, Client};
-use bootvault_server::vault::{BackupRow, JobRow, ResultRow};
+use bootvault_server::vault::{BackupRow, JobRow, PcRow, PcView, PendingRow, ResultRow};
 
-use crate::admin::{self, BackupsCmd, JobsCmd};
+use crate::admin::{self, BackupsCmd, JobsCmd, PcCmd};
 
 /// Where a running server is, for the admin commands.
 #[derive(clap::Args, Clone, Default)]
@@ -105,5 +105,44 @@ pub fn backups(c: &Client, as_json: bool, cmd: BackupsCmd) -> Result<()> {
             Ok(())
         }
         _ => bail!("this backups command is not made over --server yet: run it with --data DIR on the server"),
+    }
+}
+
+fn send<T: serde::de::DeserializeOwned>(
+    c: &Client,
+    method: &'static str,
+    path: &str,
+    body: &serde_json::Value,
+) -> Result<T> {
+    let answer = c.admin_call(method, path, Some(body.to_string().as_bytes()))?;
+    serde_json::from_slice(&answer).with_context(|| format!("the server's answer to {method} {path}"))
+}
+
+pub fn pcs(c: &Client, as_json: bool, cmd: PcCmd) -> Result<()> {
+    match cmd {
+        PcCmd::Add { name, settings } => {
+            let body = serde_json::json!({ "name": name, "changes": settings.changes() });
+            admin::print_added(&send::<PcView>(c, "POST", "/pcs", &body)?, as_json)
+        }
+        PcCmd::List => admin::print_pc_list(&get::<Vec<PcRow>>(c, "/pcs")?, as_json),
+        PcCmd::Show { name, token } => {
+            let path = format!("/pcs/{}{}", url_escape(&name), if token { "?token=1" } else { "" });
+            admin::print_view(&get::<PcView>(c, &path)?, token, as_json)
+        }
+        PcCmd::Edit { name, settings } => {
+            let body = serde_json::to_value(settings.changes())?;
+            admin::print_view(
+                &send::<PcView>(c, "POST", &format!("/pcs/{}", url_escape(&name)), &body)?,
+                false,
+                as_json,
+            )
+        }
+        PcCmd::Pending => admin::print_pending(&get::<Vec<PendingRow>>(c, "/pcs/pending")?, as_json),
+        PcCmd::Rm { name, with_backups } => {
+            let path = format!("/pcs/{}{}", url_escape(&name), if with_backups { "?with_backups=1" } else { "" });
+            let answer: serde_json::Value = serde_json::from_slice(&c.admin_call("DELETE", &path, None)?)?;
+            admin::print_removed(&name, answer["backups_removed"].as_u64().unwrap_or(0));
+            Ok(())
+        }
     }
 }

@@ -299,3 +299,29 @@ fn pc_settings_token_and_grants() {
     assert!(gc.header("location").is_some_and(|l| l.contains("garbage+collected")), "{:?}", gc.header("location"));
     assert!(v.last_gc().expect("db") > 0);
 }
+
+/// The PC API (`bootvault pc --server`) takes the admin's token only.
+#[test]
+fn the_pc_api_is_the_admins() {
+    let dir = temp("pcapi");
+    let (port, v) = start(&dir);
+    let pc = v.add_pc(&PcRow::new("lab1", "52:54:00:00:0e:01")).expect("pc");
+    let bearer = format!("Bearer {}", pc.token);
+    let as_pc = [("authorization", bearer.as_str()), ("x-bootvault-pc", "lab1")];
+    for (method, path) in [
+        ("GET", "/api/v1/pcs"),
+        ("GET", "/api/v1/pcs/lab1"),
+        ("POST", "/api/v1/pcs/lab1/token"),
+        ("DELETE", "/api/v1/pcs/lab1"),
+    ] {
+        assert_eq!(http(port, method, path, &as_pc, "").status, 403, "{method} {path}");
+    }
+    let cookie = sign_in(port, "ann", "correct horse battery");
+    assert_eq!(http(port, "GET", "/api/v1/pcs", &[("cookie", &cookie)], "").status, 401, "a session opens no API");
+    let admin = format!("Bearer {}", v.admin_token().expect("token"));
+    let list = http(port, "GET", "/api/v1/pcs", &[("authorization", &admin)], "");
+    assert!(list.status == 200 && list.body.contains("\"lab1\"") && !list.body.contains(&pc.token), "{}", list.body);
+    let bad =
+        http(port, "POST", "/api/v1/pcs/lab1", &[("authorization", &admin)], "{\"ip\": \"10.0.0.1\", \"evil\": 1}");
+    assert_eq!(bad.status, 422, "unknown fields are refused: {}", bad.body);
+}

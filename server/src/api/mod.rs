@@ -1,6 +1,6 @@
 //! docs/PROTOCOL.md over HTTP, by resource: [`hello`], [`backups`],
-//! [`chunks`], [`unlock`], [`jobs`] (jobs and results), [`boot`] (network
-//! boot, unauthenticated). Handlers parse the request, name the caller
+//! [`chunks`], [`unlock`], [`jobs`] (jobs and results), [`pcs`] (the
+//! admin's PC commands), [`boot`] (network boot, unauthenticated). Handlers parse the request, name the caller
 //! and hand a typed request to the [`Vault`]; they hold no state.
 //!
 //! The skeleton every authenticated handler shares is written once here:
@@ -18,6 +18,7 @@ pub mod boot;
 pub mod chunks;
 pub mod hello;
 pub mod jobs;
+pub mod pcs;
 pub mod unlock;
 
 use std::collections::HashMap;
@@ -141,6 +142,10 @@ pub fn router(app: Shared) -> Router {
         .route("/api/v1/jobs/next", get(jobs::next))
         .route("/api/v1/results", post(jobs::result).get(jobs::list_results))
         .route(wire::PROGRESS, post(jobs::progress))
+        .route("/api/v1/pcs", get(pcs::list).post(pcs::add))
+        .route("/api/v1/pcs/pending", get(pcs::pending))
+        .route("/api/v1/pcs/{name}", get(pcs::show).post(pcs::edit).delete(pcs::remove))
+        .route("/api/v1/pcs/{name}/token", post(pcs::new_token))
         // Bodies are read by each handler after the caller is known, with
         // the route's own limit (see `take_body`).
         .layer(DefaultBodyLimit::disable())

@@ -86,7 +86,7 @@ pub struct ResultRow {
 }
 
 /// An unknown MAC that asked for network boot, for the admin to approve.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PendingRow {
     pub mac: String,
     pub first_seen: i64,
@@ -120,7 +120,7 @@ pub struct PendingRules {
 }
 
 /// A PC the admin registered: how it boots and what it does.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PcRow {
     pub name: String,
     pub mac: String,
@@ -134,7 +134,7 @@ pub struct PcRow {
     /// `menu`, `backup` or `restore`.
     pub default_action: String,
     /// The PC's secret; sent with every request it makes.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub token: String,
     pub last_seen: Option<i64>,
     pub last_addr: String,

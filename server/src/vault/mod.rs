@@ -43,7 +43,7 @@ pub use crate::unlock::{
     UNLOCK_FIRST_WAIT, UNLOCK_FREE_TRIES, UNLOCK_MAX_WAIT,
 };
 pub use gc::{margins as gc_margins, GcPhase, GcReport, GC_MARGIN, TOUCH_SKIP};
-pub use pcs::PcChanges;
+pub use pcs::{PcChanges, PcView};
 pub use rights::Rights;
 
 pub fn now() -> i64 {

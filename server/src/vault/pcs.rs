@@ -9,7 +9,8 @@ use bootvault_common::config::Config;
 use super::{normalize_mac, PcRow, Vault};
 
 /// What to change; `None` leaves a setting as it is.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PcChanges {
     pub mac: Option<String>,
     /// `dhcp` or `ADDR/PREFIX`.
@@ -86,7 +87,25 @@ impl PcChanges {
     }
 }
 
+/// A PC as the admin sees it: its settings (the token only when asked
+/// for), its quota and what its backups take.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PcView {
+    #[serde(flatten)]
+    pub pc: PcRow,
+    pub quota: Option<u64>,
+    pub used: u64,
+}
+
 impl Vault {
+    /// `pc` with its quota and usage; its token kept only with `token`.
+    pub fn pc_view(&self, mut pc: PcRow, token: bool) -> Result<PcView> {
+        if !token {
+            pc.token.clear();
+        }
+        Ok(PcView { quota: self.pc_quota(&pc.name)?, used: self.pc_usage(&pc.name)?, pc })
+    }
+
     /// Registers a PC with `changes` over the defaults (`mac` required).
     pub fn add_pc_with(&self, name: &str, changes: &PcChanges) -> Result<PcRow> {
         if changes.mac.is_none() {
