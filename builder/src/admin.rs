@@ -741,10 +741,12 @@ pub fn gc(data: &Path, as_json: bool, max_age: i64) -> Result<()> {
     if max_age < 0 {
         bail!("--max-age must not be negative");
     }
-    let v = Vault::open(data)?;
-    let r = v.gc(max_age)?;
+    print_gc(&Vault::open(data)?.gc(max_age)?, as_json)
+}
+
+pub fn print_gc(r: &vault::GcReport, as_json: bool) -> Result<()> {
     if as_json {
-        return json(&r);
+        return json(r);
     }
     println!(
         "gc: {} abandoned uploads closed, {} chunks removed ({} freed), {} kept",

@@ -224,6 +224,8 @@ enum Cmd {
     Gc {
         #[arg(long, default_value = "bootvault-data")]
         data: PathBuf,
+        #[command(flatten)]
+        remote: remote::Remote,
         #[arg(long)]
         json: bool,
         /// Uploads older than this (seconds) count as abandoned.
@@ -667,7 +669,10 @@ fn run(cli: Cli) -> Result<()> {
         },
         Cmd::Settings { data, json, cmd } => admin::settings(&data, json, cmd),
         Cmd::Admin { data, json, cmd } => admin::admins(&data, json, cmd),
-        Cmd::Gc { data, json, max_age } => admin::gc(&data, json, max_age),
+        Cmd::Gc { data, remote, json, max_age } => match remote.client()? {
+            Some(c) => remote::gc(&c, json, max_age),
+            None => admin::gc(&data, json, max_age),
+        },
         Cmd::Serve { listen, data, limits, tls_cert, tls_key, plain_http } => {
             use bootvault_server::tls::Mode;
             let tls = match (tls_cert, tls_key) {

@@ -1,4 +1,4 @@
-//! `bootvault pc|jobs|backups --server URL`: the same admin commands as on
+//! `bootvault pc|jobs|backups|gc --server URL`: the same admin commands as on
 //! the data directory, over the server's admin API (docs/PROTOCOL.md
 //! "Admin (JSON)") with the admin token and the server's pinned
 //! certificate, for an admin who is not on the server machine. The
@@ -6,8 +6,9 @@
 //!
 //! Not over HTTP yet: jobs with a restore password (the CLI derives the
 //! lock or answers the challenge itself), a backup's partitions (`show`
-//! needs the manifest and the site key), export, import and the
-//! directory copies: those refuse with a line saying to use `--data`.
+//! needs the manifest and the site key), export, import, the directory
+//! copies and the settings: those refuse with a line saying to use
+//! `--data`.
 
 use anyhow::{bail, Context, Result};
 use bootvault_engine::client::{url_escape, Client};
@@ -104,6 +105,39 @@ pub fn backups(c: &Client, as_json: bool, cmd: BackupsCmd) -> Result<()> {
             println!("backup {id} deleted (its chunks go at the next gc)");
             Ok(())
         }
+        BackupsCmd::Verify { id } => {
+            let answer: serde_json::Value =
+                serde_json::from_slice(&c.admin_call("POST", &format!("/backups/{id}/verify"), None)?)?;
+            if as_json {
+                return admin::json(&answer);
+            }
+            println!("backup {id}: {} stored chunks verified", answer["chunks_checked"].as_u64().unwrap_or(0));
+            Ok(())
+        }
+        BackupsCmd::Grant { id, pcs, all } => {
+            let who = if all { vec!["*".to_string()] } else { pcs };
+            if who.is_empty() {
+                bail!("backups grant {id}: name the PCs, or --all");
+            }
+            let answer: serde_json::Value =
+                send(c, "POST", &format!("/backups/{id}/grants"), &serde_json::json!({ "pcs": who }))?;
+            println!("backup {id} may be restored by {}", grants(&answer));
+            Ok(())
+        }
+        BackupsCmd::Revoke { id, pcs, all } => {
+            let who = if all { vec!["*".to_string()] } else { pcs };
+            let mut answer = serde_json::Value::Null;
+            for p in &who {
+                answer = serde_json::from_slice(&c.admin_call(
+                    "DELETE",
+                    &format!("/backups/{id}/grants/{}", url_escape(p)),
+                    None,
+                )?)?;
+            }
+            let left = grants(&answer);
+            println!("backup {id} grants: {}", if left.is_empty() { "none (owner only)".into() } else { left });
+            Ok(())
+        }
         _ => bail!("this backups command is not made over --server yet: run it with --data DIR on the server"),
     }
 }
@@ -145,4 +179,22 @@ pub fn pcs(c: &Client, as_json: bool, cmd: PcCmd) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `{"grants": [...]}` as the CLI prints it.
+fn grants(answer: &serde_json::Value) -> String {
+    answer["grants"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|g| g.as_str()).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+pub fn gc(c: &Client, as_json: bool, max_age: i64) -> Result<()> {
+    if max_age < 0 {
+        bail!("--max-age must not be negative");
+    }
+    let answer = c.admin_call("POST", &format!("/gc?max_age={max_age}"), None)?;
+    let report: bootvault_server::vault::GcReport =
+        serde_json::from_slice(&answer).context("the server's gc report")?;
+    admin::print_gc(&report, as_json)
 }

@@ -162,11 +162,28 @@ fn jobs_and_backups_over_the_servers_api() {
     assert!(!ok && out.contains("--data"), "{out}");
     let (ok, out) = cli("backups", &["list"]);
     assert!(ok && out.contains("lab-1"), "{out}");
+    v.add_pc(&PcRow::new("lab-2", "52:54:00:aa:00:12")).expect("add pc");
+    let id = backup.to_string();
+    let (ok, out) = cli("backups", &["grant", &id, "lab-2"]);
+    assert!(ok && out.contains(&format!("backup {id} may be restored by lab-2")), "{out}");
+    assert_eq!(v.grants(backup).expect("grants"), ["lab-2"]);
+    let (ok, out) = cli("backups", &["revoke", &id, "lab-2"]);
+    assert!(ok && out.contains("none (owner only)"), "{out}");
+    let (ok, out) = cli("backups", &["revoke", &id, "lab-2"]);
+    assert!(!ok && out.contains("was not granted"), "{out}");
+    let (ok, out) = cli("backups", &["verify", &id]);
+    assert!(ok && out.contains("1 stored chunks verified"), "{out}");
+    let (ok, out) = cli("backups", &["export", &id, "/dev/null"]);
+    assert!(!ok && out.contains("--data"), "{out}");
     let (ok, out) = cli("backups", &["rm", &backup.to_string()]);
     assert!(ok, "{out}");
     assert!(v.backup(backup).expect("db").is_none());
     let (ok, out) = cli("jobs", &["results"]);
     assert!(ok, "{out}");
+    // gc over HTTP: the deleted backup's chunk goes once it is old enough.
+    let (ok, out) = cli("gc", &["--json"]);
+    assert!(ok && out.contains("\"chunks_removed\""), "{out}");
+    assert!(v.last_gc().expect("db") > 0);
     // A wrong token or a wrong certificate: refused, nothing done.
     let out = Command::new(env!("CARGO_BIN_EXE_bootvault"))
         .args(["jobs", "--server", &url, "--fingerprint", &fp, "--admin-token", "0000", "list"])

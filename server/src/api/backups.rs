@@ -357,3 +357,53 @@ impl std::io::Read for ChannelReader {
         Ok(n)
     }
 }
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantTo {
+    /// Registered PCs, or `*` for every PC.
+    pcs: Vec<String>,
+}
+
+/// Lets PCs restore a backup (`bootvault backups grant --server`); the
+/// grants after it.
+pub async fn grant(State(app): State<Shared>, Path(id): Path<i64>, _: Admin, body: Body) -> Result<Response, Response> {
+    let to: GrantTo = serde_json::from_slice(&take_body(body, SMALL_BODY).await?)
+        .map_err(|e| text(StatusCode::UNPROCESSABLE_ENTITY, format!("the grant: {e}")))?;
+    run(&app, move |app| {
+        for pc in &to.pcs {
+            app.vault.grant(id, pc).map_err(super::refused)?;
+            app.event(&format!("backup-granted backup={id} pc={pc} by=api"));
+        }
+        Ok(Json(serde_json::json!({ "grants": app.vault.grants(id).map_err(internal)? })).into_response())
+    })
+    .await
+}
+
+/// Takes a grant back; the grants after it.
+pub async fn revoke(
+    State(app): State<Shared>,
+    Path((id, pc)): Path<(i64, String)>,
+    _: Admin,
+) -> Result<Response, Response> {
+    run(&app, move |app| {
+        if !app.vault.revoke(id, &pc).map_err(internal)? {
+            return Err(text(StatusCode::NOT_FOUND, format!("backup {id} was not granted to {pc}")));
+        }
+        app.event(&format!("backup-revoked backup={id} pc={pc} by=api"));
+        Ok(Json(serde_json::json!({ "grants": app.vault.grants(id).map_err(internal)? })).into_response())
+    })
+    .await
+}
+
+/// Reads every stored chunk of a backup back and checks it against its id.
+pub async fn verify(State(app): State<Shared>, Path(id): Path<i64>, _: Admin) -> Result<Response, Response> {
+    run(&app, move |app| {
+        let n = app
+            .vault
+            .verify_backup(id)
+            .map_err(|e| text(StatusCode::UNPROCESSABLE_ENTITY, format!("backup {id} is damaged: {e:#}")))?;
+        Ok(Json(serde_json::json!({ "id": id, "ok": true, "chunks_checked": n })).into_response())
+    })
+    .await
+}

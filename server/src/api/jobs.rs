@@ -170,3 +170,23 @@ pub async fn list_results(
     let pc = q(&query, "pc").map(str::to_owned);
     run(&app, move |app| Ok(Json(app.vault.list_results(pc.as_deref()).map_err(internal)?).into_response())).await
 }
+
+/// `bootvault gc --server`: the same gc (`?max_age=SECONDS`, default an
+/// hour); its report.
+pub async fn gc(
+    State(app): State<Shared>,
+    Query(query): Query<HashMap<String, String>>,
+    _: Admin,
+) -> Result<Response, Response> {
+    let max_age = match q(&query, "max_age").map(str::parse::<i64>) {
+        None => 3600,
+        Some(Ok(n)) if n >= 0 => n,
+        Some(_) => return Err(text(StatusCode::BAD_REQUEST, "max_age: seconds, not negative")),
+    };
+    run(&app, move |app| {
+        let r = app.vault.gc(max_age).map_err(internal)?;
+        app.event(&format!("gc removed={} freed={} kept={} by=api", r.chunks_removed, r.bytes_freed, r.chunks_kept));
+        Ok(Json(r).into_response())
+    })
+    .await
+}

@@ -185,7 +185,7 @@ impl PcRow {
 }
 
 /// An upload that was open while gc ran, holding back what it may remove.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct OpenUpload {
     pub id: i64,
     pub pc: String,

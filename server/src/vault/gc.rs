@@ -54,7 +54,7 @@ pub fn margins() -> (i64, i64) {
     })
 }
 
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
 pub struct GcReport {
     /// Uploads idle for longer than the maximum age, now failed.
     pub stale_uploads: u64,
