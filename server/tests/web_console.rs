@@ -149,6 +149,10 @@ fn sign_ins_are_limited() {
     assert_eq!(a.status, 429, "the right password waits too");
     assert!(a.header("retry-after").is_some_and(|s| s.parse::<u64>().is_ok_and(|n| n > 0)));
     assert!(a.header("set-cookie").is_none());
+    // Another site's sign-in form is refused before any password is looked at.
+    let evil = [FORM, ("origin", "https://evil.example")];
+    let evil_answer = http(port, "POST", "/admin/sign-in", &evil, "name=eve&password=whatever+it+is");
+    assert_eq!(evil_answer.status, 403);
 }
 
 #[test]

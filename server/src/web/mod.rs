@@ -175,18 +175,25 @@ impl Form {
     }
 }
 
+/// A POST whose browser says it comes from another site is refused (the
+/// sign-in form too: another site must not sign a browser in as its own
+/// account).
+fn same_site(headers: &HeaderMap) -> Result<(), Response> {
+    if let (Some(origin), Some(host)) = (headers.get(header::ORIGIN), headers.get(header::HOST)) {
+        let origin = origin.to_str().unwrap_or("");
+        let host = host.to_str().unwrap_or("");
+        if origin.split_once("://").is_none_or(|(_, rest)| rest != host) {
+            return Err(refuse(StatusCode::FORBIDDEN, "this form came from another site"));
+        }
+    }
+    Ok(())
+}
+
 /// A form POSTed by a signed-in admin from this site: the session's form
 /// token and, when the browser says where it comes from, this server's own
 /// origin.
 fn checked(session: &Session, headers: &HeaderMap, body: &Bytes) -> Result<Form, Response> {
-    if let (Some(origin), Some(host)) = (headers.get(header::ORIGIN), headers.get(header::HOST)) {
-        let origin = origin.to_str().unwrap_or("");
-        let host = host.to_str().unwrap_or("");
-        let same = origin.split_once("://").is_some_and(|(_, rest)| rest == host);
-        if !same {
-            return Err(refuse(StatusCode::FORBIDDEN, "this form came from another site"));
-        }
-    }
+    same_site(headers)?;
     let form = Form::parse(body);
     match form.get("csrf") {
         Some(t) if ct_eq(t.as_bytes(), session.csrf.as_bytes()) => Ok(form),
@@ -216,6 +223,9 @@ async fn sign_in(State(app): State<Shared>, req: axum::extract::Request) -> Resp
         return refuse(StatusCode::PAYLOAD_TOO_LARGE, "that form is too large");
     };
     let headers = parts.headers;
+    if let Err(r) = same_site(&headers) {
+        return r;
+    }
     let form = Form::parse(&body);
     let name = form.get("name").unwrap_or("").to_owned();
     let password = form.get("password").unwrap_or("").to_owned();
