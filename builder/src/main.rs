@@ -680,7 +680,21 @@ fn run(cli: Cli) -> Result<()> {
                 (Some(cert), Some(key)) => Mode::Own { cert, key },
                 _ => Mode::Made,
             };
-            bootvault_server::serve(bootvault_server::Options { listen, data, limits: limits.limits(), tls })
+            // The console's downloads are made with the builder's media code.
+            let media: bootvault_server::web::MediaMaker = std::sync::Arc::new(|dir, pc, kind| {
+                let image = match kind {
+                    "iso" => media::iso(dir, pc)?,
+                    _ => media::usb(dir, pc)?,
+                };
+                Ok(image.path)
+            });
+            bootvault_server::serve(bootvault_server::Options {
+                listen,
+                data,
+                limits: limits.limits(),
+                tls,
+                media: Some(media),
+            })
         }
         Cmd::Fingerprint { data } => match bootvault_server::tls::fingerprint_in(&data)? {
             Some(fp) => {

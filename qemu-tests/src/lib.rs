@@ -17,6 +17,7 @@ use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod console;
 pub mod drives;
 pub mod mitm;
 pub mod vga;

@@ -204,3 +204,42 @@ fn the_console_in_a_browser_approves_backs_up_and_deploys_to_two_pcs() {
     let overflow = b.script("return document.documentElement.scrollWidth > window.innerWidth").expect("width");
     assert_eq!(overflow.as_bool(), Some(false), "the dashboard fits a phone's width");
 }
+
+/// A PC's ISO from its console page (what the download link fetches, with
+/// the admin's session), made from the network-boot template with the
+/// PC's own settings: it boots on SeaBIOS as that PC and reaches the
+/// server with its token. Without a session there is none.
+#[test]
+fn a_pcs_iso_from_the_console_boots_as_that_pc() {
+    use bootvault_qemu_tests::console;
+    let dir = scratch("web-iso");
+    let server = Server::start(&dir).expect("server");
+    add_admin(&server, "ann", "correct horse battery");
+    build_for(&dir.join("template"), "template", &server, "qemu", &["--media", "pxe", "--no-encryption"])
+        .expect("build --media pxe");
+    server.register("iso-pc", &mac_for("iso-pc")).expect("register");
+    let path = "/admin/pcs/iso-pc/media/iso";
+    let (status, _, _) = console::request(server.port, "GET", path, &[], b"").expect("request");
+    assert_eq!(status, 303, "no session, no media");
+    let cookie = console::sign_in(server.port, "ann", "correct horse battery").expect("session");
+    let (status, head, iso) =
+        console::request(server.port, "GET", path, &[("cookie", &cookie)], b"").expect("download");
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(console::header(&head, "content-disposition").as_deref(), Some("attachment; filename=\"iso-pc.iso\""));
+    assert_eq!(console::header(&head, "content-length"), Some(iso.len().to_string()));
+    assert!(iso.len() > 1 << 20 && &iso[0x8001..0x8006] == b"CD001", "an ISO 9660 image");
+    let image = dir.join("iso-pc.iso");
+    fs::write(&image, &iso).expect("write");
+    assert!(server.events().contains("media-made pc=iso-pc kind=iso"));
+    // No temporary files are left in the server's data directory.
+    let left: Vec<_> = fs::read_dir(server.data.join("tmp")).map(|d| d.flatten().collect()).unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+
+    let mut guest = Guest::new(&dir.join("unused")).boot_from(Medium::Cdrom(image));
+    guest.mac = mac_for("iso-pc");
+    let vm = guest.boot(&dir.join("console.log")).expect("boots");
+    vm.console.expect("bootvault: this is PC iso-pc", BOOT_TIMEOUT).expect("the PC's own settings");
+    vm.console.expect("answered: bootvault-server", BOOT_TIMEOUT).expect("its token opens the server");
+    drop(vm);
+    assert!(server.events().contains("hello pc=iso-pc"), "{}", server.events());
+}

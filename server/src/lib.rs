@@ -55,6 +55,9 @@ pub struct Options {
     pub limits: listener::Limits,
     /// HTTPS (the default) or plain HTTP.
     pub tls: tls::Mode,
+    /// Makes a PC's boot media for the web console (`bootvault serve`
+    /// passes the builder's; without it the console offers none).
+    pub media: Option<web::MediaMaker>,
 }
 
 /// Starts a plain-HTTP server on a free port of 127.0.0.1 in a background
@@ -70,7 +73,7 @@ pub fn spawn_on_loopback_with(data: &std::path::Path, limits: listener::Limits, 
     let port =
         std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).context("finding a free port")?.port();
     let listen = SocketAddr::from(([127, 0, 0, 1], port));
-    let opts = Options { listen, data: data.to_owned(), limits, tls };
+    let opts = Options { listen, data: data.to_owned(), limits, tls, media: None };
     std::thread::spawn(move || serve(opts));
     let start = Instant::now();
     while std::net::TcpStream::connect(listen).is_err() {
@@ -105,7 +108,9 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     }
     let names = [opts.listen.ip().to_string()];
     let tls = tls::setup(&opts.data, &opts.tls, &names)?;
-    let app = Arc::new(api::App::new(vault, events, tls.is_some())?);
+    let mut app = api::App::new(vault, events, tls.is_some())?;
+    app.media = opts.media.clone();
+    let app = Arc::new(app);
     let listener =
         tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("binding {}", opts.listen))?;
     let local = listener.local_addr().context("reading the bound address")?;

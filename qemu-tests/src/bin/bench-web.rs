@@ -9,8 +9,7 @@
 //! Two loads: every PC at the init's cadence (one report each 2 s), and
 //! every PC as fast as it can. Prints a Markdown report.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,9 +18,7 @@ use std::time::{Duration, Instant};
 
 use bootvault_common::fingerprint::Fingerprint;
 use bootvault_engine::client::Client;
-use bootvault_qemu_tests::mitm;
 use bootvault_qemu_tests::*;
-use rustls::pki_types::ServerName;
 
 fn main() {
     if let Err(e) = bench() {
@@ -87,33 +84,9 @@ fn usage(pid: u32) -> (f64, u64) {
     (cpu, hwm * 1024)
 }
 
-type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
-
-fn tls(port: u16) -> Result<Tls> {
-    let name = ServerName::try_from("bootvault").map_err(|e| e.to_string())?;
-    let conn = rustls::ClientConnection::new(mitm::trust_anything()?, name).map_err(|e| e.to_string())?;
-    let tcp = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    Ok(rustls::StreamOwned::new(conn, tcp))
-}
-
-/// Signs in as the admin; the session cookie.
+/// Signs in as the bench's admin; the session cookie.
 fn sign_in(port: u16) -> Result<String> {
-    let mut s = tls(port)?;
-    let body = "name=bench&password=bench+bench+bench";
-    write!(
-        s,
-        "POST /admin/sign-in HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .map_err(|e| e.to_string())?;
-    let mut answer = String::new();
-    let _ = s.read_to_string(&mut answer);
-    answer
-        .lines()
-        .find_map(|l| l.strip_prefix("set-cookie: "))
-        .and_then(|c| c.split(';').next())
-        .map(str::to_owned)
-        .ok_or_else(|| format!("no session: {}", answer.lines().next().unwrap_or("")))
+    console::sign_in(port, "bench", "bench bench bench")
 }
 
 struct Load {
@@ -166,7 +139,7 @@ fn bench() -> Result<()> {
         }
         let server = serve(&data)?;
         let cookie = sign_in(server.port)?;
-        let mut stream = tls(server.port)?;
+        let mut stream = console::connect(server.port)?;
         write!(stream, "GET /admin/events HTTP/1.1\r\nhost: 127.0.0.1:{}\r\ncookie: {cookie}\r\n\r\n", server.port)
             .map_err(|e| e.to_string())?;
         let t0 = Instant::now();

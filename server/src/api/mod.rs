@@ -55,6 +55,8 @@ pub struct App {
     pub https: bool,
     /// What PCs are running now, for the web console.
     pub progress: crate::web::progress::Hub,
+    /// Makes boot media for the console's downloads, if the server has the tools.
+    pub media: Option<crate::web::MediaMaker>,
 }
 
 pub type Shared = Arc<App>;
@@ -70,6 +72,7 @@ impl App {
             new_pending: Mutex::new(netboot::new_pending_rate()),
             https,
             progress: crate::web::progress::Hub::default(),
+            media: None,
         })
     }
 

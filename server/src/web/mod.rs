@@ -41,6 +41,14 @@ use crate::vault::admins::{Session, SignInError};
 /// The session cookie's name.
 pub const COOKIE: &str = "bv_session";
 
+/// Makes boot media from a directory of boot files (`vmlinuz`,
+/// `initrd.img`, `cmdline`): `(dir, pc, kind)` with kind `iso` or `usb`,
+/// the image's path inside `dir`. `bootvault serve` passes the builder's
+/// (Debian's xorriso, syslinux, systemd-boot), so the server crate holds
+/// none of it.
+pub type MediaMaker =
+    std::sync::Arc<dyn Fn(&std::path::Path, &str, &str) -> anyhow::Result<std::path::PathBuf> + Send + Sync>;
+
 /// The largest form the console takes.
 const FORM_BODY: usize = 64 << 10;
 
@@ -58,6 +66,7 @@ pub fn router(app: Shared) -> Router {
         .route("/admin/pcs/approve", post(approve_pc))
         .route("/admin/pcs/{name}", get(pages::pc).post(edit_pc))
         .route("/admin/pcs/{name}/token", post(rotate_token))
+        .route("/admin/pcs/{name}/media/{kind}", get(download_media))
         .route("/admin/backups", get(pages::backups))
         .route("/admin/backups/{id}/delete", post(delete_backup))
         .route("/admin/backups/{id}/verify", post(verify_backup))
@@ -524,6 +533,76 @@ async fn cancel_job(State(app): State<Shared>, Path(id): Path<i64>, posted: Post
             Ok(Ok(format!("job {id} cancelled")))
         })
         .await
+}
+
+/// A PC's ISO or USB image, made now from the site's network-boot
+/// template with the PC's own settings: what it boots is what network
+/// boot gives it, so it holds no data key either (the page says so).
+async fn download_media(
+    State(app): State<Shared>,
+    Console(s): Console,
+    Path((name, kind)): Path<(String, String)>,
+) -> Response {
+    if !matches!(kind.as_str(), "iso" | "usb") {
+        return refuse(StatusCode::NOT_FOUND, "media are iso or usb");
+    }
+    let admin = s.admin.clone();
+    let made = run(&app, move |app| {
+        let Some(maker) = &app.media else {
+            return Err(refuse(
+                StatusCode::NOT_IMPLEMENTED,
+                "this server makes no boot media (it runs without the builder)",
+            ));
+        };
+        let row = app
+            .vault
+            .pc(&name)
+            .map_err(internal)?
+            .ok_or_else(|| refuse(StatusCode::NOT_FOUND, &format!("no registered PC {name}")))?;
+        let template = app.vault.boot_files().site().ok_or_else(|| {
+            refuse(
+                StatusCode::CONFLICT,
+                "no network-boot template yet: one `bootvault build ... --media pxe --data DIR` makes it",
+            )
+        })?;
+        let files = crate::netboot::overlay_initrd(&template, &row)
+            .map_err(|e| refuse(StatusCode::CONFLICT, &format!("{e:#}")))?;
+        let dir = app
+            .vault
+            .dir()
+            .join("tmp")
+            .join(format!("media-{name}-{}", crate::secrets::new_token().map_err(internal)?));
+        let result = (|| -> anyhow::Result<(std::fs::File, u64)> {
+            std::fs::create_dir_all(&dir)?;
+            for (f, bytes) in &files {
+                std::fs::write(dir.join(f), bytes)?;
+            }
+            let path = maker(&dir, &name, &kind)?;
+            // Open, then remove: the open file is all the answer needs.
+            let file = std::fs::File::open(&path)?;
+            let len = file.metadata()?.len();
+            Ok((file, len))
+        })();
+        let _ = std::fs::remove_dir_all(&dir);
+        let (file, len) = result.map_err(internal)?;
+        app.event(&format!("media-made pc={name} kind={kind} bytes={len} admin={admin}"));
+        Ok((file, len, format!("{name}.{}", if kind == "iso" { "iso" } else { "img" })))
+    })
+    .await;
+    let (file, len, filename) = match made {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file)));
+    let disposition = format!("attachment; filename=\"{filename}\"");
+    let mut r = (StatusCode::OK, body).into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if let Ok(v) = HeaderValue::from_str(&disposition) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    r
 }
 
 /// Server-sent events: every running PC's last report at once, then each

@@ -440,6 +440,14 @@ pub async fn pc(
                 @else { "No network-boot files yet." }
                 " Last seen: " (when(pc.last_seen)) @if !pc.last_addr.is_empty() { " from " (pc.last_addr) } "."
             }
+            p {
+                "Boot media made now from the network-boot template, with this PC's settings: "
+                a href={ "/admin/pcs/" (pc.name) "/media/iso" } id="download-iso" download { "ISO" }
+                " · "
+                a href={ "/admin/pcs/" (pc.name) "/media/usb" } id="download-usb" download { "USB image" }
+                ". Like network boot they hold no data key, so the PC's backups are not encrypted on it; "
+                code { "bootvault build " (pc.name) " --data DIR --media iso" } " makes media that encrypt."
+            }
             form method="post" action={ "/admin/pcs/" (pc.name) "/token" } data-confirm={ "Give " (pc.name) " a new token? Its USB and ISO media stop working." } {
                 (csrf(&s))
                 p.muted { "A new token locks out the PC's boot media made before (network-boot files are made again)." }
