@@ -26,18 +26,26 @@ const PAGES: [(&str, &str); 6] = [
     ("/admin/store", "Store"),
 ];
 
+/// Every page's `<head>`; the script (live progress, questions before
+/// deleting) on the signed-in pages.
+fn head(title: &str, script: bool) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · bootvault" }
+            link rel="stylesheet" href="/admin/static/console.css";
+            @if script { script src="/admin/static/console.js" defer {} }
+        }
+    }
+}
+
 fn layout(title: &str, here: &str, s: &Session, q: &HashMap<String, String>, body: Markup) -> Response {
     let (note, error) = notes(q);
     let page = html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · bootvault" }
-                link rel="stylesheet" href="/admin/static/console.css";
-                script src="/admin/static/console.js" defer {}
-            }
+            (head(title, true))
             body {
                 header {
                     span.brand { "bootvault" }
@@ -81,12 +89,7 @@ pub fn sign_in_answer(status: StatusCode, error: &str) -> Response {
     let page = html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "Sign in · bootvault" }
-                link rel="stylesheet" href="/admin/static/console.css";
-            }
+            (head("Sign in", false))
             body {
                 main.signin {
                     h1 { "bootvault: sign in" }
