@@ -45,7 +45,9 @@ impl Browser {
             .map_err(|e| format!("starting chromedriver (Debian package chromium-driver): {e}"))?;
         let mut b = Browser { driver, port, session: String::new() };
         let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        // Not a TCP self-connect to the free port (see spawn_on_loopback).
+        let up = |s: TcpStream| s.local_addr().is_ok_and(|a| a.port() != port);
+        while !TcpStream::connect(("127.0.0.1", port)).is_ok_and(up) {
             if start.elapsed() > Duration::from_secs(20) {
                 return Err("chromedriver did not listen within 20 s".into());
             }

@@ -76,7 +76,11 @@ pub fn spawn_on_loopback_with(data: &std::path::Path, limits: listener::Limits, 
     let opts = Options { listen, data: data.to_owned(), limits, tls, media: None };
     std::thread::spawn(move || serve(opts));
     let start = Instant::now();
-    while std::net::TcpStream::connect(listen).is_err() {
+    // Connected to the server, not to itself: a connect to a free port in
+    // the ephemeral range can pick that very port as its own and "succeed"
+    // (TCP self-connect) before the server is up.
+    let up = |s: std::net::TcpStream| s.local_addr().is_ok_and(|a| a.port() != port);
+    while !std::net::TcpStream::connect(listen).is_ok_and(up) {
         if start.elapsed() > Duration::from_secs(20) {
             anyhow::bail!("the server on {listen} did not start within 20 s");
         }
