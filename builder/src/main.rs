@@ -694,6 +694,7 @@ fn run(cli: Cli) -> Result<()> {
                 limits: limits.limits(),
                 tls,
                 media: Some(media),
+                ready: None,
             })
         }
         Cmd::Fingerprint { data } => match bootvault_server::tls::fingerprint_in(&data)? {

@@ -43,7 +43,7 @@ pub mod web;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use vault::Vault;
@@ -58,6 +58,9 @@ pub struct Options {
     /// Makes a PC's boot media for the web console (`bootvault serve`
     /// passes the builder's; without it the console offers none).
     pub media: Option<web::MediaMaker>,
+    /// Told the bound address once the server accepts connections (tests
+    /// starting a server in-process).
+    pub ready: Option<std::sync::mpsc::Sender<SocketAddr>>,
 }
 
 /// Starts a plain-HTTP server on a free port of 127.0.0.1 in a background
@@ -73,20 +76,23 @@ pub fn spawn_on_loopback_with(data: &std::path::Path, limits: listener::Limits, 
     let port =
         std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).context("finding a free port")?.port();
     let listen = SocketAddr::from(([127, 0, 0, 1], port));
-    let opts = Options { listen, data: data.to_owned(), limits, tls, media: None };
-    std::thread::spawn(move || serve(opts));
-    let start = Instant::now();
-    // Connected to the server, not to itself: a connect to a free port in
-    // the ephemeral range can pick that very port as its own and "succeed"
-    // (TCP self-connect) before the server is up.
-    let up = |s: std::net::TcpStream| s.local_addr().is_ok_and(|a| a.port() != port);
-    while !std::net::TcpStream::connect(listen).is_ok_and(up) {
-        if start.elapsed() > Duration::from_secs(20) {
-            anyhow::bail!("the server on {listen} did not start within 20 s");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let opts = Options { listen, data: data.to_owned(), limits, tls, media: None, ready: Some(tx) };
+    // The server says when it is up: a connection probe could "succeed"
+    // before it binds (a TCP self-connect to the free port), and a test
+    // would then read its data directory before the server made it.
+    let server = std::thread::spawn(move || serve(opts));
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(_) => Ok(port),
+        // The server ended (its sender with it) before it was up.
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => match server.join() {
+            Ok(Err(e)) => Err(e.context(format!("starting the server on {listen}"))),
+            _ => anyhow::bail!("the server on {listen} stopped before it started"),
+        },
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            anyhow::bail!("the server on {listen} did not start within 20 s")
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(port)
 }
 
 /// Starts the server and runs until Ctrl-C / SIGTERM.
@@ -118,6 +124,9 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("binding {}", opts.listen))?;
     let local = listener.local_addr().context("reading the bound address")?;
+    if let Some(ready) = &opts.ready {
+        let _ = ready.send(local);
+    }
     // Tests and the Makefile parse these lines for the port and the fingerprint.
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("bootvault server listening on {scheme}://{local} (data {})", opts.data.display());
