@@ -13,7 +13,7 @@ use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -81,6 +81,9 @@ pub struct Lines {
     rx: Receiver<String>,
     pub log: Arc<Mutex<Vec<String>>>,
     start: Instant,
+    /// What else to say when a wait fails: the process's state and its
+    /// stderr (for a QEMU guest that printed nothing).
+    context: Option<(u32, Arc<Mutex<Vec<String>>>)>,
 }
 
 impl Lines {
@@ -113,12 +116,37 @@ impl Lines {
                 if let Ok(mut l) = log2.lock() {
                     l.push(line.clone());
                 }
-                if tx.send(line).is_err() {
-                    break;
-                }
+                // Nobody may be waiting (a stderr only logged): keep
+                // draining the pipe all the same, or the writer would get
+                // SIGPIPE at its next line.
+                let _ = tx.send(line);
             }
         });
-        Lines { rx, log, start: Instant::now() }
+        Lines { rx, log, start: Instant::now(), context: None }
+    }
+
+    /// Failed waits also report process `pid`'s state and `stderr`'s lines.
+    fn with_context(mut self, pid: u32, stderr: &Lines) -> Lines {
+        self.context = Some((pid, stderr.log.clone()));
+        self
+    }
+
+    /// The process's state and CPU time (from /proc), and its stderr.
+    fn context(&self) -> String {
+        let Some((pid, stderr)) = &self.context else { return String::new() };
+        let state = match fs::read_to_string(format!("/proc/{pid}/stat")) {
+            // Fields after the command's closing parenthesis: state is the
+            // first, utime and stime the 12th and 13th (in clock ticks).
+            Ok(stat) => {
+                let rest: Vec<&str> =
+                    stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+                let field = |i: usize| rest.get(i).copied().unwrap_or("?");
+                format!("process {pid} state {}, CPU {} + {} ticks", field(0), field(11), field(12))
+            }
+            Err(_) => format!("process {pid} has exited"),
+        };
+        let err = stderr.lock().map(|l| l.join("\n")).unwrap_or_default();
+        format!("\n({state}; stderr: {})", if err.is_empty() { "nothing" } else { &err })
     }
 
     /// Waits for a line containing `needle`; returns it and the time since
@@ -134,11 +162,21 @@ impl Lines {
             match self.rx.recv_timeout(left) {
                 Ok(line) if f(&line) => return Ok((line, self.start.elapsed())),
                 Ok(_) => {}
-                Err(_) => {
+                Err(RecvTimeoutError::Disconnected) => {
                     return Err(format!(
-                        "no line with {what:?} within {} s; last lines:\n{}",
+                        "the output ended after {:.1} s with no line with {what:?}; last lines:\n{}{}",
+                        self.start.elapsed().as_secs_f64(),
+                        self.tail(30),
+                        self.context()
+                    ))
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(format!(
+                        "no line with {what:?} within {} s ({:.1} s since the start); last lines:\n{}{}",
                         timeout.as_secs(),
-                        self.tail(30)
+                        self.start.elapsed().as_secs_f64(),
+                        self.tail(30),
+                        self.context()
                     ))
                 }
             }
@@ -702,8 +740,8 @@ impl Guest {
         let stdout = child.stdout.take().ok_or("no qemu stdout")?;
         let stderr = child.stderr.take().ok_or("no qemu stderr")?;
         let echo = std::env::var("BOOTVAULT_ECHO").is_ok().then_some("guest|");
-        let console = Lines::spawn(stdout, echo, Some(log_file.to_owned()));
-        let _stderr = Lines::spawn(stderr, Some("qemu-stderr|"), None);
+        let stderr = Lines::spawn(stderr, Some("qemu-stderr|"), None);
+        let console = Lines::spawn(stdout, echo, Some(log_file.to_owned())).with_context(child.id(), &stderr);
         Ok(Running { child, console })
     }
 }
@@ -1113,5 +1151,34 @@ mod tests {
             .disk(p("/d1.img"), "D1");
         assert!(args(&sata(g, 4)).is_err_and(|e| e.contains("AHCI")));
         assert!(args(&Guest::new(p("/boot")).boot_from(Medium::Network("x".into())).no_network()).is_err());
+    }
+
+    /// A wait that fails says whether the process ended and what it said
+    /// on stderr; a stderr nobody waits on is still drained (a writer
+    /// whose reader stopped would die of SIGPIPE).
+    #[test]
+    fn failed_waits_say_what_the_process_did() {
+        let script = "echo up; for i in $(seq 1 2000); do echo warning $i >&2; done; echo still here; exit 3";
+        let mut child =
+            Command::new("sh").args(["-c", script]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("sh");
+        let stderr = Lines::spawn(child.stderr.take().expect("stderr"), None, None);
+        let out = Lines::spawn(child.stdout.take().expect("stdout"), None, None).with_context(child.id(), &stderr);
+        drop(stderr);
+        out.expect("up", Duration::from_secs(10)).expect("first line");
+        out.expect("still here", Duration::from_secs(10)).expect("not killed by SIGPIPE");
+        assert_eq!(child.wait().expect("wait").code(), Some(3));
+        let e = out.expect("never", Duration::from_secs(10)).unwrap_err();
+        assert!(e.starts_with("the output ended after"), "{e}");
+        assert!(e.contains("has exited") && e.contains("warning 2000"), "{e}");
+
+        let mut child =
+            Command::new("sleep").arg("30").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("sleep");
+        let stderr = Lines::spawn(child.stderr.take().expect("stderr"), None, None);
+        let out = Lines::spawn(child.stdout.take().expect("stdout"), None, None).with_context(child.id(), &stderr);
+        let e = out.expect("never", Duration::from_millis(300)).unwrap_err();
+        assert!(e.starts_with("no line with \"never\" within 0 s"), "{e}");
+        assert!(e.contains(&format!("process {} state S", child.id())) && e.contains("stderr: nothing"), "{e}");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
