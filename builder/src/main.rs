@@ -924,7 +924,7 @@ fn pin_for_build(
     if let Some(text) = given {
         return Fingerprint::parse(text).map(Some).map_err(|e| anyhow::anyhow!("--fingerprint: {e}"));
     }
-    let Some(url) = server.filter(|s| s.starts_with("https://")) else {
+    let Some(url) = server.filter(|s| s.split(',').any(|u| u.trim().starts_with("https://"))) else {
         return Ok(None);
     };
     let Some(data) = data else {

@@ -58,9 +58,11 @@ pub fn registered(vault: &bootvault_server::vault::Vault, name: &str) -> Result<
     let row = vault.pc(name)?.with_context(|| {
         format!("PC {name} is not registered in {} (bootvault pc add {name} --mac ...)", vault.dir().display())
     })?;
+    // Every URL: a PC goes on with the next when one does not answer.
     let server = vault
         .setting(bootvault_server::vault::SERVER_URLS)?
-        .and_then(|v| v.split(',').map(str::trim).find(|u| !u.is_empty()).map(str::to_owned));
+        .map(|v| v.split(',').map(str::trim).filter(|u| !u.is_empty()).collect::<Vec<_>>().join(","))
+        .filter(|v| !v.is_empty());
     Ok(Registered { settings: row.settings(), server })
 }
 

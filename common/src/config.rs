@@ -390,14 +390,21 @@ pub fn check_backup_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// One server URL, or several comma-separated (servers sharing one
+/// database, chunk store and certificate: the PC goes on with the next
+/// when one does not answer).
 fn valid_server(v: &str) -> Result<Option<String>, String> {
     if v.is_empty() {
         return Ok(None);
     }
-    if !v.starts_with("http://") && !v.starts_with("https://") {
-        return Err("server must be an https:// (or http://) URL".into());
+    let mut urls = Vec::new();
+    for url in v.split(',').map(str::trim) {
+        if !url.starts_with("http://") && !url.starts_with("https://") {
+            return Err("server must be an https:// (or http://) URL, or several separated by commas".into());
+        }
+        urls.push(url.trim_end_matches('/'));
     }
-    Ok(Some(v.trim_end_matches('/').to_owned()))
+    Ok(Some(urls.join(",")))
 }
 
 impl Config {
@@ -565,7 +572,9 @@ impl Config {
             config.apply_file(text, &mut problems);
         }
         config.apply_cmdline(cmdline, &mut problems);
-        if config.server.as_deref().is_some_and(|s| s.starts_with("https://")) && config.fingerprint.is_none() {
+        if config.server.as_deref().is_some_and(|s| s.split(',').any(|u| u.starts_with("https://")))
+            && config.fingerprint.is_none()
+        {
             let on_cmdline = cmdline.split_whitespace().any(|w| w.starts_with("bootvault.server="));
             problems.push(Problem {
                 source: if on_cmdline { Source::Cmdline } else { Source::File },
@@ -620,6 +629,19 @@ mod tests {
         assert_eq!(c.server.as_deref(), Some("http://10.0.2.2:8080"));
         assert!(c.verbose);
         assert_eq!(c.finish, Finish::Poweroff);
+    }
+
+    /// Several servers: each URL checked, slashes trimmed, one https://
+    /// among them needs the fingerprint.
+    #[test]
+    fn several_servers() {
+        let (c, p) = Config::load(None, "bootvault.server=http://10.0.2.2:8080/,http://10.0.2.3:8080");
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(c.server.as_deref(), Some("http://10.0.2.2:8080,http://10.0.2.3:8080"));
+        let (_, p) = Config::load(None, "bootvault.server=http://a:1,ftp://b");
+        assert!(p.iter().any(|p| p.fatal && p.message.contains("several separated by commas")), "{p:?}");
+        let (_, p) = Config::load(None, "bootvault.server=http://a:1,https://b:2");
+        assert!(p.iter().any(|p| p.fatal && p.message.contains("needs the fingerprint")), "{p:?}");
     }
 
     #[test]

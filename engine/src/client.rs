@@ -8,12 +8,20 @@
 //! timeouts"), so a server that hangs or drips bytes ends a request within
 //! a minute, with a line saying what the server stopped doing.
 //!
+//! Several servers (`https://a:8443,https://b:8443`, servers sharing one
+//! database and chunk store, and one certificate): requests go to one of
+//! them until it fails to answer (no connection, a timeout, a cut
+//! connection; never a definite answer), then to the next, for this and
+//! every later request. An idempotent request is tried again at once on
+//! the next server; any other fails, and the next one goes elsewhere.
+//!
 //! Password-protected backups: [`Client::challenge`] then
 //! [`Client::unlock`] (or [`Client::set_ticket`] with a ticket from a
 //! server job) leave a ticket in the client, shared by its clones, which
 //! manifest and chunk requests for that backup carry.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,17 +40,41 @@ use crate::EngineError;
 
 #[derive(Clone)]
 pub struct Client {
-    http: Http,
+    /// The servers, in the order given; at least one.
+    servers: Arc<[Server]>,
+    /// The one requests go to (shared by clones, so one failure moves
+    /// every worker on).
+    current: Arc<AtomicUsize>,
     timeouts: Timeouts,
     /// Why the last handshake refused the server, if it did.
     refusals: Refusals,
-    base: String,
     pc: String,
     /// `Bearer TOKEN`, sent with every request.
     authorization: String,
     /// Challenges asked and tickets held, per backup; shared by clones so
     /// the restore workers use the ticket the console got.
     unlocks: Arc<Mutex<Unlocks>>,
+}
+
+/// One server of the list: its base URL and connections.
+struct Server {
+    base: String,
+    http: Http,
+}
+
+/// The servers of a comma-separated list of base URLs (one at least:
+/// an empty list gives one empty URL, which fails when used).
+fn servers(list: &str, pin: Option<Fingerprint>, refusals: &Refusals) -> Arc<[Server]> {
+    let mut out: Vec<Server> = list
+        .split(',')
+        .map(|b| b.trim().trim_end_matches('/'))
+        .filter(|b| !b.is_empty())
+        .map(|b| Server { base: b.to_owned(), http: Http::new(b, pin, refusals.clone()) })
+        .collect();
+    if out.is_empty() {
+        out.push(Server { base: String::new(), http: Http::new("", pin, refusals.clone()) });
+    }
+    out.into()
 }
 
 #[derive(Default)]
@@ -309,15 +341,16 @@ fn secs(d: Duration) -> String {
 
 impl Client {
     /// A client for PC `pc`, proving itself with `token` (the PC's, or the
-    /// server's admin token), with [`Timeouts::DEFAULT`].
+    /// server's admin token), with [`Timeouts::DEFAULT`]. `base` is a
+    /// server's base URL or several, comma-separated (see the module doc).
     /// An `https://` server needs [`Client::pinned`].
     pub fn new(base: &str, pc: &str, token: &str) -> Client {
         let refusals = Refusals::default();
         Client {
-            http: Http::new(base.trim_end_matches('/'), None, refusals.clone()),
+            servers: servers(base, None, &refusals),
+            current: Arc::new(AtomicUsize::new(0)),
             timeouts: Timeouts::DEFAULT,
             refusals,
-            base: base.trim_end_matches('/').to_owned(),
             pc: pc.to_owned(),
             authorization: format!("{}{token}", wire::BEARER),
             unlocks: Arc::new(Mutex::new(Unlocks::default())),
@@ -333,7 +366,8 @@ impl Client {
     /// The same client trusting exactly the certificate `pin` names on an
     /// `https://` server (None: none, so `https://` is refused).
     pub fn pinned(mut self, pin: Option<Fingerprint>) -> Client {
-        self.http = Http::new(&self.base, pin, self.refusals.clone());
+        let list: Vec<&str> = self.servers.iter().map(|s| s.base.as_str()).collect();
+        self.servers = servers(&list.join(","), pin, &self.refusals);
         self
     }
 
@@ -341,8 +375,27 @@ impl Client {
         self.timeouts
     }
 
+    /// The server requests go to now.
     pub fn base(&self) -> &str {
-        &self.base
+        &self.servers[self.server()].base
+    }
+
+    /// How many servers the client knows.
+    pub fn server_count(&self) -> usize {
+        self.servers.len()
+    }
+
+    fn server(&self) -> usize {
+        self.current.load(Ordering::Relaxed) % self.servers.len()
+    }
+
+    /// Server `failed` did not answer: requests go to the next one (unless
+    /// another request already moved them on).
+    fn fail_over(&self, failed: usize) {
+        if self.servers.len() > 1 {
+            let next = (failed + 1) % self.servers.len();
+            let _ = self.current.compare_exchange(failed, next, Ordering::Relaxed, Ordering::Relaxed);
+        }
     }
 
     /// The PC this client speaks for (what unlock proofs are bound to).
@@ -372,12 +425,23 @@ impl Client {
         self.unlocks().tickets.get(&backup).cloned()
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{}{path}", self.base, wire::API)
+    fn url(&self, at: usize, path: &str) -> String {
+        format!("{}{}{path}", self.servers[at].base, wire::API)
     }
 
-    /// One try, which may take `left` at most: the status and the body.
-    fn call(&self, x: &Exchange, left: Duration) -> Result<(u16, Vec<u8>), Failure> {
+    /// One try on the current server, which may take `left` at most: the
+    /// server tried, and the status and the body. A failure moves
+    /// requests on to the next server.
+    fn call(&self, x: &Exchange, left: Duration) -> (usize, Result<(u16, Vec<u8>), Failure>) {
+        let at = self.server();
+        let r = self.call_at(at, x, left);
+        if r.is_err() {
+            self.fail_over(at);
+        }
+        (at, r)
+    }
+
+    fn call_at(&self, at: usize, x: &Exchange, left: Duration) -> Result<(u16, Vec<u8>), Failure> {
         let path = format!("{}{}", wire::API, x.path);
         let mut headers = vec![(wire::PC_HEADER, self.pc.as_str()), (wire::AUTHORIZATION, self.authorization.as_str())];
         if let Some(t) = &x.ticket {
@@ -387,12 +451,12 @@ impl Client {
             headers.push((k, v));
         }
         let req = Request { method: x.method, path: &path, headers: &headers, body: x.body, limit: x.limit };
-        self.http.call(&req, &self.timeouts, left)
+        self.servers[at].http.call(&req, &self.timeouts, left)
     }
 
     /// The line for a failed request: what the server stopped doing.
-    fn describe(&self, x: &Exchange, f: &Failure, budget: Duration) -> String {
-        let (base, t) = (&self.base, &self.timeouts);
+    fn describe(&self, at: usize, x: &Exchange, f: &Failure, budget: Duration) -> String {
+        let (base, t) = (&self.servers[at].base, &self.timeouts);
         let what = x.what();
         match f {
             Failure::Connect => {
@@ -419,7 +483,7 @@ impl Client {
                 of.map(human_bytes).unwrap_or_else(|| "an unknown length".into())
             ),
             Failure::OutOfTime => format!("the server at {base} did not complete {what} within {}", secs(budget)),
-            Failure::Other(e) => format!("{} {}: {e}", x.method, self.url(&x.path)),
+            Failure::Other(e) | Failure::Unreached(e) => format!("{} {}: {e}", x.method, self.url(at, &x.path)),
         }
     }
 
@@ -430,54 +494,65 @@ impl Client {
     /// idempotent request is tried again after a network error or a
     /// timeout while one more such try would still end within
     /// [`Timeouts::total`]; each try is cut at the request's budget
-    /// ([`Timeouts::budget`]: `total` unless a body is over 2 MiB).
+    /// ([`Timeouts::budget`]: `total` unless a body is over 2 MiB). With
+    /// several servers, an idempotent request that failed goes at once
+    /// to each other server in turn before those tries and pauses.
     fn request(&self, x: &Exchange) -> Result<(u16, Vec<u8>), EngineError> {
         let start = Instant::now();
         let budget = self.timeouts.budget(x.body.map_or(0, |b| b.len() as u64).max(x.limit));
-        let mut tries = 0;
-        let mut failure: Option<Failure> = None;
+        let (mut tries, mut attempts, mut switches) = (0, 0, 0);
+        let mut failure: Option<(usize, Failure)> = None;
         loop {
             tries += 1;
+            attempts += 1;
             let began = Instant::now();
+            let unsent;
             match self.call(x, budget.saturating_sub(start.elapsed())) {
-                Ok((s, b)) if (200..300).contains(&s) => return Ok((s, b)),
-                Ok((s, b)) => return Err(self.refusal(x, s, &b)),
-                Err(_) if let Some(e) = self.wrong_server() => return Err(e),
-                Err(f) => {
+                (_, Ok((s, b))) if (200..300).contains(&s) => return Ok((s, b)),
+                (at, Ok((s, b))) => return Err(self.refusal(at, x, s, &b)),
+                (at, Err(_)) if let Some(e) = self.wrong_server(at) => return Err(e),
+                (at, Err(f)) => {
+                    unsent = f.unsent();
                     // A try cut short by the budget says less than the one before it.
                     if f.specific() || failure.is_none() {
-                        failure = Some(f);
+                        failure = Some((at, f));
                     }
                 }
+            }
+            // Another server, at once: any request the failed one never saw.
+            if (x.idempotent || unsent) && switches + 1 < self.servers.len() && start.elapsed() < budget {
+                switches += 1;
+                tries -= 1;
+                continue;
             }
             match self.timeouts.again(tries, start.elapsed(), began.elapsed()) {
                 Some(pause) if x.idempotent => std::thread::sleep(pause),
                 _ => break,
             }
         }
-        let f = failure.unwrap_or(Failure::OutOfTime);
-        let mut line = self.describe(x, &f, budget);
-        if tries > 1 {
-            line.push_str(&format!(" ({tries} tries in {:.0} s)", start.elapsed().as_secs_f64()));
+        let (at, f) = failure.unwrap_or((self.server(), Failure::OutOfTime));
+        let mut line = self.describe(at, x, &f, budget);
+        if attempts > 1 {
+            line.push_str(&format!(" ({attempts} tries in {:.0} s)", start.elapsed().as_secs_f64()));
         }
         Err(EngineError::new(line))
     }
 
     /// The error for a server whose certificate is not the pinned one:
     /// final, never tried again.
-    fn wrong_server(&self) -> Option<EngineError> {
+    fn wrong_server(&self, at: usize) -> Option<EngineError> {
         let line = self.refusals.take()?;
-        Some(EngineError::new(format!("refusing the server at {}: {line}", self.base)))
+        Some(EngineError::new(format!("refusing the server at {}: {line}", self.servers[at].base)))
     }
 
     /// The error for a definite non-2xx answer.
-    fn refusal(&self, x: &Exchange, status: u16, body: &[u8]) -> EngineError {
+    fn refusal(&self, at: usize, x: &Exchange, status: u16, body: &[u8]) -> EngineError {
         let reason = String::from_utf8_lossy(body);
         let reason: String = reason.lines().next().unwrap_or("").trim().chars().take(500).collect();
         if (status == 423 || x.plain.contains(&status)) && !reason.is_empty() {
             return EngineError::new(reason);
         }
-        EngineError::new(format!("{} {}: server answered {status}: {reason}", x.method, self.url(&x.path)))
+        EngineError::new(format!("{} {}: server answered {status}: {reason}", x.method, self.url(at, &x.path)))
     }
 
     /// A request whose answer must be 2xx, without a ticket; retried
@@ -514,31 +589,34 @@ impl Client {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let r = self.call(&x, self.timeouts.total);
+            let (at, r) = self.call(&x, self.timeouts.total);
+            let base = &self.servers[at].base;
             match r {
                 Ok((200, body)) if body.starts_with(wire::HELLO_PREFIX.as_bytes()) => {
                     return Ok(Self::text(&body).trim().to_owned())
                 }
                 Ok((status @ (401 | 403), body)) => {
                     let reason: String = Self::text(&body).lines().next().unwrap_or("").chars().take(200).collect();
-                    return Err(EngineError::new(format!("{} refused PC {} ({status}): {reason}", self.base, self.pc)));
+                    return Err(EngineError::new(format!("{base} refused PC {} ({status}): {reason}", self.pc)));
                 }
                 Ok((status, body)) => {
                     let first: String = Self::text(&body).lines().next().unwrap_or("").chars().take(80).collect();
                     return Err(EngineError::new(format!(
-                        "{} is not a bootvault server (it answered {status} {first:?})",
-                        self.base
+                        "{base} is not a bootvault server (it answered {status} {first:?})"
                     )));
                 }
-                Err(_) if let Some(e) = self.wrong_server() => return Err(e),
+                Err(_) if let Some(e) = self.wrong_server(at) => return Err(e),
                 Err(f) if start.elapsed() + Duration::from_secs(2) < patience => {
-                    log(format!("attempt {attempt}: {}; retrying", self.describe(&x, &f, self.timeouts.total)));
-                    std::thread::sleep(Duration::from_secs(2));
+                    log(format!("attempt {attempt}: {}; retrying", self.describe(at, &x, &f, self.timeouts.total)));
+                    // The next server at once; a pause once each was tried.
+                    if at + 1 == self.servers.len() {
+                        std::thread::sleep(Duration::from_secs(2));
+                    }
                 }
                 Err(f) => {
                     return Err(EngineError::new(format!(
                         "{} (gave up after {attempt} attempts)",
-                        self.describe(&x, &f, self.timeouts.total)
+                        self.describe(at, &x, &f, self.timeouts.total)
                     )))
                 }
             }
@@ -848,7 +926,7 @@ mod tests {
             (&job, Failure::OutOfTime, "the server at http://10.0.2.2:8080 did not complete GET /api/v1/jobs/next within 60 s"),
             (&job, Failure::Other("io: Connection refused".into()), "GET http://10.0.2.2:8080/api/v1/jobs/next: io: Connection refused"),
         ] {
-            assert_eq!(c.describe(x, &f, s(60)), want);
+            assert_eq!(c.describe(0, x, &f, s(60)), want);
         }
     }
 

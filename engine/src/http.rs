@@ -47,7 +47,10 @@ pub enum Failure {
     StoppedSending { after: Duration, got: u64, of: Option<u64> },
     /// The request's whole budget ran out.
     OutOfTime,
-    /// Anything else (refused, reset, not HTTP), as the transport says it.
+    /// No connection: refused, unreachable, no address, or the TLS
+    /// handshake failed (the request was never sent), as said.
+    Unreached(String),
+    /// Anything else (reset, not HTTP), as the transport says it.
     Other(String),
 }
 
@@ -55,6 +58,12 @@ impl Failure {
     /// The failures a person can act on, over the catch-all.
     pub fn specific(&self) -> bool {
         !matches!(self, Failure::OutOfTime)
+    }
+
+    /// Whether the server cannot have seen the request (any request may
+    /// then go to another server).
+    pub fn unsent(&self) -> bool {
+        matches!(self, Failure::Connect | Failure::Unreached(_))
     }
 }
 
@@ -275,8 +284,8 @@ impl Http {
     fn connect(&self, target: &Target, t: &Timeouts, deadline: Instant) -> Result<Conn, Failure> {
         let addrs = (target.host.as_str(), target.port)
             .to_socket_addrs()
-            .map_err(|e| Failure::Other(format!("resolving {}: {e}", target.host)))?;
-        let mut last = Failure::Other(format!("{} has no address", target.host));
+            .map_err(|e| Failure::Unreached(format!("resolving {}: {e}", target.host)))?;
+        let mut last = Failure::Unreached(format!("{} has no address", target.host));
         for addr in addrs {
             let wait = t.connect.min(left(deadline)).max(Duration::from_millis(1));
             match TcpStream::connect_timeout(&addr, wait) {
@@ -285,7 +294,7 @@ impl Http {
                     return self.secure(tcp, target, t, deadline).map(Conn::new);
                 }
                 Err(e) if timed_out(&e) => last = past(deadline).unwrap_or(Failure::Connect),
-                Err(e) => last = Failure::Other(e.to_string()),
+                Err(e) => last = Failure::Unreached(e.to_string()),
             }
         }
         Err(last)
@@ -310,7 +319,7 @@ impl Http {
         match tls::handshake(tcp, pin, &self.refusals) {
             Ok(tls) => Ok(Stream::Tls(Box::new(tls))),
             Err(e) if timed_out(&e) => Err(past(deadline).unwrap_or(Failure::NotTaken)),
-            Err(e) => Err(Failure::Other(e.to_string())),
+            Err(e) => Err(Failure::Unreached(e.to_string())),
         }
     }
 }
