@@ -4,15 +4,17 @@
 //!
 //! [`Database`] is what the rest of the server may ask of it: one method
 //! per atomic operation, so a transaction never spans two calls and no
-//! engine's types (rusqlite's, later a PostgreSQL client's) leave the
-//! implementation. [`sqlite::SqliteDb`] is the one implementation today
-//! (`DATA/bootvault.db`, WAL); the schema and its migrations live there.
+//! engine's types (rusqlite's, the PostgreSQL client's) leave the
+//! implementation. [`sqlite::SqliteDb`] is the default (`DATA/bootvault.db`,
+//! WAL); [`postgres::PgDb`] is one database several servers share. Each
+//! keeps its own schema and migrations, under one version numbering.
 //!
 //! Owns: rows and their consistency. Not chunk or manifest bytes (those
 //! are [`crate::blobs`]'), not in-memory unlock state ([`crate::unlock`]),
 //! not the rules deciding who may do what ([`crate::vault`]). Time is a
 //! parameter: no method reads the clock.
 
+pub mod postgres;
 pub mod sqlite;
 
 use anyhow::Result;
@@ -382,5 +384,6 @@ pub fn is_storage_full(e: &anyhow::Error) -> bool {
         c.downcast_ref::<std::io::Error>().is_some_and(|io| {
             io.kind() == std::io::ErrorKind::StorageFull || matches!(io.raw_os_error(), Some(28) | Some(122))
         }) || sqlite::is_disk_full(c)
+            || self::postgres::is_disk_full(c)
     })
 }
