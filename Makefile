@@ -10,12 +10,12 @@ INIT32 := target/$(MUSL32)/init/init
 BIN := target/release/bootvault
 APT_PACKAGES := qemu-system-x86 binutils cpio fdisk gzip e2fsprogs dosfstools mtools \
   musl-tools xorriso isolinux syslinux syslinux-common systemd-boot-efi ovmf ntfs-3g exfatprogs xfsprogs btrfs-progs cryptsetup-bin exfat-fuse \
-  make bc bison flex libelf-dev xz-utils musl-dev:i386 chromium chromium-driver
+  make bc bison flex libelf-dev xz-utils musl-dev:i386 chromium chromium-driver postgresql
 export BOOTVAULT_BIN := $(CURDIR)/$(BIN)
 export BOOTVAULT_INIT := $(CURDIR)/$(INIT)
 export BOOTVAULT_INIT_I686 := $(CURDIR)/$(INIT32)
 
-.PHONY: all deps build init init-i686 kernel kernels demo test unit test-qemu bench fuzz fmt clippy size clean
+.PHONY: all deps build init init-i686 kernel kernels garage demo test unit test-qemu bench fuzz fmt clippy size clean
 
 all: build
 
@@ -71,10 +71,17 @@ kernels: build
 demo: build kernel
 	target/release/demo
 
-unit: deps
+# Garage, the S3 store the S3 chunk store's tests start (server/src/testenv_s3.rs),
+# built once into ~/.cache/bootvault/garage: about 18 minutes on 2 cores the
+# first time, nothing afterwards.
+GARAGE := $(HOME)/.cache/bootvault/garage/bin/garage
+garage:
+	@[ -x $(GARAGE) ] || $(CARGO) install garage --version 2.5.0 --locked --root $(HOME)/.cache/bootvault/garage
+
+unit: deps garage
 	$(CARGO) test --workspace --exclude bootvault-qemu-tests
 
-test-qemu: build kernel kernels
+test-qemu: build kernel kernels garage
 	$(CARGO) test --release -p bootvault-qemu-tests -- --test-threads=1 --nocapture
 
 test: unit test-qemu

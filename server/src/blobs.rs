@@ -69,6 +69,14 @@ pub struct BlobLock {
     _held: Box<dyn Send>,
 }
 
+impl BlobLock {
+    /// A lock held while `held` lives (a store's own guard: a file lock,
+    /// an in-process lock; see `blobs_s3.rs`).
+    pub fn holding(held: Box<dyn Send>) -> BlobLock {
+        BlobLock { _held: held }
+    }
+}
+
 /// One stored chunk as gc sees it.
 #[derive(Debug, Clone)]
 pub struct StoredBlob {
