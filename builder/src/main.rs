@@ -254,6 +254,16 @@ enum Cmd {
         /// proxy in front).
         #[arg(long)]
         plain_http: bool,
+        /// The management database on PostgreSQL (postgres://USER[:PASSWORD]@HOST:PORT/DB)
+        /// instead of SQLite in DATA; several servers may share it. Recorded in
+        /// DATA/storage.conf for every later command on DATA.
+        #[arg(long)]
+        db: Option<String>,
+        /// Chunks and manifests in an S3-compatible bucket (s3://BUCKET[/PREFIX]; endpoint,
+        /// region and keys from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,
+        /// AWS_SECRET_ACCESS_KEY or BOOTVAULT_S3_CREDENTIALS) instead of DATA/chunks.
+        #[arg(long)]
+        store: Option<String>,
     },
     /// Print the fingerprint of the server's certificate (what PCs and
     /// `--fingerprint` pin).
@@ -673,8 +683,13 @@ fn run(cli: Cli) -> Result<()> {
             Some(c) => remote::gc(&c, json, max_age),
             None => admin::gc(&data, json, max_age),
         },
-        Cmd::Serve { listen, data, limits, tls_cert, tls_key, plain_http } => {
+        Cmd::Serve { listen, data, limits, tls_cert, tls_key, plain_http, db, store } => {
+            use bootvault_server::storage::Storage;
             use bootvault_server::tls::Mode;
+            let storage = Storage::settle(&data, &Storage::new(db, store)?)?;
+            if storage != Storage::default() {
+                println!("storage: {}", storage.describe());
+            }
             let tls = match (tls_cert, tls_key) {
                 _ if plain_http => Mode::Plain,
                 (Some(cert), Some(key)) => Mode::Own { cert, key },

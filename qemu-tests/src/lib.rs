@@ -207,6 +207,8 @@ pub struct Server {
     pub fingerprint: String,
     /// Started with `--plain-http`.
     pub plain: bool,
+    /// The environment its commands need too (the bucket's keys).
+    pub env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -221,17 +223,34 @@ impl Server {
     }
 
     fn start_with(dir: &Path, plain: bool) -> Result<Server> {
-        let data = dir.join("server-data");
-        let mut child = Command::new(bootvault_bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        Server::start_opts(dir, &ServerOpts { plain, ..ServerOpts::default() })
+    }
+
+    /// A server as `opts` says: its own data directory, other storage,
+    /// another server's certificate.
+    pub fn start_opts(dir: &Path, opts: &ServerOpts) -> Result<Server> {
+        let plain = opts.plain;
+        let data = dir.join(opts.name.as_deref().unwrap_or("server-data"));
+        if let Some(other) = &opts.tls_of {
+            // Servers sharing a database and a bucket show PCs one certificate.
+            let to = data.join("tls");
+            fs::create_dir_all(&to).map_err(|e| format!("{}: {e}", to.display()))?;
+            for f in fs::read_dir(other.join("tls")).map_err(|e| format!("{}/tls: {e}", other.display()))?.flatten() {
+                fs::copy(f.path(), to.join(f.file_name())).map_err(|e| format!("{}: {e}", f.path().display()))?;
+            }
+        }
+        let mut cmd = Command::new(bootvault_bin());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(&data)
             .args(if plain { &["--plain-http"][..] } else { &[] })
+            .args(&opts.args)
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("starting {}: {e}", bootvault_bin().display()))?;
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().map_err(|e| format!("starting {}: {e}", bootvault_bin().display()))?;
         let stdout = child.stdout.take().ok_or("no server stdout")?;
-        let out = Lines::spawn(stdout, None, Some(dir.join("server.log")));
+        let log = format!("{}.log", opts.name.as_deref().unwrap_or("server"));
+        let out = Lines::spawn(stdout, None, Some(dir.join(log)));
         let scheme = if plain { "http" } else { "https" };
         let (line, _) = out.expect(&format!("listening on {scheme}://127.0.0.1:"), Duration::from_secs(20))?;
         let port: u16 = line
@@ -250,7 +269,8 @@ impl Server {
                 .ok_or_else(|| format!("no fingerprint in {line:?}"))?
                 .to_owned()
         };
-        Ok(Server { child, url: format!("{scheme}://127.0.0.1:{port}"), port, data, out, fingerprint, plain })
+        let env = opts.env.clone();
+        Ok(Server { child, url: format!("{scheme}://127.0.0.1:{port}"), port, data, out, fingerprint, plain, env })
     }
 
     /// `--server URL --fingerprint FP`: how the host CLI reaches it.
@@ -282,6 +302,22 @@ impl Server {
     pub fn events(&self) -> String {
         fs::read_to_string(self.data.join("events.log")).unwrap_or_default()
     }
+}
+
+/// How [`Server::start_opts`] starts a server.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOpts {
+    /// `--plain-http`.
+    pub plain: bool,
+    /// The data directory's name under the test's directory (and the log's
+    /// name): `server-data` / `server.log` by default.
+    pub name: Option<String>,
+    /// More `serve` arguments (`--db URL`, `--store URL`).
+    pub args: Vec<String>,
+    /// Environment for the server (the bucket's endpoint and keys).
+    pub env: Vec<(String, String)>,
+    /// Another server's data directory whose certificate this one shows.
+    pub tls_of: Option<PathBuf>,
 }
 
 /// A TCP proxy on 127.0.0.1 in front of a server whose bandwidth the test
@@ -359,7 +395,12 @@ impl Server {
     /// Runs `bootvault SUBCOMMAND --data DATA ARGS...` against this
     /// server's data directory (the admin CLI).
     pub fn admin(&self, subcommand: &str, args: &[&str]) -> Result<String> {
-        run(Command::new(bootvault_bin()).arg(subcommand).arg("--data").arg(&self.data).args(args))
+        run(Command::new(bootvault_bin())
+            .arg(subcommand)
+            .arg("--data")
+            .arg(&self.data)
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v))))
     }
 
     /// Registers PC `name` with `mac` (unless it is registered already).
@@ -387,12 +428,26 @@ pub fn build_for(out: &Path, name: &str, server: &Server, profile: &str, extra: 
     let data = server.data.display().to_string();
     let mut args = vec!["--data", data.as_str()];
     args.extend_from_slice(extra);
-    build_pc(out, name, &server.guest_url(), profile, &args)
+    build_pc_env(out, name, &server.guest_url(), profile, &args, &server.env)
 }
 
 /// Builds one PC's boot files with the real builder.
 pub fn build_pc(out: &Path, name: &str, server_url: &str, profile: &str, extra: &[&str]) -> Result<String> {
+    build_pc_env(out, name, server_url, profile, extra, &[])
+}
+
+/// [`build_pc`] with more environment for the builder (the bucket's keys
+/// of a `--data` directory on shared storage).
+pub fn build_pc_env(
+    out: &Path,
+    name: &str,
+    server_url: &str,
+    profile: &str,
+    extra: &[&str],
+    env: &[(String, String)],
+) -> Result<String> {
     let mut cmd = Command::new(bootvault_bin());
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     let i686 = extra.windows(2).any(|w| w == ["--arch", "i686"]);
     cmd.args(["build", name, "--server", server_url, "--profile", profile, "--console", "ttyS0,115200"])
         .arg("--init")

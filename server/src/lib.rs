@@ -4,8 +4,10 @@
 //!   caller is authenticated;
 //! * [`vault`] — the coordinator the handlers and the admin CLI call:
 //!   the rules of backups, grants, jobs and gc;
-//! * [`db`] — the management database behind a trait (SQLite today);
-//! * [`blobs`] — the chunk and manifest store behind a trait (files today);
+//! * [`db`] — the management database behind a trait (SQLite, or
+//!   PostgreSQL shared by several servers);
+//! * [`blobs`] — the chunk and manifest store behind a trait: files, or
+//!   S3-compatible object storage ([`blobs_s3`] over the client in [`s3`]);
 //! * [`unlock`] — restore passwords: challenges, tickets, waits;
 //! * [`netboot`] — published boot files and iPXE scripts;
 //! * [`listener`] — the accept loop, TLS, timeouts and connection caps;
@@ -29,12 +31,18 @@
 
 pub mod api;
 pub mod blobs;
+pub mod blobs_s3;
 pub mod db;
 mod durable;
 pub mod listener;
 pub mod netboot;
 mod refusals;
+pub mod s3;
 mod secrets;
+pub mod storage;
+/// Services the tests and benches start on 127.0.0.1.
+pub mod testenv;
+pub mod testenv_s3;
 pub mod tls;
 pub mod unlock;
 pub mod vault;
@@ -102,14 +110,22 @@ pub fn serve(opts: Options) -> anyhow::Result<()> {
 }
 
 async fn run(opts: Options) -> anyhow::Result<()> {
-    let vault = Vault::open(&opts.data)?;
+    // Off the async workers, as every database call: PostgreSQL's client
+    // blocks on a runtime of its own.
+    let data = opts.data.clone();
+    let (vault, unfinished) = tokio::task::spawn_blocking(move || -> anyhow::Result<(Vault, usize)> {
+        let vault = Vault::open(&data)?;
+        let unfinished = vault.list_backups(None, true)?.iter().filter(|b| b.state == "uploading").count();
+        Ok((vault, unfinished))
+    })
+    .await
+    .context("opening the data directory")??;
     let events_path = opts.data.join("events.log");
     let events = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&events_path)
         .with_context(|| format!("opening {}", events_path.display()))?;
-    let unfinished = vault.list_backups(None, true)?.iter().filter(|b| b.state == "uploading").count();
     let mut limits = opts.limits;
     let fds = listener::raise_fd_limit();
     let fd_capped = fds.filter(|f| limits.max_connections > listener::fd_budget(*f).max(8));

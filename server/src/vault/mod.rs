@@ -91,7 +91,8 @@ pub fn normalize_mac(v: &str) -> Option<String> {
 }
 
 /// Setting: the server's own URLs as PCs reach it, comma-separated
-/// (`bootvault settings server-urls`); builds without `--server` use the first.
+/// (`bootvault settings server-urls`); builds without `--server` give the
+/// PC all of them, and it goes on with the next when one does not answer.
 pub const SERVER_URLS: &str = "server_urls";
 /// Setting: `yes` lists unknown MACs that network-boot (`bootvault pc pending`).
 pub const REGISTER_UNKNOWN: &str = "register_unknown";
@@ -115,11 +116,25 @@ pub struct Vault {
 }
 
 impl Vault {
-    /// The data directory with SQLite and chunk files in it.
+    /// The data directory, with the database and chunk store its
+    /// `storage.conf` names (SQLite and chunk files in it by default).
     pub fn open(dir: &Path) -> Result<Vault> {
-        let blobs = FsBlobStore::open(dir)?;
-        let db = SqliteDb::open(&dir.join("bootvault.db"))?;
-        Vault::with(dir, Box::new(db), Box::new(blobs))
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let storage = crate::storage::Storage::load(dir)?;
+        let db: Box<dyn Database> = match &storage.db {
+            None => Box::new(SqliteDb::open(&dir.join("bootvault.db"))?),
+            Some(url) => Box::new(
+                crate::db::postgres::PgDb::connect(url)
+                    .with_context(|| format!("the database {}", crate::storage::redact(url)))?,
+            ),
+        };
+        let blobs: Box<dyn BlobStore> = match &storage.store {
+            None => Box::new(FsBlobStore::open(dir)?),
+            Some(url) => {
+                Box::new(crate::blobs_s3::S3BlobStore::open(url).with_context(|| format!("the chunk store {url}"))?)
+            }
+        };
+        Vault::with(dir, db, blobs)
     }
 
     /// A vault over any database and chunk store; `dir` holds the admin
