@@ -2,11 +2,15 @@
 //! parameters, salt and key, never the password), challenges, tickets and
 //! the limit on wrong passwords.
 //!
-//! Unlocking is challenge–response: one-time nonces and the tickets they
-//! earn live in this process's memory (a restart drops them; PCs ask
-//! again); wrong-password counts live in the database (a restart does not
-//! reset them). Time is a parameter (`now`), so the waits are tested
-//! without sleeping. Owns the in-memory state and the rules; the lock and
+//! Unlocking is challenge–response: one-time nonces, the tickets they
+//! earn (kept by the hash of their secret) and wrong-password counts are
+//! rows of the database, so a PC may ask one server for a challenge,
+//! answer it through another and read through a third (servers sharing
+//! PostgreSQL); a restart keeps them. A ticket found valid is remembered
+//! in memory until it expires (tickets are never revoked early), which
+//! spares a database read per chunk of a protected restore. Time is a
+//! parameter (`now`), so the waits are tested without sleeping. Owns the
+//! rules and the ticket cache; the lock, the challenges, the tickets and
 //! the counts are rows of [`crate::db`].
 
 use std::collections::HashMap;
@@ -113,23 +117,23 @@ fn internal(e: impl std::fmt::Display) -> UnlockError {
     UnlockError { kind: UnlockRefused::Internal, message: e.to_string() }
 }
 
-#[derive(Default)]
-struct State {
-    /// (pc, backup) → (nonce, expires): one open challenge each, single use.
-    challenges: HashMap<(String, i64), ([u8; 32], i64)>,
-    /// ticket → (pc, backup, expires).
-    tickets: HashMap<String, (String, i64, i64)>,
-}
+/// Tickets remembered at most (valid ones only; the oldest to expire go first).
+const TICKET_CACHE: usize = 4096;
 
-/// Open challenges and tickets (in memory, see the module doc).
+/// The ticket cache (see the module doc): hash → (pc, backup, expires).
 #[derive(Default)]
 pub struct Unlocks {
-    state: Mutex<State>,
+    valid: Mutex<HashMap<String, (String, i64, i64)>>,
+}
+
+/// What the database keeps of a ticket: the BLAKE3 of its secret.
+fn ticket_hash(ticket: &str) -> String {
+    blake3::hash(ticket.as_bytes()).to_hex().to_string()
 }
 
 impl Unlocks {
-    fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn valid(&self) -> MutexGuard<'_, HashMap<String, (String, i64, i64)>> {
+        self.valid.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Refuses while (pc, backup) must wait after too many wrong passwords.
@@ -166,9 +170,7 @@ impl Unlocks {
         };
         Self::check_wait(db, pc, backup, now)?;
         let nonce = random_32().map_err(internal)?;
-        let mut s = self.state();
-        s.challenges.retain(|_, (_, expires)| *expires > now);
-        s.challenges.insert((pc.to_owned(), backup), (nonce, now + CHALLENGE_SECONDS));
+        db.put_challenge(pc, backup, &nonce, now + CHALLENGE_SECONDS, now).map_err(internal)?;
         Ok(Some(Challenge { kdf: lock.kdf, params: lock.params, salt: lock.salt, nonce }))
     }
 
@@ -183,7 +185,7 @@ impl Unlocks {
         proof: &[u8; 32],
         now: i64,
     ) -> Result<(), UnlockError> {
-        let open = self.state().challenges.remove(&(pc.to_owned(), backup));
+        let open = db.take_challenge(pc, backup).map_err(internal)?;
         Self::check_wait(db, pc, backup, now)?;
         let Some(lock) = db.backup_lock(backup).map_err(internal)? else {
             return Err(UnlockError {
@@ -218,20 +220,35 @@ impl Unlocks {
     }
 
     /// A ticket letting `pc` read locked backup `backup` for a day.
-    pub fn issue_ticket(&self, pc: &str, backup: i64, now: i64) -> Result<String> {
+    pub fn issue_ticket(&self, db: &dyn Database, pc: &str, backup: i64, now: i64) -> Result<String> {
         let ticket = wire::to_hex(&random_32()?);
-        let mut s = self.state();
-        s.tickets.retain(|_, (_, _, expires)| *expires > now);
-        s.tickets.insert(ticket.clone(), (pc.to_owned(), backup, now + TICKET_SECONDS));
+        db.add_ticket(&ticket_hash(&ticket), pc, backup, now + TICKET_SECONDS, now)?;
         Ok(ticket)
     }
 
-    /// Whether `ticket` lets `pc` read `backup` now.
-    pub fn ticket_ok(&self, pc: &str, backup: i64, ticket: &str, now: i64) -> bool {
-        let s = self.state();
-        // Looked up by the ticket itself (a keyed hash map, not a
-        // constant-time compare): tickets are 256 random bits, so nothing
-        // timing might tell helps anyone guess one.
-        matches!(s.tickets.get(ticket), Some((p, b, expires)) if p == pc && *b == backup && now < *expires)
+    /// Whether `ticket` lets `pc` read `backup` now (issued by any server
+    /// on the database). A database error refuses.
+    pub fn ticket_ok(&self, db: &dyn Database, pc: &str, backup: i64, ticket: &str, now: i64) -> bool {
+        // Looked up by the ticket's hash (not a constant-time compare):
+        // tickets are 256 random bits, so nothing timing might tell helps
+        // anyone guess one.
+        let hash = ticket_hash(ticket);
+        let ok = |(p, b, expires): &(String, i64, i64)| p == pc && *b == backup && now < *expires;
+        if let Some(known) = self.valid().get(&hash) {
+            return ok(known);
+        }
+        let Ok(Some(row)) = db.ticket(&hash) else { return false };
+        if !ok(&row) {
+            return false;
+        }
+        let mut valid = self.valid();
+        valid.retain(|_, (_, _, expires)| *expires > now);
+        if valid.len() >= TICKET_CACHE {
+            if let Some(first) = valid.iter().min_by_key(|(_, (_, _, e))| *e).map(|(k, _)| k.clone()) {
+                valid.remove(&first);
+            }
+        }
+        valid.insert(hash, row);
+        true
     }
 }

@@ -60,6 +60,31 @@ fn scenario(db: &dyn Database) {
     settings(db);
     jobs(db, b1);
     admins(db);
+    challenges_and_tickets(db);
+}
+
+/// Restore passwords' challenges (single use, replaced, expired) and
+/// tickets (by hash, expired ones dropped).
+fn challenges_and_tickets(db: &dyn Database) {
+    let (n1, n2) = ([1u8; 32], [2u8; 32]);
+    assert_eq!(db.take_challenge("pc-a", 7).unwrap(), None);
+    db.put_challenge("pc-a", 7, &n1, 1300, 1000).unwrap();
+    db.put_challenge("pc-a", 7, &n2, 1300, 1000).unwrap();
+    db.put_challenge("pc-b", 7, &n1, 1100, 1000).unwrap();
+    assert_eq!(db.take_challenge("pc-a", 7).unwrap(), Some((n2, 1300)), "the newer replaces the older");
+    assert_eq!(db.take_challenge("pc-a", 7).unwrap(), None, "single use");
+    // Opening another drops the expired ones.
+    db.put_challenge("pc-c", 8, &n1, 1500, 1200).unwrap();
+    assert_eq!(db.take_challenge("pc-b", 7).unwrap(), None, "expired at 1100, dropped at 1200");
+    assert_eq!(db.take_challenge("pc-c", 8).unwrap(), Some((n1, 1500)));
+
+    assert_eq!(db.ticket("h1").unwrap(), None);
+    db.add_ticket("h1", "pc-a", 7, 2000, 1000).unwrap();
+    db.add_ticket("h2", "pc-b", 9, 1500, 1000).unwrap();
+    assert_eq!(db.ticket("h1").unwrap(), Some(("pc-a".into(), 7, 2000)));
+    db.add_ticket("h3", "pc-c", 9, 3000, 1600).unwrap();
+    assert_eq!(db.ticket("h2").unwrap(), None, "expired tickets are dropped");
+    assert_eq!(db.ticket("h3").unwrap(), Some(("pc-c".into(), 9, 3000)));
 }
 
 fn pcs(db: &dyn Database) {
@@ -469,6 +494,12 @@ fn sqlite_conformance() {
     let db = SqliteDb::open(&dir.join("bootvault.db")).unwrap();
     scenario(&db);
     drop(db);
+    // A database from a newer bootvault is refused, not used half-understood.
+    let conn = rusqlite::Connection::open(dir.join("bootvault.db")).unwrap();
+    conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'", []).unwrap();
+    drop(conn);
+    let e = SqliteDb::open(&dir.join("bootvault.db")).err().map(|e| format!("{e:#}")).unwrap_or_default();
+    assert!(e.contains("newer than this bootvault knows"), "{e}");
     fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -619,4 +650,43 @@ fn postgres_across_servers() {
     drop(servers);
     drop(pg);
     fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The chunk store's lock across servers: one server's exclusive lock
+/// (gc's sweep) waits for every other's shared ones (writers) and keeps
+/// them out while held; SQLite has none (one data directory).
+#[test]
+fn the_store_lock_holds_across_servers() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+    let dir = temp("pg-lock");
+    let pg = Postgres::start(&dir).unwrap();
+    let url = pg.new_database("lock").unwrap();
+    let (a, b) = (PgDb::connect(&url).unwrap(), PgDb::connect(&url).unwrap());
+    let sqlite = SqliteDb::open(&dir.join("bootvault.db")).unwrap();
+    assert!(sqlite.store_lock(true).unwrap().is_none());
+
+    let shared_a = a.store_lock(false).unwrap().expect("a lock");
+    let shared_b = b.store_lock(false).unwrap().expect("shared locks go together");
+    let swept = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let gc = s.spawn(|| {
+            let held = a.store_lock(true).unwrap();
+            swept.store(true, Ordering::SeqCst);
+            held
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!swept.load(Ordering::SeqCst), "the exclusive lock waits for the writers");
+        drop(shared_a);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!swept.load(Ordering::SeqCst), "and for the other server's");
+        drop(shared_b);
+        let held = gc.join().unwrap();
+        assert!(swept.load(Ordering::SeqCst));
+        let writer = s.spawn(|| b.store_lock(false).unwrap());
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!writer.is_finished(), "a writer on the other server waits for the sweep");
+        drop(held);
+        drop(writer.join().unwrap());
+    });
 }

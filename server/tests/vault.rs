@@ -485,11 +485,13 @@ fn schema_3_databases_are_migrated() {
     let db = rusqlite::Connection::open(dir.join("bootvault.db")).unwrap();
     let version: String =
         db.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, "7");
+    assert_eq!(version, "8");
     drop(db);
     let v = Vault::open(&dir).unwrap(); // the migration runs once
-                                        // Schema 7's tables work on a migrated database.
+    // Schema 7's and 8's tables work on a migrated database.
     v.add_admin("ann", "correct horse battery").unwrap();
     assert_eq!(v.list_admins().unwrap().len(), 1);
+    let ticket = v.issue_ticket("old", 1, 100).unwrap();
+    assert!(v.ticket_ok("old", 1, &ticket, 101));
     let _ = fs::remove_dir_all(&dir);
 }

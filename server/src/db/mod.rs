@@ -375,6 +375,26 @@ pub trait Database: Send + Sync {
     /// `forget_before` are dropped.
     fn add_signin_failure(&self, keys: &[&str], now: i64, forget_before: i64) -> Result<()>;
     fn clear_signin_failures(&self, key: &str) -> Result<()>;
+
+    // Restore passwords' challenges and tickets: in the database, so a PC
+    // may ask one server and answer, or read, through another.
+    /// Opens the challenge of (pc, backup) with `nonce` until `expires`,
+    /// replacing any; challenges expired at `now` are dropped.
+    fn put_challenge(&self, pc: &str, backup: i64, nonce: &[u8; 32], expires: i64, now: i64) -> Result<()>;
+    /// Takes the open challenge of (pc, backup), which is then gone
+    /// (single use, whichever server asks): its nonce and expiry.
+    fn take_challenge(&self, pc: &str, backup: i64) -> Result<Option<([u8; 32], i64)>>;
+    /// Keeps a ticket by the hash of its secret (never the secret);
+    /// tickets expired at `now` are dropped.
+    fn add_ticket(&self, hash: &str, pc: &str, backup: i64, expires: i64, now: i64) -> Result<()>;
+    /// (pc, backup, expires) of the ticket whose secret hashes to `hash`.
+    fn ticket(&self, hash: &str) -> Result<Option<(String, i64, i64)>>;
+
+    /// The chunk store's lock across every server on this database (gc's
+    /// sweep exclusive, writers shared; see vault/gc.rs), taken before the
+    /// store's own. None: no other server can share this database
+    /// (SQLite, in one data directory), so the store's lock alone does.
+    fn store_lock(&self, exclusive: bool) -> Result<Option<crate::blobs::BlobLock>>;
 }
 
 /// Whether an error comes from a full disk or an exhausted disk quota

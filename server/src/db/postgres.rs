@@ -113,7 +113,17 @@ CREATE INDEX signin_failures_key ON signin_failures(key, at);
 
 /// The schema steps after [`SCHEMA_BASE`]: (version reached, its SQL),
 /// numbered as SQLite's, so one version means one schema on both.
-const MIGRATIONS: &[(i64, &str)] = &[];
+const MIGRATIONS: &[(i64, &str)] = &[
+    // Schema 8: restore passwords' open challenges and tickets (by the
+    // hash of the ticket), shared by every server.
+    (
+        8,
+        "CREATE TABLE unlock_challenges (pc TEXT NOT NULL, backup BIGINT NOT NULL, nonce BYTEA NOT NULL,
+             expires BIGINT NOT NULL, PRIMARY KEY (pc, backup));
+         CREATE TABLE unlock_tickets (hash TEXT PRIMARY KEY, pc TEXT NOT NULL, backup BIGINT NOT NULL,
+             expires BIGINT NOT NULL);",
+    ),
+];
 
 /// The schema version this build creates and understands.
 fn latest_version() -> i64 {
@@ -125,6 +135,12 @@ const LOCK_SPACE: i32 = 0x6276; // "bv"
 const LOCK_SCHEMA: i32 = 1;
 const LOCK_PCS: i32 = 2;
 const LOCK_PENDING: i32 = 3;
+/// The chunk store's lock, session-level (held across calls by a
+/// connection of its own, see [`PgDb::store_lock`]).
+const LOCK_STORE: i32 = 4;
+/// Connections kept for the store lock (more are opened while more
+/// writers hold it at once, and closed when they let go).
+const LOCK_POOL: usize = 8;
 
 /// Runs of one transaction when it deadlocks or fails to serialize.
 const TRIES: u32 = 5;
@@ -271,6 +287,9 @@ fn prepare_schema(client: &mut Client) -> Result<()> {
     match found {
         None => {
             tx.batch_execute(SCHEMA)?;
+            for (_, sql) in MIGRATIONS {
+                tx.batch_execute(sql)?;
+            }
             tx.execute("INSERT INTO meta (key, value) VALUES ('schema_version', $1)", &[&latest.to_string()])?;
         }
         Some(v) => {
@@ -309,6 +328,34 @@ pub struct PgDb {
     place: String,
     slots: Vec<Mutex<Option<Client>>>,
     next: AtomicUsize,
+    /// Idle connections for the store lock.
+    lockers: std::sync::Arc<Mutex<Vec<Client>>>,
+}
+
+/// The store lock held by one connection: let go (and the connection
+/// kept for the next) when dropped. A server that dies lets go with its
+/// session.
+struct StoreLock {
+    client: Option<Client>,
+    exclusive: bool,
+    pool: std::sync::Arc<Mutex<Vec<Client>>>,
+}
+
+impl Drop for StoreLock {
+    fn drop(&mut self) {
+        let Some(mut client) = self.client.take() else { return };
+        let unlock = if self.exclusive { "pg_advisory_unlock" } else { "pg_advisory_unlock_shared" };
+        let sql = format!("SELECT {unlock}($1, $2)");
+        if client.execute(sql.as_str(), &[&LOCK_SPACE, &LOCK_STORE]).is_ok() {
+            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            if pool.len() < LOCK_POOL {
+                pool.push(client);
+                return;
+            }
+        }
+        // Not kept: closed (ending its session lets go of anything held).
+        drop(client);
+    }
 }
 
 impl PgDb {
@@ -328,6 +375,7 @@ impl PgDb {
             place,
             slots: (0..POOL_SIZE).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
+            lockers: Default::default(),
         };
         let mut client = db.open_one()?;
         prepare_schema(&mut client).with_context(|| format!("preparing the schema in {}", db.place))?;
@@ -428,8 +476,9 @@ impl Drop for PgDb {
     /// Each client owns a tokio runtime, and dropping one on a thread of
     /// an async runtime panics; a thread of their own closes them.
     fn drop(&mut self) {
-        let clients: Vec<Client> =
+        let mut clients: Vec<Client> =
             self.slots.iter_mut().filter_map(|s| s.get_mut().unwrap_or_else(|p| p.into_inner()).take()).collect();
+        clients.extend(self.lockers.lock().unwrap_or_else(|p| p.into_inner()).drain(..));
         if !clients.is_empty() {
             let _ = std::thread::spawn(move || drop(clients)).join();
         }
@@ -1170,5 +1219,67 @@ impl Database for PgDb {
             tx.execute("DELETE FROM signin_failures WHERE key = $1", &[&key])?;
             Ok(())
         })
+    }
+
+    fn put_challenge(&self, pc: &str, backup: i64, nonce: &[u8; 32], expires: i64, now: i64) -> Result<()> {
+        self.tx("put_challenge", |tx| {
+            tx.execute("DELETE FROM unlock_challenges WHERE expires <= $1", &[&now])?;
+            tx.execute(
+                "INSERT INTO unlock_challenges (pc, backup, nonce, expires) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (pc, backup) DO UPDATE SET nonce = EXCLUDED.nonce, expires = EXCLUDED.expires",
+                &[&pc, &backup, &&nonce[..], &expires],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn take_challenge(&self, pc: &str, backup: i64) -> Result<Option<([u8; 32], i64)>> {
+        self.tx("take_challenge", |tx| {
+            // One statement: two servers taking the same challenge get it once.
+            let row = tx.query_opt(
+                "DELETE FROM unlock_challenges WHERE pc = $1 AND backup = $2 RETURNING nonce, expires",
+                &[&pc, &backup],
+            )?;
+            let Some(row) = row else { return Ok(None) };
+            let nonce: Vec<u8> = row.try_get(0)?;
+            let expires: i64 = row.try_get(1)?;
+            Ok(<[u8; 32]>::try_from(nonce.as_slice()).ok().map(|n| (n, expires)))
+        })
+    }
+
+    fn add_ticket(&self, hash: &str, pc: &str, backup: i64, expires: i64, now: i64) -> Result<()> {
+        self.tx("add_ticket", |tx| {
+            tx.execute("DELETE FROM unlock_tickets WHERE expires <= $1", &[&now])?;
+            tx.execute(
+                "INSERT INTO unlock_tickets (hash, pc, backup, expires) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (hash) DO UPDATE SET pc = EXCLUDED.pc, backup = EXCLUDED.backup, expires = EXCLUDED.expires",
+                &[&hash, &pc, &backup, &expires],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn ticket(&self, hash: &str) -> Result<Option<(String, i64, i64)>> {
+        self.tx("ticket", |tx| {
+            let row = tx.query_opt("SELECT pc, backup, expires FROM unlock_tickets WHERE hash = $1", &[&hash])?;
+            row.map(|r| -> Result<_> { Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)) }).transpose()
+        })
+    }
+
+    /// A session-level advisory lock on a connection of its own, held
+    /// until the returned lock is dropped: every server's writers share
+    /// it, one server's gc sweep excludes them all.
+    fn store_lock(&self, exclusive: bool) -> Result<Option<crate::blobs::BlobLock>> {
+        let idle = self.lockers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut client = match idle {
+            Some(c) if !c.is_closed() => c,
+            _ => self.open_one()?,
+        };
+        let lock = if exclusive { "pg_advisory_lock" } else { "pg_advisory_lock_shared" };
+        client
+            .execute(format!("SELECT {lock}($1, $2)").as_str(), &[&LOCK_SPACE, &LOCK_STORE])
+            .with_context(|| format!("database {}: taking the chunk store's lock", self.place))?;
+        let held = StoreLock { client: Some(client), exclusive, pool: self.lockers.clone() };
+        Ok(Some(crate::blobs::BlobLock::holding(Box::new(held))))
     }
 }

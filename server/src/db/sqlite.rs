@@ -110,6 +110,15 @@ const MIGRATIONS: &[(i64, &str)] = &[
          CREATE TABLE IF NOT EXISTS signin_failures (key TEXT NOT NULL, at INTEGER NOT NULL);
          CREATE INDEX IF NOT EXISTS signin_failures_key ON signin_failures(key, at);",
     ),
+    // Schema 8: restore passwords' open challenges and tickets (by the
+    // hash of the ticket), kept here rather than in one server's memory.
+    (
+        8,
+        "CREATE TABLE IF NOT EXISTS unlock_challenges (pc TEXT NOT NULL, backup INTEGER NOT NULL,
+             nonce BLOB NOT NULL, expires INTEGER NOT NULL, PRIMARY KEY (pc, backup));
+         CREATE TABLE IF NOT EXISTS unlock_tickets (hash TEXT PRIMARY KEY, pc TEXT NOT NULL,
+             backup INTEGER NOT NULL, expires INTEGER NOT NULL);",
+    ),
 ];
 
 /// Brings an older database up to the current schema: each step of
@@ -118,6 +127,12 @@ const MIGRATIONS: &[(i64, &str)] = &[
 fn migrate(db: &Connection) -> Result<()> {
     let version: i64 =
         db.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get::<_, String>(0))?.parse()?;
+    let latest = MIGRATIONS.last().map_or(1, |(v, _)| *v);
+    if version > latest {
+        bail!(
+            "the database's schema version {version} is newer than this bootvault knows ({latest}): upgrade bootvault"
+        );
+    }
     for (to, sql) in MIGRATIONS.iter().filter(|(to, _)| *to > version) {
         db.execute_batch(&format!(
             "BEGIN;\n{sql}\nUPDATE meta SET value = '{to}' WHERE key = 'schema_version';\nCOMMIT;"
@@ -888,5 +903,57 @@ impl Database for SqliteDb {
     fn clear_signin_failures(&self, key: &str) -> Result<()> {
         self.db().execute("DELETE FROM signin_failures WHERE key = ?1", [key])?;
         Ok(())
+    }
+
+    fn put_challenge(&self, pc: &str, backup: i64, nonce: &[u8; 32], expires: i64, now: i64) -> Result<()> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        tx.execute("DELETE FROM unlock_challenges WHERE expires <= ?1", [now])?;
+        tx.execute(
+            "INSERT OR REPLACE INTO unlock_challenges (pc, backup, nonce, expires) VALUES (?1, ?2, ?3, ?4)",
+            params![pc, backup, &nonce[..], expires],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn take_challenge(&self, pc: &str, backup: i64) -> Result<Option<([u8; 32], i64)>> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let row: Option<(Vec<u8>, i64)> = tx
+            .query_row(
+                "SELECT nonce, expires FROM unlock_challenges WHERE pc = ?1 AND backup = ?2",
+                params![pc, backup],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        tx.execute("DELETE FROM unlock_challenges WHERE pc = ?1 AND backup = ?2", params![pc, backup])?;
+        tx.commit()?;
+        Ok(row.and_then(|(n, e)| Some((<[u8; 32]>::try_from(n.as_slice()).ok()?, e))))
+    }
+
+    fn add_ticket(&self, hash: &str, pc: &str, backup: i64, expires: i64, now: i64) -> Result<()> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        tx.execute("DELETE FROM unlock_tickets WHERE expires <= ?1", [now])?;
+        tx.execute(
+            "INSERT OR REPLACE INTO unlock_tickets (hash, pc, backup, expires) VALUES (?1, ?2, ?3, ?4)",
+            params![hash, pc, backup, expires],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn ticket(&self, hash: &str) -> Result<Option<(String, i64, i64)>> {
+        Ok(self
+            .db()
+            .query_row("SELECT pc, backup, expires FROM unlock_tickets WHERE hash = ?1", [hash], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()?)
+    }
+
+    fn store_lock(&self, _exclusive: bool) -> Result<Option<crate::blobs::BlobLock>> {
+        Ok(None)
     }
 }

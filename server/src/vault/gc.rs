@@ -1,18 +1,21 @@
-//! Garbage collection that is safe while backups run (docs/DESIGN.md,
-//! "Garbage collection"). The lock and the marks it relies on are the
-//! chunk store's ([`BlobStore::lock`](crate::blobs::BlobStore::lock),
-//! [`BlobStore::touch`](crate::blobs::BlobStore::touch)); the order of
-//! the steps is kept here.
+//! Garbage collection that is safe while backups run, on this server and
+//! on any other sharing its database and chunk store (docs/DESIGN.md,
+//! "Garbage collection"). The lock is the database's across servers
+//! ([`Database::store_lock`](crate::db::Database::store_lock), PostgreSQL's
+//! advisory lock) taken before the store's own
+//! ([`BlobStore::lock`](crate::blobs::BlobStore::lock)); the marks are the
+//! store's ([`BlobStore::touch`](crate::blobs::BlobStore::touch): a file's
+//! mtime, an object's LastModified); the order of the steps is kept here.
 //!
 //! Every writer (a backup asking which chunks are missing, uploading one,
 //! or finishing; an import) sets a chunk's modification time to now when
 //! it asks about, uploads or names it (unless it was set within
-//! [`TOUCH_SKIP`]), holding `DATA/chunks.lock` shared. gc:
+//! [`TOUCH_SKIP`]), holding the store lock shared. gc:
 //! 1. notes its start and the uploads open at that moment, failing those
 //!    idle for longer than `max_age`; its cutoff is the earlier of its
 //!    start and the oldest open upload's creation, minus [`GC_MARGIN`];
 //! 2. then marks every chunk named by a complete backup;
-//! 3. then, one chunk directory at a time with `DATA/chunks.lock` held
+//! 3. then, one chunk group at a time with the store lock held
 //!    exclusive, removes the chunks that are unmarked *and* last touched
 //!    before the cutoff.
 //!
@@ -132,7 +135,7 @@ impl Vault {
     /// Removes one group's chunks that are unmarked and older than the
     /// cutoff, with the store locked exclusive.
     fn sweep(&self, group: &str, keep: &HashSet<ChunkId>, cutoff: i64, report: &mut GcReport) -> Result<()> {
-        let _lock = self.blobs.lock(true)?;
+        let _lock = self.store_lock(true)?;
         for b in self.blobs.list(group)? {
             if b.id.is_some_and(|id| keep.contains(&id)) {
                 report.chunks_kept += 1;

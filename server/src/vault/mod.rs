@@ -33,6 +33,7 @@ use crate::unlock::Unlocks;
 
 pub mod admins;
 mod gc;
+pub mod migrate;
 mod pcs;
 mod rights;
 
@@ -194,6 +195,17 @@ impl Vault {
     pub fn admin_token(&self) -> Result<String> {
         let p = self.admin_token_path();
         Ok(fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?.trim().to_owned())
+    }
+
+    /// The chunk store's lock: the database's across servers (if it has
+    /// one), then the store's own; shared by writers, exclusive by gc.
+    fn store_lock(&self, exclusive: bool) -> Result<blobs::BlobLock> {
+        let across = self.db.store_lock(exclusive)?;
+        let here = self.blobs.lock(exclusive)?;
+        Ok(match across {
+            Some(across) => blobs::BlobLock::holding(Box::new((across, here))),
+            None => here,
+        })
     }
 
     fn manifest_cache(&self) -> std::sync::MutexGuard<'_, rights::ManifestIds> {
@@ -413,12 +425,12 @@ impl Vault {
 
     /// A ticket letting `pc` read locked backup `backup` for a day.
     pub fn issue_ticket(&self, pc: &str, backup: i64, now: i64) -> Result<String> {
-        self.unlocks.issue_ticket(pc, backup, now)
+        self.unlocks.issue_ticket(self.db.as_ref(), pc, backup, now)
     }
 
     /// Whether `ticket` lets `pc` read `backup` now.
     pub fn ticket_ok(&self, pc: &str, backup: i64, ticket: &str, now: i64) -> bool {
-        self.unlocks.ticket_ok(pc, backup, ticket, now)
+        self.unlocks.ticket_ok(self.db.as_ref(), pc, backup, ticket, now)
     }
 
     // Backups.
@@ -520,7 +532,7 @@ impl Vault {
             }
         };
         let verified = if trusted { None } else { Some(blobs::verify(id, blob).map_err(PutError::Bad)?) };
-        let _lock = self.blobs.lock(false).map_err(storage)?;
+        let _lock = self.store_lock(false).map_err(storage)?;
         let mut _quota = None;
         let stored_now = match self.blobs.touch(id, gc::margins().1).map_err(storage)? {
             // A plain blob proves itself (its BLAKE3 is its name); an
@@ -565,7 +577,7 @@ impl Vault {
     /// it). Chunks answered as stored are marked in use (see `gc`).
     pub fn missing(&self, backup: i64, pc: Option<&str>, ids: &[ChunkId]) -> Result<Vec<u32>> {
         let rights = pc.map(|p| self.rights(p, Some(backup))).transpose()?;
-        let _lock = self.blobs.lock(false)?;
+        let _lock = self.store_lock(false)?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             let allowed = match &rights {
@@ -638,7 +650,7 @@ impl Vault {
         {
             // Each chunk named is marked in use under the lock, so a gc
             // running now either removed it already (refused below) or keeps it.
-            let _lock = self.blobs.lock(false).map_err(|e| bad(e.to_string()))?;
+            let _lock = self.store_lock(false).map_err(|e| bad(e.to_string()))?;
             for (i, c) in m.chunks.iter().enumerate() {
                 let image::Chunk::Data { id: cid, .. } = c else { continue };
                 let (off, _) = m.chunk_range(i);
