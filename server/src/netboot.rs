@@ -35,7 +35,6 @@ use anyhow::Result;
 
 use crate::db::PcRow;
 use crate::durable::DurableWriter;
-use crate::refusals::PeerRate;
 
 /// Files a PC may fetch from its boot directory.
 pub const BOOT_FILES: &[&str] = &["vmlinuz", "initrd.img"];
@@ -100,15 +99,10 @@ pub fn overlay_initrd(files: &[Vec<u8>], row: &PcRow) -> Result<[(&'static str, 
 /// New MACs one peer address may add to `pending` per [`NEW_PENDING_WINDOW`]:
 /// a PC network-boots with one MAC (a few with several NICs); a peer
 /// inventing MACs stops here.
-const NEW_PENDING_PER_PEER: u32 = 8;
+/// Counted in the database, so the limit holds across servers sharing it
+/// ([`crate::vault::Vault::note_pending_from`]).
+pub const NEW_PENDING_PER_PEER: i64 = 8;
 pub const NEW_PENDING_WINDOW: Duration = Duration::from_secs(600);
-/// Peer addresses tracked for that; more at once wait for the window.
-const NEW_PENDING_PEERS: usize = 1024;
-
-/// The limit on new `pending` MACs per peer address.
-pub fn new_pending_rate() -> PeerRate {
-    PeerRate::new(NEW_PENDING_WINDOW, NEW_PENDING_PER_PEER, NEW_PENDING_PEERS)
-}
 
 /// The published boot files (`DATA/boot/`).
 pub struct BootFiles {

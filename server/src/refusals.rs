@@ -1,11 +1,12 @@
 //! Keeping unauthenticated traffic from filling the disk: what refused
-//! and unauthenticated requests log is aggregated ([`RefusalLog`]), and
-//! what they may add to the database is rate-limited per peer address
-//! ([`PeerRate`]).
+//! and unauthenticated requests log is aggregated ([`RefusalLog`]). (What
+//! they may add to the database is rate-limited per peer address in the
+//! database itself, so the limit holds across servers:
+//! [`crate::vault::Vault::note_pending_from`].)
 //!
 //! Pure state with the time passed in; lib.rs writes the lines and owns
-//! the locks. Both maps are bounded, so a flood from many addresses costs
-//! a fixed amount of memory.
+//! the lock. The map is bounded, so a flood from many addresses costs a
+//! fixed amount of memory.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -143,46 +144,6 @@ fn summary_line(key: (Option<IpAddr>, Kind), t: &Tally, now: Instant) -> Option<
     Some(format!("{} peer={peer}{reason}: {} more in the last {secs} s (not logged one by one)", kind.event, t.more))
 }
 
-/// At most `per_window` events per peer address per `window` (fixed
-/// windows); at most `max_peers` addresses tracked, and while that many
-/// are, new addresses are refused.
-#[derive(Debug)]
-pub struct PeerRate {
-    window: Duration,
-    per_window: u32,
-    max_peers: usize,
-    peers: HashMap<IpAddr, (Instant, u32)>,
-}
-
-impl PeerRate {
-    pub fn new(window: Duration, per_window: u32, max_peers: usize) -> PeerRate {
-        PeerRate { window, per_window, max_peers, peers: HashMap::new() }
-    }
-
-    /// Whether `peer` may do one more now (nothing is counted: call
-    /// [`PeerRate::spend`] when it did).
-    pub fn allows(&mut self, peer: IpAddr, now: Instant) -> bool {
-        let window = self.window;
-        self.peers.retain(|_, (since, _)| now.duration_since(*since) < window);
-        match self.peers.get(&peer) {
-            Some((_, n)) => *n < self.per_window,
-            None => self.peers.len() < self.max_peers && self.per_window > 0,
-        }
-    }
-
-    /// Counts one for `peer`.
-    pub fn spend(&mut self, peer: IpAddr, now: Instant) {
-        if !self.peers.contains_key(&peer) && self.peers.len() >= self.max_peers {
-            return;
-        }
-        let e = self.peers.entry(peer).or_insert((now, 0));
-        if now.duration_since(e.0) >= self.window {
-            *e = (now, 0);
-        }
-        e.1 += 1;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,22 +207,5 @@ mod tests {
             lines.iter().any(|l| l.starts_with("auth-refused peer=others reason=no-token: 96800 more")),
             "{lines:?}"
         );
-    }
-
-    #[test]
-    fn peer_rate() {
-        let t0 = Instant::now();
-        let s = Duration::from_secs(1);
-        let mut r = PeerRate::new(600 * s, 2, 2);
-        for _ in 0..2 {
-            assert!(r.allows(ip(1), t0));
-            r.spend(ip(1), t0);
-        }
-        assert!(!r.allows(ip(1), t0 + s));
-        assert!(r.allows(ip(2), t0), "another peer has its own count");
-        r.spend(ip(2), t0);
-        assert!(!r.allows(ip(3), t0), "two peers tracked: a third waits");
-        assert!(r.allows(ip(1), t0 + 600 * s), "a new window");
-        assert!(r.allows(ip(3), t0 + 600 * s));
     }
 }

@@ -16,6 +16,7 @@ use bootvault_common::image::{self, Chunk, ChunkId, Manifest};
 use bootvault_common::wire::{self, LockParams};
 use bootvault_server::blobs_s3::S3BlobStore;
 use bootvault_server::db::postgres::PgDb;
+use bootvault_server::db::Pending;
 use bootvault_server::s3::S3Client;
 use bootvault_server::testenv::Postgres;
 use bootvault_server::testenv_s3::Garage;
@@ -114,6 +115,20 @@ fn a_password_unlocked_through_one_server_opens_the_backup_on_the_other() {
     }
     let e = b.challenge("pc-one", id, now).unwrap_err();
     assert!(matches!(e.kind, UnlockRefused::Wait), "five wrong ones across both servers: {}", e.message);
+
+    // Unknown MACs from one peer, through both servers: one rate for both.
+    let listed = (0..20)
+        .filter(|i| {
+            let v = if i % 2 == 0 { &a } else { &b };
+            v.note_pending_from(&format!("52:54:00:aa:00:{i:02x}"), "10.9.9.9", now).unwrap() == Pending::Added
+        })
+        .count();
+    assert_eq!(listed as i64, bootvault_server::netboot::NEW_PENDING_PER_PEER);
+    assert_eq!(
+        a.note_pending_from("52:54:00:aa:01:00", "10.9.9.8", now).unwrap(),
+        Pending::Added,
+        "another peer has its own count"
+    );
     drop((a, b));
     let _ = fs::remove_dir_all(&dir);
 }

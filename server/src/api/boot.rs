@@ -17,11 +17,10 @@
 //! Anyone may call these, so what they log goes through `App::aggregated`
 //! (a few lines per peer a minute, then a count), and the MACs they add to
 //! `pending` are limited per peer address
-//! ([`new_pending_rate`](crate::netboot::new_pending_rate)) and in number
-//! ([`Vault::PENDING_MAX`]).
+//! ([`Vault::note_pending_from`], counted in the database for every
+//! server) and in number ([`Vault::PENDING_MAX`]).
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
 
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, StatusCode};
@@ -54,15 +53,8 @@ async fn entry(State(app): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketA
 /// Lists an unknown MAC for the admin, if the peer's rate and the list's
 /// cap allow: the line for the PC's screen and the log's word for it.
 fn list_pending(app: &App, mac: &str, peer: IpAddr) -> Result<(String, &'static str), Response> {
-    let now = Instant::now();
-    let admit = app.new_pending.lock().is_ok_and(|mut r| r.allows(peer, now));
-    match app.vault.note_pending(mac, &peer.to_string(), vault::now(), admit).map_err(internal)? {
-        Pending::Added => {
-            if let Ok(mut r) = app.new_pending.lock() {
-                r.spend(peer, now);
-            }
-            Ok(("It is now listed for the admin in: bootvault pc pending".into(), "listed"))
-        }
+    match app.vault.note_pending_from(mac, &peer.to_string(), vault::now()).map_err(internal)? {
+        Pending::Added => Ok(("It is now listed for the admin in: bootvault pc pending".into(), "listed")),
         Pending::Seen => Ok(("It is listed for the admin in: bootvault pc pending".into(), "listed")),
         Pending::Full => Ok((
             format!("It was not listed: the list of unknown PCs is full ({}); ask an admin.", Vault::PENDING_MAX),

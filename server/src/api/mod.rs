@@ -37,9 +37,9 @@ use axum::Router;
 use bootvault_common::image;
 use bootvault_common::wire;
 
+use crate::listener;
 use crate::refusals;
 use crate::vault::{self, BackupRow, Vault};
-use crate::{listener, netboot};
 
 pub struct App {
     pub vault: Vault,
@@ -50,7 +50,6 @@ pub struct App {
     /// Refused and unauthenticated requests: what of them is logged.
     refusal_log: Mutex<refusals::RefusalLog>,
     /// New `pending` MACs per peer address (netboot, unauthenticated).
-    new_pending: Mutex<refusals::PeerRate>,
     /// The server speaks HTTPS (the console's cookie is then Secure).
     pub https: bool,
     /// What PCs are running now, for the web console.
@@ -69,7 +68,6 @@ impl App {
             events: Mutex::new(events),
             admin_token,
             refusal_log: Mutex::new(refusals::RefusalLog::default()),
-            new_pending: Mutex::new(netboot::new_pending_rate()),
             https,
             progress: crate::web::progress::Hub::default(),
             media: None,

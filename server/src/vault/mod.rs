@@ -283,6 +283,25 @@ impl Vault {
         self.db.note_pending(&mac, addr, now, rules)
     }
 
+    /// [`Vault::note_pending`] for a network boot from `peer`, which may
+    /// list [`NEW_PENDING_PER_PEER`](crate::netboot::NEW_PENDING_PER_PEER)
+    /// new MACs per window. The count is kept in the database (beside the
+    /// failed sign-ins, under `pending-peer:ADDR`), so it holds across
+    /// servers sharing it; two servers admitting at the same instant may
+    /// pass it by one each, the list's own cap never.
+    pub fn note_pending_from(&self, mac: &str, peer: &str, now: i64) -> Result<Pending> {
+        let key = format!("pending-peer:{peer}");
+        let window = crate::netboot::NEW_PENDING_WINDOW.as_secs() as i64;
+        let admit = self.db.signin_failures(&key, now - window)? < crate::netboot::NEW_PENDING_PER_PEER;
+        let noted = self.note_pending(mac, peer, now, admit)?;
+        if noted == Pending::Added {
+            // Pruned at the longer of the two windows, so neither kind
+            // of count drops the other's.
+            self.db.add_signin_failure(&[&key], now, now - window.max(admins::SIGNIN_WINDOW))?;
+        }
+        Ok(noted)
+    }
+
     /// The listed unknown MACs seen within [`Vault::PENDING_EXPIRE`] of `now`.
     pub fn list_pending(&self, now: i64) -> Result<Vec<PendingRow>> {
         self.db.list_pending(now - Self::PENDING_EXPIRE)
