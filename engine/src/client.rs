@@ -54,6 +54,8 @@ pub struct Client {
     /// Challenges asked and tickets held, per backup; shared by clones so
     /// the restore workers use the ticket the console got.
     unlocks: Arc<Mutex<Unlocks>>,
+    /// Told (from, to) when requests move on to the next server.
+    on_fail_over: Option<Arc<dyn Fn(&str, &str) + Send + Sync>>,
 }
 
 /// One server of the list: its base URL and connections.
@@ -354,7 +356,15 @@ impl Client {
             pc: pc.to_owned(),
             authorization: format!("{}{token}", wire::BEARER),
             unlocks: Arc::new(Mutex::new(Unlocks::default())),
+            on_fail_over: None,
         }
+    }
+
+    /// The same client, calling `f(from, to)` each time requests move on
+    /// to the next server (the PC's console says so).
+    pub fn on_fail_over(mut self, f: impl Fn(&str, &str) + Send + Sync + 'static) -> Client {
+        self.on_fail_over = Some(Arc::new(f));
+        self
     }
 
     /// The same client with other timeouts (tests use short ones).
@@ -394,7 +404,10 @@ impl Client {
     fn fail_over(&self, failed: usize) {
         if self.servers.len() > 1 {
             let next = (failed + 1) % self.servers.len();
-            let _ = self.current.compare_exchange(failed, next, Ordering::Relaxed, Ordering::Relaxed);
+            let moved = self.current.compare_exchange(failed, next, Ordering::Relaxed, Ordering::Relaxed).is_ok();
+            if let (true, Some(f)) = (moved, &self.on_fail_over) {
+                f(&self.servers[failed].base, &self.servers[next].base);
+            }
         }
     }
 

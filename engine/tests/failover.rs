@@ -130,12 +130,16 @@ fn a_backup_goes_on_through_the_next_server() {
     fs::write(&src, &bytes).expect("source");
     let dev = Device::open(&src, false).expect("source");
     let (dying, seen) = dies_after(&a, b"PUT /api/v1/chunks/", 3);
-    let client = Client::new(&format!("{dying},{b}"), "pc-two-servers", &token);
+    let moves = Arc::new(Mutex::new(Vec::new()));
+    let seen_moves = moves.clone();
+    let client = Client::new(&format!("{dying},{b}"), "pc-two-servers", &token)
+        .on_fail_over(move |from, to| seen_moves.lock().expect("lock").push(format!("{from} -> {to}")));
     let opts = BackupOptions::new("pc-two-servers", "mid-way");
     let r = backup(&dev, &client, &opts, &mut |_| {}).expect("the backup completes through the second server");
     assert_eq!(client.base(), b);
     assert!(seen.load(Ordering::SeqCst) >= 3, "the first server took chunks before it died");
     assert_eq!(r.chunks, 12);
+    assert_eq!(*moves.lock().expect("lock"), vec![format!("{dying} -> {b}")], "told once, by all workers");
 
     // Restored through whichever answers: byte for byte.
     let target = dir.join("target.img");

@@ -241,7 +241,9 @@ fn connect(config: &Config, state: &mut State, disks_shown: &mut bool) -> Result
     };
     // An https:// server must show the certificate pinned when this PC
     // was built; config.rs refuses https:// without a pin.
-    let client = Client::new(base, &config.pc, &config.token).pinned(config.fingerprint);
+    let client = Client::new(base, &config.pc, &config.token)
+        .pinned(config.fingerprint)
+        .on_fail_over(|from, to| say(format!("server: {from} did not answer; going on with {to}")));
     let (mac, addr) = match &state.lease {
         Some(l) => (bootvault_common::units::mac_string(l.link.mac), l.addr.to_string()),
         None => ("-".into(), "-".into()),

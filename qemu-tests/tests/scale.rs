@@ -60,6 +60,8 @@ fn a_backup_survives_its_server_dying_and_restores_through_the_other() {
     a.kill();
     let (done, _) = vm.console.expect("bootvault: backup 1 complete:", STEP).expect("completes through b");
     assert!(done.contains("partition 2 (ext4): used only"), "{done}");
+    let moved = format!("did not answer; going on with {}", b.guest_url());
+    assert!(vm.console.all().iter().any(|l| l.contains(&moved)), "the PC says it moved on: {:?}", vm.console.all());
     vm.wait_exit(STEP).expect("powers off");
     let listed = b.admin("backups", &["list", "--all"]).expect("list through b");
     assert!(listed.lines().any(|l| l.contains("pc-scale") && l.contains("complete")), "{listed}");
