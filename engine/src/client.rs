@@ -55,8 +55,11 @@ pub struct Client {
     /// the restore workers use the ticket the console got.
     unlocks: Arc<Mutex<Unlocks>>,
     /// Told (from, to) when requests move on to the next server.
-    on_fail_over: Option<Arc<dyn Fn(&str, &str) + Send + Sync>>,
+    on_fail_over: Option<FailOver>,
 }
+
+/// What [`Client::on_fail_over`] calls: (from, to).
+type FailOver = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 /// One server of the list: its base URL and connections.
 struct Server {
