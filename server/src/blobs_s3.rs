@@ -179,8 +179,9 @@ impl BlobStore for S3BlobStore {
 /// The store lock, in this process only: shared by writers, exclusive by
 /// gc's sweep (a std `RwLock` guard cannot travel in a [`BlobLock`]: it
 /// is not `Send`). It excludes this server's writers from its own gc;
-/// two servers over one bucket need the lock another engineer is moving
-/// into the database, shared by both.
+/// other servers on the bucket are kept out by the database's lock
+/// (`Database::store_lock`, PostgreSQL's advisory lock), which the vault
+/// takes before this one.
 #[derive(Default)]
 struct StoreLock {
     holders: Mutex<Holders>,
