@@ -792,14 +792,18 @@ impl Client {
     /// Tells the server how far a backup or restore is (its web console
     /// shows it live): `key=value` lines as `POST results` takes them.
     pub fn progress(&self, kv: &[(&str, String)]) -> Result<(), EngineError> {
-        let body: String = kv.iter().map(|(k, v)| format!("{k}={}\n", v.replace('\n', " "))).collect();
-        self.expect_ok("POST", "/progress".into(), Some(body.as_bytes()), 4096, false).map(|_| ())
+        self.post_lines("/progress", kv)
     }
 
     /// Reports the outcome of an action.
     pub fn report(&self, kv: &[(&str, String)]) -> Result<(), EngineError> {
+        self.post_lines("/results", kv)
+    }
+
+    /// POSTs `key=value` lines (a value's line breaks become spaces).
+    fn post_lines(&self, path: &str, kv: &[(&str, String)]) -> Result<(), EngineError> {
         let body: String = kv.iter().map(|(k, v)| format!("{k}={}\n", v.replace('\n', " "))).collect();
-        self.expect_ok("POST", "/results".into(), Some(body.as_bytes()), 4096, false).map(|_| ())
+        self.expect_ok("POST", path.into(), Some(body.as_bytes()), 4096, false).map(|_| ())
     }
 }
 
