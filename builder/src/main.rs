@@ -14,6 +14,7 @@ mod keys;
 mod known;
 mod local_dir;
 mod media;
+mod migrate;
 mod netboot;
 mod pc;
 mod profile;
@@ -232,6 +233,17 @@ enum Cmd {
         #[arg(long, default_value_t = 3600)]
         max_age: i64,
     },
+    /// Move a data directory to PostgreSQL and an S3 bucket, or back to
+    /// SQLite and chunk files; then it uses them.
+    ///
+    /// Moves PCs (tokens unchanged), settings, admin accounts, grants,
+    /// results, queued jobs and every complete backup, each chunk verified
+    /// before it is written; not uploads in progress or failed. Backup ids
+    /// may change (printed). Stop the servers on DATA first. The target is
+    /// read back before DATA/storage.conf switches; the old database and
+    /// chunk files stay, renamed NAME.migrated-TIME. Stopped part-way, DATA
+    /// is unchanged and a new run finishes; after success it does nothing.
+    Migrate(migrate::MigrateArgs),
     /// Run the server.
     Serve {
         /// Address to listen on (port 0 picks a free port and prints it).
@@ -683,6 +695,7 @@ fn run(cli: Cli) -> Result<()> {
             Some(c) => remote::gc(&c, json, max_age),
             None => admin::gc(&data, json, max_age),
         },
+        Cmd::Migrate(args) => migrate::run(args),
         Cmd::Serve { listen, data, limits, tls_cert, tls_key, plain_http, db, store } => {
             use bootvault_server::storage::Storage;
             use bootvault_server::tls::Mode;

@@ -12,12 +12,19 @@
 //! the bucket come from the environment (crate::s3); a password in the
 //! database URL stays in the file (mode 0600) and is never printed.
 //!
-//! Pure parsing and checks here; [`open`] makes the implementations.
+//! `bootvault migrate` moves a directory's data to other backends and
+//! then switches it with [`write`].
+//!
+//! Pure parsing and checks here; [`Storage::open`] makes the
+//! implementations.
 
 use std::fs;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+
+use crate::blobs::{BlobStore, FsBlobStore};
+use crate::db::Database;
 
 /// The file in the data directory.
 pub const FILE: &str = "storage.conf";
@@ -97,8 +104,10 @@ impl Storage {
     }
 
     pub fn text(&self) -> String {
-        let mut t =
-            String::from("# Written by `bootvault serve --db/--store`; every command on this directory uses it.\n");
+        let mut t = String::from(
+            "# Written by `bootvault serve --db/--store` or `bootvault migrate`; every command on this directory uses \
+             it.\n",
+        );
         if let Some(d) = &self.db {
             t.push_str(&format!("db = {d}\n"));
         }
@@ -149,6 +158,24 @@ impl Storage {
         Ok(wanted)
     }
 
+    /// The database and chunk store these name, for data directory `dir`
+    /// (SQLite and chunk files in it by default).
+    pub fn open(&self, dir: &Path) -> Result<(Box<dyn Database>, Box<dyn BlobStore>)> {
+        let db: Box<dyn Database> = match &self.db {
+            None => Box::new(crate::db::sqlite::SqliteDb::open(&dir.join("bootvault.db"))?),
+            Some(url) => Box::new(
+                crate::db::postgres::PgDb::connect(url).with_context(|| format!("the database {}", redact(url)))?,
+            ),
+        };
+        let blobs: Box<dyn BlobStore> = match &self.store {
+            None => Box::new(FsBlobStore::open(dir)?),
+            Some(url) => {
+                Box::new(crate::blobs_s3::S3BlobStore::open(url).with_context(|| format!("the chunk store {url}"))?)
+            }
+        };
+        Ok((db, blobs))
+    }
+
     /// `PostgreSQL postgres://u:***@h/db, chunks in s3://b/p`.
     pub fn describe(&self) -> String {
         let db = match &self.db {
@@ -160,6 +187,21 @@ impl Storage {
             None => "chunks in the data directory".into(),
         };
         format!("{db}, {store}")
+    }
+}
+
+/// Records `storage` as the data directory's, durably (the defaults
+/// remove the file): the switch `bootvault migrate` makes once
+/// everything is moved and checked. Every later command uses it.
+pub fn write(dir: &Path, storage: &Storage) -> Result<()> {
+    let p = dir.join(FILE);
+    if *storage != Storage::default() {
+        return write_private(&p, &storage.text());
+    }
+    match fs::remove_file(&p) {
+        Ok(()) => crate::durable::fsync_dir(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", p.display())),
     }
 }
 
@@ -224,6 +266,12 @@ mod tests {
         let other = Storage::new(Some("postgres://a@h/other".into()), None).expect("valid");
         let e = Storage::settle(&dir, &other).unwrap_err().to_string();
         assert!(e.contains("refusing") && e.contains("other"), "{e}");
+        // migrate's switch: to other backends, and back to the defaults.
+        write(&dir, &other).expect("written");
+        assert_eq!(Storage::load(&dir).expect("load"), other);
+        write(&dir, &none).expect("back to the defaults");
+        assert!(!dir.join(FILE).exists(), "the defaults need no file");
+        write(&dir, &none).expect("twice");
         let _ = fs::remove_dir_all(&dir);
     }
 }

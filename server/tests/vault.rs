@@ -488,7 +488,7 @@ fn schema_3_databases_are_migrated() {
     assert_eq!(version, "8");
     drop(db);
     let v = Vault::open(&dir).unwrap(); // the migration runs once
-    // Schema 7's and 8's tables work on a migrated database.
+                                        // Schema 7's and 8's tables work on a migrated database.
     v.add_admin("ann", "correct horse battery").unwrap();
     assert_eq!(v.list_admins().unwrap().len(), 1);
     let ticket = v.issue_ticket("old", 1, 100).unwrap();
