@@ -17,6 +17,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
+use bootvault_common::units::{civil, days_from_civil};
 use ring::{digest, hmac};
 use ureq::http;
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
@@ -388,36 +389,11 @@ pub fn base64(bytes: &[u8]) -> String {
 }
 
 // Dates: SigV4's `20130524T000000Z`, the XML's `2013-05-24T00:00:00.000Z`,
-// HTTP's `Fri, 24 May 2013 00:00:00 GMT`.
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
-/// `days_from_civil`).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
-}
-
-/// The inverse of [`days_from_civil`]: (year, month, day).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
+// HTTP's `Fri, 24 May 2013 00:00:00 GMT` (days from `bootvault_common::units`).
 
 /// `20130524T000000Z` for a unix time.
 pub fn amz_date(unix: i64) -> String {
-    let (y, m, d) = civil_from_days(unix.div_euclid(86400));
-    let s = unix.rem_euclid(86400);
+    let (y, m, d, s) = civil(unix);
     format!("{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z", s / 3600, s / 60 % 60, s % 60)
 }
 
