@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use bootvault_common::image::{self, Chunk, ChunkId, Manifest};
 use bootvault_common::wire::{self, LockParams};
 use bootvault_server::blobs_s3::S3BlobStore;
 use bootvault_server::db::postgres::PgDb;
@@ -21,6 +20,10 @@ use bootvault_server::s3::S3Client;
 use bootvault_server::testenv::Postgres;
 use bootvault_server::testenv_s3::Garage;
 use bootvault_server::vault::{self, BackupLock, GcPhase, PcRow, UnlockRefused, Vault};
+
+#[path = "support/backups.rs"]
+mod backups;
+use backups::{chunk, pc_backup};
 
 fn temp(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("bv-across-{tag}-{}", std::process::id()));
@@ -45,37 +48,6 @@ fn two_servers(dir: &std::path::Path, pg: &Postgres, garage: &Garage, name: &str
         Vault::with(&dir.join(tag), Box::new(PgDb::connect(&url).unwrap()), Box::new(store)).unwrap()
     };
     (open("server-a"), open("server-b"))
-}
-
-fn chunk(seed: u32) -> (ChunkId, Vec<u8>) {
-    let plain = bootvault_common::testdata::noise(u64::from(seed), 4096);
-    (image::chunk_id(&plain), image::encode_blob(&plain, 1))
-}
-
-fn manifest(pc: &str, seeds: &[u32]) -> Manifest {
-    let chunks = seeds
-        .iter()
-        .map(|s| {
-            let (id, blob) = chunk(*s);
-            Chunk::Data { id, blob_len: blob.len() as u32 }
-        })
-        .collect();
-    bootvault_common::testdata::manifest_of(pc, chunks)
-}
-
-/// A backup as a PC makes it, through `v`: open, ask, send the missing, finish.
-fn pc_backup(v: &Vault, pc: &str, seeds: &[u32]) -> i64 {
-    let m = manifest(pc, seeds);
-    let id = v.create_backup(pc, "full", m.disk_bytes, 4096).unwrap();
-    let ids: Vec<ChunkId> = seeds.iter().map(|s| chunk(*s).0).collect();
-    for (s, len) in seeds.iter().zip(v.missing(id, Some(pc), &ids).unwrap()) {
-        if len == 0 {
-            let (cid, blob) = chunk(*s);
-            v.put_chunk_for(Some(pc), &cid, &blob, Some(id)).unwrap();
-        }
-    }
-    v.finish_backup_for(id, pc, &m.encode(), true).unwrap();
-    id
 }
 
 #[test]

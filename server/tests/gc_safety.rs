@@ -10,30 +10,17 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime};
 
-use bootvault_common::image::{self, Chunk, ChunkId, Manifest};
+use bootvault_common::image::{ChunkId, Manifest};
 use bootvault_server::vault::{GcPhase, PcRow, PutError, Vault};
+
+#[path = "support/backups.rs"]
+mod backups;
+use backups::{chunk, manifest, pc_backup};
 
 fn temp(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("bv-gcsafe-{tag}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&d);
     d
-}
-
-/// A 4096-byte chunk from a seed: (id, blob).
-fn chunk(seed: u32) -> (ChunkId, Vec<u8>) {
-    let plain = bootvault_common::testdata::noise(u64::from(seed), 4096);
-    (image::chunk_id(&plain), image::encode_blob(&plain, 1))
-}
-
-fn manifest(pc: &str, seeds: &[u32]) -> Manifest {
-    let chunks = seeds
-        .iter()
-        .map(|s| {
-            let (id, blob) = chunk(*s);
-            Chunk::Data { id, blob_len: blob.len() as u32 }
-        })
-        .collect();
-    bootvault_common::testdata::manifest_of(pc, chunks)
 }
 
 fn age_chunks(dir: &Path, secs: u64) {
@@ -43,23 +30,6 @@ fn age_chunks(dir: &Path, secs: u64) {
             fs::OpenOptions::new().write(true).open(f.path()).unwrap().set_modified(then).unwrap();
         }
     }
-}
-
-/// A whole backup as a PC makes it: open, ask, send what is asked for,
-/// finish with the rights check.
-fn pc_backup(v: &Vault, pc: &str, seeds: &[u32]) -> i64 {
-    let m = manifest(pc, seeds);
-    let id = v.create_backup(pc, "full", m.disk_bytes, 4096).unwrap();
-    let ids: Vec<ChunkId> = seeds.iter().map(|s| chunk(*s).0).collect();
-    let answers = v.missing(id, Some(pc), &ids).unwrap();
-    for (s, len) in seeds.iter().zip(answers) {
-        if len == 0 {
-            let (cid, blob) = chunk(*s);
-            v.put_chunk_for(Some(pc), &cid, &blob, Some(id)).unwrap();
-        }
-    }
-    v.finish_backup_for(id, pc, &m.encode(), true).unwrap();
-    id
 }
 
 /// 600 unreferenced chunks of seeds 1000.. (a deleted PC's), last touched
