@@ -93,13 +93,15 @@ test: unit test-qemu
 # dd|zstd (and a local store next to the server), the same under QEMU through an exFAT USB
 # drive against the network, TLS and encryption on and off (host and QEMU), the chunk
 # codecs on those disks' contents,
-# boot media against grub-mkrescue, restore passwords; last, the soak (20 PCs backing up
-# and restoring for SOAK_SECONDS while gc loops and the server is killed every 30 s; it
-# fails `make bench` if any backup listed complete does not restore). See BENCHMARKS.md.
+# boot media against grub-mkrescue, restore passwords, one server against two on
+# PostgreSQL and Garage with 1 to 16 PCs at once (and the S3 requests per chunk); last,
+# the soak (20 PCs backing up and restoring for SOAK_SECONDS while gc loops and the
+# server is killed every 30 s; it fails `make bench` if any backup listed complete does
+# not restore). See BENCHMARKS.md.
 SOAK_SECONDS ?= 300
 export SOAK_SECONDS
 BENCH_PACKAGES := pigz partclone zstd time grub-common grub-pc-bin grub-efi-amd64-bin argon2
-bench: build kernel kernels
+bench: build kernel kernels garage
 	$(call apt_ensure,$(BENCH_PACKAGES))
 	@mkdir -p target/bench
 	target/release/bench-boot | tee target/bench/boot.md
@@ -115,6 +117,7 @@ bench: build kernel kernels
 	  $(HOME)/.cache/bootvault/bench/mixed/part3.img | tee target/bench/codec-ntfs.md
 	target/release/bench-media | tee target/bench/media.md
 	$(CARGO) run --release -q -p bootvault-engine --example lock_cost | tee target/bench/lock.md
+	set -o pipefail; target/release/bench-scale | tee target/bench/scale.md
 	set -o pipefail; target/release/bench-soak | tee target/bench/soak.md
 
 # Coverage-guided fuzzing of every parser with libFuzzer, on stable Rust
