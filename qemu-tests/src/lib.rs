@@ -1218,10 +1218,16 @@ mod tests {
             Command::new("sh").args(["-c", script]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("sh");
         let stderr = Lines::spawn(child.stderr.take().expect("stderr"), None, None);
         let out = Lines::spawn(child.stdout.take().expect("stdout"), None, None).with_context(child.id(), &stderr);
+        let err_log = stderr.log.clone();
         drop(stderr);
         out.expect("up", Duration::from_secs(10)).expect("first line");
         out.expect("still here", Duration::from_secs(10)).expect("not killed by SIGPIPE");
         assert_eq!(child.wait().expect("wait").code(), Some(3));
+        // The reader may still be taking the last lines the process wrote.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while err_log.lock().map(|l| l.len()).unwrap_or(0) < 2000 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let e = out.expect("never", Duration::from_secs(10)).unwrap_err();
         assert!(e.starts_with("the output ended after"), "{e}");
         assert!(e.contains("has exited") && e.contains("warning 2000"), "{e}");
