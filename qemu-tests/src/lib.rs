@@ -84,6 +84,8 @@ pub struct Lines {
     /// What else to say when a wait fails: the process's state and its
     /// stderr (for a QEMU guest that printed nothing).
     context: Option<(u32, Arc<Mutex<Vec<String>>>)>,
+    /// QEMU's monitor, asked where the guest is when a wait times out.
+    monitor: Option<PathBuf>,
 }
 
 impl Lines {
@@ -122,7 +124,7 @@ impl Lines {
                 let _ = tx.send(line);
             }
         });
-        Lines { rx, log, start: Instant::now(), context: None }
+        Lines { rx, log, start: Instant::now(), context: None, monitor: None }
     }
 
     /// Failed waits also report process `pid`'s state and `stderr`'s lines.
@@ -146,7 +148,8 @@ impl Lines {
             Err(_) => format!("process {pid} has exited"),
         };
         let err = stderr.lock().map(|l| l.join("\n")).unwrap_or_default();
-        format!("\n({state}; stderr: {})", if err.is_empty() { "nothing" } else { &err })
+        let guest = self.monitor.as_deref().map(guest_state).unwrap_or_default();
+        format!("\n({state}; stderr: {}){guest}", if err.is_empty() { "nothing" } else { &err })
     }
 
     /// Waits for a line containing `needle`; returns it and the time since
@@ -191,6 +194,34 @@ impl Lines {
     pub fn all(&self) -> Vec<String> {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
+}
+
+/// Where a guest is, from QEMU's monitor at `socket`: its run state and
+/// its CPUs' instruction pointers and halt state (a guest that printed
+/// nothing: stuck in the kernel, halted, or never started). Empty when
+/// the monitor does not answer within a second.
+fn guest_state(socket: &Path) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) else { return String::new() };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(300)));
+    let _ = s.write_all(b"info status\ninfo registers -a\n");
+    let (mut out, mut buf, deadline) = (Vec::new(), [0u8; 4096], Instant::now() + Duration::from_secs(1));
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) if !out.is_empty() => break,
+            Err(_) => {}
+        }
+    }
+    let text = String::from_utf8_lossy(&out);
+    let wanted = ["VM status", "RIP=", "EIP=", "HLT=", "CPU#"];
+    let lines: Vec<&str> =
+        text.lines().map(str::trim).filter(|l| wanted.iter().any(|w| l.contains(w))).take(12).collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!("\nQEMU monitor:\n{}", lines.join("\n"))
 }
 
 /// A running `bootvault serve` on 127.0.0.1 with its own data directory,
@@ -786,6 +817,13 @@ impl Guest {
     /// Boots the guest; console lines come through the returned handle.
     pub fn boot(&self, log_file: &Path) -> Result<Running> {
         let mut cmd = self.command()?;
+        // A monitor for a failed wait to ask where the guest is (a short
+        // path: a unix socket's name has room for 107 bytes).
+        static GUESTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = GUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let monitor = std::env::temp_dir().join(format!("bv-mon-{}-{n}.sock", std::process::id()));
+        let _ = fs::remove_file(&monitor);
+        cmd.args(["-monitor", &format!("unix:{},server=on,wait=off", monitor.display())]);
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -796,14 +834,17 @@ impl Guest {
         let stderr = child.stderr.take().ok_or("no qemu stderr")?;
         let echo = std::env::var("BOOTVAULT_ECHO").is_ok().then_some("guest|");
         let stderr = Lines::spawn(stderr, Some("qemu-stderr|"), None);
-        let console = Lines::spawn(stdout, echo, Some(log_file.to_owned())).with_context(child.id(), &stderr);
-        Ok(Running { child, console })
+        let mut console = Lines::spawn(stdout, echo, Some(log_file.to_owned())).with_context(child.id(), &stderr);
+        console.monitor = Some(monitor.clone());
+        Ok(Running { child, console, monitor })
     }
 }
 
 pub struct Running {
     child: Child,
     pub console: Lines,
+    /// The monitor socket [`Guest::boot`] made (removed with the guest).
+    monitor: PathBuf,
 }
 
 impl Running {
@@ -848,6 +889,7 @@ impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = fs::remove_file(&self.monitor);
     }
 }
 
@@ -1241,5 +1283,30 @@ mod tests {
         assert!(e.contains(&format!("process {} state S", child.id())) && e.contains("stderr: nothing"), "{e}");
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    /// A guest that prints nothing: the failed wait says where QEMU's
+    /// monitor finds it (running, and its CPUs' instruction pointers).
+    #[test]
+    fn a_silent_guest_is_located_by_the_monitor() {
+        let monitor = std::env::temp_dir().join(format!("bv-mon-test-{}.sock", std::process::id()));
+        let _ = fs::remove_file(&monitor);
+        let mut child = Command::new("qemu-system-x86_64")
+            .args(["-machine", "q35", "-accel", "tcg", "-m", "32", "-nodefaults", "-display", "none"])
+            .args(["-serial", "stdio", "-monitor", &format!("unix:{},server=on,wait=off", monitor.display())])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("qemu-system-x86_64 (make deps installs it)");
+        let stderr = Lines::spawn(child.stderr.take().expect("stderr"), None, None);
+        let mut out = Lines::spawn(child.stdout.take().expect("stdout"), None, None).with_context(child.id(), &stderr);
+        out.monitor = Some(monitor.clone());
+        let e = out.expect("never", Duration::from_secs(3)).unwrap_err();
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = fs::remove_file(&monitor);
+        assert!(e.contains("QEMU monitor:") && e.contains("VM status: running"), "{e}");
+        assert!(e.contains("RIP=") || e.contains("EIP="), "{e}");
     }
 }
