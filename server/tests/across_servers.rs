@@ -23,7 +23,7 @@ use bootvault_server::vault::{self, BackupLock, GcPhase, PcRow, UnlockRefused, V
 
 #[path = "support/backups.rs"]
 mod backups;
-use backups::{chunk, pc_backup};
+use backups::{chunk, gc_held, pc_backup};
 
 fn temp(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("bv-across-{tag}-{}", std::process::id()));
@@ -123,19 +123,7 @@ fn gc_on_one_server_keeps_what_backups_through_the_other_name() {
     let (to_gc, go_on) = mpsc::channel::<()>();
     let gc_vault = &a;
     let (report, done) = std::thread::scope(|s| {
-        let gc = s.spawn(move || {
-            let mut seen_swept = false;
-            gc_vault
-                .gc_with(3600, &mut |phase| {
-                    if phase == GcPhase::Swept && seen_swept {
-                        return;
-                    }
-                    seen_swept |= phase == GcPhase::Swept;
-                    to_test.send(phase).unwrap();
-                    let _ = go_on.recv_timeout(Duration::from_secs(60));
-                })
-                .unwrap()
-        });
+        let gc = s.spawn(move || gc_held(gc_vault, to_test, go_on));
         let mut done = Vec::new();
         // Through B, at each of A's gc phases, backups reusing the old chunks.
         assert_eq!(from_gc.recv().unwrap(), GcPhase::Started);

@@ -15,7 +15,7 @@ use bootvault_server::vault::{GcPhase, PcRow, PutError, Vault};
 
 #[path = "support/backups.rs"]
 mod backups;
-use backups::{chunk, manifest, pc_backup};
+use backups::{chunk, gc_held, manifest, pc_backup};
 
 fn temp(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("bv-gcsafe-{tag}-{}", std::process::id()));
@@ -64,20 +64,8 @@ fn backups_completing_while_gc_runs_keep_their_chunks() {
     let gc_dir = dir.clone();
     let (to_gc, go_on) = mpsc::channel::<()>();
     let report = std::thread::scope(|s| {
-        let gc = s.spawn(move || {
-            let gv = Vault::open(&gc_dir).unwrap(); // gc as its own process does
-            let mut seen_swept = false;
-            gv.gc_with(3600, &mut |phase| {
-                if phase == GcPhase::Swept && seen_swept {
-                    return;
-                }
-                seen_swept |= phase == GcPhase::Swept;
-                to_test.send(phase).unwrap();
-                // (Bounded: a failing test must not hang.)
-                let _ = go_on.recv_timeout(Duration::from_secs(60));
-            })
-            .unwrap()
-        });
+        // gc as its own process does: its own vault on the directory.
+        let gc = s.spawn(move || gc_held(&Vault::open(&gc_dir).unwrap(), to_test, go_on));
         let mut done = Vec::new();
         // Started: cutoff noted; an upload opens and completes before the mark.
         assert_eq!(from_gc.recv().unwrap(), GcPhase::Started);

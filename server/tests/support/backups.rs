@@ -3,7 +3,10 @@
 //! uploads (gc_safety.rs, across_servers.rs).
 
 use bootvault_common::image::{self, Chunk, ChunkId, Manifest};
-use bootvault_server::vault::Vault;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bootvault_server::vault::{GcPhase, GcReport, Vault};
 
 /// A 4096-byte chunk from a seed: (id, blob).
 pub fn chunk(seed: u32) -> (ChunkId, Vec<u8>) {
@@ -37,4 +40,20 @@ pub fn pc_backup(v: &Vault, pc: &str, seeds: &[u32]) -> i64 {
     }
     v.finish_backup_for(id, pc, &m.encode(), true).expect("finish");
     id
+}
+
+/// gc on `v`, held at each phase (the first sweep only): each phase is
+/// sent to `to_test`, then gc waits for a word on `go_on` (bounded: a
+/// failing test must not hang).
+pub fn gc_held(v: &Vault, to_test: mpsc::Sender<GcPhase>, go_on: mpsc::Receiver<()>) -> GcReport {
+    let mut seen_swept = false;
+    v.gc_with(3600, &mut |phase| {
+        if phase == GcPhase::Swept && seen_swept {
+            return;
+        }
+        seen_swept |= phase == GcPhase::Swept;
+        to_test.send(phase).expect("the test listens");
+        let _ = go_on.recv_timeout(Duration::from_secs(60));
+    })
+    .expect("gc")
 }
