@@ -145,7 +145,7 @@ impl Storage {
             );
         }
         if on_file == Storage::default() && wanted != on_file {
-            if has_local_data(dir) {
+            if crate::db::sqlite::holds_backups(&dir.join("bootvault.db")) {
                 bail!(
                     "{} already holds backups in SQLite and chunk files; `bootvault migrate` moves them to {} (a \
                      fresh data directory starts on it directly)",
@@ -205,32 +205,9 @@ pub fn write(dir: &Path, storage: &Storage) -> Result<()> {
     }
 }
 
-/// Whether the directory already has a SQLite database with backups in it.
-fn has_local_data(dir: &Path) -> bool {
-    let db = dir.join("bootvault.db");
-    let Ok(conn) = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY) else {
-        return false;
-    };
-    conn.query_row("SELECT count(*) FROM backups", [], |r| r.get::<_, i64>(0)).is_ok_and(|n| n > 0)
-}
-
 fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("creating {}", path.display()))?;
-    crate::durable::fsync_dir(path.parent().unwrap_or(Path::new(".")))
+    let dir = path.parent().unwrap_or(Path::new("."));
+    crate::durable::DurableWriter::new(&dir.join("tmp")).write_private(path, text.as_bytes(), true).map(|_| ())
 }
 
 #[cfg(test)]

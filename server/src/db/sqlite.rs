@@ -227,6 +227,15 @@ impl Drop for RelaxedSync<'_> {
     }
 }
 
+/// Whether `path` is a SQLite database with backups in it (read only; a
+/// missing or foreign file holds none).
+pub fn holds_backups(path: &Path) -> bool {
+    let Ok(conn) = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY) else {
+        return false;
+    };
+    conn.query_row("SELECT count(*) FROM backups", [], |r| r.get::<_, i64>(0)).is_ok_and(|n| n > 0)
+}
+
 pub struct SqliteDb {
     conn: Mutex<Connection>,
 }

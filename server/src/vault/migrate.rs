@@ -83,6 +83,22 @@ pub struct MovedBackup {
     pub copied_bytes: u64,
 }
 
+impl MovedBackup {
+    /// `row` as `to` in the target, nothing copied yet.
+    fn of(row: &BackupRow, to: i64, present: bool) -> MovedBackup {
+        MovedBackup {
+            from: row.id,
+            to,
+            pc: row.pc.clone(),
+            name: row.name.clone(),
+            locked: row.locked,
+            present,
+            chunks: 0,
+            copied_bytes: 0,
+        }
+    }
+}
+
 /// A backup as the same backup in two databases.
 type Key = (String, String, i64, String);
 
@@ -384,16 +400,7 @@ impl Vault {
         out: &mut Migration,
     ) -> Result<MovedBackup> {
         let (bytes, m) = self.source_manifest(row)?;
-        let mut moved = MovedBackup {
-            from: row.id,
-            to,
-            pc: row.pc.clone(),
-            name: row.name.clone(),
-            locked: row.locked,
-            present: true,
-            chunks: 0,
-            copied_bytes: 0,
-        };
+        let mut moved = MovedBackup::of(row, to, true);
         self.copy_chunks(target, &unique_ids(&m), done, out, &mut moved)?;
         put_manifest(target, to, &bytes)?;
         Ok(moved)
@@ -420,16 +427,7 @@ impl Vault {
             chunk_size: row.chunk_size,
             lock: lock.as_ref(),
         })?;
-        let mut moved = MovedBackup {
-            from: row.id,
-            to,
-            pc: row.pc.clone(),
-            name: row.name.clone(),
-            locked: row.locked,
-            present: false,
-            chunks: 0,
-            copied_bytes: 0,
-        };
+        let mut moved = MovedBackup::of(row, to, false);
         let filled = self.fill_backup(target, row, &bytes, &m, done, out, &mut moved);
         if let Err(e) = &filled {
             // Left failed for the admin to see; the next run removes it.

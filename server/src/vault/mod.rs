@@ -27,7 +27,7 @@ use bootvault_common::image::{self, ChunkId, ImageReader, ImageWriter, Manifest,
 use crate::blobs::{self, BlobStore, FsBlobStore};
 use crate::db::sqlite::SqliteDb;
 use crate::db::{Completion, Database, NewBackup, NewJob, NewResult, PendingRules};
-use crate::durable::{fsync_dir, DurableWriter};
+use crate::durable::DurableWriter;
 use crate::netboot::BootFiles;
 use crate::unlock::Unlocks;
 
@@ -167,29 +167,14 @@ impl Vault {
     }
 
     fn ensure_admin_token(&self) -> Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
         let p = self.admin_token_path();
         if p.exists() {
             return Ok(());
         }
-        let token = new_token()?;
-        let tmp = DurableWriter::new(&self.dir.join("tmp")).temp_path("admin-token-");
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(format!("{token}\n").as_bytes()).and_then(|()| f.sync_all())?;
         // Two processes opening a new data directory at once: the first
-        // rename wins and both read the same file afterwards.
-        if !p.exists() {
-            fs::rename(&tmp, &p).with_context(|| format!("creating {}", p.display()))?;
-        } else {
-            let _ = fs::remove_file(&tmp);
-        }
-        fsync_dir(&self.dir)
+        // one's token stays and both read it.
+        let token = new_token()?;
+        DurableWriter::new(&self.dir.join("tmp")).write_private(&p, format!("{token}\n").as_bytes(), false).map(|_| ())
     }
 
     pub fn admin_token(&self) -> Result<String> {
