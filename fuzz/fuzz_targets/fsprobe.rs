@@ -1,8 +1,9 @@
 #![no_main]
 //! The filesystem probe never panics on any partition contents, reads only
 //! inside the partition, and stays within its read budget, whatever sizes
-//! and offsets the (hostile or damaged) disk claims.
-use bootvault_common::fsprobe::probe;
+//! and offsets the (hostile or damaged) disk claims; so does the check of
+//! whether a filesystem was left in use.
+use bootvault_common::fsprobe::{probe, unclean};
 use libfuzzer_sys::fuzz_target;
 
 /// fsprobe's total read budget per partition (`BUDGET` in fsprobe.rs).
@@ -25,6 +26,24 @@ fn check(size: u64, byte_at: &dyn Fn(u64, &mut [u8]) -> bool) {
     if let Some(fs) = probe(&mut read, size) {
         assert!(!fs.kind.is_empty());
         let _ = fs.to_string();
+    }
+    // The check before a drive is written, for every kind it knows: inside
+    // the partition, a few blocks at most.
+    for kind in ["exfat", "vfat", "ext2", "ext4", "ntfs"] {
+        let mut spent = 0u64;
+        let mut read = |off: u64, len: usize| -> Result<Vec<u8>, String> {
+            let end = off.checked_add(len as u64).expect("read range overflows");
+            assert!(end <= size, "unclean read {off}+{len} past the partition's {size} bytes");
+            spent += len as u64;
+            assert!(spent <= 8192, "unclean read {spent} bytes");
+            let mut buf = vec![0u8; len];
+            if byte_at(off, &mut buf) {
+                Ok(buf)
+            } else {
+                Err("unreadable".into())
+            }
+        };
+        let _ = unclean(kind, &mut read, size);
     }
 }
 

@@ -299,7 +299,29 @@ impl Drop for Mounted {
 /// it: read-write, which cleans up what an interrupted backup left; to
 /// restore (`for_backup` false), a write-protected drive is read
 /// read-only, and a drive without backups gets no empty store made on it.
+///
+/// A drive whose filesystem was left in use (a power cut, a pulled drive:
+/// [`unclean`]) is never written: a backup to it is refused, a restore
+/// reads it read-only and leaves what an interrupted backup left there.
 pub fn open_store(v: &Volume, for_backup: bool, say: &dyn Fn(String)) -> Result<(Mounted, LocalStore), String> {
+    if let Some(why) = unclean(v) {
+        let check = match v.kind {
+            "exfat" => "fsck.exfat -y",
+            "vfat" => "fsck.vfat -a",
+            _ => "e2fsck -p",
+        };
+        let text = format!("drive {}: the filesystem {why}", v.title());
+        if for_backup {
+            return Err(format!(
+                "{text}; writing to it could damage the backups on it: check it first (`{check}` on any Linux \
+                 machine, or chkdsk on Windows)"
+            ));
+        }
+        say(format!("{text}: reading it read-only, nothing on it is cleaned up (check it with `{check}`)"));
+        let mounted = mount(v, false, say)?;
+        let store = LocalStore::open_read(&mounted.store_dir()).map_err(|e| format!("drive {}: {e}", v.title()))?;
+        return Ok((mounted, store));
+    }
     let mounted = match mount(v, true, say) {
         Ok(m) => m,
         Err(e) if !for_backup => {
@@ -315,6 +337,23 @@ pub fn open_store(v: &Volume, for_backup: bool, say: &dyn Fn(String)) -> Result<
         LocalStore::open_read(&root)
     };
     Ok((mounted, store.map_err(|e| format!("drive {}: {e}", v.title()))?))
+}
+
+/// Why `v` must be checked before it is written
+/// ([`bootvault_common::fsprobe::unclean`]);
+/// `None` when it is clean or cannot be read (mounting then says why).
+fn unclean(v: &Volume) -> Option<&'static str> {
+    use std::os::unix::fs::FileExt;
+    let dev = std::fs::File::open(format!("/dev/{}", v.dev)).ok()?;
+    bootvault_common::fsprobe::unclean(
+        v.kind,
+        &mut |off, len| {
+            let mut buf = vec![0u8; len];
+            dev.read_exact_at(&mut buf, off).map_err(|e| e.to_string())?;
+            Ok(buf)
+        },
+        v.bytes,
+    )
 }
 
 /// What a look at a volume found: free space and the backups on it.

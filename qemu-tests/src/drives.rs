@@ -510,6 +510,41 @@ pub fn fsck_drive(image: &Path) -> Result<()> {
     checked
 }
 
+/// Repairs the filesystem of a whole-drive image as its owner would on
+/// another machine (`fsck.exfat -y`, `fsck.vfat -a`, `e2fsck -fy`):
+/// exit 1 ("errors corrected") counts as done.
+pub fn repair_drive(image: &Path) -> Result<()> {
+    let vol = locate_volume(image)?;
+    let mut cmd = match vol.kind {
+        FsKind::Ext4 => {
+            let mut c = Command::new("e2fsck");
+            c.arg("-fy").arg(ext4_device(image, vol));
+            c
+        }
+        _ if vol.offset != 0 => return Err(format!("{}: only a filesystem on the whole drive", image.display())),
+        FsKind::Vfat => {
+            let mut c = Command::new("fsck.vfat");
+            c.arg("-a").arg(image);
+            c
+        }
+        FsKind::Exfat => {
+            let mut c = Command::new("fsck.exfat");
+            c.arg("-y").arg(image);
+            c
+        }
+    };
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    match out.status.code() {
+        Some(0 | 1) => Ok(()),
+        _ => Err(format!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )),
+    }
+}
+
 /// Copies `into`'s length of bytes from `from` at `offset` (sparse).
 fn splice_out(from: &Path, offset: u64, into: &Path) -> Result<()> {
     let src = fs::File::open(from).map_err(|e| format!("opening {}: {e}", from.display()))?;

@@ -25,7 +25,7 @@ pub mod webdriver;
 
 pub use drives::{
     copy_store_in, copy_store_out, fsck_drive, image_digest, locate_volume, make_drive, make_exfat_drive,
-    make_ext4_drive, make_vfat_drive, store_listing, store_listing_dir, FsKind, StoreListing, Volume,
+    make_ext4_drive, make_vfat_drive, repair_drive, store_listing, store_listing_dir, FsKind, StoreListing, Volume,
 };
 
 pub type Result<T> = std::result::Result<T, String>;
