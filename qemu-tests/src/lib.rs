@@ -52,13 +52,78 @@ pub fn init_bin_i686() -> PathBuf {
         .unwrap_or_else(|| workspace().join("target/i686-unknown-linux-musl/init/init"))
 }
 
-/// A scratch directory under `target/qemu-tests/NAME`, emptied first and
-/// kept afterwards for post-mortems.
+/// A test's scratch directory under `target/qemu-tests/NAME`, emptied
+/// first. Everything stays when the test fails, for the post-mortem. When
+/// it passes, its files over 1 MiB (disk images, boot media) are removed as
+/// its thread ends, and its logs and screens stay: a whole `make test` kept
+/// 6.8 GB of images otherwise. `BOOTVAULT_KEEP_SCRATCH=1` keeps them all.
 pub fn scratch(name: &str) -> PathBuf {
+    let d = kept_scratch(name);
+    if std::env::var_os("BOOTVAULT_KEEP_SCRATCH").is_none_or(|v| v != "1") {
+        prune::on_pass(&d);
+    }
+    d
+}
+
+/// [`scratch`] kept whole: the demo's and the benches' output.
+pub fn kept_scratch(name: &str) -> PathBuf {
     let d = workspace().join("target/qemu-tests").join(name);
     let _ = fs::remove_dir_all(&d);
     fs::create_dir_all(&d).expect("creating a scratch directory");
     d
+}
+
+/// Large files of a passed test's scratch directory, removed when the
+/// test's thread ends (libtest runs each test on a thread of its own); a
+/// panic on that thread keeps them.
+mod prune {
+    use std::cell::{Cell, RefCell};
+    use std::path::{Path, PathBuf};
+    use std::sync::Once;
+
+    const LARGE: u64 = 1 << 20;
+
+    thread_local! {
+        static PANICKED: Cell<bool> = const { Cell::new(false) };
+        static DIRS: RefCell<Vec<Dir>> = const { RefCell::new(Vec::new()) };
+    }
+
+    struct Dir(PathBuf);
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            if !PANICKED.try_with(Cell::get).unwrap_or(true) {
+                remove_large(&self.0);
+            }
+        }
+    }
+
+    pub fn on_pass(dir: &Path) {
+        static HOOK: Once = Once::new();
+        HOOK.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                let _ = PANICKED.try_with(|p| p.set(true));
+                previous(info);
+            }));
+        });
+        let _ = DIRS.try_with(|d| d.borrow_mut().push(Dir(dir.to_owned())));
+    }
+
+    pub(super) fn remove_large(dir: &Path) {
+        let mut stack = vec![dir.to_owned()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                match e.metadata() {
+                    Ok(m) if m.is_dir() => stack.push(e.path()),
+                    Ok(m) if m.len() > LARGE => {
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
 }
 
 /// Runs a command to completion; error with its stderr on failure.
@@ -1191,6 +1256,31 @@ pub fn dir_size(p: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A passed test's scratch directory loses its large files and keeps
+    /// its logs; a failed one keeps everything.
+    #[test]
+    fn scratch_keeps_logs_and_drops_images_of_passed_tests() {
+        let run = |name: &'static str, fail: bool| {
+            std::thread::spawn(move || {
+                let d = scratch(name);
+                fs::write(d.join("console.log"), "bootvault: done\n").expect("log");
+                fs::create_dir_all(d.join("sub")).expect("sub");
+                fs::File::create(d.join("sub/disk.img")).and_then(|f| f.set_len(64 << 20)).expect("image");
+                assert!(!fail, "the test failed (on purpose)");
+                d
+            })
+            .join()
+        };
+        let passed = run("scratch-passed", false).expect("passes");
+        assert!(passed.join("console.log").is_file());
+        assert!(!passed.join("sub/disk.img").exists(), "a passed test's image is removed");
+        assert!(run("scratch-failed", true).is_err());
+        let failed = workspace().join("target/qemu-tests/scratch-failed");
+        assert!(failed.join("sub/disk.img").is_file(), "a failed test keeps its image");
+        let _ = fs::remove_dir_all(&failed);
+        let _ = fs::remove_dir_all(&passed);
+    }
 
     #[test]
     fn screens_are_rebuilt_like_a_terminal() {

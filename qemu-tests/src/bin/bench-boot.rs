@@ -38,7 +38,7 @@ fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
 }
 
 fn bench() -> Result<()> {
-    let dir = scratch("bench-boot");
+    let dir = kept_scratch("bench-boot");
     let server = Server::start(&dir)?;
     let boot = dir.join("boot");
     let report = build_for(&boot, "bench-pc", &server, "qemu", &["--set", "error_wait=1", "--set", "action=job"])?;

@@ -51,7 +51,7 @@ fn bench() -> Result<()> {
         println!("bench-local: {} missing (bench-imaging builds it, as root); skipped", cached.display());
         return Ok(());
     }
-    let dir = scratch("bench-local");
+    let dir = kept_scratch("bench-local");
     let disk = dir.join("source.img");
     let _ = fs::remove_file(&disk);
     sparse_copy(&cached, &disk)?;

@@ -176,7 +176,7 @@ fn floppy_room(kernel: u64, initrd: u64) -> String {
 }
 
 fn bench() -> Result<()> {
-    let dir = scratch("bench-lowmem");
+    let dir = kept_scratch("bench-lowmem");
     let server = Server::start(&dir)?;
     let disk = make_bench_disk(&dir)?;
     let only = std::env::var("BENCH_LOWMEM_ONLY").ok();

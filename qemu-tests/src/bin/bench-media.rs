@@ -93,7 +93,7 @@ fn boot_median(dir: &Path, tag: &str, guest: impl Fn() -> Guest) -> Result<Boot>
 }
 
 fn bench() -> Result<()> {
-    let dir = scratch("bench-media");
+    let dir = kept_scratch("bench-media");
     let server = Server::start(&dir)?;
     let pc = "bench-media";
     let mac = mac_for(pc);

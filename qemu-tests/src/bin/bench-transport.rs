@@ -224,7 +224,7 @@ fn section(title: &str, work: &Path, key: &Path, combos: &[(bool, bool)], rate: 
 }
 
 fn bench() -> Result<()> {
-    let work = scratch("bench-transport");
+    let work = kept_scratch("bench-transport");
     let key = work.join("site.key");
     let _ = fs::remove_file(&key);
     run(Command::new(bootvault_bin()).args(["key", "new"]).arg(&key))?;

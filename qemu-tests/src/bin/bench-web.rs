@@ -113,7 +113,7 @@ fn bench() -> Result<()> {
         Load { name: "every PC each 2 s (the init's cadence)", every: Some(Duration::from_secs(2)), seconds: 30 },
         Load { name: "every PC as fast as it can", every: None, seconds: 15 },
     ] {
-        let dir = scratch(&format!("bench-web-{}", if load.every.is_some() { "cadence" } else { "flood" }));
+        let dir = kept_scratch(&format!("bench-web-{}", if load.every.is_some() { "cadence" } else { "flood" }));
         let data = dir.join("data");
         run(Command::new(bootvault_bin())
             .args(["admin", "--data"])

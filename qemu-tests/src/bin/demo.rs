@@ -43,7 +43,7 @@ fn boot(dir: &std::path::Path, tag: &str, server: &Server, settings: &[&str], di
 }
 
 fn demo() -> Result<()> {
-    let dir = scratch("demo");
+    let dir = kept_scratch("demo");
     let server = Server::start(&dir)?;
     println!("== server {} (data {})", server.url, server.data.display());
     let source = make_source_disk(&dir, "gpt")?;
