@@ -179,7 +179,7 @@ fn part_infos(disk: &str, t: &PartitionTable, disk_bytes: u64, dev: Option<&File
 
 /// Reads `len` bytes at `start + off` of an open device: what the pure
 /// parsers read through.
-fn read_at(dev: &File, start: u64, off: u64, len: usize) -> Result<Vec<u8>, String> {
+pub fn read_at(dev: &File, start: u64, off: u64, len: usize) -> Result<Vec<u8>, String> {
     let at = start.checked_add(off).ok_or("offset overflows")?;
     let mut buf = vec![0u8; len];
     dev.read_exact_at(&mut buf, at).map_err(|e| format!("reading at {at}: {e}"))?;

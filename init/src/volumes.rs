@@ -343,17 +343,8 @@ pub fn open_store(v: &Volume, for_backup: bool, say: &dyn Fn(String)) -> Result<
 /// ([`bootvault_common::fsprobe::unclean`]);
 /// `None` when it is clean or cannot be read (mounting then says why).
 fn unclean(v: &Volume) -> Option<&'static str> {
-    use std::os::unix::fs::FileExt;
     let dev = std::fs::File::open(format!("/dev/{}", v.dev)).ok()?;
-    bootvault_common::fsprobe::unclean(
-        v.kind,
-        &mut |off, len| {
-            let mut buf = vec![0u8; len];
-            dev.read_exact_at(&mut buf, off).map_err(|e| e.to_string())?;
-            Ok(buf)
-        },
-        v.bytes,
-    )
+    bootvault_common::fsprobe::unclean(v.kind, &mut |off, len| disks::read_at(&dev, 0, off, len), v.bytes)
 }
 
 /// What a look at a volume found: free space and the backups on it.
